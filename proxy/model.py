@@ -1,0 +1,134 @@
+"""Plain, frozen HTTP types shared by the router, matchers, cassettes and scenarios.
+
+No mitmproxy or vcrpy types cross this line: ``addon.py`` converts flows into these, and ``cassette.py``
+converts them to and from vcrpy's cassette format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qsl, urlsplit
+
+Headers = tuple[tuple[str, str], ...]
+"""Header fields in order, names in the case they were sent, repeated names kept."""
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def header_values(headers: Headers, name: str) -> list[str]:
+    """All values of header ``name`` (case-insensitive), in order."""
+    lname = name.lower()
+    return [v for k, v in headers if k.lower() == lname]
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    """The first value of header ``name`` (case-insensitive), or None."""
+    lname = name.lower()
+    for k, v in headers:
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def without_headers(headers: Headers, names: Iterable[str]) -> Headers:
+    """``headers`` minus every field whose name (case-insensitive) is in ``names``."""
+    drop = {n.lower() for n in names}
+    return tuple((k, v) for k, v in headers if k.lower() not in drop)
+
+
+def set_header(headers: Headers, name: str, value: str) -> Headers:
+    """Replace all fields named ``name`` by one field with ``value`` (appended if absent)."""
+    lname = name.lower()
+    out: list[tuple[str, str]] = []
+    done = False
+    for k, v in headers:
+        if k.lower() == lname:
+            if not done:
+                out.append((k, value))
+                done = True
+        else:
+            out.append((k, v))
+    if not done:
+        out.append((name, value))
+    return tuple(out)
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of an absolute URL, lower-cased, default port omitted."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    port = parts.port
+    if port is None or port == DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the client sent it, with an absolute URL (the upstream's, in reverse mode)."""
+
+    method: str
+    url: str
+    headers: Headers = ()
+    body: bytes = b""
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme.lower()
+
+    @property
+    def host(self) -> str:
+        return (urlsplit(self.url).hostname or "").lower()
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+    @property
+    def query(self) -> list[tuple[str, str]]:
+        """Query pairs in the order sent, blank values kept."""
+        return parse_qsl(urlsplit(self.url).query, keep_blank_values=True)
+
+    @property
+    def path_and_query(self) -> str:
+        parts = urlsplit(self.url)
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+    def replace(self, **changes: object) -> Request:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """An HTTP response with its body decoded (no Content-Encoding)."""
+
+    status: int
+    reason: str = ""
+    headers: Headers = ()
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        return header_value(self.headers, name)
+
+    def replace(self, **changes: object) -> Response:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One recorded exchange: what was asked and what answered."""
+
+    request: Request
+    response: Response
