@@ -1,0 +1,297 @@
+"""The mitmproxy addon: each request is answered by the cassette, forwarded and recorded, or refused.
+
+It also loads on its own: ``mitmdump -s proxy/addon.py --mode reverse:https://host
+--set connection_strategy=lazy --set replay_cassette=c.yaml --set replay_record_mode=none``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import exceptions, http
+from mitmproxy.proxy import mode_specs
+
+from proxy.cassette import WHEN_EXHAUSTED, Playback, load
+from proxy.diagnostic import no_match_response
+from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
+from proxy.journal import Exchange, Journal
+from proxy.matching import DEFAULT_MATCH_ON, Matcher
+from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
+from proxy.recorder import Recorder
+from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
+from proxy.rewrite import rewrite_origins, rewrite_retry_after
+from proxy.router import Forward, NoMatch, RecordMode, Replay, Router
+
+logger = logging.getLogger("proxy")
+
+META = "replay_proxy"
+"""flow.metadata key: what answered this flow ("cassette", "no-match", "forward")."""
+
+# Headers that describe the wire encoding of a body rather than the body: never replayed as recorded.
+WIRE_HEADERS = ("content-length", "transfer-encoding", "content-encoding")
+
+
+@dataclass
+class Session:
+    """Everything one cassette session needs; rebuilt whenever a ``replay_*`` option changes."""
+
+    cassette: Path | None
+    router: Router
+    recorder: Recorder | None
+    redactor: Redactor
+    origins: frozenset[str]
+    primary_origin: str | None
+    retry_after: float | None
+
+
+class ReplayAddon:
+    """Routes requests (router.py), records forwarded exchanges (recorder.py), journals every exchange."""
+
+    def __init__(self, journal: Journal | None = None) -> None:
+        self.journal = journal if journal is not None else Journal(listener=_log_exchange)
+        self.session: Session | None = None
+
+    # -- options ---------------------------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option(
+            "replay_cassette", str | None, None, "Cassette file (vcrpy YAML) to replay and record."
+        )
+        loader.add_option(
+            "replay_record_mode", str, "none", "vcrpy record mode: all, new_episodes, once or none."
+        )
+        loader.add_option(
+            "replay_match_on",
+            Sequence[str],
+            list(DEFAULT_MATCH_ON),
+            "vcrpy matcher names used to match requests.",
+        )
+        loader.add_option("replay_match_headers", Sequence[str], [], "Request headers that must also match.")
+        loader.add_option(
+            "replay_when_exhausted",
+            str,
+            "repeat-last",
+            "When a recorded sequence runs out: repeat-last, cycle, error.",
+        )
+        loader.add_option(
+            "replay_retry_after", str | None, None, "Rewrite advertised Retry-After to this many seconds."
+        )
+        loader.add_option("replay_redact", bool, True, "Redact secrets from what is saved.")
+        loader.add_option("replay_redact_headers", Sequence[str], [], "More header names to redact.")
+        loader.add_option("replay_redact_query", Sequence[str], [], "More query parameter names to redact.")
+        loader.add_option("replay_redact_json", Sequence[str], [], "JSON body field names to redact.")
+        loader.add_option(
+            "replay_upstream", str | None, None, "Origin recorded requests are rebased on in reverse mode."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not any(name.startswith("replay_") for name in updated):
+            return
+        from mitmproxy import ctx
+
+        try:
+            session = _build_session(ctx.options)
+        except ReplayProxyError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        self._close_session()
+        self.session = session
+
+    def done(self) -> None:
+        self._close_session()
+
+    def _close_session(self) -> None:
+        if self.session is not None and self.session.recorder is not None:
+            self.session.recorder.close()
+        self.session = None
+
+    # -- the request path ------------------------------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        session = self.session
+        if session is None:
+            return
+        request = _model_request(flow, session)
+        decision = session.router.decide(session.redactor.for_matching(request))
+        if isinstance(decision, Replay):
+            played = decision.played
+            detail = f"#{played.index + 1}" + (
+                ", repeated: the recorded sequence ran out" if played.extra else ""
+            )
+            flow.metadata[META] = "cassette"
+            self._answer(flow, session, played.interaction.response, "cassette", detail)
+        elif isinstance(decision, NoMatch):
+            flow.metadata[META] = "no-match"
+            source = str(session.cassette) if session.cassette else "no cassette"
+            detail = decision.reason
+            if decision.nearest:
+                index, interaction, diffs = decision.nearest[0]
+                closest = interaction.request
+                detail += f"; closest #{index + 1} {closest.method} {closest.path_and_query}"
+                if diffs:
+                    detail += f" ({'; '.join(diffs)})"
+            self._answer(flow, session, no_match_response(decision, source), "no-match", detail)
+        else:
+            assert isinstance(decision, Forward)
+            flow.metadata[META] = "forward"
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        session = self.session
+        if session is None or flow.metadata.get(META) != "forward" or flow.response is None:
+            return
+        request = _model_request(flow, session)
+        response = _model_response(flow)
+        detail = ""
+        if session.recorder is not None:
+            number = session.recorder.record(Interaction(request, response))
+            playback = session.router.playback
+            if playback is not None:
+                playback.add(Interaction(session.redactor.for_matching(request), response), played=True)
+            detail = f"recorded as #{number}"
+        served = self._outgoing(flow, session, response)
+        if served is not response:
+            flow.response = _flow_response(served)
+        self.journal.add(_exchange(flow, served.status, "upstream", detail))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(META) != "forward" or flow.error is None:
+            return
+        self.journal.add(_exchange(flow, 502, "error", flow.error.msg))
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _answer(
+        self, flow: http.HTTPFlow, session: Session, response: Response, source: str, detail: str
+    ) -> None:
+        served = self._outgoing(flow, session, response)
+        flow.response = _flow_response(served)
+        self.journal.add(_exchange(flow, served.status, source, detail))
+
+    def _outgoing(self, flow: http.HTTPFlow, session: Session, response: Response) -> Response:
+        """The response as the client gets it: upstream URLs point at the proxy, Retry-After shortened."""
+        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) and session.origins:
+            response = rewrite_origins(response, session.origins, _proxy_origin(flow))
+        if session.retry_after is not None:
+            response = rewrite_retry_after(response, session.retry_after)
+        return response
+
+
+def _build_session(options: Any) -> Session:
+    """Parse the ``replay_*`` options into a ready session (loads the cassette, opens the recorder)."""
+    try:
+        record_mode = RecordMode(options.replay_record_mode)
+    except ValueError:
+        raise ConfigError(
+            f"unknown record mode {options.replay_record_mode!r}; choose from: "
+            + ", ".join(m.value for m in RecordMode)
+        ) from None
+    if options.replay_when_exhausted not in WHEN_EXHAUSTED:
+        raise ConfigError(
+            f"unknown --when-exhausted policy {options.replay_when_exhausted!r}; choose from: "
+            + ", ".join(WHEN_EXHAUSTED)
+        )
+    retry_after: float | None = None
+    if options.replay_retry_after is not None:
+        try:
+            retry_after = float(options.replay_retry_after)
+        except ValueError:
+            raise ConfigError(
+                f"--retry-after takes seconds (e.g. 0 or 0.05), not {options.replay_retry_after!r}"
+            ) from None
+        if not retry_after >= 0:
+            raise ConfigError(
+                f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
+            )
+    matcher = Matcher(options.replay_match_on, options.replay_match_headers)
+    redactor = Redactor(
+        headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
+        query=(*DEFAULT_QUERY, *options.replay_redact_query),
+        json_fields=(*DEFAULT_JSON_FIELDS, *options.replay_redact_json),
+        enabled=options.replay_redact,
+    )
+    path = Path(options.replay_cassette) if options.replay_cassette else None
+    loaded: list[Interaction] = []
+    if path is not None:
+        try:
+            loaded = load(path)
+        except CassetteNotFoundError:
+            if record_mode is RecordMode.NONE:
+                raise
+    playback = (
+        Playback(
+            [Interaction(redactor.for_matching(i.request), i.response) for i in loaded],
+            matcher,
+            options.replay_when_exhausted,
+        )
+        if loaded or (path is not None and record_mode is RecordMode.NEW_EPISODES)
+        else None
+    )
+    router = Router(playback, record_mode, cassette_existed=bool(loaded))
+    records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
+    recorder = (
+        Recorder(path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor)
+        if records and path is not None
+        else None
+    )
+    origins = {origin_of(i.request.url) for i in loaded}
+    upstream = options.replay_upstream
+    if upstream:
+        origins.add(origin_of(upstream))
+    primary = origin_of(upstream) if upstream else (origin_of(loaded[0].request.url) if loaded else None)
+    return Session(path, router, recorder, redactor, frozenset(origins), primary, retry_after)
+
+
+def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
+    """The flow's request with an absolute URL: in reverse mode, on the recorded (or upstream) origin."""
+    req = flow.request
+    url = req.url
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) and session.primary_origin:
+        url = session.primary_origin + req.path
+    headers = tuple((k, v) for k, v in req.headers.items(multi=True))
+    return Request(req.method, url, headers, req.raw_content or b"")
+
+
+def _model_response(flow: http.HTTPFlow) -> Response:
+    """The upstream's response, body decoded, wire headers fixed so the cassette replays anywhere."""
+    resp = flow.response
+    assert resp is not None
+    body = resp.get_content(strict=False) or b""
+    decoded = resp.raw_content is not None and body != resp.raw_content
+    drop = ["transfer-encoding"] + (["content-encoding"] if decoded else [])
+    headers = without_headers(tuple(resp.headers.items(multi=True)), drop)
+    if flow.request.method != "HEAD" and resp.status_code not in (204, 304):
+        headers = set_header(headers, "Content-Length", str(len(body)))
+    return Response(resp.status_code, resp.reason, headers, body)
+
+
+def _flow_response(response: Response) -> http.Response:
+    """A mitmproxy response for ``response``: recorded headers, fresh Content-Length."""
+    headers = without_headers(response.headers, WIRE_HEADERS)
+    fields = [(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in headers]
+    out = http.Response.make(response.status, response.body, http.Headers(fields))
+    if response.reason:
+        out.reason = response.reason
+    return out
+
+
+def _proxy_origin(flow: http.HTTPFlow) -> str:
+    """The proxy's own origin as this client reached it."""
+    host, port = flow.client_conn.sockname[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if flow.client_conn.tls_established else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def _exchange(flow: http.HTTPFlow, status: int | None, source: str, detail: str) -> Exchange:
+    return Exchange(flow.request.method, flow.request.url, flow.request.path, status, source, detail)
+
+
+def _log_exchange(exchange: Exchange) -> None:
+    logger.info(exchange.line())
+
+
+addons = [ReplayAddon()]

@@ -1,0 +1,577 @@
+"""vcrpy-format cassettes: load, canonical dump, atomic save, append-as-you-go writing, ordered playback.
+
+YAML goes through vcrpy's own serializer (``vcr.serialize`` + ``vcr.serializers.yamlserializer``), so a
+cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-recording load ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+from vcr.request import Request as VcrRequest
+from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
+from vcr.serializers import yamlserializer
+
+from .errors import CassetteError, CassetteNotFoundError, ConfigError
+from .matching import Matcher, from_vcr_request, to_vcr_request
+from .model import Headers, Interaction, Request, Response
+
+HEADER = f"version: {CASSETTE_FORMAT_VERSION}\ninteractions:\n"
+"""Top of a cassette that is being appended to: later ``- request: ...`` items extend the list."""
+
+_REQUEST_KEYS = frozenset({"method", "uri", "body", "headers"})
+
+
+# ---------------------------------------------------------------- reading
+
+
+class _Parsed:
+    """A vcrpy "serializer" that hands back data we already parsed and checked (no second parse)."""
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    def deserialize(self, _text: str) -> Any:
+        return self._data
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError) -> CassetteError:
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        what = e.problem or e.context or "invalid YAML"
+        if e.context and e.problem:
+            what = f"{e.problem} ({e.context})"
+        if mark is not None:
+            return CassetteError(f"{path}:{mark.line + 1}:{mark.column + 1}: {what}")
+        return CassetteError(f"{path}: {what}")
+    return CassetteError(f"{path}: invalid YAML: {e}")
+
+
+def _check_headers(where: str, headers: Any, allow_empty: bool) -> None:
+    if not isinstance(headers, dict):
+        raise CassetteError(f"{where}: headers must be a mapping of name to list of values")
+    for name, values in headers.items():
+        if not isinstance(name, str):
+            raise CassetteError(f"{where}: header name {name!r} is not a string")
+        if not isinstance(values, list):
+            raise CassetteError(f"{where}: header {name!r} must be a list of values, not {values!r}")
+        if not values and not allow_empty:
+            raise CassetteError(f"{where}: header {name!r} has no value")
+        for v in values:
+            if not isinstance(v, str | bytes) and (not isinstance(v, int) or isinstance(v, bool)):
+                raise CassetteError(f"{where}: header {name!r} has a non-text value {v!r}")
+
+
+def _check(path: Path, data: Any) -> None:
+    """Reject what vcrpy would choke on later (or replay wrongly), naming the file and interaction."""
+    if isinstance(data, list):
+        raise CassetteError(f"{path}: old pre-1.0 vcrpy cassette format (a list); re-record it")
+    if not isinstance(data, dict):
+        raise CassetteError(f"{path}: not a vcrpy cassette (top level must be a mapping)")
+    if "version" in data and data["version"] != CASSETTE_FORMAT_VERSION:
+        raise CassetteError(f"{path}: unsupported cassette version {data['version']!r} (expected 1)")
+    if "interactions" not in data:
+        raise CassetteError(f"{path}: no 'interactions' key")
+    items = data["interactions"]
+    if not isinstance(items, list):
+        raise CassetteError(f"{path}: 'interactions' must be a list")
+    for i, item in enumerate(items):
+        where = f"{path}: interaction {i}"
+        if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
+            raise CassetteError(f"{where}: needs a 'request' mapping")
+        if not isinstance(item.get("response"), dict):
+            raise CassetteError(f"{where}: needs a 'response' mapping")
+        req, resp = item["request"], item["response"]
+        if missing := sorted(_REQUEST_KEYS - req.keys()):
+            raise CassetteError(f"{where}: request is missing {', '.join(missing)}")
+        if extra := sorted(str(k) for k in req.keys() - _REQUEST_KEYS):
+            raise CassetteError(f"{where}: request has unknown keys {', '.join(extra)}")
+        if not isinstance(req["method"], str) or not isinstance(req["uri"], str):
+            raise CassetteError(f"{where}: request method and uri must be strings")
+        if isinstance(req["body"], dict | list | int | float):
+            raise CassetteError(f"{where}: request body must be null, text or !!binary")
+        _check_headers(f"{where}: request", req["headers"], allow_empty=False)
+        status = resp.get("status")
+        if not isinstance(status, dict) or "code" not in status:
+            raise CassetteError(f"{where}: response needs status: {{code, message}}")
+        code = status["code"]
+        if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 999:
+            raise CassetteError(f"{where}: response status code {code!r} is not an HTTP status")
+        if not isinstance(status.get("message"), str):
+            raise CassetteError(f"{where}: response status has no message (vcrpy needs one)")
+        _check_headers(f"{where}: response", resp.get("headers"), allow_empty=True)
+        body = resp.get("body")
+        if not isinstance(body, dict) or "string" not in body:
+            raise CassetteError(f"{where}: response body must be a mapping with 'string'")
+        if not isinstance(body["string"], str | bytes | None):
+            raise CassetteError(f"{where}: response body string must be text or !!binary")
+
+
+def _text(value: object) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+
+
+def _response_from_dict(d: dict[str, Any]) -> Response:
+    headers: Headers = tuple((str(name), _text(v)) for name, values in d["headers"].items() for v in values)
+    body = d["body"]["string"]
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return Response(
+        status=int(d["status"]["code"]),
+        reason=str(d["status"]["message"]),
+        headers=headers,
+        body=body or b"",
+    )
+
+
+def load(path: Path) -> list[Interaction]:
+    """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CassetteNotFoundError(f"{path}: cassette not found") from None
+    except OSError as e:
+        raise CassetteError(f"{path}: cannot read cassette: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CassetteError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+    if not text.strip():
+        raise CassetteNotFoundError(f"{path}: cassette not found (the file is empty)")
+    try:
+        data = yamlserializer.deserialize(text)
+    except yaml.YAMLError as e:
+        raise _yaml_error(path, e) from None
+    except Exception as e:  # e.g. RecursionError on absurd nesting: still one line, no traceback
+        raise CassetteError(f"{path}: cannot parse cassette: {type(e).__name__}: {e}") from None
+    _check(path, data)
+    try:
+        requests, responses = deserialize(text, _Parsed(data))[:2]
+    except Exception as e:
+        raise CassetteError(f"{path}: not a valid vcrpy cassette: {type(e).__name__}: {e}") from None
+    out: list[Interaction] = []
+    for i, (vreq, vresp) in enumerate(zip(requests, responses, strict=True)):
+        try:
+            out.append(Interaction(from_vcr_request(vreq), _response_from_dict(vresp)))
+        except Exception as e:
+            raise CassetteError(f"{path}: interaction {i}: {type(e).__name__}: {e}") from None
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _response_dict(r: Response) -> dict[str, Any]:
+    """vcrpy's response dict: header names keep their (first-seen) case, repeated names share one list."""
+    headers: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
+    for name, value in r.headers:
+        key = names.setdefault(name.lower(), name)
+        headers.setdefault(key, []).append(value)
+    return {
+        "status": {"code": r.status, "message": r.reason},
+        "headers": headers,
+        "body": {"string": r.body},
+    }
+
+
+def _vcr_dict(interactions: Sequence[Interaction]) -> dict[str, Any]:
+    return {
+        "requests": [to_vcr_request(i.request) for i in interactions],
+        "responses": [_response_dict(i.response) for i in interactions],
+    }
+
+
+class _ItemsOnly:
+    """A vcrpy "serializer" that dumps only the interactions list, with vcrpy's YAML dumper."""
+
+    @staticmethod
+    def serialize(data: dict[str, Any]) -> str:
+        return str(yamlserializer.serialize(data["interactions"]))
+
+
+def dumps(interactions: Sequence[Interaction]) -> str:
+    """The canonical vcrpy YAML for ``interactions`` (what vcrpy itself writes; never ``metadata``)."""
+    try:
+        return str(serialize(_vcr_dict(interactions), yamlserializer))
+    except yaml.YAMLError as e:
+        raise CassetteError(f"cannot serialize interactions: {e}") from None
+
+
+def dump_items(interactions: Sequence[Interaction]) -> str:
+    """The ``- request: ...`` items alone, exactly as they appear under ``interactions:`` in ``dumps``."""
+    if not interactions:
+        return ""
+    try:
+        return str(serialize(_vcr_dict(interactions), _ItemsOnly))
+    except yaml.YAMLError as e:
+        raise CassetteError(f"cannot serialize interactions: {e}") from None
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename it over ``path``."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = 0o666
+        with contextlib.suppress(OSError):
+            mode = stat.S_IMODE(path.stat().st_mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mode != 0o666:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise CassetteError(f"{path}: cannot write cassette: {_reason(e)}") from None
+    _fsync_dir(path.parent)
+
+
+def save(path: Path, interactions: Sequence[Interaction]) -> None:
+    """Write ``interactions`` to ``path`` atomically in canonical form (parents created)."""
+    _atomic_write(Path(path), dumps(interactions).encode("utf-8"))
+
+
+class CassetteWriter:
+    """Saves exchanges as they happen without rewriting the whole file per exchange.
+
+    The file is laid out as ``version: 1`` then ``interactions:``; PyYAML does not indent a block
+    sequence under a mapping key, so each appended ``- request: ...`` item (one ``os.write`` on an
+    ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. ``close(final)`` rewrites it
+    in vcrpy's canonical order. Nothing is created until there is something to write.
+    """
+
+    def __init__(self, path: Path, initial: Sequence[Interaction] = ()) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._count = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        if initial:
+            self._rewrite(HEADER + dump_items(initial), len(initial))
+        else:
+            self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Fail now, not at the first exchange, when the cassette's directory cannot take a file."""
+        directory = self.path.parent
+        probe = directory / f".{self.path.name}.{secrets.token_hex(6)}.probe"
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "is a directory")
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise CassetteError(f"{self.path}: cannot write cassette: {_reason(e)}") from None
+
+    def _rewrite(self, text: str, count: int) -> None:
+        """Replace the file atomically with ``text`` and reopen it for appending."""
+        self._close_fd()
+        _atomic_write(self.path, text.encode("utf-8"))
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise CassetteError(f"{self.path}: cannot open cassette for appending: {_reason(e)}") from None
+        self._count = count
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise CassetteError(f"{self.path}: cannot flush cassette: {_reason(e)}") from None
+            finally:
+                os.close(fd)
+
+    @property
+    def count(self) -> int:
+        """How many interactions the file holds."""
+        return self._count
+
+    def append(self, interaction: Interaction) -> None:
+        """Add one interaction to the file with a single write, so the file is never half an item."""
+        item = dump_items([interaction])
+        with self._lock:
+            if self._closed:
+                raise CassetteError(f"{self.path}: cassette writer is closed")
+            if self._fd is None:
+                self._rewrite(HEADER + item, 1)
+                return
+            data = item.encode("utf-8")
+            fd = self._fd
+            try:
+                size = os.fstat(fd).st_size
+            except OSError as e:
+                raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
+            try:
+                n = os.write(fd, data)
+                if n != len(data):
+                    raise OSError(28, f"short write ({n} of {len(data)} bytes)")
+                os.fsync(fd)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # never leave a partial item behind
+                raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
+            self._count += 1
+
+    def close(self, final: Sequence[Interaction] | None = None) -> None:
+        """Flush and close; with ``final``, rewrite the file atomically in canonical ``dumps`` form.
+
+        An empty ``final`` on a writer that never wrote leaves the disk untouched.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            wrote = self._fd is not None
+            self._close_fd()
+            if final is not None and (final or wrote):
+                save(self.path, final)
+                self._count = len(final)
+
+    def __enter__(self) -> CassetteWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- playback
+
+
+@dataclass(frozen=True, slots=True)
+class Played:
+    """A recorded answer; ``extra`` means the recorded sequence was used up and the policy supplied it."""
+
+    index: int
+    interaction: Interaction
+    extra: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """Every matching interaction has been played and the policy is "error"."""
+
+    indices: tuple[int, ...]
+
+
+WHEN_EXHAUSTED: tuple[str, ...] = ("repeat-last", "cycle", "error")
+
+_NEAREST_KEYS = 150  # distinct request keys examined by nearest()
+_NEAREST_PER_KEY = 10  # members per key examined when body/header matchers are configured
+
+
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] or "/"
+
+
+class Playback:
+    """Answers requests from recorded interactions, identical requests in recorded order.
+
+    Interactions are indexed by ``Matcher.key``; each key keeps a cursor to its first unplayed
+    interaction, so a play is O(1) amortized (plus vcrpy's body/header checks on same-key candidates).
+    """
+
+    def __init__(
+        self, interactions: Sequence[Interaction], matcher: Matcher, when_exhausted: str = "repeat-last"
+    ) -> None:
+        if when_exhausted not in WHEN_EXHAUSTED:
+            raise ConfigError(
+                f"unknown when-exhausted policy {when_exhausted!r}; choose from: {', '.join(WHEN_EXHAUSTED)}"
+            )
+        self.matcher = matcher
+        self.when_exhausted = when_exhausted
+        self._lock = threading.Lock()
+        self._items: list[Interaction] = []
+        self._keys: list[Hashable] = []
+        self._counts: list[int] = []
+        self._vcr: list[VcrRequest | None] = []
+        self._buckets: dict[Hashable, list[int]] = {}
+        self._cursor: dict[Hashable, int] = {}
+        self._cycle: dict[Hashable, int] = {}
+        self._by_path: dict[str, list[Hashable]] = {}
+        self._by_parent: dict[str, list[str]] = {}
+        self._by_method: dict[str, list[Hashable]] = {}
+        for interaction in interactions:
+            self._index(interaction)
+
+    def _index(self, interaction: Interaction) -> int:
+        idx = len(self._items)
+        key = self.matcher.key(interaction.request)
+        self._items.append(interaction)
+        self._keys.append(key)
+        self._counts.append(0)
+        self._vcr.append(None)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._buckets[key] = [idx]
+            path = interaction.request.path
+            if path not in self._by_path:
+                self._by_path[path] = []
+                self._by_parent.setdefault(_parent(path), []).append(path)
+            self._by_path[path].append(key)
+            self._by_method.setdefault(interaction.request.method.upper(), []).append(key)
+        else:
+            bucket.append(idx)
+        return idx
+
+    def _vcr_request(self, idx: int) -> VcrRequest:
+        cached = self._vcr[idx]
+        if cached is None:
+            cached = self._vcr[idx] = to_vcr_request(self._items[idx].request)
+        return cached
+
+    @property
+    def interactions(self) -> Sequence[Interaction]:
+        return tuple(self._items)
+
+    @property
+    def play_counts(self) -> tuple[int, ...]:
+        """How often each interaction has been played (by index)."""
+        return tuple(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def unplayed(self) -> list[int]:
+        """Indices of interactions not played yet, in file order."""
+        with self._lock:
+            return [i for i, c in enumerate(self._counts) if c == 0]
+
+    def _answer(self, idx: int, extra: bool) -> Played:
+        self._counts[idx] += 1
+        return Played(idx, self._items[idx], extra)
+
+    def play(self, request: Request) -> Played | Exhausted | None:
+        """The next recorded answer to ``request``; None when nothing recorded matches it."""
+        key = self.matcher.key(request)
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if not bucket:
+                return None
+            counts = self._counts
+            if not self.matcher.needs_confirmation:
+                pos = self._cursor.get(key, 0)
+                while pos < len(bucket) and counts[bucket[pos]]:
+                    pos += 1
+                self._cursor[key] = pos
+                if pos < len(bucket):
+                    return self._answer(bucket[pos], extra=False)
+                matches: Sequence[int] = bucket
+                state: Hashable = key
+            else:
+                incoming = to_vcr_request(request)
+                for idx in bucket:
+                    if not counts[idx] and self.matcher.confirm(self._vcr_request(idx), incoming):
+                        return self._answer(idx, extra=False)
+                matches = [i for i in bucket if self.matcher.confirm(self._vcr_request(i), incoming)]
+                if not matches:
+                    return None
+                state = (key, tuple(matches))
+            if self.when_exhausted == "error":
+                return Exhausted(tuple(matches))
+            if self.when_exhausted == "cycle":
+                n = self._cycle.get(state, 0)
+                self._cycle[state] = n + 1
+                return self._answer(matches[n % len(matches)], extra=True)
+            return self._answer(matches[-1], extra=True)
+
+    def add(self, interaction: Interaction, played: bool = True) -> int:
+        """Append a newly recorded interaction and return its index; ``played`` counts it as played."""
+        with self._lock:
+            idx = self._index(interaction)
+            if played:
+                self._counts[idx] = 1
+            return idx
+
+    def reset(self) -> None:
+        """Forget play counts: the next requests start from the first recorded answers again."""
+        with self._lock:
+            self._counts = [0] * len(self._items)
+            self._cursor.clear()
+            self._cycle.clear()
+
+    def _candidate_keys(self, request: Request) -> list[tuple[int, Hashable]]:
+        """Distinct keys worth comparing, best tier first: same path, sibling paths, same method, any."""
+        seen: set[Hashable] = set()
+        out: list[tuple[int, Hashable]] = []
+
+        def take(tier: int, keys: Sequence[Hashable]) -> bool:
+            for k in keys:
+                if len(out) >= _NEAREST_KEYS:
+                    return False
+                if k not in seen:
+                    seen.add(k)
+                    out.append((tier, k))
+            return len(out) < _NEAREST_KEYS
+
+        path = request.path
+        if not take(0, self._by_path.get(path, ())):
+            return out
+        for sibling in self._by_parent.get(_parent(path), ())[:_NEAREST_KEYS]:
+            if sibling != path and not take(1, self._by_path[sibling]):
+                return out
+        if not take(2, self._by_method.get(request.method.upper(), ())[: _NEAREST_KEYS * 2]):
+            return out
+        for k in self._buckets:
+            if not take(3, (k,)):
+                break
+        return out
+
+    def nearest(self, request: Request, limit: int = 3) -> list[tuple[int, Interaction, list[str]]]:
+        """The recorded interactions closest to ``request`` and how each differs (for "no match" reports)."""
+        with self._lock:
+            per_key = _NEAREST_PER_KEY if self.matcher.needs_confirmation else 1
+            method, path = request.method.upper(), request.path
+            scored: list[tuple[tuple[int, int, int, int, int], int, list[str]]] = []
+            for tier, key in self._candidate_keys(request):
+                for idx in self._buckets[key][:per_key]:
+                    recorded = self._items[idx].request
+                    diffs = self.matcher.differences(recorded, request)
+                    rank = (
+                        len(diffs),
+                        recorded.method.upper() != method,
+                        recorded.path != path,
+                        tier,
+                        idx,
+                    )
+                    scored.append((rank, idx, diffs))
+            scored.sort(key=lambda s: s[0])
+            return [(idx, self._items[idx], diffs) for _, idx, diffs in scored[:limit]]

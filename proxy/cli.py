@@ -1,0 +1,301 @@
+"""The ``replay-proxy`` command line: record | replay | ca.
+
+Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
+traceback), 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from proxy import __version__
+from proxy.cassette import WHEN_EXHAUSTED
+from proxy.errors import ReplayProxyError
+from proxy.matching import DEFAULT_MATCH_ON, MATCHER_NAMES
+from proxy.router import RecordMode
+from proxy.server import MODES, ReplayProxy, default_confdir, ensure_ca
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+examples:
+  replay-proxy record https://atlas.microsoft.com -o cassettes/tileset.yaml
+      forward to the real service on http://127.0.0.1:8080 and save every exchange
+  replay-proxy replay cassettes/azure-maps/tileset-succeeds.yaml --port 0 --retry-after 0.01
+      answer from the cassette, offline, on a free port, with fast polling
+  replay-proxy record --mode regular -o cassettes/all-hosts.yaml
+      an HTTP(S)_PROXY for clients whose base URL cannot change (trust `replay-proxy ca`)
+  replay-proxy ca
+      print the path of the CA certificate HTTPS clients must trust in --mode regular
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our usage status (2) and one line, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"replay-proxy: error: {message} (see --help)\n")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("listening")
+    g.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, e.g. 0.0.0.0)"
+    )
+    g.add_argument(
+        "--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
+    g.add_argument(
+        "--mode",
+        choices=MODES,
+        default="reverse",
+        help="reverse: clients use the proxy's URL as their base URL (default); regular: clients use it as "
+        "HTTP(S)_PROXY, HTTPS intercepted with the CA of `replay-proxy ca` (e.g. --mode regular)",
+    )
+    g.add_argument(
+        "--confdir",
+        type=Path,
+        default=None,
+        help=f"directory of the proxy's CA (default: $REPLAY_PROXY_CONFDIR or {default_confdir()})",
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="do not print a line per exchange")
+
+    m = p.add_argument_group("matching and replay")
+    m.add_argument(
+        "--match-on",
+        type=_csv,
+        default=list(DEFAULT_MATCH_ON),
+        metavar="NAMES",
+        help=f"comma-separated vcrpy matchers (default: {','.join(DEFAULT_MATCH_ON)}; "
+        f"from: {', '.join(MATCHER_NAMES)}; e.g. --match-on method,path,query,body)",
+    )
+    m.add_argument(
+        "--match-header",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a request header that must also match (repeatable, e.g. --match-header x-ms-version)",
+    )
+    m.add_argument(
+        "--when-exhausted",
+        choices=WHEN_EXHAUSTED,
+        default="repeat-last",
+        help="when identical requests outnumber the recorded ones: repeat the last answer (default), "
+        "cycle from the first, or error (a no-match answer)",
+    )
+    m.add_argument(
+        "--retry-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="rewrite advertised Retry-After (and retry-after-ms) to this delay so polling replays fast "
+        "(e.g. --retry-after 0.01; note azure-core treats 0 as 'use my 30 s default')",
+    )
+
+    r = p.add_argument_group("redaction (what is saved; live traffic is untouched)")
+    r.add_argument("--no-redact", action="store_true", help="save secrets as sent (not recommended)")
+    r.add_argument(
+        "--redact-header",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another header to redact (repeatable, e.g. --redact-header x-my-token)",
+    )
+    r.add_argument(
+        "--redact-query",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another query parameter to redact (repeatable, e.g. --redact-query key)",
+    )
+    r.add_argument(
+        "--redact-json-field",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="replay-proxy",
+        description="A recording and replay HTTP(S) proxy for testing clients of remote services.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"replay-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    rec = sub.add_parser(
+        "record",
+        help="forward to UPSTREAM_URL and save every exchange to a cassette",
+        description="Forward to the real service and save every exchange to a vcrpy cassette, as it happens.",
+        epilog="example: replay-proxy record https://atlas.microsoft.com -o cassettes/tileset.yaml --port 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rec.add_argument(
+        "upstream",
+        nargs="?",
+        metavar="UPSTREAM_URL",
+        help="the real service, e.g. https://atlas.microsoft.com (not used with --mode regular)",
+    )
+    rec.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="CASSETTE",
+        help="cassette file to write (vcrpy YAML), e.g. -o cassettes/tileset.yaml",
+    )
+    rec.add_argument(
+        "--record-mode",
+        choices=[m.value for m in RecordMode],
+        default=RecordMode.ALL.value,
+        help="vcrpy's record modes: all = record everything, replacing the recorded exchanges it repeats "
+        "(default); new_episodes = replay what matches, record the rest; once = record only if the "
+        "cassette does not exist yet, else replay; none = replay only (e.g. --record-mode new_episodes)",
+    )
+    _add_common(rec)
+
+    rep = sub.add_parser(
+        "replay",
+        help="answer from a cassette, never touching the network",
+        description="Answer from a vcrpy cassette, offline: an unmatched request gets a 599 diagnostic.",
+        epilog="example: replay-proxy replay cassettes/azure-maps/tileset-succeeds.yaml --port 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument(
+        "cassette",
+        type=Path,
+        metavar="CASSETTE",
+        help="cassette file (vcrpy YAML), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
+    )
+    _add_common(rep)
+
+    ca = sub.add_parser(
+        "ca",
+        help="print the CA certificate path (created on first use)",
+        description="Print the path of the CA certificate that HTTPS clients must trust in --mode regular.",
+        epilog="example: REQUESTS_CA_BUNDLE=$(replay-proxy ca) python my_client.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ca.add_argument(
+        "--confdir", type=Path, default=None, help=f"directory of the CA (default: {default_confdir()})"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "ca":
+            print(ensure_ca(args.confdir or default_confdir()), flush=True)
+            return EXIT_OK
+        return _serve(args)
+    except ReplayProxyError as e:
+        print(f"replay-proxy: error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.command == "record":
+        cassette: Path = args.output
+        upstream = args.upstream
+        if args.mode == "reverse" and not upstream:
+            raise _usage(
+                "record needs UPSTREAM_URL in reverse mode (e.g. replay-proxy record https://host -o c.yaml)"
+            )
+        if args.mode == "regular" and upstream:
+            raise _usage("--mode regular takes no UPSTREAM_URL: clients choose the hosts")
+        record_mode = args.record_mode
+    else:
+        cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
+    _configure_logging(args.quiet)
+    proxy = ReplayProxy(
+        cassette,
+        upstream,
+        record_mode=record_mode,
+        mode=args.mode,
+        host=args.host,
+        port=args.port,
+        confdir=args.confdir,
+        match_on=args.match_on,
+        match_headers=args.match_header,
+        when_exhausted=args.when_exhausted,
+        retry_after=args.retry_after,
+        redact=not args.no_redact,
+        redact_headers=args.redact_header,
+        redact_query=args.redact_query,
+        redact_json=args.redact_json_field,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proxy.start()
+        print(_ready_line(args, proxy), flush=True)
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(
+                f"replay-proxy: warning: listening on {args.host}: anyone who can reach this address can use "
+                "the proxy and read what it replays or records",
+                file=sys.stderr,
+                flush=True,
+            )
+        while not stop.wait(0.2):
+            if proxy._thread is not None and not proxy._thread.is_alive():
+                print("replay-proxy: error: the proxy stopped unexpectedly", file=sys.stderr, flush=True)
+                return EXIT_INTERNAL
+    finally:
+        proxy.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if record_mode != RecordMode.NONE.value and not args.quiet:
+        print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
+    if args.command == "record":
+        what = f"recording {args.upstream or 'all hosts'} to {args.output}"
+    else:
+        what = f"replaying {args.cassette}"
+    line = f"replay-proxy {what} on {proxy.url}"
+    if args.mode == "regular":
+        line += f" (forward proxy; HTTPS clients must trust {proxy.ca_cert})"
+    return line
+
+
+def _usage(message: str) -> ReplayProxyError:
+    from proxy.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _configure_logging(quiet: bool) -> None:
+    """One plain line per exchange on stderr (the ready line has stdout to itself)."""
+    logger = logging.getLogger("proxy")
+    logger.propagate = False
+    logger.handlers.clear()
+    if not quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

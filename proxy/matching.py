@@ -1,0 +1,239 @@
+"""Which recorded request answers an incoming one, with vcrpy's matcher names and semantics.
+
+Cheap matchers (method, URL parts, chosen headers) form a hashable key so playback can index 100k
+interactions; body and full-header matchers run vcrpy's own functions on ``vcr.request.Request`` objects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from io import BytesIO
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, urlsplit
+
+from vcr import matchers as vcr_matchers
+from vcr.request import Request as VcrRequest
+
+from .errors import ConfigError
+from .model import DEFAULT_PORTS, Request, header_values
+
+DEFAULT_MATCH_ON: tuple[str, ...] = ("method", "path", "query")
+"""The default identity of a request: host and port differ between record and replay."""
+
+INDEXABLE: tuple[str, ...] = ("method", "uri", "url", "scheme", "host", "port", "path", "query")
+"""Matchers whose outcome is decided by equality of a hashable value (they form ``Matcher.key``)."""
+
+CONFIRMING: tuple[str, ...] = ("body", "raw_body", "headers")
+"""Matchers that need vcrpy's comparison functions (content-aware bodies, all headers)."""
+
+MATCHER_NAMES: tuple[str, ...] = INDEXABLE + CONFIRMING
+
+_VCR_FUNCTIONS: dict[str, Callable[[Any, Any], Any]] = {
+    "body": vcr_matchers.body,
+    "raw_body": vcr_matchers.raw_body,
+    "headers": vcr_matchers.headers,
+}
+
+_MAX_MESSAGE = 200
+
+
+def _joined(values: Sequence[str], name: str) -> str:
+    """One value for a repeated request header, as HTTP allows (RFC 9110 5.3; Cookie uses "; ")."""
+    return ("; " if name.lower() == "cookie" else ", ").join(values)
+
+
+def to_vcr_request(r: Request) -> VcrRequest:
+    """``r`` as vcrpy's Request: empty body becomes None (as vcrpy's stubs record), one value per header."""
+    headers: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for name, _ in r.headers:
+        lname = name.lower()
+        if lname not in names:
+            names[lname] = name
+            headers[name] = _joined(header_values(r.headers, name), name)
+    return VcrRequest(r.method, r.url, r.body or None, headers)
+
+
+def _to_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def body_bytes(body: object) -> bytes:
+    """A vcrpy request body (None, str, bytes, file-like or iterator of chunks) as bytes."""
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8")
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body)
+    if isinstance(body, BytesIO):
+        return body.getvalue()
+    read = getattr(body, "read", None)
+    if callable(read):
+        return body_bytes(read())
+    if isinstance(body, list | tuple) or hasattr(body, "__iter__"):
+        chunks = list(body)
+        if all(isinstance(c, int) for c in chunks):
+            return bytes(chunks)
+        return b"".join(body_bytes(c) for c in chunks)
+    raise TypeError(f"unsupported request body type {type(body).__name__}")
+
+
+def from_vcr_request(r: VcrRequest) -> Request:
+    """vcrpy's Request as ours: its HeadersDict gives one value per name; the body becomes bytes."""
+    headers = tuple((_to_text(k), _to_text(v)) for k, v in r.headers.items())
+    return Request(method=str(r.method), url=str(r.uri), headers=headers, body=body_bytes(r.body))
+
+
+def _normalized_uri(url: str, parts: SplitResult) -> str:
+    """vcrpy's uri comparison: exact, except that a bare ``scheme://host`` equals ``scheme://host/``."""
+    if parts.path:
+        return url
+    authority = f"{parts.scheme}://{parts.netloc}"
+    if not url.startswith(authority):
+        return url
+    return authority + "/" + url[len(authority) :]
+
+
+def _pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+def _one_line(message: str) -> str:
+    """vcrpy's (possibly multi-line diff) message squeezed onto one short line."""
+    lines = [
+        line for line in message.splitlines() if line.strip() and not line.startswith(("--- ", "+++ ", "@@"))
+    ]
+    text = " | ".join(lines) if lines else message
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+class Matcher:
+    """Decides whether a recorded request answers an incoming one, using vcrpy matcher names.
+
+    ``headers`` names request headers whose values must be equal (names case-insensitive): a lighter
+    alternative to vcrpy's ``headers`` matcher, which compares every header.
+    """
+
+    def __init__(self, match_on: Sequence[str] = DEFAULT_MATCH_ON, headers: Sequence[str] = ()) -> None:
+        if isinstance(match_on, str):
+            match_on = (match_on,)
+        names: list[str] = []
+        for name in match_on:
+            if name not in MATCHER_NAMES:
+                raise ConfigError(f"unknown matcher {name!r}; choose from: {', '.join(MATCHER_NAMES)}")
+            if name not in names:
+                names.append(name)
+        header_names: list[str] = []
+        for h in (headers,) if isinstance(headers, str) else headers:
+            lname = h.strip().lower()
+            if not lname or any(c in lname for c in " \t:\r\n"):
+                raise ConfigError(f"invalid header name {h!r} for matching")
+            if lname not in header_names:
+                header_names.append(lname)
+        self.match_on: tuple[str, ...] = tuple(names)
+        self.headers: tuple[str, ...] = tuple(header_names)
+        self._indexed = tuple(n for n in names if n in INDEXABLE)
+        self._confirming = tuple(_VCR_FUNCTIONS[n] for n in names if n in CONFIRMING)
+
+    def __repr__(self) -> str:
+        return f"Matcher(match_on={self.match_on!r}, headers={self.headers!r})"
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """True when equal keys are not enough (a body or all-headers matcher is configured)."""
+        return bool(self._confirming)
+
+    def _part(self, name: str, r: Request, parts: SplitResult) -> Hashable:
+        if name == "method":
+            return r.method.upper()
+        if name in ("uri", "url"):
+            return _normalized_uri(r.url, parts)
+        if name == "scheme":
+            return parts.scheme.lower()
+        if name == "host":
+            return (parts.hostname or "").lower()
+        if name == "port":
+            try:
+                port = parts.port
+            except ValueError:
+                port = None
+            return port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+        if name == "path":
+            return parts.path or "/"
+        # query: sorted pairs, order-insensitive like vcrpy's (blank values kept: ?a= differs from ?)
+        return tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
+
+    def _header(self, r: Request, lname: str) -> str | None:
+        values = header_values(r.headers, lname)
+        return _joined(values, lname) if values else None
+
+    def key(self, request: Request) -> Hashable:
+        """A hashable summary of the indexable matchers and chosen headers: different keys never match."""
+        parts = urlsplit(request.url)
+        return (
+            tuple(self._part(n, request, parts) for n in self._indexed),
+            tuple(self._header(request, h) for h in self.headers),
+        )
+
+    def confirm(self, recorded: VcrRequest, incoming: VcrRequest) -> bool:
+        """Run the non-indexable matchers (vcrpy's functions) on requests already converted for vcrpy."""
+        for fn in self._confirming:
+            try:
+                result = fn(incoming, recorded)
+            except AssertionError:
+                return False
+            if result is False:
+                return False
+        return True
+
+    def matches(self, recorded: Request, incoming: Request) -> bool:
+        """Whether ``recorded`` answers ``incoming`` under every configured matcher."""
+        if self.key(recorded) != self.key(incoming):
+            return False
+        if not self._confirming:
+            return True
+        return self.confirm(to_vcr_request(recorded), to_vcr_request(incoming))
+
+    def differences(self, recorded: Request, incoming: Request) -> list[str]:
+        """One short line per failing matcher (incoming value first, as vcrpy does); [] when they match."""
+        out: list[str] = []
+        rparts, iparts = urlsplit(recorded.url), urlsplit(incoming.url)
+        for name in self.match_on:
+            if name in INDEXABLE:
+                rv, iv = self._part(name, recorded, rparts), self._part(name, incoming, iparts)
+                if rv == iv:
+                    continue
+                if name == "query":
+                    out.append(f"query: {_query_difference(rv, iv)}")  # type: ignore[arg-type]
+                else:
+                    out.append(f"{name}: {iv} != {rv}")
+        for h in self.headers:
+            rh, ih = self._header(recorded, h), self._header(incoming, h)
+            if rh != ih:
+                shown_i = "(absent)" if ih is None else repr(ih)
+                shown_r = "(absent)" if rh is None else repr(rh)
+                out.append(f"header {h}: {shown_i} != {shown_r}")
+        if self._confirming:
+            _, failures = vcr_matchers.get_matchers_results(
+                to_vcr_request(incoming), to_vcr_request(recorded), self._confirming
+            )
+            for name, message in failures:
+                out.append(f"{name}: {_one_line(message or 'differs')}")
+        return out
+
+
+def _query_difference(recorded: Sequence[tuple[str, str]], incoming: Sequence[tuple[str, str]]) -> str:
+    """``missing k=v`` (recorded, not sent) and ``unexpected k=v`` (sent, not recorded)."""
+    rc, ic = Counter(recorded), Counter(incoming)
+    missing = sorted((rc - ic).elements())
+    unexpected = sorted((ic - rc).elements())
+    parts = []
+    if missing:
+        parts.append(f"missing {_pairs(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_pairs(unexpected)}")
+    return "; ".join(parts)

@@ -1,0 +1,90 @@
+"""Upstream exchange -> redaction -> cassette on disk, as it happens.
+
+Each exchange is appended to the cassette file in one write, so a killed proxy loses only the exchanges
+in flight; at a clean stop the file is rewritten once in vcrpy's canonical layout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy.cassette import CassetteWriter
+from proxy.errors import CassetteError
+from proxy.matching import Matcher
+from proxy.model import Interaction
+from proxy.redact import Redactor
+from proxy.router import RecordMode
+
+
+class Recorder:
+    """Saves recorded interactions to one cassette, following vcrpy's record-mode rules on save."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        loaded: Sequence[Interaction],
+        record_mode: RecordMode,
+        matcher: Matcher,
+        redactor: Redactor,
+    ) -> None:
+        self.path = path
+        self.loaded = list(loaded)
+        self.record_mode = record_mode
+        self.matcher = matcher
+        self.redactor = redactor
+        self.recorded: list[Interaction] = []
+        self._lock = threading.Lock()
+        self._writer: CassetteWriter | None = None  # opened on the first exchange: no exchange, no write
+        _check_writable(path)
+
+    def record(self, interaction: Interaction) -> int:
+        """Redact and save one exchange; returns its 1-based number in the cassette file."""
+        saved = self.redactor.interaction(interaction)
+        with self._lock:
+            if self._writer is None:
+                self._writer = CassetteWriter(self.path, self.loaded)
+            self._writer.append(saved)
+            self.recorded.append(saved)
+            return len(self.loaded) + len(self.recorded)
+
+    def final(self) -> list[Interaction]:
+        """What the cassette holds at the end; in ``all`` mode new recordings replace old ones they match."""
+        with self._lock:
+            recorded = list(self.recorded)
+        if self.record_mode is not RecordMode.ALL:
+            return self.loaded + recorded
+        keys = {self.matcher.key(self.redactor.for_matching(i.request)) for i in recorded}
+        kept = [
+            old
+            for old in self.loaded
+            if self.matcher.key(self.redactor.for_matching(old.request)) not in keys
+            or not any(
+                self.matcher.matches(
+                    self.redactor.for_matching(old.request), self.redactor.for_matching(new.request)
+                )
+                for new in recorded
+            )
+        ]
+        return kept + recorded
+
+    def close(self) -> None:
+        """Rewrite the cassette once, canonically (only if anything was recorded)."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close(self.final())
+
+
+def _check_writable(path: Path) -> None:
+    """Fail at start, not at the first exchange, when the cassette cannot be written."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CassetteError(f"{path}: cannot create the cassette's directory: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CassetteError(f"{path}: cassette is not writable")

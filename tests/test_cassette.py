@@ -1,0 +1,558 @@
+"""Cassettes: vcrpy-exact YAML, clear load errors, append-as-you-go writing, ordered playback."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from vcr import matchers as vcr_matchers
+from vcr.cassette import Cassette
+from vcr.request import Request as VcrRequest
+from vcr.serialize import deserialize, serialize
+from vcr.serializers import yamlserializer
+
+from proxy.cassette import (
+    HEADER,
+    WHEN_EXHAUSTED,
+    CassetteWriter,
+    Exhausted,
+    Playback,
+    Played,
+    dump_items,
+    dumps,
+    load,
+    save,
+)
+from proxy.errors import CassetteError, CassetteNotFoundError, ConfigError
+from proxy.matching import Matcher
+from proxy.model import Interaction, Request, Response
+
+TRICKY_BODIES = {
+    "utf8": "héllo ✓ wörld".encode(),
+    "crlf": b"line1\r\nline2\r\n",
+    "nul": b"a\x00b",
+    "emoji": "🚀🎉 ok".encode(),
+    "empty": b"",
+    "binary": b"\x89PNG\r\n\x1a\n\x00\xff\xfe",
+    "yaml_like": b"- request:\n    body: x\nversion: 2\n---\n...\ninteractions: []\n",
+    "leading_space": b"   indented\n  text",
+    "bom_u2028": "\ufeffa\u2028b\u0085c\x1b\x7f".encode(),
+    "long": b"x" * 5000 + b" y" * 300,
+    "json": b'{"a": [1, 2], "b": "c"}',
+}
+
+
+def interaction(
+    method: str = "GET",
+    url: str = "https://api.example.com/items?a=1",
+    body: bytes = b"",
+    status: int = 200,
+    reason: str = "OK",
+    resp_body: bytes = b"{}",
+    req_headers: tuple[tuple[str, str], ...] = (("Accept", "application/json"),),
+    resp_headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),),
+) -> Interaction:
+    return Interaction(
+        Request(method, url, req_headers, body),
+        Response(status, reason, resp_headers, resp_body),
+    )
+
+
+def poll(status: str, url: str = "https://api.example.com/operations/1") -> Interaction:
+    return interaction(url=url, resp_body=f'{{"status": "{status}"}}'.encode())
+
+
+def vcr_load(path: Path) -> Cassette:
+    return Cassette.load(path=str(path), record_mode="none", match_on=(vcr_matchers.method, vcr_matchers.uri))
+
+
+# ---------------------------------------------------------------- format
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY_BODIES))
+def test_round_trip_bodies_byte_exact(tmp_path: Path, name: str) -> None:
+    body = TRICKY_BODIES[name]
+    items = [interaction(method="POST", body=body, resp_body=body)]
+    path = tmp_path / "c.yaml"
+    save(path, items)
+    assert load(path) == items
+    # vcrpy reads the same bytes back
+    cassette = vcr_load(path)
+    vreq = cassette.requests[0]
+    assert (vreq.body or b"") == body
+    assert cassette.responses[0]["body"]["string"] == body
+    _requests, responses = deserialize(path.read_text(), yamlserializer)[:2]
+    assert responses[0]["body"]["string"] == body
+
+
+def test_binary_is_tagged_and_empty_request_body_is_null() -> None:
+    text = dumps([interaction(body=b"\xff\xfe", resp_body=b"\x00\xff")])
+    assert text.count("!!binary") == 2
+    data = yaml.safe_load(dumps([interaction()]))
+    assert data["interactions"][0]["request"]["body"] is None
+    assert dumps([interaction(body=b"x=1")]).count("body: x=1") == 1
+
+
+def test_dumps_shape_and_no_metadata() -> None:
+    items = [
+        interaction(
+            req_headers=(("Accept", "a"), ("X-Trace", "t")),
+            resp_headers=(("Set-Cookie", "a=1; Path=/"), ("Content-Type", "x"), ("set-cookie", "b=2")),
+        )
+    ]
+    text = dumps(items)
+    data = yaml.safe_load(text)
+    assert list(data) == ["interactions", "version"] and data["version"] == 1
+    assert text.startswith("interactions:\n") and text.endswith("version: 1\n")
+    assert "metadata" not in text
+    req = data["interactions"][0]["request"]
+    assert set(req) == {"body", "headers", "method", "uri"}
+    assert req["headers"] == {"Accept": ["a"], "X-Trace": ["t"]}
+    resp = data["interactions"][0]["response"]
+    assert resp["headers"]["Set-Cookie"] == ["a=1; Path=/", "b=2"]
+    assert resp["status"] == {"code": 200, "message": "OK"}
+    assert set(resp["body"]) == {"string"}
+
+
+def test_dumps_is_byte_identical_to_vcrpy() -> None:
+    items = [interaction(body=b, resp_body=b) for b in TRICKY_BODIES.values()]
+    vreqs = [
+        VcrRequest(i.request.method, i.request.url, i.request.body or None, dict(i.request.headers))
+        for i in items
+    ]
+    vresps = [
+        {
+            "status": {"code": i.response.status, "message": i.response.reason},
+            "headers": {k: [v] for k, v in i.response.headers},
+            "body": {"string": i.response.body},
+        }
+        for i in items
+    ]
+    assert dumps(items) == serialize({"requests": vreqs, "responses": vresps}, yamlserializer)
+
+
+def test_multi_valued_response_headers_kept(tmp_path: Path) -> None:
+    items = [interaction(resp_headers=(("Set-Cookie", "a=1"), ("Content-Type", "t"), ("Set-Cookie", "b=2")))]
+    save(tmp_path / "c.yaml", items)
+    (got,) = load(tmp_path / "c.yaml")
+    assert got.response.header("content-type") == "t"
+    assert [v for k, v in got.response.headers if k == "Set-Cookie"] == ["a=1", "b=2"]
+    assert got.response.reason == "OK"
+
+
+def test_vcrpy_written_cassette_loads(tmp_path: Path) -> None:
+    path = tmp_path / "vcr.yaml"
+    cassette = Cassette(str(path), record_mode="all")
+    cassette.append(
+        VcrRequest("POST", "http://h/echo?b=2&a=1", b'{"x": 1}', {"Content-Type": "application/json"}),
+        {
+            "status": {"code": 201, "message": "Created"},
+            "headers": {"Set-Cookie": ["a=1", "b=2"], "Content-Type": ["application/json"]},
+            "body": {"string": b'{"ok": true}'},
+        },
+    )
+    cassette.append(
+        VcrRequest("GET", "http://h/bin", None, {}),
+        {"status": {"code": 200, "message": "OK"}, "headers": {}, "body": {"string": b"\x00\xff"}},
+    )
+    cassette._save()
+    got = load(path)
+    assert got[0].request == Request(
+        "POST", "http://h/echo?b=2&a=1", (("Content-Type", "application/json"),), b'{"x": 1}'
+    )
+    assert got[0].response == Response(
+        201,
+        "Created",
+        (("Content-Type", "application/json"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")),
+        b'{"ok": true}',
+    )
+    assert got[1].response.body == b"\x00\xff" and got[1].request.body == b""
+    assert dumps(got) == path.read_text()  # same bytes as vcrpy wrote
+
+
+def test_metadata_key_is_read_but_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    text = dumps([interaction()]).replace("version: 1\n", "metadata:\n  k: v\nversion: 1\n")
+    path.write_text(text)
+    items = load(path)
+    assert len(items) == 1
+    save(path, items)
+    assert "metadata" not in path.read_text()
+
+
+# ---------------------------------------------------------------- load errors
+
+
+def test_missing_and_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(CassetteNotFoundError, match=r"nope\.yaml: cassette not found"):
+        load(tmp_path / "nope.yaml")
+    (tmp_path / "empty.yaml").write_text("  \n")
+    with pytest.raises(CassetteNotFoundError):
+        load(tmp_path / "empty.yaml")
+
+
+GOOD_REQUEST = "  request: {body: null, headers: {}, method: GET, uri: 'http://h/'}\n"
+GOOD_RESPONSE = "  response: {body: {string: ''}, headers: {}, status: {code: 200, message: OK}}\n"
+MALFORMED = {
+    "not_mapping": ("just a string\n", "top level must be a mapping"),
+    "old_list": ("- request: {}\n  response: {}\n", "pre-1.0"),
+    "no_interactions": ("version: 1\n", "no 'interactions'"),
+    "interactions_scalar": ("interactions: 3\n", "'interactions' must be a list"),
+    "version_2": ("interactions: []\nversion: 2\n", "unsupported cassette version"),
+    "request_missing_uri": (
+        "interactions:\n- request: {body: null, headers: {}, method: GET}\n" + GOOD_RESPONSE,
+        "interaction 0: request is missing uri",
+    ),
+    "request_extra_key": (
+        "interactions:\n- request: {body: null, headers: {}, method: GET, uri: u, recorded_at: x}\n"
+        + GOOD_RESPONSE,
+        "interaction 0: request has unknown keys recorded_at",
+    ),
+    "request_body_mapping": (
+        "interactions:\n- request: {body: {a: 1}, headers: {}, method: GET, uri: u}\n" + GOOD_RESPONSE,
+        "interaction 0: request body must be null, text or !!binary",
+    ),
+    "no_response": ("interactions:\n-" + GOOD_REQUEST[1:], "interaction 0: needs a 'response'"),
+    "status_without_message": (
+        "interactions:\n-"
+        + GOOD_REQUEST[1:]
+        + GOOD_RESPONSE
+        + "-"
+        + GOOD_REQUEST[1:]
+        + "  response: {body: {string: ''}, headers: {}, status: {code: 200}}\n",
+        "interaction 1: response status has no message",
+    ),
+    "scalar_response_header": (
+        "interactions:\n-"
+        + GOOD_REQUEST[1:]
+        + "  response: {body: {string: ''}, headers: {Content-Type: text/plain},"
+        + " status: {code: 200, message: OK}}\n",
+        "interaction 0: response: header 'Content-Type' must be a list",
+    ),
+    "scalar_request_header": (
+        "interactions:\n- request: {body: null, headers: {A: b}, method: GET, uri: u}\n" + GOOD_RESPONSE,
+        "interaction 0: request: header 'A' must be a list",
+    ),
+    "body_not_mapping": (
+        "interactions:\n-"
+        + GOOD_REQUEST[1:]
+        + "  response: {body: text, headers: {}, status: {code: 200, message: OK}}\n",
+        "response body must be a mapping",
+    ),
+    "bad_status": (
+        "interactions:\n-"
+        + GOOD_REQUEST[1:]
+        + "  response: {body: {string: ''}, headers: {}, status: {code: abc, message: OK}}\n",
+        "not an HTTP status",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_wrong_shape_names_file_and_interaction(tmp_path: Path, name: str) -> None:
+    text, expected = MALFORMED[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    with pytest.raises(CassetteError) as info:
+        load(path)
+    assert type(info.value) is CassetteError
+    assert str(info.value).startswith(f"{path}: ")
+    assert expected in str(info.value)
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("interactions:\n- request: {body: null\n  response: [\nversion: 1\n")
+    with pytest.raises(CassetteError, match=rf"^{path}:\d+:\d+: "):
+        load(path)
+    path.write_text("interactions:\n  - a: 1\n b: 2\n")
+    with pytest.raises(CassetteError, match=rf"^{path}:3:\d+: "):
+        load(path)
+
+
+def test_python_tags_are_refused_and_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(
+        "interactions:\n- request:\n    body: !!python/object/apply:os.system ['touch "
+        f"{marker}']\n    headers: {{}}\n    method: GET\n    uri: u\n" + GOOD_RESPONSE + "version: 1\n"
+    )
+    with pytest.raises(CassetteError, match=rf"^{path}:3:\d+: could not determine a constructor"):
+        load(path)
+    assert not marker.exists()
+
+
+def test_not_utf8_and_directory(tmp_path: Path) -> None:
+    (tmp_path / "latin.yaml").write_bytes(b"interactions: [\xff]\n")
+    with pytest.raises(CassetteError, match="not UTF-8"):
+        load(tmp_path / "latin.yaml")
+    with pytest.raises(CassetteError, match="cannot read"):
+        load(tmp_path)
+
+
+# ---------------------------------------------------------------- save / writer
+
+
+def test_save_is_atomic_and_creates_parents(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c.yaml"
+    save(path, [interaction()])
+    assert load(path) == [interaction()]
+    save(path, [interaction(), poll("Done")])
+    assert len(load(path)) == 2
+    assert os.listdir(path.parent) == ["c.yaml"]  # no temp files left
+
+
+def test_save_error_names_path_and_reason(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CassetteError, match=rf"^{blocker}/c.yaml: cannot write cassette: "):
+        save(blocker / "c.yaml", [interaction()])
+
+
+def test_writer_is_lazy_and_loadable_after_every_append(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "w.yaml"
+    writer = CassetteWriter(path)
+    assert not path.exists() and writer.count == 0
+    items = [
+        interaction(method="POST", body=b, resp_body=b, url=f"http://h/{i}")
+        for i, b in enumerate(TRICKY_BODIES.values())
+    ]
+    for n, item in enumerate(items, 1):
+        writer.append(item)
+        assert writer.count == n
+        assert len(vcr_load(path)) == n  # vcrpy loads it after each append
+        assert load(path) == items[:n]
+    assert path.read_text() == HEADER + dump_items(items)
+    writer.close(final=items)
+    assert path.read_text() == dumps(items)
+    assert len(vcr_load(path)) == len(items)
+
+
+def test_writer_items_equal_dumps_body() -> None:
+    items = [interaction(body=b, resp_body=b) for b in TRICKY_BODIES.values()]
+    assert dumps(items) == "interactions:\n" + dump_items(items) + "version: 1\n"
+    assert "".join(dump_items([i]) for i in items) == dump_items(items)
+
+
+def test_writer_with_initial_and_close_without_final(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    initial = [poll("Running"), poll("Running")]
+    with CassetteWriter(path, initial) as writer:
+        assert load(path) == initial and writer.count == 2
+        writer.append(poll("Succeeded"))
+    assert [i.response.body for i in load(path)][-1] == b'{"status": "Succeeded"}'
+    assert path.read_text().startswith("version: 1\ninteractions:\n")
+    with pytest.raises(CassetteError, match="closed"):
+        writer.append(poll("x"))
+
+
+def test_unused_writer_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "unused.yaml"
+    CassetteWriter(path).close()
+    CassetteWriter(path).close(final=[])
+    assert not path.exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_unwritable_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(CassetteError, match=rf"^{blocker}/c.yaml: cannot write cassette: "):
+        CassetteWriter(blocker / "c.yaml")
+    with pytest.raises(CassetteError, match="cannot write cassette"):
+        CassetteWriter(blocker / "c.yaml", [interaction()])
+    with pytest.raises(CassetteError, match="is a directory"):
+        CassetteWriter(tmp_path)
+
+
+def test_writer_append_error_after_directory_vanishes(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    writer = CassetteWriter(d / "c.yaml")
+    os.rmdir(d)
+    d.parent.joinpath("d").write_text("now a file")
+    with pytest.raises(CassetteError, match=r"d/c.yaml: cannot write cassette"):
+        writer.append(interaction())
+
+
+# ---------------------------------------------------------------- hypothesis round trip
+
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
+SAFE = st.text(alphabet=NAME_CHARS, min_size=1, max_size=12)
+VALUES = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=0, max_size=30).map(
+    str.strip
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    req_body=st.binary(max_size=200),
+    resp_body=st.binary(max_size=200),
+    req_headers=st.dictionaries(SAFE, VALUES, max_size=4),
+    resp_headers=st.lists(st.tuples(SAFE, VALUES), max_size=5),
+    status=st.integers(min_value=100, max_value=599),
+)
+def test_round_trip_property(
+    tmp_path: Path,
+    req_body: bytes,
+    resp_body: bytes,
+    req_headers: dict[str, str],
+    resp_headers: list[tuple[str, str]],
+    status: int,
+) -> None:
+    # request names unique case-insensitively (vcrpy keeps one value per name)
+    rh = tuple({k.lower(): (k, v) for k, v in req_headers.items()}.values())
+    # response: one casing per name, values grouped in order (the cassette groups by name)
+    casing: dict[str, str] = {}
+    for k, _ in resp_headers:
+        casing.setdefault(k.lower(), k)
+    grouped = tuple((casing[lk], v) for lk in casing for k, v in resp_headers if k.lower() == lk)
+    item = Interaction(
+        Request("PATCH", "https://h.example/p?q=1", rh, req_body),
+        Response(status, "Reason", grouped, resp_body),
+    )
+    path = tmp_path / "prop.yaml"
+    save(path, [item])
+    (got,) = load(path)
+    assert got.request.body == req_body and got.response.body == resp_body
+    assert sorted(got.request.headers) == sorted(rh)  # the cassette sorts names
+    assert sorted(got.response.headers, key=lambda h: h[0]) == sorted(grouped, key=lambda h: h[0])
+    assert got.response.status == status
+
+
+# ---------------------------------------------------------------- playback
+
+
+def test_playback_recorded_order_then_repeat_last() -> None:
+    items = [
+        poll("Running"),
+        poll("Running"),
+        poll("Succeeded"),
+        interaction(url="https://api.example.com/x"),
+    ]
+    pb = Playback(items, Matcher())
+    req = Request("GET", "http://127.0.0.1:9/operations/1")
+    got = [pb.play(req) for _ in range(5)]
+    assert all(isinstance(g, Played) for g in got)
+    played = [g for g in got if isinstance(g, Played)]
+    assert [p.index for p in played] == [0, 1, 2, 2, 2]
+    assert [p.extra for p in played] == [False, False, False, True, True]
+    assert played[2].interaction.response.body == b'{"status": "Succeeded"}'
+    assert pb.play_counts == (1, 1, 3, 0)
+    assert pb.unplayed() == [3]
+    assert pb.play(Request("GET", "http://h/unknown")) is None
+
+
+def test_playback_cycle_and_error() -> None:
+    items = [poll("Running"), poll("Running"), poll("Succeeded")]
+    req = Request("GET", "http://h/operations/1")
+    cyc = Playback(items, Matcher(), "cycle")
+    idx = [p.index for p in (cyc.play(req) for _ in range(8)) if isinstance(p, Played)]
+    assert idx == [0, 1, 2, 0, 1, 2, 0, 1]
+    err = Playback(items, Matcher(), "error")
+    for _ in range(3):
+        assert isinstance(err.play(req), Played)
+    assert err.play(req) == Exhausted((0, 1, 2))
+    err.reset()
+    assert err.play_counts == (0, 0, 0)
+    first = err.play(req)
+    assert isinstance(first, Played) and first.index == 0 and not first.extra
+    with pytest.raises(ConfigError, match="choose from: repeat-last, cycle, error"):
+        Playback(items, Matcher(), "forever")
+    assert WHEN_EXHAUSTED == ("repeat-last", "cycle", "error")
+
+
+def test_playback_interleaved_keys_and_add() -> None:
+    a, b = poll("A1", "http://h/a"), poll("B1", "http://h/b")
+    pb = Playback([a, b, poll("A2", "http://h/a")], Matcher())
+    ra, rb = Request("GET", "http://h/a"), Request("GET", "http://h/b")
+    assert [getattr(pb.play(r), "index", None) for r in (rb, ra, ra)] == [1, 0, 2]
+    new = pb.add(poll("A3", "http://h/a"), played=False)
+    assert new == 3 and len(pb) == 4
+    p = pb.play(ra)
+    assert isinstance(p, Played) and p.index == 3 and not p.extra
+    recorded = pb.add(poll("A4", "http://h/a"))  # played=True: counts as played
+    p = pb.play(ra)
+    assert isinstance(p, Played) and p.index == recorded and p.extra
+    assert pb.interactions[recorded].response.body == b'{"status": "A4"}'
+
+
+def test_playback_query_order_insensitive() -> None:
+    pb = Playback([interaction(url="https://h/search?b=2&a=1")], Matcher())
+    assert isinstance(pb.play(Request("GET", "http://proxy/search?a=1&b=2")), Played)
+
+
+def test_playback_with_body_and_headers() -> None:
+    json_h = (("Content-Type", "application/json"), ("X-Tenant", "t1"))
+    items = [
+        interaction("POST", "http://h/q", b'{"q": 1, "page": 1}', req_headers=json_h, resp_body=b"p1"),
+        interaction("POST", "http://h/q", b'{"q": 1, "page": 2}', req_headers=json_h, resp_body=b"p2"),
+        interaction("POST", "http://h/q", b'{"q": 1, "page": 1}', req_headers=json_h, resp_body=b"p1b"),
+    ]
+    pb = Playback(items, Matcher(["method", "path", "body"], headers=["x-tenant"]))
+    req2 = Request(
+        "POST", "http://p/q", (("content-type", "application/json"), ("x-tenant", "t1")), b'{"page":2,"q":1}'
+    )
+    req1 = req2.replace(body=b'{"page":1,"q":1}')
+    r = pb.play(req2)
+    assert isinstance(r, Played) and r.interaction.response.body == b"p2"
+    assert [getattr(pb.play(req1), "index", None) for _ in range(3)] == [0, 2, 2]
+    assert pb.play(req1.replace(headers=(("content-type", "application/json"), ("x-tenant", "t2")))) is None
+    assert pb.play(req1.replace(body=b'{"page": 3, "q": 1}')) is None
+    err = Playback(items, Matcher(["method", "path", "body"]), "error")
+    assert isinstance(err.play(req1), Played) and isinstance(err.play(req1), Played)
+    assert err.play(req1) == Exhausted((0, 2))
+
+
+def test_nearest_messages() -> None:
+    items = [
+        interaction(url="https://h/tilesets/operations/1?datasetId=abc"),
+        interaction("POST", "https://h/tilesets?datasetId=abc"),
+        interaction(url="https://h/other"),
+    ]
+    pb = Playback(items, Matcher())
+    near = pb.nearest(Request("GET", "http://p/tilesets/operations/2?foo=1"))
+    assert near[0][0] == 0
+    assert near[0][2] == [
+        "path: /tilesets/operations/2 != /tilesets/operations/1",
+        "query: missing datasetId=abc; unexpected foo=1",
+    ]
+    near = pb.nearest(Request("POST", "http://p/tilesets"), limit=1)
+    assert [(i, d) for i, _, d in near] == [(1, ["query: missing datasetId=abc"])]
+    assert len(pb.nearest(Request("DELETE", "http://p/zzz"), limit=10)) == 3
+    assert Playback([], Matcher()).nearest(Request("GET", "http://p/")) == []
+
+
+def test_nearest_collapses_identical_polls() -> None:
+    pb = Playback([poll("Running")] * 5 + [poll("x", "http://h/operations/9")], Matcher())
+    near = pb.nearest(Request("GET", "http://p/operations/2"))
+    assert [i for i, _, _ in near] == [0, 5]
+
+
+def test_speed_100k() -> None:
+    n = 100_000
+    items = [
+        interaction(url=f"https://h/items/{i % 1000}?page={i // 1000}", resp_body=str(i).encode())
+        for i in range(n)
+    ]
+    items += [poll("Running")] * 50
+    t0 = time.perf_counter()
+    pb = Playback(items, Matcher())
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(1000):
+        got = pb.play(Request("GET", f"http://p/items/{i}?page={i % 100}"))
+        assert isinstance(got, Played)
+    for _ in range(1000):
+        assert isinstance(pb.play(Request("GET", "http://p/operations/1")), Played)
+    plays = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    near = pb.nearest(Request("GET", "http://p/items/5?page=999"))
+    near2 = pb.nearest(Request("PUT", "http://p/nothing/like/it"))
+    nearest = (time.perf_counter() - t0) / 2
+    assert near and near[0][2] and near2
+    assert build < 10 and plays < 2 and nearest < 0.5, (build, plays, nearest)

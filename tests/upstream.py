@@ -1,0 +1,123 @@
+"""A small loopback HTTP server for tests: JSON, compressed, binary, cookies, echo, and a polled operation."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from mitmproxy.net import encoding  # gzip, br and zstd on both mitmproxy 11 and 12
+
+BINARY = bytes(range(256)) * 4
+
+
+class Upstream:
+    """Serves fixed answers on 127.0.0.1; counts connections and keeps the requests it saw."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests: list[dict[str, Any]] = []
+        self.polls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def setup(self) -> None:
+                super().setup()
+                with owner._lock:
+                    owner.connections += 1
+
+            def do_GET(self) -> None:
+                owner._handle(self)
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Upstream:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> Upstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        parts = urlsplit(h.path)
+        query = parse_qs(parts.query)
+        with self._lock:
+            self.requests.append(
+                {"method": h.command, "path": h.path, "headers": dict(h.headers.items()), "body": body}
+            )
+        path = parts.path
+        headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        status = 200
+        if path == "/json":
+            out = json.dumps({"hello": "world", "query": query}).encode()
+        elif path in ("/gzip", "/br", "/zstd"):
+            raw = json.dumps({"compressed": path[1:], "pad": "x" * 200}).encode()
+            out = encoding.encode(raw, path[1:])
+            headers.append(("Content-Encoding", path[1:]))
+        elif path == "/binary":
+            out = BINARY
+            headers = [("Content-Type", "application/octet-stream")]
+        elif path == "/cookies":
+            out = b"{}"
+            headers += [
+                ("Set-Cookie", "session=s3cr3t-cookie; Path=/; HttpOnly"),
+                ("Set-Cookie", "b=2; Path=/"),
+            ]
+        elif path == "/echo":
+            out = json.dumps(
+                {
+                    "method": h.command,
+                    "body": body.decode("utf-8", "replace"),
+                    "headers": dict(h.headers.items()),
+                }
+            ).encode()
+        elif path.startswith("/operations/"):
+            op = path.rsplit("/", 1)[1]
+            with self._lock:
+                n = self.polls[op] = self.polls.get(op, 0) + 1
+            state = "Running" if n < 3 else "Succeeded"
+            out = json.dumps({"id": op, "status": state, "poll": n}).encode()
+            if state == "Running":
+                headers.append(("Retry-After", "1"))
+        elif path == "/start":
+            status = 202
+            out = b""
+            headers = [
+                ("Location", f"{self.url}/operations/op1"),
+                ("Operation-Location", f"{self.url}/operations/op1"),
+            ]
+        elif path.startswith("/status/"):
+            status = int(path.rsplit("/", 1)[1])
+            out = json.dumps({"status": status}).encode()
+        else:
+            status = 404
+            out = json.dumps({"error": {"code": "NotFound", "message": path}}).encode()
+        h.send_response(status)
+        for k, v in headers:
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(out)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(out)
