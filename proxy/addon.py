@@ -62,7 +62,7 @@ class ReplayAddon:
             "replay_cassette", str | None, None, "Cassette file (vcrpy YAML) to replay and record."
         )
         loader.add_option(
-            "replay_record_mode", str, "none", "vcrpy record mode: all, new_episodes, once or none."
+            "replay_record_mode", str, "none", "Record mode: rewrite, all, new_episodes, once or none."
         )
         loader.add_option(
             "replay_match_on",
@@ -133,7 +133,9 @@ class ReplayAddon:
                 detail += f"; closest #{index + 1} {closest.method} {closest.path_and_query}"
                 if diffs:
                     detail += f" ({'; '.join(diffs)})"
-            self._answer(flow, session, no_match_response(decision, source), "no-match", detail)
+            # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
+            flow.response = _flow_response(no_match_response(decision, source))
+            self.journal.add(_exchange(flow, flow.response.status_code, "no-match", detail))
         else:
             assert isinstance(decision, Forward)
             flow.metadata[META] = "forward"
@@ -214,7 +216,7 @@ def _build_session(options: Any) -> Session:
     )
     path = Path(options.replay_cassette) if options.replay_cassette else None
     loaded: list[Interaction] = []
-    if path is not None:
+    if path is not None and record_mode is not RecordMode.REWRITE:
         try:
             loaded = load(path)
         except CassetteNotFoundError:

@@ -565,10 +565,12 @@ class Playback:
                 for idx in self._buckets[key][:per_key]:
                     recorded = self._items[idx].request
                     diffs = self.matcher.differences(recorded, request)
+                    # Same path first: a request for the right resource with the wrong method or query
+                    # is what a user means by "closest", more than another resource of the same method.
                     rank = (
+                        recorded.path != path,
                         len(diffs),
                         recorded.method.upper() != method,
-                        recorded.path != path,
                         tier,
                         idx,
                     )

@@ -164,9 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument(
         "--record-mode",
         choices=[m.value for m in RecordMode],
-        default=RecordMode.ALL.value,
-        help="vcrpy's record modes: all = record everything, replacing the recorded exchanges it repeats "
-        "(default); new_episodes = replay what matches, record the rest; once = record only if the "
+        default=RecordMode.REWRITE.value,
+        help="rewrite = record a fresh cassette, replacing the file at the first exchange (default); "
+        "vcrpy's modes: all = record everything, keeping old exchanges that were not recorded again; "
+        "new_episodes = replay what matches, record the rest; once = record only if the "
         "cassette does not exist yet, else replay; none = replay only (e.g. --record-mode new_episodes)",
     )
     _add_common(rec)

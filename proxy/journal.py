@@ -33,7 +33,8 @@ class Exchange:
             "no-match": "NO MATCH",
             "error": "upstream FAILED",
         }.get(self.source, self.source)
-        detail = f" {self.detail}" if self.detail else ""
+        separator = ": " if self.source in ("no-match", "error") else " "
+        detail = f"{separator}{self.detail}" if self.detail else ""
         return f"{self.method} {self.path} -> {status} ({answered}{detail})"
 
 

@@ -2,7 +2,7 @@
 
 Precedence, top to bottom:
 
-1. Record mode ``all``: always forward (and record); the cassette never answers.
+1. Record modes ``all`` and ``rewrite``: always forward (and record); the cassette never answers.
 2. The cassette answers when an unplayed recorded interaction matches, in recorded order.
 3. When every matching interaction has been played: in ``new_episodes`` forward and record the extra
    request; otherwise the exhaustion policy answers (repeat the last, cycle, or no match).
@@ -20,8 +20,9 @@ from proxy.model import Interaction, Request
 
 
 class RecordMode(StrEnum):
-    """vcrpy's record modes, with vcrpy's meanings."""
+    """vcrpy's record modes with vcrpy's meanings, plus pytest-recording's ``rewrite``."""
 
+    REWRITE = "rewrite"  # start from an empty cassette: the old one is replaced at the first exchange
     ALL = "all"
     NEW_EPISODES = "new_episodes"
     ONCE = "once"
@@ -64,7 +65,7 @@ class Router:
         )
 
     def decide(self, request: Request) -> Decision:
-        if self.record_mode is RecordMode.ALL:
+        if self.record_mode in (RecordMode.ALL, RecordMode.REWRITE):
             return Forward()
         if self.playback is not None:
             result = self.playback.play(request)

@@ -66,8 +66,9 @@ def check_upstream(url: str) -> str:
 class ReplayProxy:
     """Record and replay through an embedded mitmproxy; a context manager exposing ``.url``.
 
-    ``ReplayProxy("c.yaml")`` replays offline; ``ReplayProxy("c.yaml", upstream=URL)`` records (record
-    mode ``all`` unless ``record_mode`` says otherwise). One per process: mitmproxy's context is global.
+    ``ReplayProxy("c.yaml")`` replays offline; ``ReplayProxy("c.yaml", upstream=URL)`` records a fresh
+    cassette (record mode ``rewrite`` unless ``record_mode`` says otherwise: ``all``, ``new_episodes``,
+    ``once``, ``none`` have vcrpy's meanings). One per process: mitmproxy's context is global.
     """
 
     def __init__(
@@ -100,7 +101,7 @@ class ReplayProxy:
         self.addon = ReplayAddon(journal)
         self.replay_options: dict[str, Any] = {
             "replay_cassette": os.fspath(cassette) if cassette is not None else None,
-            "replay_record_mode": record_mode or ("all" if upstream else "none"),
+            "replay_record_mode": record_mode or ("rewrite" if upstream else "none"),
             "replay_match_on": list(match_on),
             "replay_match_headers": list(match_headers),
             "replay_when_exhausted": when_exhausted,
