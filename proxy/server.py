@@ -60,6 +60,11 @@ def check_upstream(url: str) -> str:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise ConfigError(f"bad upstream URL {url!r}: invalid port") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            f"bad upstream URL {url!r}: give the origin only (scheme://host[:port]); "
+            "clients send their paths through the proxy unchanged"
+        )
     return url.rstrip("/")
 
 
