@@ -25,3 +25,11 @@ class CassetteNotFoundError(CassetteError):
 
 class StartupError(ReplayProxyError):
     """The proxy could not start: port in use, address not available, mitmproxy refused an option."""
+
+
+class ScenarioError(ReplayProxyError):
+    """One or more scenario files are invalid; each problem is one ``file:line:column: message`` line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))

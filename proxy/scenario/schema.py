@@ -288,10 +288,11 @@ class Operation(Model):
         alias="status-path",
         description="Where the status is polled; {operationId} is the generated id; may end with ?query.",
     )
-    header: str | list[str] = Field(
-        "Location",
+    header: str | list[str] | None = Field(
+        None,
         description="Header(s) of the accepted response carrying the status URL: Location, Operation-Location, "
-        "Azure-AsyncOperation; or none.",
+        "Azure-AsyncOperation, or none. Default by style: creator-v1 Location, creator-v2 Operation-Location, "
+        "aip-151 none (the operation's name is in the body).",
     )
     url_form: Literal["absolute", "relative"] = Field(
         "absolute", alias="url-form", description="Status and resource URLs as absolute URLs or paths."

@@ -1,0 +1,37 @@
+"""What a scenario decides for a request: a rendered response, possibly late, slow or broken."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.model import Response
+from proxy.scenario.schema import FaultKind
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A scripted answer. ``response`` is fully rendered; faults say how it is (not) delivered.
+
+    ``source`` names the rule for the console and the journal, e.g. ``tileset-succeeds.yaml: operation
+    8e9a..., poll 2 (Running)``. ``retry_after`` is the delay the scenario advertised (before any
+    ``--retry-after`` rewrite), for the journal's polling checks.
+    """
+
+    response: Response
+    source: str
+    delay: float = 0.0
+    dribble: float | None = None
+    fault: FaultKind | None = None
+    operation: str | None = None
+    poll: int | None = None
+    status: str | None = None
+    terminal: bool = False
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A rule matched but cannot answer (its sequence ran out with ``when-exhausted: error``)."""
+
+    source: str
+    reason: str
