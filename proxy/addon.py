@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import exceptions, http
 from mitmproxy.proxy import mode_specs
 
+from proxy import faults
 from proxy.cassette import WHEN_EXHAUSTED, Playback, load
 from proxy.diagnostic import no_match_response
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
@@ -24,7 +25,8 @@ from proxy.model import Interaction, Request, Response, origin_of, set_header, w
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
-from proxy.router import Forward, NoMatch, RecordMode, Replay, Router
+from proxy.router import Forward, NoMatch, RecordMode, Replay, Router, Scripted
+from proxy.scenario.answer import Answer
 
 logger = logging.getLogger("proxy")
 
@@ -87,6 +89,16 @@ class ReplayAddon:
         loader.add_option(
             "replay_upstream", str | None, None, "Origin recorded requests are rebased on in reverse mode."
         )
+        loader.add_option("replay_scenarios", Sequence[str], [], "Scenario files (YAML) answered first.")
+        loader.add_option(
+            "replay_clock",
+            str | None,
+            None,
+            "Scenario clock for all files: real or virtual (default: each file's own).",
+        )
+        loader.add_option(
+            "replay_passthrough", bool, False, "Forward what nothing else answers (play over an upstream)."
+        )
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("replay_") for name in updated):
@@ -102,6 +114,13 @@ class ReplayAddon:
 
     def done(self) -> None:
         self._close_session()
+        faults.release_all()
+
+    def client_disconnected(self, client: Any) -> None:
+        faults.client_disconnected(client)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        faults.responseheaders(flow)
 
     def _close_session(self) -> None:
         if self.session is not None and self.session.recorder is not None:
@@ -110,13 +129,23 @@ class ReplayAddon:
 
     # -- the request path ------------------------------------------------------------------------------
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         session = self.session
         if session is None:
             return
         request = _model_request(flow, session)
-        decision = session.router.decide(session.redactor.for_matching(request))
-        if isinstance(decision, Replay):
+        decision = session.router.decide(request, _base_url(flow))
+        if isinstance(decision, Scripted):
+            answer = decision.answer
+            flow.metadata[META] = "scenario"
+            if session.retry_after is not None:
+                answer = replace(answer, response=rewrite_retry_after(answer.response, session.retry_after))
+            detail = answer.source + (f" [fault: {answer.fault}]" if answer.fault else "")
+            if answer.delay:
+                detail += f" [delay {answer.delay:g} s]"
+            self.journal.add(_exchange(flow, _fault_status(answer), "scenario", detail))
+            await faults.deliver(flow, answer, to_flow_response=_flow_response)
+        elif isinstance(decision, Replay):
             played = decision.played
             detail = f"#{played.index + 1}" + (
                 ", repeated: the recorded sequence ran out" if played.extra else ""
@@ -231,7 +260,24 @@ def _build_session(options: Any) -> Session:
         if loaded or (path is not None and record_mode is RecordMode.NEW_EPISODES)
         else None
     )
-    router = Router(playback, record_mode, cassette_existed=bool(loaded))
+    scenarios = None
+    if options.replay_scenarios:
+        from proxy.scenario.loader import load_scenarios
+        from proxy.scenario.machine import ScenarioMachine
+
+        if options.replay_clock not in (None, "real", "virtual"):
+            raise ConfigError(f"unknown --clock {options.replay_clock!r}; choose from: real, virtual")
+        scenarios = ScenarioMachine(
+            load_scenarios([Path(p) for p in options.replay_scenarios]), clock=options.replay_clock
+        )
+    router = Router(
+        playback,
+        record_mode,
+        cassette_existed=bool(loaded),
+        redactor=redactor,
+        scenarios=scenarios,
+        passthrough=options.replay_passthrough,
+    )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
     recorder = (
         Recorder(path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor)
@@ -277,6 +323,20 @@ def _flow_response(response: Response) -> http.Response:
     if response.reason:
         out.reason = response.reason
     return out
+
+
+def _base_url(flow: http.HTTPFlow) -> str:
+    """Where the client thinks it talks to: the proxy in reverse mode, the real origin as a forward proxy."""
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        return _proxy_origin(flow)
+    return origin_of(flow.request.url)
+
+
+def _fault_status(answer: Answer) -> int | None:
+    """The status the client gets, or None when a fault means it gets no response at all."""
+    if answer.fault in ("reset", "close", "hang"):
+        return None
+    return answer.response.status
 
 
 def _proxy_origin(flow: http.HTTPFlow) -> str:

@@ -187,6 +187,79 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(rep)
 
+    play = sub.add_parser(
+        "play",
+        help="answer from scenario files (status progressions, delays, faults), offline",
+        description="Answer from YAML scenarios, first rule that matches wins (routes, then operations, in "
+        "file order). Alone it is offline: an unmatched request gets a 599 diagnostic. Over --cassette it "
+        "replays what the scenarios do not answer; over --upstream it forwards it (and records it with -o).",
+        epilog="examples:\n"
+        "  replay-proxy play scenarios/azure-maps/tileset-succeeds.yaml\n"
+        "  replay-proxy play scenarios/azure-maps/flaky-polling.yaml --clock virtual --retry-after 0.01\n"
+        "  replay-proxy play inject-503.yaml --upstream https://atlas.microsoft.com -o cassettes/real.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    play.add_argument(
+        "scenarios",
+        nargs="+",
+        type=Path,
+        metavar="SCENARIO",
+        help="scenario files (YAML), e.g. scenarios/azure-maps/tileset-succeeds.yaml",
+    )
+    layer = play.add_mutually_exclusive_group()
+    layer.add_argument(
+        "--cassette",
+        type=Path,
+        metavar="CASSETTE",
+        help="replay this cassette for what the scenarios do not answer "
+        "(e.g. --cassette cassettes/azure-maps/tileset-succeeds.yaml)",
+    )
+    layer.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="forward what the scenarios do not answer to the real service (e.g. --upstream https://atlas.microsoft.com)",
+    )
+    play.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="CASSETTE",
+        help="with --upstream: record the forwarded exchanges to this cassette (e.g. -o cassettes/real.yaml)",
+    )
+    play.add_argument(
+        "--record-mode",
+        choices=[m.value for m in RecordMode],
+        default=None,
+        help="with -o: as for `record` (default rewrite)",
+    )
+    play.add_argument(
+        "--clock",
+        choices=("real", "virtual"),
+        default=None,
+        help="time for 'for: 30s' steps: real, or virtual (advances by each Retry-After the operation "
+        "advertised, so time-based progressions play as fast as the client polls); default: each file's own",
+    )
+    _add_common(play)
+
+    check = sub.add_parser(
+        "check",
+        help="validate scenario files without serving",
+        description="Validate scenario files: exit 0 when all are valid, 2 with one line per problem "
+        "(file:line:column: what is wrong, what was expected).",
+        epilog="example: replay-proxy check scenarios/azure-maps/*.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO", help="scenario files (YAML)")
+
+    sub.add_parser(
+        "schema",
+        help="print the JSON Schema of scenario files",
+        description="Print the JSON Schema of scenario files, for editors (also shipped as "
+        "scenarios/scenario.schema.json).",
+        epilog="example: replay-proxy schema > scenario.schema.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
     ca = sub.add_parser(
         "ca",
         help="print the CA certificate path (created on first use)",
@@ -207,6 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ca":
             print(ensure_ca(args.confdir or default_confdir()), flush=True)
             return EXIT_OK
+        if args.command == "check":
+            from proxy.scenario.check import check_main
+
+            return check_main(args.scenarios)
+        if args.command == "schema":
+            from proxy.scenario.check import schema_text
+
+            sys.stdout.write(schema_text())
+            return EXIT_OK
         return _serve(args)
     except ReplayProxyError as e:
         print(f"replay-proxy: error: {e}", file=sys.stderr, flush=True)
@@ -224,8 +306,21 @@ def _serve(args: argparse.Namespace) -> int:
         if args.mode == "regular" and upstream:
             raise _usage("--mode regular takes no UPSTREAM_URL: clients choose the hosts")
         record_mode = args.record_mode
+        scenarios: list[Path] = []
+    elif args.command == "play":
+        scenarios = args.scenarios
+        upstream = args.upstream
+        if args.output is not None and upstream is None:
+            raise _usage("-o records forwarded exchanges: it needs --upstream URL")
+        if args.mode == "regular" and upstream:
+            raise _usage("--mode regular takes no --upstream: clients choose the hosts")
+        if args.record_mode is not None and args.output is None:
+            raise _usage("--record-mode needs -o CASSETTE")
+        cassette = args.output if args.output is not None else args.cassette
+        record_mode = args.record_mode or (RecordMode.REWRITE.value if args.output else RecordMode.NONE.value)
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
+        scenarios = []
     _configure_logging(args.quiet)
     proxy = ReplayProxy(
         cassette,
@@ -243,6 +338,8 @@ def _serve(args: argparse.Namespace) -> int:
         redact_headers=args.redact_header,
         redact_query=args.redact_query,
         redact_json=args.redact_json_field,
+        scenarios=scenarios,
+        clock=getattr(args, "clock", None),
     )
     stop = threading.Event()
 
@@ -276,6 +373,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
     if args.command == "record":
         what = f"recording {args.upstream or 'all hosts'} to {args.output}"
+    elif args.command == "play":
+        what = "playing " + ", ".join(str(s) for s in args.scenarios)
+        if args.cassette:
+            what += f" over {args.cassette}"
+        elif args.upstream:
+            what += f" over {args.upstream}" + (f", recording to {args.output}" if args.output else "")
     else:
         what = f"replaying {args.cassette}"
     line = f"replay-proxy {what} on {proxy.url}"

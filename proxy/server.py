@@ -69,11 +69,13 @@ def check_upstream(url: str) -> str:
 
 
 class ReplayProxy:
-    """Record and replay through an embedded mitmproxy; a context manager exposing ``.url``.
+    """Record, replay and play through an embedded mitmproxy; a context manager exposing ``.url``.
 
     ``ReplayProxy("c.yaml")`` replays offline; ``ReplayProxy("c.yaml", upstream=URL)`` records a fresh
     cassette (record mode ``rewrite`` unless ``record_mode`` says otherwise: ``all``, ``new_episodes``,
-    ``once``, ``none`` have vcrpy's meanings). One per process: mitmproxy's context is global.
+    ``once``, ``none`` have vcrpy's meanings). ``scenarios=[...]`` answers first from scenario files,
+    over the cassette, the upstream (forwarding what they do not answer), or nothing (offline).
+    One per process: mitmproxy's context is global.
     """
 
     def __init__(
@@ -94,6 +96,8 @@ class ReplayProxy:
         redact_headers: Sequence[str] = (),
         redact_query: Sequence[str] = (),
         redact_json: Sequence[str] = (),
+        scenarios: Sequence[str | os.PathLike[str]] = (),
+        clock: str | None = None,
         journal: Journal | None = None,
     ) -> None:
         if mode not in MODES:
@@ -104,9 +108,10 @@ class ReplayProxy:
         self.port = port
         self.confdir = Path(confdir) if confdir is not None else default_confdir()
         self.addon = ReplayAddon(journal)
+        default_mode = "rewrite" if upstream and cassette is not None else "none"
         self.replay_options: dict[str, Any] = {
             "replay_cassette": os.fspath(cassette) if cassette is not None else None,
-            "replay_record_mode": record_mode or ("rewrite" if upstream else "none"),
+            "replay_record_mode": record_mode or default_mode,
             "replay_match_on": list(match_on),
             "replay_match_headers": list(match_headers),
             "replay_when_exhausted": when_exhausted,
@@ -116,6 +121,10 @@ class ReplayProxy:
             "replay_redact_query": list(redact_query),
             "replay_redact_json": list(redact_json),
             "replay_upstream": self.upstream,
+            "replay_scenarios": [os.fspath(s) for s in scenarios],
+            "replay_clock": clock,
+            # With an upstream but no cassette to record to, forward what nothing else answers.
+            "replay_passthrough": bool(upstream) and cassette is None,
         }
         self.url = ""
         self.listen_port = 0
