@@ -24,7 +24,7 @@ from vcr.serializers import yamlserializer
 
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
-from .model import Headers, Interaction, Request, Response
+from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
 
 HEADER = f"version: {CASSETTE_FORMAT_VERSION}\ninteractions:\n"
 """Top of a cassette that is being appended to: later ``- request: ...`` items extend the list."""
@@ -121,16 +121,41 @@ def _text(value: object) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
+def _decoded(headers: Headers, body: bytes) -> tuple[Headers, bytes]:
+    """The body decoded when it is still in its Content-Encoding, header dropped and length fixed.
+
+    vcrpy's httpx stub saves the raw compressed bytes with ``Content-Encoding`` (unless
+    ``decode_compressed_response``); urllib3 (requests) saves them decoded but keeps the header. The proxy
+    serves bodies decoded, so the first shape must be decoded here; the second fails to decode and stays.
+    """
+    encoding = (header_value(headers, "content-encoding") or "").strip().lower()
+    if not body or encoding not in ("gzip", "x-gzip", "deflate", "br", "zstd"):
+        return headers, body
+    from mitmproxy.net import encoding as codecs  # only for compressed cassettes: keeps `load` light
+
+    try:
+        decoded = codecs.decode(body, "gzip" if encoding == "x-gzip" else encoding)
+    except ValueError:  # already decoded
+        return headers, body
+    if not isinstance(decoded, bytes):
+        return headers, body
+    headers = without_headers(headers, ["content-encoding"])
+    if header_value(headers, "content-length") is not None:
+        headers = set_header(headers, "Content-Length", str(len(decoded)))
+    return headers, decoded
+
+
 def _response_from_dict(d: dict[str, Any]) -> Response:
     headers: Headers = tuple((str(name), _text(v)) for name, values in d["headers"].items() for v in values)
     body = d["body"]["string"]
     if isinstance(body, str):
         body = body.encode("utf-8")
+    headers, body = _decoded(headers, body or b"")
     return Response(
         status=int(d["status"]["code"]),
         reason=str(d["status"]["message"]),
         headers=headers,
-        body=body or b"",
+        body=body,
     )
 
 

@@ -71,6 +71,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"directory of the proxy's CA (default: $REPLAY_PROXY_CONFDIR or {default_confdir()})",
     )
+    g.add_argument(
+        "--upstream-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="also trust this CA for the upstream's TLS certificate (e.g. --upstream-ca corp-root.pem)",
+    )
     g.add_argument("-q", "--quiet", action="store_true", help="do not print a line per exchange")
 
     m = p.add_argument_group("matching and replay")
@@ -340,6 +347,7 @@ def _serve(args: argparse.Namespace) -> int:
         redact_json=args.redact_json_field,
         scenarios=scenarios,
         clock=getattr(args, "clock", None),
+        upstream_ca=args.upstream_ca,
     )
     stop = threading.Event()
 

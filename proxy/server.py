@@ -98,6 +98,7 @@ class ReplayProxy:
         redact_json: Sequence[str] = (),
         scenarios: Sequence[str | os.PathLike[str]] = (),
         clock: str | None = None,
+        upstream_ca: str | os.PathLike[str] | None = None,
         journal: Journal | None = None,
     ) -> None:
         if mode not in MODES:
@@ -107,6 +108,12 @@ class ReplayProxy:
         self.host = host
         self.port = port
         self.confdir = Path(confdir) if confdir is not None else default_confdir()
+        if upstream_ca is not None and not Path(upstream_ca).is_file():
+            raise ConfigError(f"{os.fspath(upstream_ca)}: upstream CA file not found")
+        self.upstream_ca = os.fspath(upstream_ca) if upstream_ca is not None else None
+        if mode == "regular" and tuple(match_on) == DEFAULT_MATCH_ON:
+            # A forward proxy serves many hosts: the same path on another host is another resource.
+            match_on = ("method", "scheme", "host", "port", "path", "query")
         self.addon = ReplayAddon(journal)
         default_mode = "rewrite" if upstream and cassette is not None else "none"
         self.replay_options: dict[str, Any] = {
@@ -215,17 +222,23 @@ class ReplayProxy:
         try:
             try:
                 master.options.update(**self.replay_options)
-                master.options.update(mode=[self._mode_spec()], connection_strategy="lazy")
+                master.options.update(
+                    mode=[self._mode_spec()],
+                    connection_strategy="lazy",
+                    ssl_verify_upstream_trusted_ca=self.upstream_ca,
+                )
             except exceptions.OptionsError as e:
                 cause = e.__cause__
                 self._error = cause if isinstance(cause, ReplayProxyError) else ConfigError(str(e))
                 return
             await master.run()
         finally:
-            logging.getLogger().removeHandler(errors)
             if self._error is None and not self.listen_port:
                 self._error = StartupError(self._bind_error(errors.messages))
+            # Still capturing: stopping a server that never bound logs an empty ERROR, which Python's
+            # last-resort handler would print as a blank line on stderr.
             await _close_servers(master)
+            logging.getLogger().removeHandler(errors)
 
     def _mode_spec(self) -> str:
         if self.mode == "regular":
