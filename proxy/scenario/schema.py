@@ -70,7 +70,7 @@ class Condition(Model):
         if v is not None:
             try:
                 re.compile(v)
-            except re.error as e:
+            except (re.error, OverflowError, RecursionError) as e:  # huge repeats, deep nesting
                 raise ValueError(f"invalid regular expression: {e}") from None
         return v
 
