@@ -389,7 +389,8 @@ def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
             what += f" over {args.upstream}" + (f", recording to {args.output}" if args.output else "")
     else:
         what = f"replaying {args.cassette}"
-    line = f"replay-proxy {what} on {proxy.url}"
+    # The proxy's URL comes first: it is the first URL on the line even when recording an http upstream.
+    line = f"replay-proxy on {proxy.url} is {what}"
     if args.mode == "regular":
         line += f" (forward proxy; HTTPS clients must trust {proxy.ca_cert})"
     return line

@@ -33,3 +33,10 @@ class ScenarioError(ReplayProxyError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class TemplateError(ScenarioError):
+    """A scenario template failed while rendering an answer: ``file:line:column: template error: ...``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message])

@@ -85,6 +85,8 @@ def _check_writable(path: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CassetteError(f"{path}: cannot create the cassette's directory: {e.strerror or e}") from e
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker is not None else (e.strerror or e)
+        raise CassetteError(f"{path}: cannot create the cassette's directory: {why}") from e
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise CassetteError(f"{path}: cassette is not writable")

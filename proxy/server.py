@@ -237,8 +237,10 @@ class ReplayProxy:
                 self._error = StartupError(self._bind_error(errors.messages))
             # Still capturing: stopping a server that never bound logs an empty ERROR, which Python's
             # last-resort handler would print as a blank line on stderr.
-            await _close_servers(master)
-            logging.getLogger().removeHandler(errors)
+            try:
+                await _close_servers(master)
+            finally:
+                logging.getLogger().removeHandler(errors)
 
     def _mode_spec(self) -> str:
         if self.mode == "regular":
