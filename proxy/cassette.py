@@ -7,6 +7,7 @@ cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-reco
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import stat
@@ -25,6 +26,8 @@ from vcr.serializers import yamlserializer
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
+
+logger = logging.getLogger("proxy")
 
 HEADER = f"version: {CASSETTE_FORMAT_VERSION}\ninteractions:\n"
 """Top of a cassette that is being appended to: later ``- request: ...`` items extend the list."""
@@ -159,6 +162,26 @@ def _response_from_dict(d: dict[str, Any]) -> Response:
     )
 
 
+def _without_torn_tail(text: str) -> Any:
+    """A cassette in the append layout whose last item was cut by a kill: the items before it, or None.
+
+    Each exchange is appended in one write, but a write can in principle stop part-way when the
+    process is killed; such a tail is dropped instead of making the whole recording unreadable.
+    """
+    if not text.startswith(HEADER):
+        return None
+    cut = len(text)
+    for _ in range(2):  # the torn item starts at the last line that begins with "-" (maybe cut itself)
+        cut = text.rfind("\n-", 0, cut)
+        if cut < len(HEADER) - 1:
+            return None
+        try:
+            return yamlserializer.deserialize(text[: cut + 1])
+        except yaml.YAMLError:
+            continue
+    return None
+
+
 def load(path: Path) -> list[Interaction]:
     """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
     path = Path(path)
@@ -176,11 +199,15 @@ def load(path: Path) -> list[Interaction]:
         raise CassetteNotFoundError(f"{path}: cassette not found (the file is empty)")
     try:
         data = yamlserializer.deserialize(text)
-    except yaml.YAMLError as e:
-        raise _yaml_error(path, e) from None
+        _check(path, data)
+    except (yaml.YAMLError, CassetteError) as e:
+        data = _without_torn_tail(text)
+        if data is None:
+            raise _yaml_error(path, e) if isinstance(e, yaml.YAMLError) else e from None
+        _check(path, data)
+        logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
     except Exception as e:  # e.g. RecursionError on absurd nesting: still one line, no traceback
         raise CassetteError(f"{path}: cannot parse cassette: {type(e).__name__}: {e}") from None
-    _check(path, data)
     try:
         requests, responses = deserialize(text, _Parsed(data))[:2]
     except Exception as e:

@@ -47,7 +47,30 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one matcher name, e.g. method,path,query")
+    return names
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535; 0 picks a free one)")
+    return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be zero or more seconds, e.g. 0.01")
+    return seconds
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -56,7 +79,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, e.g. 0.0.0.0)"
     )
     g.add_argument(
-        "--port", type=int, default=8080, help="port to listen on; 0 picks a free one (default: %(default)s)"
+        "--port",
+        type=_port,
+        default=8080,
+        help="port to listen on; 0 picks a free one (default: %(default)s)",
     )
     g.add_argument(
         "--mode",
@@ -105,7 +131,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument(
         "--retry-after",
-        type=float,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
         help="rewrite advertised Retry-After (and retry-after-ms) to this delay so polling replays fast "
@@ -373,7 +399,7 @@ def _serve(args: argparse.Namespace) -> int:
         proxy.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if record_mode != RecordMode.NONE.value and not args.quiet:
+    if record_mode != RecordMode.NONE.value and not args.quiet and cassette is not None and cassette.exists():
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
     return EXIT_OK
 

@@ -556,3 +556,21 @@ def test_speed_100k() -> None:
     nearest = (time.perf_counter() - t0) / 2
     assert near and near[0][2] and near2
     assert build < 10 and plays < 2 and nearest < 0.5, (build, plays, nearest)
+
+
+def test_a_torn_last_exchange_is_dropped_not_fatal(tmp_path: Path) -> None:
+    """A kill in the middle of an append leaves half an item: the complete ones still load."""
+    path = tmp_path / "c.yaml"
+    items = [
+        Interaction(Request("GET", f"http://h/x{i}"), Response(200, "OK", (("A", "b"),), b"body %d" % i))
+        for i in range(3)
+    ]
+    with CassetteWriter(path) as w:
+        for it in items:
+            w.append(it)
+    text = path.read_text()
+    last = text.rfind("\n- request:")
+    for cut in range(last + 2, len(text) - 1, 7):  # every way of cutting the last item short
+        path.write_text(text[:cut])
+        loaded = load(path)
+        assert [i.request.url for i in loaded] == ["http://h/x0", "http://h/x1"], cut
