@@ -25,7 +25,7 @@ from proxy.model import Interaction, Request, Response, origin_of, set_header, w
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
-from proxy.router import Forward, NoMatch, RecordMode, Replay, Router, Scripted
+from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, Scripted
 from proxy.scenario.answer import Answer
 
 logger = logging.getLogger("proxy")
@@ -134,7 +134,10 @@ class ReplayAddon:
         if session is None:
             return
         request = _model_request(flow, session)
-        decision = session.router.decide(request, _base_url(flow))
+        try:
+            decision: Decision = session.router.decide(request, _base_url(flow))
+        except ReplayProxyError as e:  # a scenario template failed at render time: say so, never forward
+            decision = NoMatch(request, f"scenario error: {e}")
         if isinstance(decision, Scripted):
             answer = decision.answer
             flow.metadata[META] = "scenario"

@@ -1,0 +1,1007 @@
+"""The scenario runtime: turns requests into scripted answers. Pure code: no mitmproxy, no I/O.
+
+What a scenario means (the semantics of the language, in order of evaluation):
+
+1. **Rule order.** Files in the order given; in each file its ``routes`` in file order, then its
+   ``operations`` in file order. Each operation is three rules, checked in this order: its *status* rule
+   (GET or HEAD on ``status-path`` whose ``{operationId}`` names an operation this rule created; an
+   unknown id does not match and falls through), its *resource* rule (GET on ``resource-path`` whose
+   ``{resourceId}`` belongs to one of its operations that was reported Succeeded with a resource; an
+   unknown id falls through), its *start* rule (the ``start`` match). The first rule that answers wins;
+   when none does, ``handle`` returns None (the cassette, the upstream or the 599 diagnostic answers).
+2. **Matching.** Every given part of a ``match`` must hold. ``method``: one or a list, case-insensitive.
+   ``path``: exact, except ``{name}`` (one segment, ``[^/]+``) and ``{name*}`` (the rest, possibly
+   empty, slashes included); the values are ``request.params`` in templates. The request's host is
+   ignored: only its path and query count. ``query``/``headers``/``json`` conditions: a scalar means
+   "present and equal to its text" (``true``/``false`` for booleans, ``1`` for the integer 1, ``2.0``
+   for the float 2.0); ``null`` means the field must be absent; a condition mapping holds when all of its
+   given parts hold (``present``, ``equals``, ``regex`` searched, ``one-of``). Header names are
+   case-insensitive; a repeated header or query parameter counts by its first value. ``json`` keys are
+   dotted paths into the parsed body (``a.b.0.c``: a digit part indexes a list); a body that is not JSON
+   has no fields. The ``?query`` part of a ``status-path`` is only written into status URLs, never
+   matched: polls match on the path alone (clients may change ``api-version``).
+3. **Routes.** ``respond`` is a one-step sequence. Steps are expanded by ``times``; the route's counter
+   advances on every call it matches, and call *n* gets expanded step *n*. A ``pass: true`` step consumes
+   the call but does not answer: the next rules are tried. After the last step, ``when-exhausted``:
+   ``repeat-last`` (default; the last step again, a ``pass`` step included), ``cycle`` (from the first
+   step again), ``error`` (a ``Refusal``: the 599 diagnostic names the route).
+4. **Starting an operation.** A request matching ``start`` creates an operation: its id (uuid4, or
+   ``1``, ``2``, ... per operation rule with ``id-format: counter``), its resource id (likewise), its
+   creation time (the wall clock), poll count 0, stage 0. The start is answered by ``accepted`` (default
+   ``202`` with no body for the creator styles; ``200`` with ``{name: operations/<id>, done: false}``
+   for ``aip-151``; a given ``accepted`` without ``status`` keeps the style's default status, and in
+   ``aip-151`` without a body keeps the default body), rendered with the operation in context, plus the
+   status URL in each header named by ``header`` (default by style: creator-v1 ``Location``, creator-v2
+   ``Operation-Location``, aip-151 none; ``none`` or ``null`` for no header; a list for several; a header
+   the ``accepted`` spec sets itself is left as it is). The status URL is ``status-path`` with the id
+   substituted (other placeholders get the start request's path values of the same name), its
+   ``?query`` kept, made absolute on the proxy's base URL unless ``url-form: relative``. The resource
+   URL is made the same way from ``resource-path``. ``Retry-After`` goes on the accepted answer only when
+   ``accepted.retry-after`` is given.
+5. **Progression.** Each poll (GET or HEAD of the status URL) is answered by the current stage, then
+   counts toward it. A stage is one step. A step with ``times: N`` (default 1) lasts N polls; a status
+   step with ``for: D`` lasts D seconds of the operation's clock: with the real clock the monotonic time
+   since the stage began; with the virtual clock the sum of the Retry-After seconds the operation has
+   advertised since the stage began (its accepted answer and each poll answer; an answer that advertised
+   none counts 1 s). Stage 0 begins when the operation is created; a stage after a ``for`` stage begins
+   when that stage's time ran out; a stage after a ``times`` stage begins with the poll that reaches it.
+   A ``respond`` step answers its polls with that response or fault instead of a status; the status does
+   not change (``for`` on a ``respond`` step counts as ``times: 1``). The last stage lasts forever: a
+   terminal status answers every later poll the same way; a non-terminal one is an operation that never
+   ends.
+6. **Status answers,** for the status S of the current stage; S is terminal when ``S.lower()`` is in
+   ``TERMINAL_STATUSES``, a success when it is ``succeeded``, a failure when it starts with ``fail``
+   (case-insensitive). The body is JSON:
+
+   - ``creator-v1``: ``200 {operationId, createdDateTime (3/11/2020 8:45:13 PM +00:00), status}``. A
+     success with a resource (the step's ``resource``; default: when ``resource-path`` is set; never
+     without a ``resource-path``) is ``201`` with ``Location: <resource URL>`` and ``resourceLocation``
+     in the body.
+   - ``creator-v2``: ``200 {operationId, created (ISO 8601 UTC), status}``; a success with a resource
+     adds the ``Resource-Location`` header (nothing in the body).
+   - ``aip-151``: ``200 {name: operations/<id>, done: <terminal>, metadata: {status: S}}``; a success
+     adds ``response: {name: <resource URL, or the resource id when there is no resource>}``.
+   - A failure, or any status whose step gives ``error``, adds ``error``: the step's error (default
+     ``{code: OperationFailed, message: The operation failed.}``; fields that are null are left out,
+     ``details`` is kept as given, object or list). In ``aip-151`` the error is a google.rpc.Status: an
+     integer ``code`` (the step's when it is a number, else 2, or 1 for a cancelled operation), a
+     ``message``, and ``details`` as a list.
+   - Non-terminal answers carry Retry-After: the step's ``retry-after`` when the step gives the key
+     (``null``: none), else the operation's. A terminal answer carries one only when its step gives it.
+   - The step's ``http-status`` replaces the code; its ``json`` is merged into the body's top level (a
+     null value removes the key, e.g. ``createdDateTime: null``); its ``headers`` are set last (they
+     replace any header of the same name).
+   - A HEAD poll gets the same answer without a body.
+7. **Retry-After forms** (status answers and any response's ``retry-after``): a number →
+   ``Retry-After: N`` (``2``, ``0.5``); a text → sent verbatim; ``{seconds: N}`` → as a number;
+   ``{date: D}`` → the HTTP-date D from now; ``{raw: T}`` → verbatim; ``{ms: N}`` → ``retry-after-ms: N``;
+   ``{x-ms: N}`` → ``x-ms-retry-after-ms: N``. The *advertised* delay (``Answer.retry_after``, and the
+   virtual clock's step) is the seconds, the date's distance, N/1000 for the millisecond forms, and for
+   texts what a client would parse from them (None for junk). When a header set by ``headers`` replaced
+   the Retry-After, the advertised delay is parsed from the final headers.
+8. **Resource answers:** the operation's ``resource`` response (default ``200 {id: <resource id>,
+   operationId: <id>}``), rendered with the operation in context.
+9. **Responses** (routes, ``accepted``, ``respond`` steps, ``resource``): ``status``; ``headers``
+   (templates); the body from ``json`` (string values rendered as templates, then serialised),
+   ``text`` (a template) or ``file`` (the bytes the loader read; never templated). ``Content-Type``
+   defaults to ``application/json``, ``text/plain; charset=utf-8`` or the file name's guessed type
+   (``application/octet-stream`` when unknown), unless ``headers`` sets one; ``content-type`` replaces it;
+   no body and no ``content-type`` → no Content-Type. ``delay`` becomes ``Answer.delay`` (a
+   ``{min, max}`` delay is drawn uniformly from the machine's random generator); ``dribble`` is seconds;
+   ``fault`` becomes ``Answer.fault``. ``malformed-json`` is done here: the body is cut to its first half
+   (shorter still if that half would parse), the answer keeps ``fault="malformed-json"`` for the journal,
+   and the proxy delivers it like any response.
+10. **Templates** see ``request`` (``method``, ``url``, ``path``, ``query``: first values, ``headers``:
+    lower-case names, first values, ``json``: the parsed body or None, ``params``: the path template's
+    values), ``operation`` (``id``, ``name``, ``status``, ``poll``, ``created`` in the seed's format,
+    ``created_iso``, ``resource_id``, ``status_url``, ``resource_url``; None outside operations),
+    ``proxy_url`` (the base URL), ``scenario`` (``name``, ``file``), ``now()``, ``now(fmt)``, ``uuid()``.
+    A template that fails raises ``TemplateError`` at the template's ``file:line:column``.
+11. ``Answer.source`` names the rule for the console and the journal: ``x.yaml: route "throttle" step
+    1/2``, ``x.yaml: start of operation "tileset" (1a2b3c4d…)``, ``x.yaml: operation 1a2b3c4d…, poll 3
+    (Running)``; ``operation``, ``poll``, ``status``, ``terminal`` and ``retry_after`` are filled for
+    operations.
+12. ``handle``, ``reset`` and ``operations`` are serialised by one lock: concurrent clients are safe,
+    and two operations started by two clients progress independently.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import formatdate
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from proxy.creator_service import format_created_date_time
+from proxy.errors import ScenarioError
+from proxy.model import Request, Response, header_value, set_header
+from proxy.rewrite import parse_retry_after
+from proxy.scenario.answer import Answer, Refusal
+from proxy.scenario.loader import LoadedScenario
+from proxy.scenario.schema import (
+    TERMINAL_STATUSES,
+    Condition,
+    DelaySpec,
+    FaultKind,
+    Match,
+    Operation,
+    PollStep,
+    ResponseSpec,
+    RetryAfterSpec,
+    Route,
+    Step,
+    parse_duration,
+)
+from proxy.scenario.templates import functions, is_template, new_uuid4, render
+
+Clock = Literal["real", "virtual"]
+DataPath = tuple[str | int, ...]
+HeaderList = tuple[tuple[str, str], ...]
+
+DEFAULT_ERROR: dict[str, Any] = {"code": "OperationFailed", "message": "The operation failed."}
+"""The error of a failed operation whose step gives none."""
+VIRTUAL_STEP_WITHOUT_RETRY_AFTER = 1.0
+"""Seconds the virtual clock advances for an answer that advertised no Retry-After."""
+
+_DEFAULT_STATUS_HEADERS: dict[str, tuple[str, ...]] = {
+    "creator-v1": ("Location",),
+    "creator-v2": ("Operation-Location",),
+    "aip-151": (),
+}
+_JSON = "application/json"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
+_NO_BODY = object()
+_EMPTY_RESPONSE = ResponseSpec.model_validate({})
+
+
+@dataclass(frozen=True, slots=True)
+class OperationState:
+    """A snapshot of one operation, for the journal and the report."""
+
+    id: str
+    rule: str
+    """The operation's ``name``, or ``operation N`` (its position in the file)."""
+    file: str
+    status: str
+    """The status last answered (before the first poll: the first stage's)."""
+    polls: int
+    terminal: bool
+    created: float
+    """Wall-clock time of the start request (POSIX seconds)."""
+    status_url: str
+    resource_id: str
+
+
+class ScenarioMachine:
+    """Answers requests as the scenario files say (see the module docstring for the semantics)."""
+
+    def __init__(
+        self,
+        scenarios: Sequence[LoadedScenario],
+        *,
+        clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._monotonic = monotonic
+        self._wall = wall
+        self._uuid_rng = rng
+        self._rng = rng if rng is not None else random.Random()
+        self._functions = functions(wall, rng)
+        self._lock = threading.Lock()
+        self._operations: list[_Op] = []
+        self._routes: list[_RouteRule] = []
+        self._operation_rules: list[_OperationRule] = []
+        self._rules: list[Callable[[_View, str], Answer | Refusal | None]] = []
+        for loaded in scenarios:
+            file = _File(loaded, clock or loaded.scenario.clock)
+            for i, route in enumerate(loaded.scenario.routes):
+                route_rule = _RouteRule(self, file, i, route)
+                self._routes.append(route_rule)
+                self._rules.append(route_rule.answer)
+            for i, operation in enumerate(loaded.scenario.operations):
+                op_rule = _OperationRule(self, file, i, operation)
+                self._operation_rules.append(op_rule)
+                self._rules += [op_rule.answer_status, op_rule.answer_resource, op_rule.answer_start]
+
+    def handle(self, request: Request, base_url: str) -> Answer | Refusal | None:
+        """The scripted answer to ``request``, a Refusal, or None when no rule answers.
+
+        ``base_url`` is the proxy's own origin as the client reached it (``http://127.0.0.1:8080``).
+        """
+        view = _View(request)
+        base = base_url.rstrip("/")
+        with self._lock:
+            for rule in self._rules:
+                result = rule(view, base)
+                if result is not None:
+                    return result
+        return None
+
+    def reset(self) -> None:
+        """Forget every counter and operation (a new test begins)."""
+        with self._lock:
+            self._operations.clear()
+            for route in self._routes:
+                route.calls = 0
+            for op_rule in self._operation_rules:
+                op_rule.reset()
+
+    @property
+    def operations(self) -> list[OperationState]:
+        """Every operation started since the last reset, in the order they were started."""
+        with self._lock:
+            return [op.snapshot() for op in self._operations]
+
+    # -- shared by the rules (called with the lock held) ----------------------------------------------
+
+    def new_id(self) -> str:
+        return new_uuid4(self._uuid_rng)
+
+    def now(self) -> float:
+        return self._wall()
+
+    def clock_value(self, op: _Op) -> float:
+        return op.virtual if op.rule.file.clock == "virtual" else self._monotonic()
+
+    def context(
+        self, view: _View, base: str, file: _File, params: Mapping[str, str], op: _Op | None
+    ) -> dict[str, Any]:
+        """The template context (built only when a template is rendered)."""
+        return {
+            "request": {
+                "method": view.method,
+                "url": view.request.url,
+                "path": view.path,
+                "query": dict(view.query),
+                "headers": dict(view.headers),
+                "json": view.json,
+                "params": dict(params),
+            },
+            "operation": op.context() if op is not None else None,
+            "proxy_url": base,
+            "scenario": {"name": file.name, "file": str(file.loaded.path)},
+            **self._functions,
+        }
+
+    def render_text(self, value: str | float, at: DataPath, ctx: _Ctx) -> str:
+        if not isinstance(value, str):
+            return str(value)
+        if not is_template(value):
+            return value
+        return render(value, ctx.get(), ctx.file.loaded.where(*at))
+
+    def render_data(self, value: Any, at: DataPath, ctx: _Ctx) -> Any:
+        """``value`` with every string in it rendered as a template (keys are not templates)."""
+        if isinstance(value, str):
+            return self.render_text(value, at, ctx)
+        if isinstance(value, dict):
+            return {k: self.render_data(v, (*at, k), ctx) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.render_data(v, (*at, i), ctx) for i, v in enumerate(value)]
+        return value
+
+    def render_response(
+        self,
+        spec: ResponseSpec,
+        at: DataPath,
+        ctx: _Ctx,
+        *,
+        default_status: int | None = None,
+        default_json: Any = _NO_BODY,
+    ) -> _Rendered:
+        """A ResponseSpec rendered (rule 9)."""
+        status = spec.status
+        if default_status is not None and "status" not in spec.model_fields_set:
+            status = default_status
+        headers: HeaderList = tuple(
+            (name, self.render_text(value, (*at, "headers", name), ctx))
+            for name, value in spec.headers.items()
+        )
+        body = b""
+        content_type: str | None = None
+        if spec.json_ is not None:
+            data = self.render_data(spec.json_, (*at, "json"), ctx)
+            body, content_type = _json_bytes(data), _JSON
+        elif spec.text is not None:
+            text = self.render_text(spec.text, (*at, "text"), ctx)
+            body, content_type = text.encode("utf-8"), "text/plain; charset=utf-8"
+        elif spec.file is not None:
+            try:
+                body = ctx.file.loaded.files[spec.file]
+            except KeyError:
+                where = ctx.file.loaded.where(*at, "file")
+                raise ScenarioError([f"{where}: file {spec.file!r} was not loaded"]) from None
+            content_type = mimetypes.guess_type(spec.file)[0] or "application/octet-stream"
+        elif default_json is not _NO_BODY:
+            body, content_type = _json_bytes(default_json), _JSON
+        if spec.content_type is not None:
+            headers = set_header(headers, "Content-Type", spec.content_type)
+        elif content_type is not None and header_value(headers, "content-type") is None:
+            headers += (("Content-Type", content_type),)
+        retry = self.retry_after(spec.retry_after)
+        for name, value in retry[0]:
+            headers = set_header(headers, name, value)
+        if spec.fault == "malformed-json":
+            body = _malformed(body)
+        return _Rendered(
+            response=Response(status=status, headers=headers, body=body),
+            delay=self.delay(spec.delay),
+            dribble=parse_duration(spec.dribble) if spec.dribble is not None else None,
+            fault=spec.fault,
+            retry_after=self.advertised(headers, retry),
+        )
+
+    def delay(self, value: float | int | str | DelaySpec | None) -> float:
+        if value is None:
+            return 0.0
+        if isinstance(value, DelaySpec):
+            return self._rng.uniform(parse_duration(value.min), parse_duration(value.max))
+        return parse_duration(value)
+
+    def retry_after(self, value: float | int | str | RetryAfterSpec | None) -> _RetryAfter:
+        """The header(s) a retry-after value sends, and the seconds it advertises (rule 7)."""
+        if value is None:
+            return (), None
+        if isinstance(value, int | float):
+            return (("Retry-After", _number(value)),), float(value)
+        if isinstance(value, str):
+            return (("Retry-After", value),), parse_retry_after((("Retry-After", value),), now=self._wall())
+        if value.seconds is not None:
+            return (("Retry-After", _number(value.seconds)),), float(value.seconds)
+        if value.date is not None:
+            seconds = parse_duration(value.date)
+            return (("Retry-After", formatdate(self._wall() + seconds, usegmt=True)),), seconds
+        if value.raw is not None:
+            pairs = (("Retry-After", value.raw),)
+            return pairs, parse_retry_after(pairs, now=self._wall())
+        if value.ms is not None:
+            return (("retry-after-ms", str(value.ms)),), value.ms / 1000
+        assert value.x_ms is not None
+        return (("x-ms-retry-after-ms", str(value.x_ms)),), value.x_ms / 1000
+
+    def advertised(self, headers: HeaderList, retry: _RetryAfter) -> float | None:
+        """The configured seconds when its headers were sent as rendered, else what the headers say."""
+        pairs, seconds = retry
+        if pairs and all(header_value(headers, name) == value for name, value in pairs):
+            return seconds
+        return parse_retry_after(headers, now=self._wall())
+
+    def register(self, op: _Op) -> None:
+        self._operations.append(op)
+
+
+_RetryAfter = tuple[HeaderList, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    response: Response
+    delay: float
+    dribble: float | None
+    fault: FaultKind | None
+    retry_after: float | None
+
+
+class _File:
+    """One scenario file as the machine uses it."""
+
+    def __init__(self, loaded: LoadedScenario, clock: Clock) -> None:
+        self.loaded = loaded
+        self.clock = clock
+        self.label = loaded.path.name
+        self.name = loaded.scenario.name or loaded.path.stem
+
+
+class _Ctx:
+    """A template context built on first use: answers without templates never build one."""
+
+    def __init__(
+        self,
+        machine: ScenarioMachine,
+        view: _View,
+        base: str,
+        file: _File,
+        params: Mapping[str, str],
+        op: _Op | None,
+    ) -> None:
+        self.machine = machine
+        self.view = view
+        self.base = base
+        self.file = file
+        self.params = params
+        self.op = op
+        self._built: dict[str, Any] | None = None
+
+    def get(self) -> dict[str, Any]:
+        if self._built is None:
+            self._built = self.machine.context(self.view, self.base, self.file, self.params, self.op)
+        return self._built
+
+
+# -- requests -----------------------------------------------------------------------------------------
+
+
+class _View:
+    """A request parsed once for every rule: method, path, first query values, headers, JSON body."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        parts = urlsplit(request.url)
+        self.method = request.method.upper()
+        self.path = parts.path or "/"
+        self.query: dict[str, str] = {}
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            self.query.setdefault(name, value)
+        self.headers: dict[str, str] = {}
+        for name, value in request.headers:
+            self.headers.setdefault(name.lower(), value)
+        self._json: Any = _NO_BODY
+
+    @property
+    def json(self) -> Any:
+        """The parsed JSON body, or None when the body is empty or not JSON."""
+        if self._json is _NO_BODY:
+            self._json = None
+            body = self.request.body.lstrip()
+            first = body[:1]
+            if first and (first in b'{["-tfn' or first.isdigit()):  # skip binary bodies at once
+                try:
+                    self._json = json.loads(body)
+                except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                    self._json = None
+        return self._json
+
+
+class _PathPattern:
+    """A path template: ``{name}`` one segment, ``{name*}`` the rest; a ``?query`` part is not matched."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        path = template.partition("?")[0]
+        self.names: list[str] = []
+        regex, last = "", 0
+        for m in _PLACEHOLDER.finditer(path):
+            regex += re.escape(path[last : m.start()])
+            regex += f"(?P<p{len(self.names)}>{'.*' if m.group(2) else '[^/]+'})"
+            self.names.append(m.group(1))
+            last = m.end()
+        regex += re.escape(path[last:])
+        self.regex = re.compile(regex, re.DOTALL)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        m = self.regex.fullmatch(path)
+        if m is None:
+            decoded = unquote(path)
+            if decoded == path:
+                return None
+            m = self.regex.fullmatch(decoded)
+            if m is None:
+                return None
+        return {name: m.group(f"p{i}") for i, name in enumerate(self.names)}
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """The template with its placeholders replaced (the ``?query`` part kept)."""
+
+        def value(m: re.Match[str]) -> str:
+            return values.get(m.group(1), m.group(0))
+
+        return _PLACEHOLDER.sub(value, self.template)
+
+
+class _Matcher:
+    """A compiled ``Match``."""
+
+    def __init__(self, match: Match) -> None:
+        methods = match.method
+        if isinstance(methods, str):
+            methods = [methods]
+        self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
+        self.path = _PathPattern(match.path) if match.path is not None else None
+        self.query = dict(match.query or {})
+        self.headers = {name.lower(): cond for name, cond in (match.headers or {}).items()}
+        self.json = dict(match.json_ or {})
+
+    def match(self, view: _View) -> dict[str, str] | None:
+        """The path parameters when ``view`` matches, else None."""
+        if self.methods is not None and view.method not in self.methods:
+            return None
+        params: dict[str, str] = {}
+        if self.path is not None:
+            found = self.path.match(view.path)
+            if found is None:
+                return None
+            params = found
+        for name, cond in self.query.items():
+            if not _holds(cond, name in view.query, view.query.get(name)):
+                return None
+        for name, cond in self.headers.items():
+            if not _holds(cond, name in view.headers, view.headers.get(name)):
+                return None
+        if self.json:
+            doc = view.json
+            for dotted, cond in self.json.items():
+                present, value = _lookup(doc, dotted)
+                if not _holds(cond, present, _json_text(value) if present else None):
+                    return None
+        return params
+
+
+def _holds(cond: str | int | float | bool | Condition | None, present: bool, value: str | None) -> bool:
+    if cond is None:
+        return not present
+    if not isinstance(cond, Condition):
+        return present and value == _scalar_text(cond)
+    if cond.present is not None and cond.present != present:
+        return False
+    if not present or value is None:
+        return cond.equals is None and cond.regex is None and cond.one_of is None
+    if cond.equals is not None and value != _scalar_text(cond.equals):
+        return False
+    if cond.regex is not None and re.search(cond.regex, value) is None:
+        return False
+    return cond.one_of is None or value in {_scalar_text(v) for v in cond.one_of}
+
+
+def _scalar_text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool | int | float):
+        return _scalar_text(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _lookup(doc: Any, dotted: str) -> tuple[bool, Any]:
+    """(present, value) of the dotted path ``a.b.0.c`` in a parsed JSON document."""
+    if not isinstance(doc, dict | list):
+        return False, None
+    current = doc
+    for part in dotted.split("."):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return False, None
+    return True, current
+
+
+# -- routes -------------------------------------------------------------------------------------------
+
+
+class _RouteRule:
+    def __init__(self, machine: ScenarioMachine, file: _File, index: int, route: Route) -> None:
+        self.machine = machine
+        self.file = file
+        self.index = index
+        self.route = route
+        self.matcher = _Matcher(route.match)
+        self.label = f'route "{route.name}"' if route.name else f"route {index + 1}"
+        self.calls = 0
+        self.expanded: list[tuple[int, ResponseSpec]] = []
+        if route.sequence is not None:
+            for j, step in enumerate(route.sequence):
+                self.expanded += [(j, step)] * step.times
+        else:
+            assert route.respond is not None
+            self.expanded.append((0, route.respond))
+
+    def answer(self, view: _View, base: str) -> Answer | Refusal | None:
+        params = self.matcher.match(view)
+        if params is None:
+            return None
+        n = self.calls
+        self.calls += 1
+        total = len(self.expanded)
+        if n < total:
+            k = n
+        elif self.route.when_exhausted == "cycle":
+            k = n % total
+        elif self.route.when_exhausted == "repeat-last":
+            k = total - 1
+        else:
+            return Refusal(
+                source=f"{self.file.label}: {self.label}",
+                reason=f"its sequence ran out after {total} answer{'s' if total != 1 else ''} "
+                "(when-exhausted: error)",
+            )
+        j, spec = self.expanded[k]
+        if isinstance(spec, Step) and spec.pass_:
+            return None
+        if self.route.sequence is not None:
+            at: DataPath = ("routes", self.index, "sequence", j)
+            source = f"{self.file.label}: {self.label} step {j + 1}/{len(self.route.sequence)}"
+        else:
+            at = ("routes", self.index, "respond")
+            source = f"{self.file.label}: {self.label}"
+        ctx = _Ctx(self.machine, view, base, self.file, params, None)
+        rendered = self.machine.render_response(spec, at, ctx)
+        return Answer(
+            response=rendered.response,
+            source=source,
+            delay=rendered.delay,
+            dribble=rendered.dribble,
+            fault=rendered.fault,
+            retry_after=rendered.retry_after,
+        )
+
+
+# -- operations ---------------------------------------------------------------------------------------
+
+
+class _Op:
+    """One operation's state (mutable; guarded by the machine's lock)."""
+
+    def __init__(self, rule: _OperationRule, op_id: str, resource_id: str, created: float) -> None:
+        self.rule = rule
+        self.id = op_id
+        self.resource_id = resource_id
+        self.created = created
+        self.status_url = ""
+        self.resource_url: str | None = None
+        self.polls = 0
+        self.stage = 0
+        self.stage_polls = 0
+        self.stage_began = 0.0
+        self.virtual = 0.0
+        first = rule.operation.steps[0].status
+        self.status = first if first is not None else "NotStarted"
+        self.terminal = False
+        self.resource_ready = False
+
+    def context(self) -> dict[str, Any]:
+        moment = datetime.fromtimestamp(self.created, UTC)
+        return {
+            "id": self.id,
+            "name": self.rule.operation.name,
+            "status": self.status,
+            "poll": self.polls,
+            "created": format_created_date_time(moment),
+            "created_iso": moment.isoformat(),
+            "resource_id": self.resource_id,
+            "status_url": self.status_url,
+            "resource_url": self.resource_url,
+        }
+
+    def snapshot(self) -> OperationState:
+        return OperationState(
+            id=self.id,
+            rule=self.rule.operation.name or f"operation {self.rule.index + 1}",
+            file=self.rule.file.label,
+            status=self.status,
+            polls=self.polls,
+            terminal=self.terminal,
+            created=self.created,
+            status_url=self.status_url,
+            resource_id=self.resource_id,
+        )
+
+    def advance(self, advertised: float | None) -> None:
+        """After an answer of this operation: the virtual clock moves by what it advertised."""
+        self.virtual += advertised if advertised is not None else VIRTUAL_STEP_WITHOUT_RETRY_AFTER
+
+
+class _OperationRule:
+    def __init__(self, machine: ScenarioMachine, file: _File, index: int, operation: Operation) -> None:
+        self.machine = machine
+        self.file = file
+        self.index = index
+        self.operation = operation
+        self.label = f'operation "{operation.name}"' if operation.name else f"operation {index + 1}"
+        self.start = _Matcher(operation.start)
+        self.status_path = _PathPattern(operation.status_path)
+        self.resource_path = (
+            _PathPattern(operation.resource_path) if operation.resource_path is not None else None
+        )
+        self.durations = [
+            parse_duration(step.for_) if step.for_ is not None and step.respond is None else None
+            for step in operation.steps
+        ]
+        header = operation.header
+        if header is None:
+            names: Sequence[str] = (
+                () if "header" in operation.model_fields_set else _DEFAULT_STATUS_HEADERS[operation.style]
+            )
+        else:
+            names = [header] if isinstance(header, str) else header
+        self.headers = [n for n in names if n.strip().lower() != "none"]
+        self.ops: dict[str, _Op] = {}
+        self.by_resource: dict[str, _Op] = {}
+        self.counter = 0
+
+    def reset(self) -> None:
+        self.ops.clear()
+        self.by_resource.clear()
+        self.counter = 0
+
+    def at(self, *keys: str | int) -> DataPath:
+        return ("operations", self.index, *keys)
+
+    def url(self, path: _PathPattern, values: Mapping[str, str], base: str) -> str:
+        rendered = path.render(values)
+        return base + rendered if self.operation.url_form == "absolute" else rendered
+
+    # -- start
+
+    def answer_start(self, view: _View, base: str) -> Answer | None:
+        params = self.start.match(view)
+        if params is None:
+            return None
+        operation = self.operation
+        if operation.id_format == "counter":
+            self.counter += 1
+            op_id = resource_id = str(self.counter)
+        else:
+            op_id, resource_id = self.machine.new_id(), self.machine.new_id()
+        op = _Op(self, op_id, resource_id, self.machine.now())
+        values = {**params, "operationId": op_id, "resourceId": resource_id}
+        op.status_url = self.url(self.status_path, values, base)
+        if self.resource_path is not None:
+            op.resource_url = self.url(self.resource_path, values, base)
+        op.stage_began = self.machine.clock_value(op)
+        self.ops[op_id] = op
+        self.by_resource[resource_id] = op
+        self.machine.register(op)
+
+        aip = operation.style == "aip-151"
+        ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        rendered = self.machine.render_response(
+            operation.accepted or _EMPTY_RESPONSE,
+            self.at("accepted"),
+            ctx,
+            default_status=200 if aip else 202,
+            default_json={"name": f"operations/{op_id}", "done": False} if aip else _NO_BODY,
+        )
+        response = rendered.response
+        for name in self.headers:
+            if response.header(name) is None:
+                response = response.replace(headers=(*response.headers, (name, op.status_url)))
+        op.advance(rendered.retry_after)
+        return Answer(
+            response=response,
+            source=f"{self.file.label}: start of {self.label} ({_short(op_id)})",
+            delay=rendered.delay,
+            dribble=rendered.dribble,
+            fault=rendered.fault,
+            operation=op_id,
+            status=op.status,
+            retry_after=rendered.retry_after,
+        )
+
+    # -- polls
+
+    def answer_status(self, view: _View, base: str) -> Answer | None:
+        if view.method not in ("GET", "HEAD"):
+            return None
+        params = self.status_path.match(view.path)
+        if params is None:
+            return None
+        op = self.ops.get(params.get("operationId", ""))
+        if op is None:
+            return None
+        j = self.stage_of(op)
+        step = self.operation.steps[j]
+        op.stage_polls += 1
+        op.polls += 1
+        ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        where = f"{self.file.label}: operation {_short(op.id)}, poll {op.polls}"
+        if step.respond is not None:
+            rendered = self.machine.render_response(step.respond, self.at("steps", j, "respond"), ctx)
+            op.advance(rendered.retry_after)
+            what = f"fault {rendered.fault}" if rendered.fault else str(rendered.response.status)
+            return Answer(
+                response=_for_method(view, rendered.response),
+                source=f"{where} ({what} instead of {op.status})",
+                delay=rendered.delay,
+                dribble=rendered.dribble,
+                fault=rendered.fault,
+                operation=op.id,
+                poll=op.polls,
+                status=op.status,
+                retry_after=rendered.retry_after,
+            )
+        assert step.status is not None
+        op.status = step.status
+        op.terminal = step.status.lower() in TERMINAL_STATUSES
+        response, advertised = self.status_response(op, step, j, ctx)
+        op.advance(advertised)
+        return Answer(
+            response=_for_method(view, response),
+            source=f"{where} ({op.status})",
+            operation=op.id,
+            poll=op.polls,
+            status=op.status,
+            terminal=op.terminal,
+            retry_after=advertised,
+        )
+
+    def stage_of(self, op: _Op) -> int:
+        """The stage that answers this poll (rule 5), moving on from stages that are over."""
+        steps = self.operation.steps
+        while op.stage < len(steps) - 1:
+            duration = self.durations[op.stage]
+            if duration is not None:
+                if self.machine.clock_value(op) - op.stage_began < duration:
+                    break
+                op.stage_began += duration
+            else:
+                if op.stage_polls < (steps[op.stage].times or 1):
+                    break
+                op.stage_began = self.machine.clock_value(op)
+            op.stage += 1
+            op.stage_polls = 0
+        return op.stage
+
+    def status_response(self, op: _Op, step: PollStep, j: int, ctx: _Ctx) -> tuple[Response, float | None]:
+        """The status answer of ``step`` (rule 6) and the Retry-After seconds it advertises."""
+        operation = self.operation
+        status = op.status
+        lowered = status.lower()
+        success = lowered == "succeeded"
+        failure = lowered.startswith("fail")
+        with_resource = success and op.resource_url is not None and step.resource is not False
+        if with_resource:
+            op.resource_ready = True
+        moment = datetime.fromtimestamp(op.created, UTC)
+        code = 200
+        headers: HeaderList = (("Content-Type", _JSON),)
+        body: dict[str, Any]
+        error = self.error(step, j, ctx) if failure or step.error is not None else None
+        if operation.style == "aip-151":
+            body = {"name": f"operations/{op.id}", "done": op.terminal, "metadata": {"status": status}}
+            if success:
+                body["response"] = {"name": op.resource_url if with_resource else op.resource_id}
+            if error is not None or (op.terminal and lowered.startswith("cancel")):
+                body["error"] = _rpc_status(error, cancelled=lowered.startswith("cancel"))
+        else:
+            if operation.style == "creator-v1":
+                body = {
+                    "operationId": op.id,
+                    "createdDateTime": format_created_date_time(moment),
+                    "status": status,
+                }
+                if with_resource:
+                    assert op.resource_url is not None
+                    code = 201
+                    headers += (("Location", op.resource_url),)
+                    body["resourceLocation"] = op.resource_url
+            else:
+                body = {"operationId": op.id, "created": moment.isoformat(), "status": status}
+                if with_resource:
+                    assert op.resource_url is not None
+                    headers += (("Resource-Location", op.resource_url),)
+            if error is not None:
+                body["error"] = error
+        if step.http_status is not None:
+            code = step.http_status
+        if step.json_ is not None:
+            for key, value in self.machine.render_data(step.json_, self.at("steps", j, "json"), ctx).items():
+                if value is None:
+                    body.pop(key, None)
+                else:
+                    body[key] = value
+        retry: _RetryAfter
+        if "retry_after" in step.model_fields_set:
+            retry = self.machine.retry_after(step.retry_after)
+        elif not op.terminal:
+            retry = self.machine.retry_after(operation.retry_after)
+        else:
+            retry = ((), None)
+        for name, value in retry[0]:
+            headers = set_header(headers, name, value)
+        for name, raw in step.headers.items():
+            headers = set_header(
+                headers, name, self.machine.render_text(raw, self.at("steps", j, "headers", name), ctx)
+            )
+        response = Response(status=code, headers=headers, body=_json_bytes(body))
+        return response, self.machine.advertised(headers, retry)
+
+    def error(self, step: PollStep, j: int, ctx: _Ctx) -> dict[str, Any]:
+        if step.error is None:
+            return dict(DEFAULT_ERROR)
+        data = step.error.model_dump()
+        error = {k: v for k, v in data.items() if v is not None or k not in ("message", "details")}
+        rendered: dict[str, Any] = self.machine.render_data(error, self.at("steps", j, "error"), ctx)
+        return rendered
+
+    # -- resources
+
+    def answer_resource(self, view: _View, base: str) -> Answer | None:
+        if self.resource_path is None or view.method != "GET":
+            return None
+        params = self.resource_path.match(view.path)
+        if params is None:
+            return None
+        op = self.by_resource.get(params.get("resourceId", ""))
+        if op is None or not op.resource_ready:
+            return None
+        ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        rendered = self.machine.render_response(
+            self.operation.resource or _EMPTY_RESPONSE,
+            self.at("resource"),
+            ctx,
+            default_json={"id": op.resource_id, "operationId": op.id},
+        )
+        return Answer(
+            response=rendered.response,
+            source=f"{self.file.label}: resource of operation {_short(op.id)}",
+            delay=rendered.delay,
+            dribble=rendered.dribble,
+            fault=rendered.fault,
+            operation=op.id,
+            status=op.status,
+            terminal=op.terminal,
+            retry_after=rendered.retry_after,
+        )
+
+
+def _rpc_status(error: dict[str, Any] | None, *, cancelled: bool) -> dict[str, Any]:
+    """An error as a google.rpc.Status: integer code (2 UNKNOWN, 1 CANCELLED), message, details list."""
+    default_code = 1 if cancelled else 2
+    if error is None:
+        message = "The operation was cancelled." if cancelled else DEFAULT_ERROR["message"]
+        return {"code": default_code, "message": message}
+    code = error.get("code")
+    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
+        code = int(code)
+    status: dict[str, Any] = {
+        "code": code if isinstance(code, int) and not isinstance(code, bool) else default_code,
+        "message": error.get("message") or DEFAULT_ERROR["message"],
+    }
+    details = error.get("details")
+    if details is not None:
+        status["details"] = details if isinstance(details, list) else [details]
+    return status
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def _number(value: float) -> str:
+    """``2`` for 2 and 2.0, ``0.5`` for 0.5 (the shortest text that reads back the same)."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _malformed(body: bytes) -> bytes:
+    """The first half of ``body``, shorter still while it parses as JSON (a number's prefix may)."""
+    cut = body[: len(body) // 2]
+    while cut:
+        try:
+            json.loads(cut)
+        except ValueError:
+            break
+        cut = cut[:-1]
+    return cut
+
+
+def _short(op_id: str) -> str:
+    return op_id if len(op_id) <= 8 else op_id[:8] + "…"
+
+
+def _for_method(view: _View, response: Response) -> Response:
+    """A HEAD request gets the headers without the body."""
+    return response.replace(body=b"") if view.method == "HEAD" else response

@@ -1,0 +1,226 @@
+"""Scenario templates: Jinja2 in an immutable sandbox; a failure is one ``file:line:col`` TemplateError."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+import pytest
+
+from proxy.errors import ReplayProxyError, ScenarioError, TemplateError
+from proxy.scenario import templates
+from proxy.scenario.templates import functions, is_template, render
+
+WHERE = "s.yaml:7:12"
+EPOCH = 1583959513.0  # 2020-03-11 20:45:13 UTC
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def context() -> dict[str, Any]:
+    return {
+        "request": {
+            "method": "POST",
+            "path": "/tilesets",
+            "query": {"datasetId": "d1", "api-version": "2.0"},
+            "headers": {"x-ms-client-request-id": "abc"},
+            "json": {"items": [{"id": 7}], "name": "n"},
+            "params": {},
+        },
+        "operation": {"id": "op-1", "poll": 3, "status": "Running"},
+        "proxy_url": "http://127.0.0.1:8080",
+        **functions(wall=lambda: EPOCH, rng=random.Random(5)),
+    }
+
+
+def error_of(source: str, ctx: dict[str, Any] | None = None) -> str:
+    with pytest.raises(TemplateError) as caught:
+        render(source, context() if ctx is None else ctx, WHERE)
+    message = str(caught.value)
+    assert caught.value.problems == [message]
+    assert "\n" not in message
+    return message
+
+
+# -- what works ---------------------------------------------------------------------------------------
+
+
+def test_reading_allowed_values() -> None:
+    ctx = context()
+    assert render("{{ request.method }} {{ request.path }}", ctx, WHERE) == "POST /tilesets"
+    assert render("{{ request.query.datasetId }}", ctx, WHERE) == "d1"
+    assert render("{{ request.query['api-version'] }}", ctx, WHERE) == "2.0"
+    assert render("{{ request.headers['x-ms-client-request-id'] }}", ctx, WHERE) == "abc"
+    assert render("{{ request.json['items'][0].id * 6 }}", ctx, WHERE) == "42"
+    assert render("{{ proxy_url }}/ops/{{ operation.id }}", ctx, WHERE) == "http://127.0.0.1:8080/ops/op-1"
+    assert render("{% if operation.poll > 2 %}late{% else %}early{% endif %}", ctx, WHERE) == "late"
+    assert (
+        render("{% for k in request.query | sort %}{{ k }};{% endfor %}", ctx, WHERE)
+        == "api-version;datasetId;"
+    )
+    assert render("{{ operation.status | upper }}", ctx, WHERE) == "RUNNING"
+    assert render("{{ request.query.missing | default('none') }}", ctx, WHERE) == "none"
+    assert render("{{ request.json | tojson }}", ctx, WHERE) == '{"items": [{"id": 7}], "name": "n"}'
+    assert render("{% set n = namespace(x=1) %}{% set n.x = n.x + 1 %}{{ n.x }}", ctx, WHERE) == "2"
+
+
+def test_no_autoescaping() -> None:
+    assert render("{{ '<a href=\"x\">&' }}", {}, WHERE) == '<a href="x">&'
+
+
+def test_strings_without_template_syntax_are_returned_unchanged() -> None:
+    # Jinja would refuse "{# open" (unclosed comment): the fast path never hands it to Jinja.
+    for text in ["plain", "", "{ json: 1 }", "{# open", "50% done", "a } b { c"]:
+        assert not is_template(text)
+        assert render(text, {}, WHERE) == text
+    assert is_template("{{ x }}") and is_template("{% if 1 %}{% endif %}")
+
+
+def test_compiled_templates_are_cached_by_source() -> None:
+    source = "{{ operation.id }}-cached-" + str(random.random())
+    before = templates._compile.cache_info()
+    assert render(source, context(), WHERE).startswith("op-1-cached-")
+    assert render(source, context(), WHERE).startswith("op-1-cached-")
+    after = templates._compile.cache_info()
+    assert after.misses == before.misses + 1
+    assert after.hits == before.hits + 1
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def test_now_is_iso_8601_utc_and_takes_a_strftime_format() -> None:
+    helpers = functions(wall=lambda: EPOCH + 0.123456)
+    assert render("{{ now() }}", helpers, WHERE) == "2020-03-11T20:45:13.123456+00:00"
+    assert render("{{ now('%Y-%m-%d %H:%M:%S') }}", helpers, WHERE) == "2020-03-11 20:45:13"
+    assert render("{{ now('%a, %d %b %Y') }}", helpers, WHERE) == "Wed, 11 Mar 2020"
+    assert error_of("{{ now(3) }}", helpers) == (
+        f"{WHERE}: template error: TypeError: now() takes a strftime format text, e.g. now('%Y-%m-%d'); got 3"
+    )
+
+
+def test_uuid_is_a_fresh_version_4_uuid() -> None:
+    helpers = functions()
+    first, second = render("{{ uuid() }}", helpers, WHERE), render("{{ uuid() }}", helpers, WHERE)
+    assert UUID4.match(first) and UUID4.match(second)
+    assert first != second
+    # From a seeded generator: reproducible.
+    seeded = [render("{{ uuid() }} {{ uuid() }}", functions(rng=random.Random(9)), WHERE) for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    assert all(UUID4.match(u) for u in seeded[0].split())
+
+
+# -- what fails, and how it is reported ---------------------------------------------------------------
+
+
+def test_error_is_a_scenario_error_naming_the_position() -> None:
+    with pytest.raises(TemplateError) as caught:
+        render("{{ config }}", context(), WHERE)
+    assert isinstance(caught.value, ScenarioError)
+    assert isinstance(caught.value, ReplayProxyError)
+    assert str(caught.value) == f"{WHERE}: template error: 'config' is undefined"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ ''.__class__.__mro__ }}", "access to attribute '__class__' of 'str' object is unsafe."),
+        ("{{ request.__class__ }}", "access to attribute '__class__' of 'dict' object is unsafe."),
+        ("{{ request['__class__'] }}", "access to attribute '__class__' of 'dict' object is unsafe."),
+        ("{{ request | attr('__class__') }}", "access to attribute '__class__' of 'dict' object is unsafe."),
+        ("{{ cycler.__init__.__globals__ }}", "access to attribute '__init__' of 'type' object is unsafe."),
+        ("{{ lipsum.__globals__ }}", "access to attribute '__globals__' of 'function' object is unsafe."),
+        ("{{ now.__globals__ }}", "access to attribute '__globals__' of 'function' object is unsafe."),
+        (
+            "{{ self._TemplateReference__context }}",
+            "access to attribute '_TemplateReference__context' of 'TemplateReference' object is unsafe.",
+        ),
+        (
+            "{{ '{0.__class__}'.format(request) }}",
+            "access to attribute '__class__' of 'dict' object is unsafe.",
+        ),
+        (
+            "{% import 'os' as os %}",
+            "templates cannot use other templates ('os'): import, include and extends are refused",
+        ),
+        (
+            "{% from 'os' import path %}",
+            "templates cannot use other templates ('os'): import, include and extends are refused",
+        ),
+        (
+            "{% include 'secrets.txt' %}",
+            "templates cannot use other templates ('secrets.txt'): import, include and extends are refused",
+        ),
+        (
+            "{% include ['a', 'b'] ignore missing %}",
+            "templates cannot use other templates (['a', 'b']): import, include and extends are refused",
+        ),
+        (
+            "{% extends 'base.html' %}",
+            "templates cannot use other templates ('base.html'): import, include and extends are refused",
+        ),
+        ("{{ config }}", "'config' is undefined"),
+        ("{{ request.nope }}", "'dict object' has no attribute 'nope'"),
+        ("{% set x = request.update({}) %}", "access to attribute 'update' of 'dict' object is unsafe."),
+        ("{{ request.json['items'].append(1) }}", "access to attribute 'append' of 'list' object is unsafe."),
+        ("{{ request.query.pop('datasetId') }}", "access to attribute 'pop' of 'dict' object is unsafe."),
+    ],
+)
+def test_sandbox_refuses_escapes_imports_and_writes(source: str, message: str) -> None:
+    ctx = context()
+    assert error_of(source, ctx) == f"{WHERE}: template error: {message}"
+    assert ctx["request"]["query"] == {"datasetId": "d1", "api-version": "2.0"}  # nothing was modified
+
+
+def test_syntax_errors() -> None:
+    assert (
+        error_of("{{ x")
+        == f"{WHERE}: template error: unexpected end of template, expected 'end of print statement'."
+    )
+    assert error_of("{% if x %}") == (
+        f"{WHERE}: template error: Unexpected end of template. Jinja was looking for the following tags: "
+        "'elif' or 'else' or 'endif'. The innermost block that needs to be closed is 'if'."
+    )
+    assert error_of("line one\n{{ 1 + }}\n") == (
+        f"{WHERE}: template error: unexpected 'end of print statement' (line 2 of the template)"
+    )
+
+
+def test_exceptions_raised_while_rendering() -> None:
+    assert error_of("{{ 1 / 0 }}") == f"{WHERE}: template error: ZeroDivisionError: division by zero"
+    assert error_of("{{ 1 + 'a' }}") == (
+        f"{WHERE}: template error: TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+    )
+    assert error_of("{{ range(10 ** 9) | list }}") == (
+        f"{WHERE}: template error: OverflowError: Range too big. The sandbox blocks ranges larger than "
+        "MAX_RANGE (100000)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ 2 ** 100000000 }}", "the number would be too large (more than 100000 bits)"),
+        ("{{ (10 ** 1000) ** 1000 }}", "the number would be too large (more than 100000 bits)"),
+        (
+            "{% set n = namespace(x=2) %}{% for i in range(40) %}{% set n.x = n.x * n.x %}{% endfor %}",
+            "the number would be too large (more than 100000 bits)",
+        ),
+        ("{{ 'a' * 10 ** 7 }}", "the result would be too long (more than 1000000 items)"),
+        ("{{ [0] * 10 ** 7 }}", "the result would be too long (more than 1000000 items)"),
+        (
+            "{% set n = namespace(s='ab') %}{% for i in range(40) %}{% set n.s = n.s + n.s %}{% endfor %}",
+            "the result would be too long (more than 1000000 items)",
+        ),
+    ],
+)
+def test_templates_cannot_exhaust_the_proxy(source: str, message: str) -> None:
+    assert error_of(source) == f"{WHERE}: template error: {message}"
+
+
+def test_ordinary_arithmetic_is_untouched() -> None:
+    source = (
+        "{{ 2 ** 10 }} {{ 'ab' * 3 }} {{ [1] * 2 }} {{ 3 * 4 }} {{ 'a' + 'b' }} {{ 2 ** 0.5 }} {{ 2 ** -1 }}"
+    )
+    out = render(source, {}, WHERE)
+    assert out == "1024 ababab [1, 1] 12 ab 1.4142135623730951 0.5"
