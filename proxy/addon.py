@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mitmproxy import exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from proxy import faults
-from proxy.cassette import WHEN_EXHAUSTED, Playback, load
+from proxy import (
+    cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
+    faults,
+)
+from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import no_match_response
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
 from proxy.journal import Exchange, Journal
@@ -37,9 +40,11 @@ META = "replay_proxy"
 WIRE_HEADERS = ("content-length", "transfer-encoding", "content-encoding")
 
 
-@dataclass
-class Session:
-    """Everything one cassette session needs; rebuilt whenever a ``replay_*`` option changes."""
+class Session(NamedTuple):
+    """Everything one session needs; rebuilt whenever a ``replay_*`` option changes.
+
+    (A NamedTuple, not a dataclass: under ``mitmdump -s`` this module is not in sys.modules.)
+    """
 
     cassette: Path | None
     router: Router
@@ -250,7 +255,7 @@ def _build_session(options: Any) -> Session:
     loaded: list[Interaction] = []
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            loaded = load(path)
+            loaded = cassette.load(path)
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
