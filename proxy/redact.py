@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote, unquote_plus
 
-from proxy.model import Headers, Interaction, Request, Response, header_value
+from proxy.model import Headers, Interaction, Request, Response, header_values
 
 DEFAULT_HEADERS: tuple[str, ...] = (
     "authorization",
@@ -69,12 +69,19 @@ MATCH_PLACEHOLDER = "<REDACTED>"
 _PLACEHOLDER_RE = re.compile(r"<REDACTED(?:-\d+)?>")
 _ANY_PLACEHOLDER_RE = re.compile(r"(?:<|%3C)REDACTED-\d+(?:>|%3E)", re.IGNORECASE)
 _ANY_PLACEHOLDER_BYTES_RE = re.compile(rb"<REDACTED-\d+>")
-_URL_RE = re.compile(r"""https?://(?:<REDACTED(?:-\d+)?>|[^\s"'<>\\])+""", re.IGNORECASE)
+_URL_RE = re.compile(
+    r"""https?:(?://|\\/\\/)(?:<REDACTED(?:-\d+)?>|\\/|\\u0026|[^\s"'<>\\])+""", re.IGNORECASE
+)
+"""An absolute URL in text; also as a JSON string writes it unparsed (``https:\\/\\/h\\/p?a=1\\u0026b=2``)."""
+_URL_MARK_RE = re.compile(rb":(?://|\\/\\/)")
+"""Whether bytes may hold a URL (one search: a large body is scanned once)."""
 _AUTH_RE = re.compile(r"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(\s+)(\S.*?)\s*", re.DOTALL)
-_URL_QUERY_SEP = re.compile(r"(&amp;|&)")
+_URL_QUERY_SEP = re.compile(r"(&amp;|\\u0026|&)")
 _FORM_SEP = re.compile(r"(&)")
-_JSON_START = re.compile(rb"\s*[\[{]")
-_TEXT_TYPES = ("text/", "xml", "html", "javascript")
+_JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?\s*[\[{]")
+_JSON_PAIR_RE = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:\s*)(?:"((?:[^"\\]|\\.)*)"|(-?\d[\d.eE+-]*))')
+"""A ``"key": "string"`` or ``"key": number`` pair in JSON text that does not parse as a whole."""
+_JSONISH_TYPES = ("json", "text/", "javascript")
 _SWEEP_MIN_LEN = 8
 """Secrets at least this long are also swept from anywhere in the response (echoes); shorter ones are
 too likely to collide with ordinary text."""
@@ -106,6 +113,8 @@ class Redactor:
         self._form = self._query | self._json
         self._json_needles = tuple(f.encode("utf-8") for f in self._json)
         self._query_needles = tuple(q.encode("utf-8") for q in self._query)
+        # bytes.lower() folds ASCII only: a non-ASCII name can hide from the needles, so always look
+        self._needles_exact = all(n.isascii() for n in self._form)
         self.enabled = enabled
         self._placeholders: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -196,34 +205,75 @@ class Redactor:
         result = tuple(out)
         return headers if result == headers else result
 
-    def _body(self, body: bytes, headers: Headers, hide: Hide) -> bytes:
-        """``body`` with configured fields and URL-embedded query secrets hidden; untouched if none."""
+    def _body(self, body: bytes, headers: Headers, hide: Hide, lazy: bool = False) -> bytes:
+        """``body`` with form fields, JSON fields and URL query secrets hidden; ``body`` itself if none.
+
+        Saving and matching run these same steps, so they always agree. Every Content-Type field counts
+        (a duplicate or empty one cannot hide the type). A form body has its fields hidden; a JSON one
+        (declared, or starting with ``[`` or ``{``) is parsed and walked, which visits every string. Any
+        other body, or one that does not parse, is searched as text whatever its type: configured
+        ``"key": value`` pairs when it is JSON-looking (NDJSON, server-sent events, JSONP), and query
+        secrets in every URL. ``lazy`` (matching, run on every request) skips parsing and searching when
+        no configured name can occur; the checks are conservative, so skipping never changes the result.
+        """
         if not body:
             return body
-        ctype = (header_value(headers, "content-type") or "").lower()
+        ctype = ", ".join(header_values(headers, "content-type")).lower()
+        new = body
         if "x-www-form-urlencoded" in ctype:
             text = body.decode("utf-8", "surrogateescape")
-            new = _redact_pairs(text, self._form, hide, _FORM_SEP)
-            return body if new == text else new.encode("utf-8", "surrogateescape")
-        if "json" in ctype or _JSON_START.match(body):
-            changed = _redact_json(body, self._json, self._query, hide)
-            if changed is not None:
-                return changed
-        if "json" in ctype or any(t in ctype for t in _TEXT_TYPES) or _JSON_START.match(body):
-            if b"://" not in body:
+            new_text = _redact_pairs(text, self._form, hide, _FORM_SEP)
+            if new_text != text:
+                new = new_text.encode("utf-8", "surrogateescape")
+        has_url = _URL_MARK_RE.search(new) is not None
+        if new is body and ("json" in ctype or _JSON_START.match(body)):
+            if lazy and not self._may_hold_secret(body, self._json_needles, has_url):
                 return body
-            text = body.decode("utf-8", "surrogateescape")
-            new = _redact_urls_in_text(text, self._query, hide)
-            return body if new == text else new.encode("utf-8", "surrogateescape")
-        return body
+            parsed, changed = _redact_json(body, self._json, self._query, hide)
+            if parsed:
+                return body if changed is None else changed
+        # not parsed as a whole (NDJSON, server-sent events, JSONP, truncated, XML, text, binary...):
+        # configured fields in JSON-looking text, then every URL's query secrets
+        find_pairs = bool(self._json) and (
+            any(t in ctype for t in _JSONISH_TYPES) or bool(_JSON_START.match(body))
+        )
+        find_pairs = find_pairs and self._mentions(new, self._json_needles)
+        find_urls = has_url and not (lazy and not self._may_hold_secret(new, (), has_url))
+        if find_pairs or find_urls:
+            text = new.decode("utf-8", "surrogateescape")
+            new_text = _redact_json_pairs(text, self._json, hide) if find_pairs else text
+            new_text = _redact_urls_in_text(new_text, self._query, hide) if find_urls else new_text
+            if new_text != text:
+                new = new_text.encode("utf-8", "surrogateescape")
+        return new
+
+    def _mentions(self, body: bytes, needles: tuple[bytes, ...]) -> bool:
+        """Whether ``body`` may spell one of ``needles`` (lower-case), counting ``\\u`` escapes as maybe."""
+        if not self._needles_exact:
+            return True
+        lowered = body.lower()
+        return b"\\u" in lowered or any(n in lowered for n in needles)
+
+    def _may_hold_secret(self, body: bytes, field_needles: tuple[bytes, ...], has_url: bool) -> bool:
+        """Whether ``body`` can hold a configured field (one of ``field_needles``) or a URL query secret.
+
+        Conservative: a ``\\u`` escape or a ``%`` can spell a name that the needles do not see.
+        """
+        if not self._needles_exact:
+            return True
+        lowered = body.lower()
+        if b"\\u" in lowered or any(n in lowered for n in field_needles):
+            return True
+        return has_url and (b"%" in body or any(n in lowered for n in self._query_needles))
 
     # ---------------------------------------------------------------- matching
 
     def for_matching(self, request: Request) -> Request:
         """``request`` with every redacted value (live secret or saved placeholder) set to ``<REDACTED>``.
 
-        Cheap when there is nothing to redact: the body is parsed only when it looks like JSON and
-        mentions a configured field (or a URL with a configured query name).
+        The body goes through the same steps as when saving, so a saved request and the live one it came
+        from always normalize alike. Cheap when there is nothing to redact: the body is parsed or searched
+        only when it mentions a configured field, or holds a URL that may carry a configured query name.
         """
         if not self.enabled:
             return request
@@ -256,29 +306,10 @@ class Redactor:
         return tuple(out) if changed else headers
 
     def _body_for_matching(self, body: bytes, headers: Headers) -> bytes:
-        if not body:
-            return body
-        new = body
-        ctype = (header_value(headers, "content-type") or "").lower()
-        if "x-www-form-urlencoded" in ctype:
-            text = body.decode("utf-8", "surrogateescape")
-            new_text = _redact_pairs(text, self._form, _hide_for_matching, _FORM_SEP)
-            if new_text != text:
-                new = new_text.encode("utf-8", "surrogateescape")
-        elif ("json" in ctype or _JSON_START.match(body)) and self._json_worth_parsing(body):
-            changed = _redact_json(body, self._json, self._query, _hide_for_matching)
-            if changed is not None:
-                new = changed
+        new = self._body(body, headers, _hide_for_matching, lazy=True)
         if b"<REDACTED-" in new:
             new = _ANY_PLACEHOLDER_BYTES_RE.sub(MATCH_PLACEHOLDER.encode(), new)
         return body if new == body else new
-
-    def _json_worth_parsing(self, body: bytes) -> bool:
-        """Whether a JSON body can hold something to normalize: a configured key, or a secret in a URL."""
-        lowered = body.lower()
-        if any(n in lowered for n in self._json_needles):
-            return True
-        return b"://" in body and any(n in lowered for n in self._query_needles)
 
 
 def _hide_for_matching(secret: str, raw: str) -> str:
@@ -349,28 +380,55 @@ def _decode(value: str) -> str:
 
 
 def _redact_urls_in_text(text: str, names: frozenset[str], hide: Hide) -> str:
-    """Every absolute URL in ``text`` with its secret query values hidden."""
-    if "://" not in text:
+    """Every absolute URL in ``text`` (also written ``https:\\/\\/``) with its query secrets hidden."""
+    if "://" not in text and ":\\/\\/" not in text:
         return text
     return _URL_RE.sub(lambda m: _redact_url(m.group(0), names, hide), text)
 
 
-def _redact_json(body: bytes, fields: frozenset[str], query: frozenset[str], hide: Hide) -> bytes | None:
-    """The re-serialized body when a field or URL query secret was hidden; None if unchanged or not JSON."""
+def _redact_json(
+    body: bytes, fields: frozenset[str], query: frozenset[str], hide: Hide
+) -> tuple[bool, bytes | None]:
+    """(whether ``body`` is JSON, the re-serialized body if a field or URL query secret was hidden)."""
     try:
         doc = json.loads(body.decode("utf-8-sig"))
     except (ValueError, RecursionError):
-        return None
+        return False, None
     try:
         new, changed = _walk(doc, fields, query, hide)
     except RecursionError:
-        return None
+        return False, None
     if not changed:
-        return None
+        return True, None
     try:
-        return json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return True, json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
-        return json.dumps(new, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        return True, json.dumps(new, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _redact_json_pairs(text: str, fields: frozenset[str], hide: Hide) -> str:
+    """JSON-looking ``text`` with the string or number values of configured keys hidden."""
+
+    def sub(m: re.Match[str]) -> str:
+        if _json_unescape(m[1]).lower() not in fields:
+            return m[0]
+        raw = m[3] if m[3] is not None else m[4]
+        if not raw:
+            return m[0]
+        secret = _json_unescape(raw) if m[3] is not None else raw
+        return f'"{m[1]}"{m[2]}"{hide(secret, raw)}"'
+
+    return _JSON_PAIR_RE.sub(sub, text)
+
+
+def _json_unescape(inner: str) -> str:
+    """The text of a JSON string literal's inside (``a\\u0062`` -> ``ab``); itself if not valid."""
+    if "\\" not in inner:
+        return inner
+    try:
+        return str(json.loads(f'"{inner}"'))
+    except ValueError:
+        return inner
 
 
 def _walk(node: object, fields: frozenset[str], query: frozenset[str], hide: Hide) -> tuple[object, bool]:
