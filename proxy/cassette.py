@@ -201,10 +201,14 @@ def load(path: Path) -> list[Interaction]:
         data = yamlserializer.deserialize(text)
         _check(path, data)
     except (yaml.YAMLError, CassetteError) as e:
+        original = _yaml_error(path, e) if isinstance(e, yaml.YAMLError) else e
         data = _without_torn_tail(text)
         if data is None:
-            raise _yaml_error(path, e) if isinstance(e, yaml.YAMLError) else e from None
-        _check(path, data)
+            raise original from None
+        try:
+            _check(path, data)
+        except CassetteError:
+            raise original from None
         logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
     except Exception as e:  # e.g. RecursionError on absurd nesting: still one line, no traceback
         raise CassetteError(f"{path}: cannot parse cassette: {type(e).__name__}: {e}") from None

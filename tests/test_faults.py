@@ -79,7 +79,7 @@ def _start(confdir: Path, mode: str = "reverse") -> ReplayProxy:
     proxy = ReplayProxy(confdir=confdir, mode=mode).start()
     session = proxy.addon.session
     assert session is not None
-    session.router = ScriptRouter(None, RecordMode.NONE, cassette_existed=False)
+    proxy.addon.session = session._replace(router=ScriptRouter(None, RecordMode.NONE, cassette_existed=False))
     return proxy
 
 
