@@ -53,6 +53,8 @@ class Session(NamedTuple):
     origins: frozenset[str]
     primary_origin: str | None
     retry_after: float | None
+    served: str
+    """What answers, for diagnostics: "cassette c.yaml", "scenarios a.yaml, b.yaml", ..."""
 
 
 class ReplayAddon:
@@ -162,7 +164,7 @@ class ReplayAddon:
             self._answer(flow, session, played.interaction.response, "cassette", detail)
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
-            source = str(session.cassette) if session.cassette else "no cassette"
+            source = session.served
             detail = decision.reason
             if decision.nearest:
                 index, interaction, diffs = decision.nearest[0]
@@ -178,6 +180,9 @@ class ReplayAddon:
             flow.metadata[META] = "forward"
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and _wants_close(flow) and "connection" not in flow.response.headers:
+            # mitmproxy closes the connection but does not say so; a client that asked for it must be told
+            flow.response.headers["Connection"] = "close"
         session = self.session
         if session is None or flow.metadata.get(META) != "forward" or flow.response is None:
             return
@@ -297,15 +302,24 @@ def _build_session(options: Any) -> Session:
     if upstream:
         origins.add(origin_of(upstream))
     primary = origin_of(upstream) if upstream else (origin_of(loaded[0].request.url) if loaded else None)
-    return Session(path, router, recorder, redactor, frozenset(origins), primary, retry_after)
+    parts = []
+    if options.replay_scenarios:
+        parts.append("scenarios " + ", ".join(options.replay_scenarios))
+    if path is not None and loaded:
+        parts.append(f"cassette {path}")
+    served = "; ".join(parts) or "nothing"
+    return Session(
+        path, router, recorder, redactor, frozenset(origins), primary, retry_after, served or "nothing"
+    )
 
 
 def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
     """The flow's request with an absolute URL: in reverse mode, on the recorded (or upstream) origin."""
     req = flow.request
     url = req.url
-    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) and session.primary_origin:
-        url = session.primary_origin + req.path
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        # No recorded or upstream origin (play alone): the URL as the client sent it, on the proxy.
+        url = (session.primary_origin or _proxy_origin(flow)) + req.path
     headers = tuple((k, v) for k, v in req.headers.items(multi=True))
     return Request(req.method, url, headers, req.raw_content or b"")
 
@@ -338,6 +352,10 @@ def _base_url(flow: http.HTTPFlow) -> str:
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
         return _proxy_origin(flow)
     return origin_of(flow.request.url)
+
+
+def _wants_close(flow: http.HTTPFlow) -> bool:
+    return "close" in flow.request.headers.get("connection", "").lower()
 
 
 def _fault_status(answer: Answer) -> int | None:

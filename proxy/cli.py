@@ -324,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         return _serve(args)
     except ReplayProxyError as e:
-        print(f"replay-proxy: error: {e}", file=sys.stderr, flush=True)
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"replay-proxy: error: {line}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
 

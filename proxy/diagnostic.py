@@ -11,6 +11,18 @@ NO_MATCH_STATUS = 599
 NO_MATCH_REASON = "No Match (replay-proxy)"
 
 
+def _hint(source: str) -> str:
+    if source.startswith("scenarios") and "cassette" not in source:
+        return (
+            "play answers only what its scenarios match, offline. Add a route for this request, or layer "
+            "the scenarios over --cassette CASSETTE or --upstream URL."
+        )
+    return (
+        "Offline replay never forwards. Record the missing exchange "
+        "(replay-proxy record UPSTREAM -o CASSETTE --record-mode new_episodes) or fix the request."
+    )
+
+
 def no_match_response(decision: NoMatch, source: str) -> Response:
     """An OData-style error (so SDKs surface the message) naming the closest recorded requests."""
     request = decision.request
@@ -35,8 +47,7 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
             "message": message,
             "request": {"method": request.method, "uri": request.url},
             "closest": closest,
-            "hint": "Offline replay never forwards. Record the missing exchange "
-            "(replay-proxy record UPSTREAM -o CASSETTE --record-mode new_episodes) or fix the request.",
+            "hint": _hint(source),
         }
     }
     return Response(

@@ -667,6 +667,7 @@ class _Op:
         self.status = first if first is not None else "NotStarted"
         self.terminal = False
         self.resource_ready = False
+        self.start: dict[str, Any] = {}
 
     def context(self) -> dict[str, Any]:
         moment = datetime.fromtimestamp(self.created, UTC)
@@ -680,6 +681,7 @@ class _Op:
             "resource_id": self.resource_id,
             "status_url": self.status_url,
             "resource_url": self.resource_url,
+            "start": self.start,
         }
 
     def snapshot(self) -> OperationState:
@@ -753,6 +755,14 @@ class _OperationRule:
         else:
             op_id, resource_id = self.machine.new_id(), self.machine.new_id()
         op = _Op(self, op_id, resource_id, self.machine.now())
+        op.start = {
+            "method": view.method,
+            "path": view.path,
+            "query": dict(view.query),
+            "headers": dict(view.headers),
+            "json": view.json,
+            "params": dict(params),
+        }
         values = {**params, "operationId": op_id, "resourceId": resource_id}
         op.status_url = self.url(self.status_path, values, base)
         if self.resource_path is not None:
