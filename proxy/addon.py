@@ -7,10 +7,12 @@ It also loads on its own: ``mitmdump -s proxy/addon.py --mode reverse:https://ho
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from mitmproxy import exceptions, http
 from mitmproxy.proxy import mode_specs
@@ -22,7 +24,7 @@ from proxy import (
 from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import no_match_response
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
-from proxy.journal import Exchange, Journal
+from proxy.journal import Exchange, Journal, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
 from proxy.recorder import Recorder
@@ -153,7 +155,9 @@ class ReplayAddon:
             detail = answer.source + (f" [fault: {answer.fault}]" if answer.fault else "")
             if answer.delay:
                 detail += f" [delay {answer.delay:g} s]"
-            self.journal.add(_exchange(flow, _fault_status(answer), "scenario", detail))
+            status = _fault_status(answer)
+            sent = answer.response if status is not None else None
+            self.journal.add(_exchange(flow, status, "scenario", detail, sent, answer))
             await faults.deliver(flow, answer, to_flow_response=_flow_response)
         elif isinstance(decision, Replay):
             played = decision.played
@@ -178,6 +182,7 @@ class ReplayAddon:
         else:
             assert isinstance(decision, Forward)
             flow.metadata[META] = "forward"
+            _aim_at_upstream(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and _wants_close(flow) and "connection" not in flow.response.headers:
@@ -198,7 +203,7 @@ class ReplayAddon:
         served = self._outgoing(flow, session, response)
         if served is not response:
             flow.response = _flow_response(served)
-        self.journal.add(_exchange(flow, served.status, "upstream", detail))
+        self.journal.add(_exchange(flow, served.status, "upstream", detail, served))
 
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(META) != "forward" or flow.error is None:
@@ -212,7 +217,7 @@ class ReplayAddon:
     ) -> None:
         served = self._outgoing(flow, session, response)
         flow.response = _flow_response(served)
-        self.journal.add(_exchange(flow, served.status, source, detail))
+        self.journal.add(_exchange(flow, served.status, source, detail, served))
 
     def _outgoing(self, flow: http.HTTPFlow, session: Session, response: Response) -> Response:
         """The response as the client gets it: upstream URLs point at the proxy, Retry-After shortened."""
@@ -354,6 +359,25 @@ def _base_url(flow: http.HTTPFlow) -> str:
     return origin_of(flow.request.url)
 
 
+def _aim_at_upstream(flow: http.HTTPFlow) -> None:
+    """In reverse mode, forward to the session's upstream even when the listener was set up for another.
+
+    (ReplayProxy.use() switches the upstream of a running proxy without touching its listeners.)
+    """
+    from mitmproxy import ctx
+
+    upstream = ctx.options.replay_upstream
+    if not upstream or not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        return
+    parts = urlsplit(upstream)
+    if parts.hostname is None:
+        return
+    request = flow.request
+    request.scheme = parts.scheme
+    request.port = parts.port or (443 if parts.scheme == "https" else 80)
+    request.host = parts.hostname  # last: updates the Host header from scheme, host and port
+
+
 def _wants_close(flow: http.HTTPFlow) -> bool:
     return "close" in flow.request.headers.get("connection", "").lower()
 
@@ -374,8 +398,44 @@ def _proxy_origin(flow: http.HTTPFlow) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _exchange(flow: http.HTTPFlow, status: int | None, source: str, detail: str) -> Exchange:
-    return Exchange(flow.request.method, flow.request.url, flow.request.path, status, source, detail)
+def _exchange(
+    flow: http.HTTPFlow,
+    status: int | None,
+    source: str,
+    detail: str,
+    sent: Response | None = None,
+    answer: Answer | None = None,
+) -> Exchange:
+    """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it."""
+    req = flow.request
+    wall_now, mono_now = time.time(), time.monotonic()
+    arrived = req.timestamp_start or wall_now
+    monotonic = mono_now - max(0.0, wall_now - arrived)
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        client_url = _proxy_origin(flow) + req.path
+    else:
+        client_url = req.url
+    facts = response_facts(sent, client_url, now=wall_now) if sent is not None else None
+    op_status, terminal = (facts.op_status, facts.terminal) if facts is not None else (None, False)
+    if answer is not None and answer.operation is not None:
+        op_status, terminal = answer.status, answer.terminal
+    return Exchange(
+        req.method,
+        req.url,
+        req.path,
+        status,
+        source,
+        detail,
+        time=arrived,
+        monotonic=monotonic,
+        client_url=client_url,
+        retry_after=facts.retry_after if facts is not None else None,
+        status_urls=facts.status_urls if facts is not None else (),
+        operation=answer.operation if answer is not None else None,
+        poll=answer.poll if answer is not None else None,
+        op_status=op_status,
+        terminal=terminal,
+    )
 
 
 def _log_exchange(exchange: Exchange) -> None:

@@ -1,7 +1,8 @@
 """The ``replay-proxy`` command line: record | replay | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
-traceback), 1 for anything unexpected.
+traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
+(stdout) without changing the status; ``--strict-report`` also exits 3 when the verdict found violations.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from proxy.server import MODES, ReplayProxy, default_confdir, ensure_ca
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_VIOLATIONS = 3
+"""``--strict-report``: the proxy stopped cleanly, and the client broke a rule of the verdict."""
 
 EPILOG = """\
 examples:
@@ -160,6 +163,30 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME",
         help="a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
+    )
+
+    from proxy.verdict import RULES
+
+    v = p.add_argument_group("verdict (how the client behaved)")
+    v.add_argument(
+        "--report",
+        action="store_true",
+        help="at exit, print each operation's timeline (every poll, the gap before it, what it got) and "
+        "the violations: unmatched requests, polls earlier than Retry-After, polls after a terminal "
+        "status, self-built status URLs, unfinished operations (exit status unchanged)",
+    )
+    v.add_argument(
+        "--strict-report",
+        action="store_true",
+        help=f"as --report, and exit {EXIT_VIOLATIONS} when there are violations (for scripts and CI)",
+    )
+    v.add_argument(
+        "--skip-check",
+        action="append",
+        default=[],
+        choices=RULES,
+        metavar="CHECK",
+        help=f"leave a check out of the report (repeatable; one of: {', '.join(RULES)})",
     )
 
 
@@ -402,6 +429,14 @@ def _serve(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
     if record_mode != RecordMode.NONE.value and not args.quiet and cassette is not None and cassette.exists():
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
+    if args.report or args.strict_report:
+        from proxy.verdict import check, report
+
+        entries = proxy.journal.entries
+        violations = check(entries, args.skip_check)
+        print(report(entries, violations), flush=True)
+        if violations and args.strict_report:
+            return EXIT_VIOLATIONS
     return EXIT_OK
 
 

@@ -1,19 +1,48 @@
-"""What the client did: one entry per exchange, and the console line that shows it."""
+"""What the client did: one entry per exchange, and the console line that shows it.
+
+Entries carry what the verdict (proxy/verdict.py) needs to judge how a client polled: when the request
+arrived (wall and monotonic), the URL as the client sent it, the delay the response advertised to the
+client, the status URLs it handed out, and the state of the long-running operation it reported.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+from urllib.parse import urljoin, urlsplit
+
+from proxy.model import Response, header_value
+from proxy.rewrite import parse_retry_after
+from proxy.scenario.schema import TERMINAL_STATUSES
+
+MAX_ENTRIES = 100_000
+"""A journal keeps the most recent entries only (older ones are dropped): memory stays bounded."""
+
+_monotonic = time.monotonic  # the field named ``time`` hides the module in the class body
 
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request and what answered it.
 
-    ``source`` is ``"upstream"``, ``"cassette"``, ``"no-match"`` or ``"error"``; ``detail`` says more
-    (``"#3"``, ``"#3, repeated"``, ``"recorded as #7"``, the upstream error ...).
+    ``source`` is ``"scenario"``, ``"upstream"``, ``"cassette"``, ``"no-match"`` or ``"error"``; ``detail``
+    says more (``"#3"``, ``"#3, repeated"``, ``"recorded as #7"``, the upstream error ...). ``url`` is
+    mitmproxy's view (in reverse mode: on the upstream's origin); ``path`` is the path and query as the
+    client sent them, ``client_url`` the whole URL as the client used it (in reverse mode: on the proxy).
+
+    For the verdict: ``time`` (wall clock) and ``monotonic`` are when the request *arrived* (not when it
+    was answered, so slow answers do not distort the gaps between polls); ``retry_after`` is the delay in
+    seconds that the response actually sent advertised (after ``--retry-after``; HTTP-dates and the
+    millisecond headers converted), None when it advertised none or no response was sent;
+    ``status_urls`` are the absolute URLs the response gave for polling (Location on a 202 or on a
+    non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
+    scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
+    ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
+    ``status`` field / AIP-151 ``done`` of a JSON body).
     """
 
     method: str
@@ -23,6 +52,19 @@ class Exchange:
     source: str
     detail: str = ""
     time: float = field(default_factory=time.time)
+    monotonic: float = field(default_factory=_monotonic)
+    client_url: str = ""
+    retry_after: float | None = None
+    status_urls: tuple[str, ...] = ()
+    operation: str | None = None
+    poll: int | None = None
+    op_status: str | None = None
+    terminal: bool = False
+
+    @property
+    def query(self) -> str:
+        """The query string the client sent (without ``?``), "" when none."""
+        return urlsplit(self.path).query
 
     def line(self) -> str:
         """The console line: method, path, status, what answered."""
@@ -38,11 +80,73 @@ class Exchange:
         return f"{self.method} {self.path} -> {status} ({answered}{detail})"
 
 
-class Journal:
-    """A thread-safe, append-only list of exchanges, with an optional listener per entry."""
+class ResponseFacts(NamedTuple):
+    """What a response told the client about polling (see ``Exchange``)."""
 
-    def __init__(self, listener: Callable[[Exchange], None] | None = None) -> None:
-        self._entries: list[Exchange] = []
+    retry_after: float | None
+    status_urls: tuple[str, ...]
+    op_status: str | None
+    terminal: bool
+
+
+STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
+"""Headers that always carry a status URL; ``Location`` does on a 202 or on a non-terminal answer."""
+
+
+def response_facts(response: Response, client_url: str, *, now: float | None = None) -> ResponseFacts:
+    """Retry-After (seconds from ``now``), status URLs (absolute, resolved against ``client_url``) and the
+    operation status of a JSON body: its ``status`` field (terminal: ``TERMINAL_STATUSES``,
+    case-insensitive) or AIP-151's ``done`` (with ``metadata.status`` when given)."""
+    retry_after = parse_retry_after(response.headers, now=now)
+    op_status, terminal = _body_status(response)
+    urls: list[str] = []
+    if not terminal:
+        names = list(STATUS_URL_HEADERS)
+        if response.status == 202 or (op_status is not None and 200 <= response.status < 300):
+            names.insert(0, "location")
+        for name in names:
+            value = header_value(response.headers, name)
+            if value and value.strip():
+                url = urljoin(client_url, value.strip()) if client_url else value.strip()
+                if url not in urls:
+                    urls.append(url)
+    return ResponseFacts(retry_after, tuple(urls), op_status, terminal)
+
+
+def _body_status(response: Response) -> tuple[str | None, bool]:
+    body = response.body
+    if not body or body.lstrip()[:1] != b"{":
+        return None, False
+    import json
+
+    try:
+        doc: Any = json.loads(body)
+    except (ValueError, RecursionError):
+        return None, False
+    if not isinstance(doc, dict):
+        return None, False
+    status = doc.get("status")
+    if isinstance(status, str) and status:
+        return status, status.lower() in TERMINAL_STATUSES
+    done = doc.get("done")
+    if isinstance(done, bool):
+        metadata = doc.get("metadata")
+        named = metadata.get("status") if isinstance(metadata, dict) else None
+        return (named if isinstance(named, str) and named else ("done" if done else "running")), done
+    return None, False
+
+
+class Journal:
+    """A thread-safe, append-only list of exchanges, with an optional listener per entry.
+
+    Bounded: only the last ``max_entries`` (default ``MAX_ENTRIES``, 100,000) entries are kept, so a
+    proxy that serves for days does not grow without end.
+    """
+
+    def __init__(
+        self, listener: Callable[[Exchange], None] | None = None, max_entries: int = MAX_ENTRIES
+    ) -> None:
+        self._entries: deque[Exchange] = deque(maxlen=max_entries)
         self._lock = threading.Lock()
         self.listener = listener
 

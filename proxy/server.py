@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
@@ -22,13 +23,25 @@ from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
 
 from proxy.addon import ReplayAddon
-from proxy.errors import ConfigError, ReplayProxyError, StartupError
+from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 
 MODES = ("reverse", "regular")
 UNREACHABLE = "http://127.0.0.1:9"
 """Reverse target when replaying with no upstream: never dialled (answers come from the cassette)."""
+
+_T = TypeVar("_T")
+
+
+class _Keep:
+    """``use()``'s default for a setting: keep what the proxy was constructed with."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
 
 
 def default_confdir() -> Path:
@@ -75,7 +88,9 @@ class ReplayProxy:
     cassette (record mode ``rewrite`` unless ``record_mode`` says otherwise: ``all``, ``new_episodes``,
     ``once``, ``none`` have vcrpy's meanings). ``scenarios=[...]`` answers first from scenario files,
     over the cassette, the upstream (forwarding what they do not answer), or nothing (offline).
-    One per process: mitmproxy's context is global.
+    ``use()`` switches what a running proxy serves (milliseconds, state reset); ``forward_port`` adds a
+    forward-proxy listener (``forward_url``) beside the reverse one. One per process: mitmproxy's
+    context is global.
     """
 
     def __init__(
@@ -100,9 +115,13 @@ class ReplayProxy:
         clock: str | None = None,
         upstream_ca: str | os.PathLike[str] | None = None,
         journal: Journal | None = None,
+        forward_port: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
+        if forward_port is not None and (mode != "reverse" or not 0 < forward_port < 65536):
+            raise ConfigError("forward_port adds a forward-proxy listener to reverse mode: give a free port")
+        self.forward_port = forward_port
         self.upstream = check_upstream(upstream) if upstream else None
         self.mode = mode
         self.host = host
@@ -115,25 +134,25 @@ class ReplayProxy:
             # A forward proxy serves many hosts: the same path on another host is another resource.
             match_on = ("method", "scheme", "host", "port", "path", "query")
         self.addon = ReplayAddon(journal)
-        default_mode = "rewrite" if upstream and cassette is not None else "none"
-        self.replay_options: dict[str, Any] = {
-            "replay_cassette": os.fspath(cassette) if cassette is not None else None,
-            "replay_record_mode": record_mode or default_mode,
-            "replay_match_on": list(match_on),
-            "replay_match_headers": list(match_headers),
-            "replay_when_exhausted": when_exhausted,
-            "replay_retry_after": None if retry_after is None else repr(float(retry_after)),
-            "replay_redact": redact,
-            "replay_redact_headers": list(redact_headers),
-            "replay_redact_query": list(redact_query),
-            "replay_redact_json": list(redact_json),
-            "replay_upstream": self.upstream,
-            "replay_scenarios": [os.fspath(s) for s in scenarios],
-            "replay_clock": clock,
-            # With an upstream but no cassette to record to, forward what nothing else answers.
-            "replay_passthrough": bool(upstream) and cassette is None,
+        # What use() falls back to for a setting it is not given.
+        self._base: dict[str, Any] = {
+            "upstream": self.upstream,
+            "match_on": tuple(match_on),
+            "match_headers": tuple(match_headers),
+            "when_exhausted": when_exhausted,
+            "retry_after": retry_after,
+            "redact": redact,
+            "redact_headers": tuple(redact_headers),
+            "redact_query": tuple(redact_query),
+            "redact_json": tuple(redact_json),
+            "clock": clock,
         }
+        self.replay_options = _replay_options(
+            cassette=cassette, scenarios=scenarios, record_mode=record_mode, **self._base
+        )
         self.url = ""
+        self.forward_url = ""
+        """With ``forward_port``: the forward proxy's URL (for HTTP_PROXY / HTTPS_PROXY)."""
         self.listen_port = 0
         self._master: Master | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -192,6 +211,107 @@ class ReplayProxy:
     ) -> None:
         self.stop()
 
+    # -- switching what a running proxy serves -------------------------------------------------------------
+
+    def use(
+        self,
+        *paths: str | os.PathLike[str],
+        scenarios: Sequence[str | os.PathLike[str]] = (),
+        cassette: str | os.PathLike[str] | None = None,
+        record_mode: str | None = None,
+        upstream: str | None = KEEP,
+        retry_after: float | None = KEEP,
+        clock: str | None = KEEP,
+        match_on: Sequence[str] = KEEP,
+        match_headers: Sequence[str] = KEEP,
+        when_exhausted: str = KEEP,
+        redact: bool = KEEP,
+        redact_headers: Sequence[str] = KEEP,
+        redact_query: Sequence[str] = KEEP,
+        redact_json: Sequence[str] = KEEP,
+        timeout: float = 30.0,
+    ) -> ReplayProxy:
+        """Serve something else from now on, without restarting mitmproxy; all state starts afresh.
+
+        Each of ``paths`` is a scenario file (``routes``/``operations``) or a cassette (``interactions``;
+        a path that does not exist yet is a cassette to record), told apart by content. ``scenarios`` and
+        ``cassette`` say it explicitly. Settings not given keep the constructor's values; ``record_mode``
+        defaults as in the constructor. Operation counters, sequences, cassette playback and the journal
+        are reset even when nothing changed; a cassette being recorded is saved. ``use()`` alone serves
+        nothing. Raises ReplayProxyError (the proxy keeps serving what it served) on a bad file or option.
+        """
+        found_scenarios = [os.fspath(s) for s in scenarios]
+        for path in paths:
+            if classify(path) == "scenario":
+                found_scenarios.append(os.fspath(path))
+            elif cassette is not None:
+                raise ConfigError(f"{os.fspath(path)}: only one cassette at a time (already {cassette})")
+            else:
+                cassette = path
+        given: dict[str, Any] = {
+            "upstream": upstream,
+            "retry_after": retry_after,
+            "clock": clock,
+            "match_on": match_on,
+            "match_headers": match_headers,
+            "when_exhausted": when_exhausted,
+            "redact": redact,
+            "redact_headers": redact_headers,
+            "redact_query": redact_query,
+            "redact_json": redact_json,
+        }
+        settings = {k: self._base[k] if v is KEEP else v for k, v in given.items()}
+        if upstream is not KEEP and upstream:
+            settings["upstream"] = check_upstream(upstream)
+        opts = _replay_options(
+            cassette=cassette, scenarios=found_scenarios, record_mode=record_mode, **settings
+        )
+        if cassette is not None and opts["replay_record_mode"] == "none" and not Path(cassette).exists():
+            raise CassetteNotFoundError(
+                f"{os.fspath(cassette)}: no such file (neither a scenario nor a cassette to replay; "
+                "record mode none records nothing)"
+            )
+        self._call_on_loop(lambda: self._switch(opts), timeout)
+        return self
+
+    def reset(self, timeout: float = 30.0) -> ReplayProxy:
+        """Start what is served afresh (counters, sequences, playback, journal); save what was recorded."""
+        self._call_on_loop(lambda: self._switch(None), timeout)
+        return self
+
+    def _switch(self, opts: dict[str, Any] | None) -> None:
+        """On the proxy's loop: set the options (the addon rebuilds its session) and clear the journal."""
+        assert self._master is not None
+        if opts is None:
+            names = self.replay_options.keys()
+            opts = {name: getattr(self._master.options, name) for name in names}
+        try:
+            # mitmproxy tells addons about every option given, changed or not: the session is rebuilt.
+            self._master.options.update(**opts)
+        except exceptions.OptionsError as e:
+            cause = e.__cause__
+            raise cause if isinstance(cause, ReplayProxyError) else ConfigError(str(e)) from e
+        self.replay_options = dict(opts)
+        self.addon.journal.clear()
+
+    def _call_on_loop(self, fn: Callable[[], _T], timeout: float) -> _T:
+        """Run ``fn`` on the proxy's event loop (between two hooks, never inside one); return its result."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive() or not self.url or loop.is_closed():
+            raise ReplayProxyError("the proxy is not running: start() it first")
+        if threading.current_thread() is thread:
+            return fn()
+
+        async def call() -> _T:
+            return fn()
+
+        future = asyncio.run_coroutine_threadsafe(call(), loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise ReplayProxyError(f"the proxy did not switch within {timeout:g} s") from None
+
     # -- the proxy thread ----------------------------------------------------------------------------------
 
     def _thread_main(self) -> None:
@@ -223,7 +343,7 @@ class ReplayProxy:
             try:
                 master.options.update(**self.replay_options)
                 master.options.update(
-                    mode=[self._mode_spec()],
+                    mode=self._mode_specs(),
                     connection_strategy="lazy",
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
                 )
@@ -248,8 +368,20 @@ class ReplayProxy:
         target = self.upstream or (self.addon.session and self.addon.session.primary_origin) or UNREACHABLE
         return f"reverse:{target}"
 
+    def _mode_specs(self) -> list[str]:
+        """The listeners: the main one, plus a forward proxy on ``forward_port`` when asked.
+
+        mitmproxy refuses two listeners configured on the same port, so only the main one may use port 0.
+        """
+        specs = [self._mode_spec()]
+        if self.forward_port is not None:
+            specs.append(f"regular@{self.forward_port}")
+        return specs
+
     def _bind_error(self, messages: list[str]) -> str:
         detail = messages[-1] if messages else "no listening socket"
+        if self.forward_port is not None:
+            return f"cannot listen on {self.host}:{self.port} and {self.host}:{self.forward_port}: {detail}"
         if "in use" in detail.lower():
             return (
                 f"cannot listen on {self.host}:{self.port}: the port is already in use "
@@ -261,15 +393,87 @@ class ReplayProxy:
         assert self._master is not None
         ps = self._master.addons.get("proxyserver")
         addrs = ps.listen_addrs() if ps is not None else []
+        if addrs and self.forward_port is not None:
+            for server in ps.servers:
+                if server.listen_addrs and server.mode.type_name == "regular":
+                    self.forward_url = _url_of(server.listen_addrs[0])
+                elif server.listen_addrs:
+                    addrs = server.listen_addrs
+            if not self.forward_url:
+                self._master.shutdown()
+                return
         if addrs:
-            host, port = addrs[0][:2]
-            self.listen_port = port
-            shown = f"[{host}]" if ":" in host else host
-            self.url = f"http://{shown}:{port}"
+            self.listen_port = addrs[0][1]
+            self.url = _url_of(addrs[0])
         else:
             self._master.shutdown()
             return
         self._ready.set()
+
+
+def classify(path: str | os.PathLike[str]) -> str:
+    """``"scenario"`` or ``"cassette"``, by the top-level keys; a missing file is a cassette to record."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return "cassette"
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from e
+    keys = set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, re.MULTILINE))
+    if "interactions" in keys:
+        return "cassette"
+    if keys & {"routes", "operations"}:
+        return "scenario"
+    if not text.strip():
+        return "cassette"  # vcrpy reads an empty file as an empty cassette
+    raise ConfigError(
+        f"{p}: neither a scenario (top-level 'routes' or 'operations') "
+        "nor a cassette (top-level 'interactions')"
+    )
+
+
+def _replay_options(
+    *,
+    cassette: str | os.PathLike[str] | None,
+    scenarios: Sequence[str | os.PathLike[str]],
+    record_mode: str | None,
+    upstream: str | None,
+    match_on: Sequence[str],
+    match_headers: Sequence[str],
+    when_exhausted: str,
+    retry_after: float | None,
+    redact: bool,
+    redact_headers: Sequence[str],
+    redact_query: Sequence[str],
+    redact_json: Sequence[str],
+    clock: str | None,
+) -> dict[str, Any]:
+    """The addon's ``replay_*`` options for one session."""
+    default_mode = "rewrite" if upstream and cassette is not None else "none"
+    return {
+        "replay_cassette": os.fspath(cassette) if cassette is not None else None,
+        "replay_record_mode": record_mode or default_mode,
+        "replay_match_on": list(match_on),
+        "replay_match_headers": list(match_headers),
+        "replay_when_exhausted": when_exhausted,
+        "replay_retry_after": None if retry_after is None else repr(float(retry_after)),
+        "replay_redact": redact,
+        "replay_redact_headers": list(redact_headers),
+        "replay_redact_query": list(redact_query),
+        "replay_redact_json": list(redact_json),
+        "replay_upstream": upstream,
+        "replay_scenarios": [os.fspath(s) for s in scenarios],
+        "replay_clock": clock,
+        # With an upstream but no cassette to record to, forward what nothing else answers.
+        "replay_passthrough": bool(upstream) and cassette is None,
+    }
+
+
+def _url_of(addr: Any) -> str:
+    host, port = addr[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
 
 
 class _Ready:

@@ -1,0 +1,496 @@
+"""The verdict: how a client behaved, judged from the journal. Pure code: no mitmproxy, no I/O.
+
+``check(entries)`` returns the violations of these rules (their names are a contract: pass them in
+``disabled`` to turn a check off):
+
+``unmatched``
+    A request nothing answered (the 599 diagnostic): the message names the method, the path and why.
+``retry-after``
+    A poll of an operation (a request to a status URL the client was given, or answered as a poll of a
+    scenario operation) that came earlier than the Retry-After of the previous answer for that operation
+    (the accepted response that started it, or the previous poll's answer), measured between the arrival
+    times of the two requests, with a tolerance of 5 % or 20 ms, whichever is larger. When the previous
+    answer is the one that started the operation, the message says the client ignored the Retry-After on
+    the 202. A request retried after a 429 or 503 answer to the same method and URL is held to that
+    answer's Retry-After too.
+``poll-after-terminal``
+    A poll of an operation after it answered a terminal status (Succeeded, Failed, Canceled; AIP-151
+    ``done: true``). Fetching the created resource is not a poll.
+``self-built-url``
+    A poll to a URL the client was not given: a different path than the latest status URL given for the
+    operation (a URL built from the operation id, an added trailing slash, a changed ``Location`` that was
+    ignored), or a query parameter of the given URL dropped or changed (parameters the client adds are
+    tolerated). An unanswered request whose path contains the id of a known operation is reported here
+    rather than as ``unmatched`` (unless this check is disabled).
+``unfinished``
+    An operation that was started (the client was given a status URL, or a scenario started it) and never
+    polled to a terminal status.
+
+An *operation* is a scenario operation (its id in the journal) or, for cassette and upstream answers, the
+status URL a response handed out (``Location`` on a 202, ``Operation-Location``, ``Azure-AsyncOperation``);
+a later ``Location`` on a non-terminal poll answer moves it to a new URL. Hosts are ignored: only paths and
+queries are compared. ``report(entries, violations)`` prints a per-operation timeline and the violations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from proxy.journal import Exchange
+
+RULES: tuple[str, ...] = ("unmatched", "retry-after", "poll-after-terminal", "self-built-url", "unfinished")
+"""Every check, by the name used to turn it off."""
+
+TOLERANCE_FRACTION = 0.05
+TOLERANCE_SECONDS = 0.02
+"""A poll is early when it came more than max(5 % of the Retry-After, 20 ms) before the delay was over."""
+
+MIN_ID_LENGTH = 4
+"""An operation id shorter than this (a counter) is not searched for in the paths of unanswered requests."""
+
+THROTTLED = (429, 503)
+POLL_METHODS = ("GET", "HEAD")
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One broken rule. ``index`` is the position in the checked entries of the request at fault."""
+
+    rule: str
+    message: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message}"
+
+
+def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[Violation]:
+    """The violations in ``entries`` (a journal), in the order the requests came; ``disabled`` names
+    checks to skip (see ``RULES``). Raises ValueError for an unknown check name."""
+    off = _checked_names(disabled)
+    analysis = _Analysis(entries)
+    found: list[Violation] = []
+    if "unmatched" not in off:
+        for i in analysis.order:
+            e = entries[i]
+            if e.source != "no-match" or ("self-built-url" not in off and i in analysis.strays):
+                continue
+            status = e.status if e.status is not None else "no response"
+            found.append(Violation("unmatched", f"{e.method} {_show(e.path)} got {status}: {e.detail}", i))
+    for op in analysis.ops:
+        if "retry-after" not in off:
+            found += _early_polls(entries, op)
+        if "poll-after-terminal" not in off and op.after_terminal:
+            first = op.after_terminal[0]
+            assert op.terminal_at is not None
+            ended = entries[op.terminal_at]
+            more = len(op.after_terminal) - 1
+            also = f" (and {more} more poll{'s' if more > 1 else ''} after it)" if more else ""
+            found.append(
+                Violation(
+                    "poll-after-terminal",
+                    f"{_request(entries[first])} polled operation {op.label} after it answered "
+                    f"{ended.op_status or 'a terminal status'} on poll "
+                    f"{op.polls.index(op.terminal_at) + 1}{also}",
+                    first,
+                )
+            )
+        if "self-built-url" not in off and op.self_built:
+            found += _self_built(entries, op, analysis)
+        if "unfinished" not in off and op.started and op.terminal_at is None:
+            found.append(_unfinished(entries, op))
+    if "retry-after" not in off:
+        for i, previous in analysis.early_retries:
+            prev = entries[previous]
+            found.append(
+                Violation(
+                    "retry-after",
+                    f"{_request(entries[i])} was retried {_secs(entries[i].monotonic - prev.monotonic)} s "
+                    f"after the {prev.status} it got, which said Retry-After: {_num(prev.retry_after)}",
+                    i,
+                )
+            )
+    # in the order the offending requests came; unfinished operations last (they are found at the end)
+    rank = {i: n for n, i in enumerate(analysis.order)}
+    found.sort(
+        key=lambda v: (v.rule == "unfinished", rank.get(v.index, len(rank)) if v.index is not None else 0)
+    )
+    return found
+
+
+def format_violations(violations: Sequence[Violation]) -> str:
+    """A header line and one numbered line per violation."""
+    if not violations:
+        return "replay-proxy verdict: no violations"
+    n = len(violations)
+    lines = [f"replay-proxy verdict: {n} violation{'s' if n > 1 else ''}"]
+    lines += [f"  {k}. {v}" for k, v in enumerate(violations, 1)]
+    return "\n".join(lines)
+
+
+def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
+    """A per-operation timeline (each poll: offset from the start, the gap before it, what it got), the
+    requests outside operations that nothing answered, then the violations."""
+    analysis = _Analysis(entries)
+    flagged: dict[int, list[str]] = {}
+    for v in violations:
+        if v.index is not None:
+            flagged.setdefault(v.index, []).append(v.rule)
+    n_ops = len(analysis.ops)
+    lines = [
+        f"replay-proxy report: {len(entries)} request{'s' if len(entries) != 1 else ''}, "
+        f"{n_ops} operation{'s' if n_ops != 1 else ''}"
+    ]
+    for op in analysis.ops:
+        lines.append("")
+        lines.append(f"operation {op.label}" + (f" ({op.name})" if op.name else ""))
+        origin = entries[op.first].monotonic
+        if op.start is not None:
+            s = entries[op.start]
+            given = f"; status URL {_show(op.given[0])}" if op.given else ""
+            lines.append(
+                f"  {'start':<7} +0.000 s  {'':<13} {_request(s)} -> {_got(s)}{given}"
+                f"{_flags(flagged, op.start)}"
+            )
+        previous: int | None = op.start
+        polls = 0
+        for i in op.timeline:
+            e = entries[i]
+            gap = f"gap {_secs(e.monotonic - entries[previous].monotonic)} s" if previous is not None else ""
+            if i in op.polls:
+                polls += 1
+                what = f"poll {polls}"
+            else:
+                what = "stray" if i in analysis.strays else "other"
+            lines.append(
+                f"  {what:<7} +{_secs(e.monotonic - origin)} s  {gap:<13} {_request(e)} -> {_got(e)}"
+                f"{_flags(flagged, i)}"
+            )
+            if i in op.polls:
+                previous = i
+        if op.terminal_at is not None:
+            took = entries[op.terminal_at].monotonic - origin
+            n = op.polls.index(op.terminal_at) + 1
+            lines.append(
+                f"  => {entries[op.terminal_at].op_status} after {n} poll{'s' if n != 1 else ''} "
+                f"in {_secs(took)} s"
+            )
+        else:
+            last = entries[op.polls[-1]].op_status if op.polls else None
+            lines.append(f"  => never finished (last status: {last or 'none'})")
+    outside = [
+        i
+        for i in analysis.order
+        if i not in analysis.in_operations and (entries[i].source in ("no-match", "error") or i in flagged)
+    ]
+    if outside:
+        lines.append("")
+        lines.append("other requests of note:")
+        for i in outside:
+            e = entries[i]
+            lines.append(f"  {_request(e)} -> {_got(e)}{_flags(flagged, i)}")
+    lines.append("")
+    lines.append(format_violations(violations))
+    return "\n".join(lines)
+
+
+# -- the analysis shared by check and report ------------------------------------------------------------
+
+
+@dataclass
+class _Op:
+    label: str
+    name: str = ""
+    start: int | None = None
+    """The entry that started it (None: its start is not in the journal)."""
+    first: int = 0
+    started: bool = False
+    given: list[str] = field(default_factory=list)
+    """Status URLs given to the client (path?query), oldest first."""
+    latest: str | None = None
+    ids: set[str] = field(default_factory=set)
+    polls: list[int] = field(default_factory=list)
+    timeline: list[int] = field(default_factory=list)
+    last: int | None = None
+    """The last entry that answered for this operation (its start or a poll)."""
+    terminal_at: int | None = None
+    after_terminal: list[int] = field(default_factory=list)
+    early: list[tuple[int, int]] = field(default_factory=list)
+    self_built: list[int] = field(default_factory=list)
+
+
+class _Analysis:
+    """Walks the journal in arrival order and sorts every request into operations, starts and polls."""
+
+    def __init__(self, entries: Sequence[Exchange]) -> None:
+        self.entries = entries
+        self.order = sorted(range(len(entries)), key=lambda i: entries[i].monotonic)
+        self.ops: list[_Op] = []
+        self.by_id: dict[str, _Op] = {}
+        self.by_path: dict[str, _Op] = {}
+        self.strays: set[int] = set()
+        self.in_operations: set[int] = set()
+        self.early_retries: list[tuple[int, int]] = []
+        throttled: dict[tuple[str, str], int] = {}
+        for i in self.order:
+            e = entries[i]
+            kind, op = self._classify(i, e)
+            if kind != "poll":
+                key = (e.method, _path_query(e.path))
+                previous = throttled.pop(key, None)
+                if previous is not None and _early(entries[previous], e):
+                    self.early_retries.append((i, previous))
+                if e.status in THROTTLED and e.retry_after is not None:
+                    throttled[key] = i
+            if op is None:
+                continue
+            self.in_operations.add(i)
+            if kind == "other":
+                op.timeline.append(i)
+            elif kind == "start":
+                op.start = op.last = i
+                op.first = i
+                op.started = True
+                self._give(op, e)
+            elif kind == "poll":
+                self._poll(op, i, e)
+            elif kind == "stray":
+                self.strays.add(i)
+                op.self_built.append(i)
+                op.timeline.append(i)
+
+    def _classify(self, i: int, e: Exchange) -> tuple[str, _Op | None]:
+        path = _path_of(e.path)
+        if e.operation is not None:
+            op = self.by_id.get(e.operation)
+            if op is None:
+                if e.poll is None and (e.status is None or e.status >= 400):
+                    return "other", None  # the client never learned of this operation
+                op = self._new(_short(e.operation), i, name=_rule_of(e.detail))
+                op.ids.add(e.operation)
+                self.by_id[e.operation] = op
+                if e.poll is None:
+                    return "start", op
+                return "poll", op
+            return ("poll", op) if e.poll is not None else ("other", op)
+        if e.method in POLL_METHODS:
+            op = self.by_path.get(path)
+            if op is not None:
+                return "poll", op
+            if e.source == "no-match":
+                segments = set(unquote(path).split("/"))
+                for candidate in reversed(self.ops):
+                    if candidate.ids & segments:
+                        return "stray", candidate
+        if e.status_urls and e.status is not None and e.status < 400:
+            return "start", self._new(_show(_path_query(e.status_urls[0])), i)
+        return "other", None
+
+    def _new(self, label: str, i: int, name: str = "") -> _Op:
+        op = _Op(label=label, name=name, first=i)
+        self.ops.append(op)
+        return op
+
+    def _give(self, op: _Op, e: Exchange) -> None:
+        for url in e.status_urls:
+            pq = _path_query(url)
+            if pq not in op.given:
+                op.given.append(pq)
+            op.latest = pq
+            path = _path_of(pq)
+            self.by_path[path] = op
+            last = unquote(path).rstrip("/").rsplit("/", 1)[-1]
+            if len(last) >= MIN_ID_LENGTH:
+                op.ids.add(last)
+
+    def _poll(self, op: _Op, i: int, e: Exchange) -> None:
+        entries = self.entries
+        if not op.polls and op.start is None:
+            op.first = i
+            op.started = True
+        if op.terminal_at is not None:
+            op.after_terminal.append(i)
+        elif op.last is not None and _early(entries[op.last], e):
+            op.early.append((i, op.last))
+        if op.latest is not None and not _follows(_path_query(e.path), op.latest):
+            op.self_built.append(i)
+        self.by_path.setdefault(_path_of(e.path), op)
+        op.polls.append(i)
+        op.timeline.append(i)
+        op.last = i
+        self._give(op, e)
+        if e.terminal and op.terminal_at is None:
+            op.terminal_at = i
+
+
+# -- the checks -----------------------------------------------------------------------------------------
+
+
+def _checked_names(disabled: Collection[str]) -> set[str]:
+    off = set(disabled)
+    unknown = off - set(RULES)
+    if unknown:
+        raise ValueError(
+            f"unknown check{'s' if len(unknown) > 1 else ''} {', '.join(sorted(unknown))}; "
+            f"choose from: {', '.join(RULES)}"
+        )
+    return off
+
+
+def _early(previous: Exchange, e: Exchange) -> bool:
+    """Whether ``e`` came before the Retry-After that ``previous`` advertised was over."""
+    wait = previous.retry_after
+    if wait is None or previous.status is None:
+        return False
+    gap = e.monotonic - previous.monotonic
+    return gap < wait - max(TOLERANCE_SECONDS, TOLERANCE_FRACTION * wait)
+
+
+def _early_polls(entries: Sequence[Exchange], op: _Op) -> list[Violation]:
+    out: list[Violation] = []
+    rest = [(i, p) for i, p in op.early if p != op.start]
+    for i, p in op.early:
+        if p == op.start:
+            prev = entries[p]
+            out.append(
+                Violation(
+                    "retry-after",
+                    f"ignored the Retry-After on the {prev.status}: {_request(entries[i])} came "
+                    f"{_secs(entries[i].monotonic - prev.monotonic)} s after the {prev.status} that started "
+                    f"operation {op.label}, which said Retry-After: {_num(prev.retry_after)}",
+                    i,
+                )
+            )
+    if rest:
+        i, p = rest[0]
+        prev = entries[p]
+        more = len(rest) - 1
+        also = f" (and {more} more early poll{'s' if more > 1 else ''} of this operation)" if more else ""
+        out.append(
+            Violation(
+                "retry-after",
+                f"{_request(entries[i])} came {_secs(entries[i].monotonic - prev.monotonic)} s after the "
+                f"previous answer, which said Retry-After: {_num(prev.retry_after)}{also}",
+                i,
+            )
+        )
+    return out
+
+
+def _self_built(entries: Sequence[Exchange], op: _Op, analysis: _Analysis) -> list[Violation]:
+    first = op.self_built[0]
+    e = entries[first]
+    pq = _path_query(e.path)
+    latest = _latest_before(entries, op, first)
+    if pq in op.given:
+        why = f"an older status URL: the latest given is {_show(latest)} (a changed Location was ignored)"
+    elif latest is not None:
+        why = f"a URL the client was never given; the status URL given was {_show(latest)}"
+    else:
+        why = "a URL the client was never given"
+    if first in analysis.strays:
+        why += f" (nothing answered it: {e.status})"
+    more = len(op.self_built) - 1
+    also = f" (and {more} more request{'s' if more > 1 else ''} like it)" if more else ""
+    return [Violation("self-built-url", f"{_request(e)} polled operation {op.label} at {why}{also}", first)]
+
+
+def _latest_before(entries: Sequence[Exchange], op: _Op, index: int) -> str | None:
+    """The latest status URL given to the client before the request ``index`` (by arrival)."""
+    latest: str | None = None
+    moment = entries[index].monotonic
+    answered = ([op.start] if op.start is not None else []) + op.polls
+    for i in answered:
+        if entries[i].monotonic >= moment:
+            continue
+        if entries[i].status_urls:
+            latest = _path_query(entries[i].status_urls[-1])
+    return latest if latest is not None else op.latest
+
+
+def _unfinished(entries: Sequence[Exchange], op: _Op) -> Violation:
+    n = len(op.polls)
+    last = entries[op.polls[-1]].op_status if op.polls else None
+    started = f" started by {_request(entries[op.start])}" if op.start is not None else ""
+    polled = f"polled {n} time{'s' if n != 1 else ''}" if n else "never polled"
+    status = f" (last status: {last})" if last else ""
+    return Violation(
+        "unfinished",
+        f"operation {op.label}{started} was {polled} and never reached a terminal status{status}",
+        op.start if op.start is not None else op.first,
+    )
+
+
+# -- text helpers ---------------------------------------------------------------------------------------
+
+
+def _path_query(url: str) -> str:
+    """``/path?query`` of a URL or of a path."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
+def _path_of(url: str) -> str:
+    return unquote(urlsplit(url).path or "/")
+
+
+def _follows(requested: str, given: str) -> bool:
+    """The same path as ``given``, with each of its query parameters (extra ones allowed)."""
+    if _path_of(requested) != _path_of(given):
+        return False
+    sent = dict(parse_qsl(urlsplit(requested).query, keep_blank_values=True))
+    return all(sent.get(k) == v for k, v in parse_qsl(urlsplit(given).query, keep_blank_values=True))
+
+
+def _short(op_id: str) -> str:
+    return op_id[:8] + "…" if len(op_id) > 12 else op_id
+
+
+def _show(path: str | None) -> str:
+    """A path with UUIDs shortened to their first 8 characters."""
+    if path is None:
+        return "(none)"
+    return _UUID.sub(lambda m: m[0][:8] + "…", path)
+
+
+def _request(e: Exchange) -> str:
+    return f"{e.method} {_show(e.path)}"
+
+
+def _secs(seconds: float) -> str:
+    return f"{max(0.0, seconds):.3f}"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "none"
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _got(e: Exchange) -> str:
+    status = str(e.status) if e.status is not None else "no response"
+    parts = [status + (f" {e.op_status}" if e.op_status else "")]
+    if e.retry_after is not None:
+        parts.append(f"Retry-After: {_num(e.retry_after)}")
+    if e.source in ("no-match", "error"):
+        parts.append("NO MATCH" if e.source == "no-match" else "upstream FAILED")
+    return ", ".join(parts)
+
+
+def _flags(flagged: dict[int, list[str]], i: int | None) -> str:
+    if i is None or i not in flagged:
+        return ""
+    return "  <- " + ", ".join(flagged[i])
+
+
+def _rule_of(detail: str) -> str:
+    """``x.yaml: start of operation "tileset" (1a2b…)`` -> ``x.yaml: operation "tileset"``."""
+    m = re.match(r"(.*?): start of (.*?) \(", detail)
+    return f"{m[1]}: {m[2]}" if m else ""
