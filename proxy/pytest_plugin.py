@@ -1,0 +1,413 @@
+"""pytest plugin (entry point ``pytest11``): test a client against scenarios and cassettes.
+
+Installing replay-proxy is enough::
+
+    def test_tileset(replay_proxy):
+        replay_proxy.use("scenarios/azure-maps/tileset-succeeds.yaml")
+        client = CreatorClient(base_url=replay_proxy.url)
+        ...
+
+    @pytest.mark.replay_proxy("cassettes/tileset.yaml")
+    def test_recorded(replay_proxy): ...
+
+    def test_hard_coded_base_url(replay_proxy_env):  # HTTP(S)_PROXY and the CA bundle variables are set
+        replay_proxy_env.use("scenarios/azure-maps/tileset-fails.yaml")
+        CreatorClient(base_url="https://atlas.microsoft.com").create_tileset(...)
+
+Design: mitmproxy allows one master per process, so each pytest process (each xdist worker) runs ONE
+proxy, started on first use and stopped at the end of the session. It listens twice: as a reverse proxy
+on a port the kernel picks (``replay_proxy.url``, the client's base URL) and as a forward proxy
+(``replay_proxy.proxy_url``, for ``HTTP(S)_PROXY``) on a second free port. Each test switches what it
+serves with ``use()`` (milliseconds, no restart) and starts with fresh state: operation counters,
+sequences, cassette playback and the journal. After a test that used the proxy, the verdict on how the
+client behaved (proxy/verdict.py) runs and fails the test's teardown with every violation listed.
+
+Options (the command line wins over the ini file's ``replay_record_mode``, ``replay_upstream``,
+``replay_retry_after``, ``replay_no_verify``, ``replay_disable_checks``):
+``--replay-record-mode`` none (default: replay only, offline) | once | new_episodes | all | rewrite,
+``--replay-upstream URL`` (where recording forwards), ``--replay-retry-after SECONDS`` (rewrite every
+advertised Retry-After, e.g. 0 for fast polling), ``--replay-no-verify`` (no automatic verdict),
+``--replay-disable-check NAME`` (one check off, explicit ``verify()`` included).
+Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from proxy.journal import Journal
+    from proxy.server import ReplayProxy
+
+RECORD_MODES = ("none", "once", "new_episodes", "all", "rewrite")
+MARKER = "replay_proxy"
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+CLEARED_VARIABLES = ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+START_ATTEMPTS = 5
+"""The forward listener's port is picked before mitmproxy binds it: retry if someone took it meanwhile."""
+
+
+# -- options ---------------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("replay-proxy", "replay-proxy: replay cassettes and play scenarios")
+    group.addoption(
+        "--replay-record-mode",
+        choices=RECORD_MODES,
+        default=None,
+        help="none (default): replay and play offline; once / new_episodes / all / rewrite: "
+        "record cassettes through --replay-upstream (vcrpy's meanings).",
+    )
+    group.addoption(
+        "--replay-upstream",
+        default=None,
+        metavar="URL",
+        help="The real service (scheme://host[:port]) recording forwards to. Unused in record mode none.",
+    )
+    group.addoption(
+        "--replay-retry-after",
+        default=None,
+        metavar="SECONDS",
+        help="Rewrite every Retry-After the client is sent to this many seconds (e.g. 0: fast polling).",
+    )
+    group.addoption(
+        "--replay-no-verify",
+        action="store_true",
+        default=None,
+        help="Do not check the client's behaviour at the end of each test.",
+    )
+    group.addoption(
+        "--replay-disable-check",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Turn one verdict check off (repeatable).",
+    )
+    parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
+    parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
+    parser.addini("replay_retry_after", "Default for --replay-retry-after.", default="")
+    parser.addini("replay_no_verify", "Default for --replay-no-verify.", type="bool", default=False)
+    parser.addini("replay_disable_checks", "Verdict checks turned off.", type="args", default=[])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The session's replay-proxy settings: command line first, then the ini file."""
+
+    record_mode: str = "none"
+    upstream: str | None = None
+    retry_after: float | None = None
+    verify: bool = True
+    disabled_checks: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        record_mode = config.getoption("replay_record_mode") or str(config.getini("replay_record_mode"))
+        if record_mode not in RECORD_MODES:
+            raise pytest.UsageError(
+                f"replay_record_mode = {record_mode!r}: choose from {', '.join(RECORD_MODES)}"
+            )
+        upstream = config.getoption("replay_upstream") or str(config.getini("replay_upstream")) or None
+        if upstream:
+            from proxy.errors import ConfigError
+            from proxy.server import check_upstream
+
+            try:
+                upstream = check_upstream(upstream)
+            except ConfigError as e:
+                raise pytest.UsageError(f"--replay-upstream: {e}") from None
+        raw = config.getoption("replay_retry_after") or str(config.getini("replay_retry_after")) or None
+        retry_after: float | None = None
+        if raw is not None:
+            try:
+                retry_after = float(raw)
+            except ValueError:
+                retry_after = -1.0
+            if not retry_after >= 0:
+                raise pytest.UsageError(f"--replay-retry-after takes seconds (e.g. 0 or 0.05), not {raw!r}")
+        no_verify = config.getoption("replay_no_verify")
+        if no_verify is None:
+            no_verify = bool(config.getini("replay_no_verify"))
+        disabled = (*config.getini("replay_disable_checks"), *config.getoption("replay_disable_check"))
+        try:
+            _check_names(disabled)
+        except ValueError as e:
+            raise pytest.UsageError(f"--replay-disable-check: {e}") from None
+        return cls(record_mode, upstream, retry_after, not no_verify, tuple(disabled))
+
+    @property
+    def records(self) -> bool:
+        return self.record_mode != "none"
+
+
+_settings_key = pytest.StashKey[Settings]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(*paths, verify=True, checks_disabled=(), **options): serve these scenario files "
+        "and/or cassette in this test (replay_proxy.use(*paths, **options)); verify=False or "
+        "checks_disabled=[...] turn the end-of-test verdict (or single checks) off.",
+    )
+    # mitmproxy's own deprecation warnings (pyOpenSSL objects on every HTTPS handshake) fire on the
+    # proxy's thread during the test that made the request: not the test's business, and fatal to the
+    # handshake under `filterwarnings = error`.
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mitmproxy")
+    config.stash[_settings_key] = Settings.from_config(config)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    settings = config.stash.get(_settings_key, None)
+    if settings is None or not settings.records:
+        return None
+    return f"replay-proxy: record mode {settings.record_mode}, upstream {settings.upstream or '(none)'}"
+
+
+# -- the session's proxy ---------------------------------------------------------------------------------
+
+
+class _SessionProxy:
+    """This process's one proxy, started on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proxy: ReplayProxy | None = None
+
+    def get(self) -> ReplayProxy:
+        if self.proxy is None:
+            self.proxy = self._start()
+        return self.proxy
+
+    def _start(self) -> ReplayProxy:
+        from proxy.errors import StartupError
+        from proxy.server import ReplayProxy, default_confdir
+
+        _create_ca_once(default_confdir())
+        settings = self.settings
+        for attempt in range(START_ATTEMPTS):
+            proxy = ReplayProxy(
+                upstream=settings.upstream if settings.records else None,
+                retry_after=settings.retry_after,
+                forward_port=_free_port(),
+            )
+            try:
+                return proxy.start()
+            except StartupError as e:
+                if "in use" not in str(e).lower() or attempt == START_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+
+
+def _create_ca_once(confdir: Path) -> None:
+    """Create the CA in ``confdir`` if missing, safely when several xdist workers start at once.
+
+    Each worker would otherwise write its own CA into the same files, leaving some workers serving
+    certificates that the CA file clients trust did not sign. The CA is made in a private directory,
+    then renamed into place in one step; a worker that loses the race uses the winner's.
+    """
+    if (confdir / "mitmproxy-ca.pem").exists():
+        return
+    import shutil
+    import tempfile
+
+    from proxy.server import ensure_ca
+
+    confdir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".replay-proxy-ca-", dir=confdir.parent))
+    try:
+        ensure_ca(staging)
+        try:
+            staging.rename(confdir)  # atomic; replaces only a missing or empty directory
+        except OSError:
+            if not (confdir / "mitmproxy-ca.pem").exists():
+                ensure_ca(confdir)  # a directory with other files in it: no race to protect against
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def replay_proxy_server(pytestconfig: pytest.Config) -> Iterator[_SessionProxy]:
+    """The session's proxy (started lazily, on the first test that asks for ``replay_proxy``)."""
+    holder = _SessionProxy(pytestconfig.stash[_settings_key])
+    try:
+        yield holder
+    finally:
+        holder.stop()
+
+
+# -- what a test sees ------------------------------------------------------------------------------------
+
+
+class ReplayProxyFixture:
+    """The running proxy as one test sees it: ``url``, ``proxy_url``, ``use()``, ``journal``, ``verify()``."""
+
+    def __init__(self, proxy: ReplayProxy, settings: Settings, rootdir: Path) -> None:
+        self.proxy = proxy
+        self.settings = settings
+        self.rootdir = rootdir
+        self.verify_at_teardown = settings.verify
+        self.disabled_checks: tuple[str, ...] = settings.disabled_checks
+        self._verified_at: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The reverse proxy's URL: give it to the client as its base URL."""
+        return self.proxy.url
+
+    @property
+    def proxy_url(self) -> str:
+        """The forward proxy's URL (``HTTP_PROXY``/``HTTPS_PROXY``); ``replay_proxy_env`` sets them."""
+        return self.proxy.forward_url
+
+    @property
+    def ca_cert(self) -> Path:
+        """The CA certificate a client must trust for HTTPS through the proxy."""
+        return self.proxy.ca_cert
+
+    @property
+    def journal(self) -> Journal:
+        """This test's exchanges, in order (``journal.entries``)."""
+        return self.proxy.journal
+
+    def path(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` relative to the rootdir unless absolute."""
+        p = Path(path)
+        return p if p.is_absolute() else self.rootdir / p
+
+    def use(self, *paths: str | os.PathLike[str], **options: Any) -> ReplayProxyFixture:
+        """Serve these scenario files and/or this cassette from now on, all state fresh.
+
+        Options are ReplayProxy.use()'s (``record_mode``, ``upstream``, ``retry_after``, ``clock``,
+        ``match_on``...). The record mode and upstream default to the session's
+        (``--replay-record-mode``, ``--replay-upstream``).
+        """
+        __tracebackhide__ = True
+        if "scenarios" in options:
+            options["scenarios"] = [self.path(p) for p in options["scenarios"]]
+        if options.get("cassette") is not None:
+            options["cassette"] = self.path(options["cassette"])
+        options.setdefault("record_mode", self.settings.record_mode)
+        resolved = [self.path(p) for p in paths]
+        if options["record_mode"] != "none" and not options.get("upstream", self.proxy.upstream):
+            from proxy.errors import ConfigError
+            from proxy.server import classify
+
+            cassettes = [p for p in resolved if classify(p) == "cassette"]
+            if options.get("cassette") is not None or cassettes:
+                raise ConfigError(
+                    f"record mode {options['record_mode']} records from the real service: "
+                    "give --replay-upstream URL (or use(..., upstream=URL))"
+                )
+        self.proxy.use(*resolved, **options)
+        self._verified_at = None
+        return self
+
+    def reset(self) -> ReplayProxyFixture:
+        """Start afresh on what is served (operation counters, sequences, playback, journal)."""
+        self.proxy.reset()
+        self._verified_at = None
+        return self
+
+    def verify(self, *, disabled: Sequence[str] = ()) -> None:
+        """Raise an AssertionError listing every violation of how the client behaved, if any."""
+        __tracebackhide__ = True
+        entries = self.journal.entries
+        self._verified_at = len(entries)
+        off = (*self.disabled_checks, *disabled)
+        message = _verdict(entries, off)
+        if message:
+            raise AssertionError(message)
+
+    def _teardown_verify(self) -> None:
+        __tracebackhide__ = True
+        if not self.verify_at_teardown:
+            return
+        if self._verified_at is not None and self._verified_at == len(self.journal.entries):
+            return  # the test verified itself, and nothing happened since
+        self.verify()
+
+
+def _check_names(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` if each is a verdict check's name, else a ValueError that lists the names."""
+    __tracebackhide__ = True
+    from proxy.verdict import RULES
+
+    if isinstance(names, str):
+        names = (names,)
+    unknown = [name for name in names if name not in RULES]
+    if unknown:
+        raise ValueError(f"unknown check {', '.join(unknown)}; choose from: {', '.join(RULES)}")
+    return tuple(names)
+
+
+def _verdict(entries: list[Any], disabled: Sequence[str]) -> str:
+    """The verdict's report ('' when the client behaved)."""
+    from proxy import verdict
+
+    violations = verdict.check(entries, disabled=tuple(disabled))
+    return verdict.format_violations(violations) if violations else ""
+
+
+@pytest.fixture
+def replay_proxy(
+    request: pytest.FixtureRequest, replay_proxy_server: _SessionProxy
+) -> Iterator[ReplayProxyFixture]:
+    """The session's proxy, fresh for this test; ``@pytest.mark.replay_proxy(...)`` says what it serves."""
+    __tracebackhide__ = True  # a failed verdict shows as its message alone
+    settings: Settings = replay_proxy_server.settings
+    handle = ReplayProxyFixture(replay_proxy_server.get(), settings, request.config.rootpath)
+    marker = request.node.get_closest_marker(MARKER)
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    if marker is not None:
+        args, kwargs = marker.args, dict(marker.kwargs)
+        verify = bool(kwargs.pop("verify", True))
+        handle.verify_at_teardown = settings.verify and verify
+        handle.disabled_checks = (*settings.disabled_checks, *_check_names(kwargs.pop("checks_disabled", ())))
+    handle.use(*args, **kwargs)
+    try:
+        yield handle
+    finally:
+        try:
+            handle._teardown_verify()
+        finally:
+            # Serve nothing until the next test: a cassette being recorded is saved now.
+            handle.proxy.use()
+
+
+@pytest.fixture
+def replay_proxy_env(replay_proxy: ReplayProxyFixture, monkeypatch: pytest.MonkeyPatch) -> ReplayProxyFixture:
+    """``replay_proxy`` as this test's forward proxy: HTTP(S)_PROXY, the CA bundle variables, no NO_PROXY.
+
+    A client with a hard-coded base URL (``https://atlas.microsoft.com``) then talks to the proxy
+    unchanged: requests and httpx read these variables.
+    """
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, replay_proxy.proxy_url)
+    for name in CLEARED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name in CA_VARIABLES:
+        monkeypatch.setenv(name, str(replay_proxy.ca_cert))
+    return replay_proxy
