@@ -89,6 +89,7 @@ def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def inner(pytester: pytest.Pytester, shared_ca: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     """A project for an inner session: the shipped Azure Maps scenarios, a literal cassette, a client."""
     monkeypatch.setenv("REPLAY_PROXY_CONFDIR", str(shared_ca))
+    monkeypatch.setenv("COLUMNS", "200")  # summary lines are cut at the terminal's width
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "PYTEST_ADDOPTS"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
@@ -614,3 +615,21 @@ def test_use_records_through_an_upstream_given_at_switch_time(
         proxy.use()
     with pytest.raises(ConfigError, match="forward_port"):
         ReplayProxy(forward_port=0)
+
+
+# ---------------------------------------------------------------------------- the README's example
+
+
+def readme_pytest_example() -> str:
+    """The first Python block of the README's pytest section: what a new user copies."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Testing a client with pytest", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_pytest_example_passes_as_written(inner: pytest.Pytester) -> None:
+    shutil.copy(ROOT / "examples" / "creator_client.py", inner.path / "creator_client.py")
+    shutil.copytree(ROOT / "cassettes" / "azure-maps", inner.path / "cassettes" / "azure-maps")
+    inner.makepyfile(test_readme=readme_pytest_example())
+    result = run(inner)
+    assert outcomes(result) == {"passed": 3}, result.stdout.str()
