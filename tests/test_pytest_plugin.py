@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,15 +108,6 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def outcomes(result: pytest.RunResult) -> dict[str, int]:
     """The inner session's outcome counts, with its output attached to any assertion that reads them."""
     return result.parseoutcomes()
-
-
-@pytest.fixture
-def creator() -> Iterator[CreatorService]:
-    service = CreatorService(running_polls=2, retry_after=1).start()
-    try:
-        yield service
-    finally:
-        service.stop()
 
 
 # ---------------------------------------------------------------------------- fixture, marker, use()
