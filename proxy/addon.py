@@ -20,9 +20,10 @@ from mitmproxy.proxy import mode_specs
 from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
     faults,
+    gateway,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
-from proxy.diagnostic import no_match_response
+from proxy.diagnostic import no_match_response, record_failed_response, stopping_response
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
 from proxy.journal import Exchange, Journal, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
@@ -41,6 +42,9 @@ META = "replay_proxy"
 # Headers that describe the wire encoding of a body rather than the body: never replayed as recorded.
 WIRE_HEADERS = ("content-length", "transfer-encoding", "content-encoding")
 
+H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
+"""How an HTTP/2 connection without TLS begins ("prior knowledge"); no HTTP/1 request can (RFC 9113 3.4)."""
+
 
 class Session(NamedTuple):
     """Everything one session needs; rebuilt whenever a ``replay_*`` option changes.
@@ -57,6 +61,8 @@ class Session(NamedTuple):
     retry_after: float | None
     served: str
     """What answers, for diagnostics: "cassette c.yaml", "scenarios a.yaml, b.yaml", ..."""
+    upstream_timeout: float | None = None
+    """Seconds to wait for a forwarded exchange's complete answer (then 504); None: no limit."""
 
 
 class ReplayAddon:
@@ -65,6 +71,9 @@ class ReplayAddon:
     def __init__(self, journal: Journal | None = None) -> None:
         self.journal = journal if journal is not None else Journal(listener=_log_exchange)
         self.session: Session | None = None
+        self.save_errors: list[str] = []
+        """Why exchanges could not be saved (the cassette's disk or directory); the CLI exits 2 on any."""
+        self.stopping = False
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -108,6 +117,13 @@ class ReplayAddon:
         loader.add_option(
             "replay_passthrough", bool, False, "Forward what nothing else answers (play over an upstream)."
         )
+        loader.add_option(
+            "replay_upstream_timeout",
+            str,
+            f"{gateway.DEFAULT_UPSTREAM_TIMEOUT:g}",
+            "Seconds to wait for the upstream's complete answer before answering 504 (0: no limit).",
+        )
+        gateway.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("replay_") for name in updated):
@@ -122,25 +138,59 @@ class ReplayAddon:
         self.session = session
 
     def done(self) -> None:
+        self.stopping = True  # from now on nothing is forwarded: it could not be saved
         self._close_session()
         faults.release_all()
 
     def client_disconnected(self, client: Any) -> None:
         faults.client_disconnected(client)
 
+    def next_layer(self, nextlayer: Any) -> None:
+        """Serve HTTP/2 without TLS (a client with prior knowledge, e.g. curl --http2-prior-knowledge).
+
+        mitmproxy reads a plain connection as HTTP/1: the preface became a request ``PRI *`` that was
+        forwarded and recorded, and the client got no answer. Its HTTP layer speaks HTTP/2 to a client
+        whose negotiated protocol is h2, so that is what the preface says; it starts after this hook.
+        """
+        client = nextlayer.context.client
+        if not client.tls and client.alpn is None and nextlayer.data_client().startswith(H2_PREFACE_START):
+            client.alpn = b"h2"
+
+    def server_connect(self, data: Any) -> None:
+        """Offline means offline: a session that forwards nothing opens no upstream connection.
+
+        Answers never need one (connection_strategy=lazy); this stops what no request hook sees, e.g. raw
+        bytes in a CONNECT tunnel (neither TLS nor HTTP), which mitmproxy would relay to the named host.
+        """
+        session = self.session
+        offline = session is not None and not session.router.may_forward
+        if offline and not faults.is_backend(data.server.address):
+            data.server.error = "replay-proxy is offline: it opens no upstream connection"
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         faults.responseheaders(flow)
 
     def _close_session(self) -> None:
         if self.session is not None and self.session.recorder is not None:
-            self.session.recorder.close()
+            try:
+                self.session.recorder.close()
+            except ReplayProxyError as e:  # the exchanges appended so far stay in the file, valid
+                self._save_failed(f"{e} (the exchanges saved before stay in the file)")
         self.session = None
+
+    def _save_failed(self, message: str) -> None:
+        """Say it now, on the console even with -q; the CLI repeats it and exits 2 at the end."""
+        if message not in self.save_errors:
+            self.save_errors.append(message)
+            logger.error("replay-proxy: error: %s", message)
 
     # -- the request path ------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
         session = self.session
         if session is None:
+            if self.stopping:
+                flow.response = _flow_response(stopping_response())
             return
         request = _model_request(flow, session)
         try:
@@ -181,21 +231,44 @@ class ReplayAddon:
             self.journal.add(_exchange(flow, flow.response.status_code, "no-match", detail))
         else:
             assert isinstance(decision, Forward)
+            failure = session.recorder.failure if session.recorder is not None else None
+            if failure is not None:  # the cassette cannot take it: do not make the upstream act on it
+                flow.response = _flow_response(record_failed_response(failure))
+                detail = f"not forwarded, recording failed: {failure}"
+                self.journal.add(_exchange(flow, flow.response.status_code, "refused", detail))
+                return
             flow.metadata[META] = "forward"
             _aim_at_upstream(flow)
+            gateway.watch(flow, session.upstream_timeout)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and _wants_close(flow) and "connection" not in flow.response.headers:
             # mitmproxy closes the connection but does not say so; a client that asked for it must be told
             flow.response.headers["Connection"] = "close"
+        if flow.request.method == "HEAD" and flow.response is not None and flow.response.raw_content:
+            # mitmproxy sends the body of a synthesized answer even to HEAD: the client reads it as the next
+            # response on the connection
+            flow.response.raw_content = b""
+        gateway.settle(flow)
         session = self.session
-        if session is None or flow.metadata.get(META) != "forward" or flow.response is None:
+        if flow.metadata.get(META) != "forward" or flow.response is None:
+            return
+        if session is None:  # answered after the stop began: it can no longer be saved
+            if self.stopping:
+                flow.response = _flow_response(stopping_response())
             return
         request = _model_request(flow, session)
         response = _model_response(flow)
         detail = ""
         if session.recorder is not None:
-            number = session.recorder.record(Interaction(request, response))
+            try:
+                number = session.recorder.record(Interaction(request, response))
+            except ReplayProxyError as e:  # never a silent loss: the client and the console are told
+                self._save_failed(str(e))
+                flow.response = _flow_response(record_failed_response(str(e)))
+                detail = f"NOT SAVED: {e}"
+                self.journal.add(_exchange(flow, flow.response.status_code, "upstream", detail))
+                return
             playback = session.router.playback
             if playback is not None:
                 playback.add(Interaction(session.redactor.for_matching(request), response), played=True)
@@ -206,9 +279,17 @@ class ReplayAddon:
         self.journal.add(_exchange(flow, served.status, "upstream", detail, served))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(META) != "forward" or flow.error is None:
+        gateway.settle(flow)
+        if flow.error is None:
             return
-        self.journal.add(_exchange(flow, 502, "error", flow.error.msg))
+        if META not in flow.metadata and "body_size_limit" in flow.error.msg:
+            # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
+            self.journal.add(_exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            return
+        if flow.metadata.get(META) != "forward":
+            return
+        detail = flow.error.msg.removeprefix("replay-proxy: ")  # the journal's line says who speaks
+        self.journal.add(_exchange(flow, gateway.status(flow), "error", detail))
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -254,6 +335,7 @@ def _build_session(options: Any) -> Session:
             raise ConfigError(
                 f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
             )
+    upstream_timeout = _upstream_timeout(options.replay_upstream_timeout)
     matcher = Matcher(options.replay_match_on, options.replay_match_headers)
     redactor = Redactor(
         headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
@@ -314,8 +396,27 @@ def _build_session(options: Any) -> Session:
         parts.append(f"cassette {path}")
     served = "; ".join(parts) or "nothing"
     return Session(
-        path, router, recorder, redactor, frozenset(origins), primary, retry_after, served or "nothing"
+        path,
+        router,
+        recorder,
+        redactor,
+        frozenset(origins),
+        primary,
+        retry_after,
+        served or "nothing",
+        upstream_timeout,
     )
+
+
+def _upstream_timeout(value: str) -> float | None:
+    """``replay_upstream_timeout`` in seconds; 0 means no limit."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"--upstream-timeout takes seconds (e.g. 30, or 0 for no limit), not {value!r}")
+    return seconds or None
 
 
 def _model_request(flow: http.HTTPFlow, session: Session) -> Request:

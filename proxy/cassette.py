@@ -1,22 +1,26 @@
 """vcrpy-format cassettes: load, canonical dump, atomic save, append-as-you-go writing, ordered playback.
 
 YAML goes through vcrpy's own serializer (``vcr.serialize`` + ``vcr.serializers.yamlserializer``), so a
-cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-recording load ours.
+cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-recording load ours. Files are
+written and parsed as streams and ``!!binary`` is encoded in slices, so a 50 MB body is not also held as
+a 70 MB text, its bytes and a list of lines.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from vcr.request import Request as VcrRequest
@@ -182,9 +186,61 @@ def _without_torn_tail(text: str) -> Any:
     return None
 
 
+_VCR_LOADER: Any = getattr(yamlserializer, "_CassetteLoader", None) or yamlserializer.Loader
+
+
+class _Loader(_VCR_LOADER):  # type: ignore[misc]
+    """vcrpy's safe YAML loader, decoding ``!!binary`` from the text itself (not from an ASCII copy)."""
+
+
+def _construct_binary(loader: Any, node: Any) -> bytes:
+    # Bad base64 raises here; _parse_streamed then lets vcrpy's loader say where.
+    return binascii.a2b_base64(loader.construct_scalar(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:binary", _construct_binary)
+
+
+def _parse_streamed(path: Path) -> Any:
+    """The cassette's data parsed straight from the file (no copy of its text: large bodies), or None.
+
+    None when it does not parse or is not a cassette: ``load`` then reads the text with vcrpy's own
+    loader, to say why or to recover a torn tail.
+    """
+    try:
+        with path.open("rb") as f:
+            data = yaml.load(f, Loader=_Loader)  # reads the file in pieces
+        _check(path, data)
+    except FileNotFoundError:
+        raise CassetteNotFoundError(f"{path}: cassette not found") from None
+    except OSError as e:
+        raise CassetteError(f"{path}: cannot read cassette: {e.strerror or e}") from None
+    except Exception:
+        return None
+    return data
+
+
 def load(path: Path) -> list[Interaction]:
     """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
     path = Path(path)
+    data = _parse_streamed(path)
+    if data is None:
+        data = _parse_text(path)
+    try:
+        requests, responses = deserialize("", _Parsed(data))[:2]
+    except Exception as e:
+        raise CassetteError(f"{path}: not a valid vcrpy cassette: {type(e).__name__}: {e}") from None
+    out: list[Interaction] = []
+    for i, (vreq, vresp) in enumerate(zip(requests, responses, strict=True)):
+        try:
+            out.append(Interaction(from_vcr_request(vreq), _response_from_dict(vresp)))
+        except Exception as e:
+            raise CassetteError(f"{path}: interaction {i}: {type(e).__name__}: {e}") from None
+    return out
+
+
+def _parse_text(path: Path) -> Any:
+    """The cassette's data from its text: the error, with a location, when it is not a cassette."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -212,17 +268,7 @@ def load(path: Path) -> list[Interaction]:
         logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
     except Exception as e:  # e.g. RecursionError on absurd nesting: still one line, no traceback
         raise CassetteError(f"{path}: cannot parse cassette: {type(e).__name__}: {e}") from None
-    try:
-        requests, responses = deserialize(text, _Parsed(data))[:2]
-    except Exception as e:
-        raise CassetteError(f"{path}: not a valid vcrpy cassette: {type(e).__name__}: {e}") from None
-    out: list[Interaction] = []
-    for i, (vreq, vresp) in enumerate(zip(requests, responses, strict=True)):
-        try:
-            out.append(Interaction(from_vcr_request(vreq), _response_from_dict(vresp)))
-        except Exception as e:
-            raise CassetteError(f"{path}: interaction {i}: {type(e).__name__}: {e}") from None
-    return out
+    return data
 
 
 # ---------------------------------------------------------------- writing
@@ -249,30 +295,73 @@ def _vcr_dict(interactions: Sequence[Interaction]) -> dict[str, Any]:
     }
 
 
-class _ItemsOnly:
-    """A vcrpy "serializer" that dumps only the interactions list, with vcrpy's YAML dumper."""
+_VCR_DUMPER: Any = getattr(yamlserializer, "_CassetteDumper", None) or yamlserializer.Dumper
+_B64_SLICE = 57 * 16384
+"""Bytes base64-encoded at a time: whole lines of 57 bytes (76 characters), as PyYAML writes them."""
+_WRITE_BUFFER = 1 << 20
+"""Bytes buffered before a write: an item up to this size goes to the file in one ``os.write``."""
 
-    @staticmethod
-    def serialize(data: dict[str, Any]) -> str:
-        return str(yamlserializer.serialize(data["interactions"]))
+
+class _Dumper(_VCR_DUMPER):  # type: ignore[misc]
+    """vcrpy's YAML dumper, writing ``!!binary`` bodies a slice at a time (the same text).
+
+    PyYAML builds one object per 76-character line, about two bodies' worth of memory for a large one.
+    """
+
+
+def _represent_binary(dumper: Any, data: bytes) -> Any:
+    view = memoryview(data)
+    text = "".join(
+        base64.encodebytes(view[i : i + _B64_SLICE]).decode("ascii") for i in range(0, len(view), _B64_SLICE)
+    )
+    return dumper.represent_scalar("tag:yaml.org,2002:binary", text, style="|")
+
+
+_Dumper.add_representer(bytes, _represent_binary)
+
+
+class _Yaml:
+    """A vcrpy "serializer" with that dumper: returns the text, or writes it (UTF-8) to ``stream``.
+
+    Writing to the file as it is produced keeps a large cassette from being held as text, then as bytes.
+    ``items_only`` dumps only the interactions list: the ``- request: ...`` items under ``interactions:``.
+    """
+
+    def __init__(self, stream: BinaryIO | None = None, items_only: bool = False) -> None:
+        self.stream = stream
+        self.items_only = items_only
+
+    def serialize(self, data: dict[str, Any]) -> str:
+        value = data["interactions"] if self.items_only else data
+        if self.stream is None:
+            return str(yaml.dump(value, Dumper=_Dumper))
+        yaml.dump(value, self.stream, Dumper=_Dumper, encoding="utf-8")
+        return ""
+
+
+def _serialize(interactions: Sequence[Interaction], serializer: _Yaml) -> str:
+    try:
+        return str(serialize(_vcr_dict(interactions), serializer))
+    except yaml.YAMLError as e:
+        raise CassetteError(f"cannot serialize interactions: {e}") from None
 
 
 def dumps(interactions: Sequence[Interaction]) -> str:
     """The canonical vcrpy YAML for ``interactions`` (what vcrpy itself writes; never ``metadata``)."""
-    try:
-        return str(serialize(_vcr_dict(interactions), yamlserializer))
-    except yaml.YAMLError as e:
-        raise CassetteError(f"cannot serialize interactions: {e}") from None
+    return _serialize(interactions, _Yaml())
 
 
 def dump_items(interactions: Sequence[Interaction]) -> str:
     """The ``- request: ...`` items alone, exactly as they appear under ``interactions:`` in ``dumps``."""
     if not interactions:
         return ""
-    try:
-        return str(serialize(_vcr_dict(interactions), _ItemsOnly))
-    except yaml.YAMLError as e:
-        raise CassetteError(f"cannot serialize interactions: {e}") from None
+    return _serialize(interactions, _Yaml(items_only=True))
+
+
+def _write_items(stream: BinaryIO, interactions: Sequence[Interaction]) -> None:
+    """``dump_items(interactions)`` in UTF-8, written to ``stream`` as it is produced."""
+    if interactions:
+        _serialize(interactions, _Yaml(stream, items_only=True))
 
 
 def _reason(e: OSError) -> str:
@@ -288,8 +377,8 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename it over ``path``."""
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a temp file beside ``path`` with ``write(file)``, fsync, rename it over ``path``."""
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,26 +387,40 @@ def _atomic_write(path: Path, data: bytes) -> None:
             mode = stat.S_IMODE(path.stat().st_mode)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as f:
+                write(f)
             os.fsync(fd)
         finally:
             os.close(fd)
         if mode != 0o666:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise CassetteError(f"{path}: cannot write cassette: {_reason(e)}") from None
+        if isinstance(e, OSError):
+            raise CassetteError(f"{path}: cannot write cassette: {_reason(e)}") from None
+        raise
     _fsync_dir(path.parent)
 
 
 def save(path: Path, interactions: Sequence[Interaction]) -> None:
-    """Write ``interactions`` to ``path`` atomically in canonical form (parents created)."""
-    _atomic_write(Path(path), dumps(interactions).encode("utf-8"))
+    """Write ``interactions`` to ``path`` atomically in canonical form (parents created).
+
+    The same text as ``dumps``, written one item at a time: PyYAML builds a whole document in memory
+    before writing it, which for a cassette of large bodies means all of them again at once.
+    """
+
+    def write(f: BinaryIO) -> None:
+        if not interactions:
+            f.write(dumps(()).encode("utf-8"))
+            return
+        f.write(b"interactions:\n")
+        for interaction in interactions:
+            _write_items(f, [interaction])
+        f.write(f"version: {CASSETTE_FORMAT_VERSION}\n".encode())
+
+    _atomic_write(Path(path), write)
 
 
 class CassetteWriter:
@@ -325,8 +428,10 @@ class CassetteWriter:
 
     The file is laid out as ``version: 1`` then ``interactions:``; PyYAML does not indent a block
     sequence under a mapping key, so each appended ``- request: ...`` item (one ``os.write`` on an
-    ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. ``close(final)`` rewrites it
-    in vcrpy's canonical order. Nothing is created until there is something to write.
+    ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. An item larger than
+    ``_WRITE_BUFFER`` (a large body) is written as it is serialized, in several writes: a kill in between
+    leaves a torn last item, which ``load`` drops. ``close(final)`` rewrites the file in vcrpy's canonical
+    order. Nothing is created until there is something to write.
     """
 
     def __init__(self, path: Path, initial: Sequence[Interaction] = ()) -> None:
@@ -336,7 +441,7 @@ class CassetteWriter:
         self._closed = False
         self._lock = threading.Lock()
         if initial:
-            self._rewrite(HEADER + dump_items(initial), len(initial))
+            self._rewrite(initial)
         else:
             self._check_writable()
 
@@ -354,15 +459,20 @@ class CassetteWriter:
         except OSError as e:
             raise CassetteError(f"{self.path}: cannot write cassette: {_reason(e)}") from None
 
-    def _rewrite(self, text: str, count: int) -> None:
-        """Replace the file atomically with ``text`` and reopen it for appending."""
+    def _rewrite(self, interactions: Sequence[Interaction]) -> None:
+        """Replace the file atomically with ``interactions`` (append layout) and reopen it for appending."""
         self._close_fd()
-        _atomic_write(self.path, text.encode("utf-8"))
+
+        def write(f: BinaryIO) -> None:
+            f.write(HEADER.encode("utf-8"))
+            _write_items(f, interactions)
+
+        _atomic_write(self.path, write)
         try:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
             raise CassetteError(f"{self.path}: cannot open cassette for appending: {_reason(e)}") from None
-        self._count = count
+        self._count = len(interactions)
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -380,28 +490,27 @@ class CassetteWriter:
         return self._count
 
     def append(self, interaction: Interaction) -> None:
-        """Add one interaction to the file with a single write, so the file is never half an item."""
-        item = dump_items([interaction])
+        """Add one interaction to the file; a small one in a single write, so it is never half an item."""
         with self._lock:
             if self._closed:
                 raise CassetteError(f"{self.path}: cassette writer is closed")
             if self._fd is None:
-                self._rewrite(HEADER + item, 1)
+                self._rewrite([interaction])
                 return
-            data = item.encode("utf-8")
             fd = self._fd
             try:
                 size = os.fstat(fd).st_size
             except OSError as e:
                 raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
             try:
-                n = os.write(fd, data)
-                if n != len(data):
-                    raise OSError(28, f"short write ({n} of {len(data)} bytes)")
+                with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as f:
+                    _write_items(f, [interaction])
                 os.fsync(fd)
-            except OSError as e:
+            except (OSError, CassetteError) as e:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)  # never leave a partial item behind
+                if isinstance(e, CassetteError):
+                    raise
                 raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
             self._count += 1
 

@@ -8,6 +8,7 @@ traceback), 1 for anything unexpected. ``--report`` prints the verdict on the cl
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import sys
@@ -19,9 +20,10 @@ from types import FrameType
 from proxy import __version__
 from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
+from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
 from proxy.matching import DEFAULT_MATCH_ON, MATCHER_NAMES
 from proxy.router import RecordMode
-from proxy.server import MODES, ReplayProxy, default_confdir, ensure_ca
+from proxy.server import DEFAULT_MAX_BODY_SIZE, MODES, ReplayProxy, default_confdir, ensure_ca, parse_size
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -76,6 +78,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _size(value: str) -> int:
+    try:
+        return parse_size(value) or 0
+    except ReplayProxyError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("listening")
     g.add_argument(
@@ -107,7 +116,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="also trust this CA for the upstream's TLS certificate (e.g. --upstream-ca corp-root.pem)",
     )
-    g.add_argument("-q", "--quiet", action="store_true", help="do not print a line per exchange")
+    g.add_argument(
+        "--max-body-size",
+        type=_size,
+        default=DEFAULT_MAX_BODY_SIZE,
+        metavar="SIZE",
+        help="refuse a request body larger than this with 413 (an upstream response body with 502) "
+        "instead of buffering it; k, m, g suffixes, 0 for no limit "
+        f"(default: {DEFAULT_MAX_BODY_SIZE}; e.g. --max-body-size 1g)",
+    )
+    g.add_argument(
+        "--upstream-timeout",
+        type=_seconds,
+        default=DEFAULT_UPSTREAM_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on an upstream that has not answered completely after this long: the client gets "
+        "504 and nothing is recorded; 0 for no limit (default: %(default)g; e.g. --upstream-timeout 300)",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", help="do not print a line per exchange (errors still show)"
+    )
 
     m = p.add_argument_group("matching and replay")
     m.add_argument(
@@ -402,6 +430,8 @@ def _serve(args: argparse.Namespace) -> int:
         scenarios=scenarios,
         clock=getattr(args, "clock", None),
         upstream_ca=args.upstream_ca,
+        max_body_size=args.max_body_size,
+        upstream_timeout=args.upstream_timeout,
     )
     stop = threading.Event()
 
@@ -412,13 +442,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         proxy.start()
         print(_ready_line(args, proxy), flush=True)
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(
-                f"replay-proxy: warning: listening on {args.host}: anyone who can reach this address can use "
-                "the proxy and read what it replays or records",
-                file=sys.stderr,
-                flush=True,
-            )
+        warning = exposure_warning(args)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         while not stop.wait(0.2):
             if proxy._thread is not None and not proxy._thread.is_alive():
                 print("replay-proxy: error: the proxy stopped unexpectedly", file=sys.stderr, flush=True)
@@ -429,15 +455,36 @@ def _serve(args: argparse.Namespace) -> int:
             signal.signal(s, handler)
     if record_mode != RecordMode.NONE.value and not args.quiet and cassette is not None and cassette.exists():
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
+    for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
+        print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
     if args.report or args.strict_report:
         from proxy.verdict import check, report
 
         entries = proxy.journal.entries
         violations = check(entries, args.skip_check)
         print(report(entries, violations), flush=True)
-        if violations and args.strict_report:
+        if violations and args.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
-    return EXIT_OK
+    return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+
+
+def exposure_warning(args: argparse.Namespace) -> str | None:
+    """The warning for a ``--host`` other machines can reach (None for loopback), naming what they can do."""
+    host = args.host.strip("[]")
+    try:
+        loopback = host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every interface)
+        loopback = False
+    if loopback:
+        return None
+    risk = "use the proxy and read what it replays or records"
+    if args.command == "record" or (args.command == "play" and args.upstream):
+        reach = "any host this machine can reach" if args.mode == "regular" else args.upstream
+        risk += f", and reach {reach} through it"
+    return (
+        f"replay-proxy: warning: listening on {args.host or 'every interface'}, not only on this machine: "
+        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local)"
+    )
 
 
 def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
@@ -465,12 +512,11 @@ def _usage(message: str) -> ReplayProxyError:
 
 
 def _configure_logging(quiet: bool) -> None:
-    """One plain line per exchange on stderr (the ready line has stdout to itself)."""
+    """One plain line per exchange on stderr (the ready line has stdout to itself); -q keeps warnings."""
     logger = logging.getLogger("proxy")
     logger.propagate = False
     logger.handlers.clear()
-    if not quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)

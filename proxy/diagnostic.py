@@ -1,4 +1,5 @@
-"""The answer to a request nothing recorded matches: a distinctive status and a JSON body saying why."""
+"""replay-proxy's own answers: to a request nothing recorded matches (599), to an exchange that could not be
+saved (500), to a request that arrives while the proxy stops (503). Each has a JSON body saying why."""
 
 from __future__ import annotations
 
@@ -55,4 +56,38 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         NO_MATCH_REASON,
         (("Content-Type", "application/json"), ("X-Replay-Proxy", "no-match")),
         json.dumps(body, indent=2).encode(),
+    )
+
+
+def _own_error(status: int, reason: str, kind: str, code: str, message: str) -> Response:
+    """An OData-style error answered by the proxy itself, marked ``X-Replay-Proxy: <kind>``."""
+    body = {"error": {"code": code, "message": message}}
+    return Response(
+        status,
+        reason,
+        (("Content-Type", "application/json"), ("X-Replay-Proxy", kind)),
+        json.dumps(body, indent=2).encode(),
+    )
+
+
+def record_failed_response(cause: str) -> Response:
+    """The upstream answered, but the exchange could not be saved: the client must not take it as recorded."""
+    return _own_error(
+        500,
+        "Recording Failed (replay-proxy)",
+        "record-failed",
+        "ReplayProxyRecordFailed",
+        f"replay-proxy: the exchange was not saved, so the recording is incomplete: {cause}. "
+        "Nothing more is forwarded; free disk space or fix the directory, then record again.",
+    )
+
+
+def stopping_response() -> Response:
+    """A forwarded request that ends after the proxy began to stop: it can no longer be saved."""
+    return _own_error(
+        503,
+        "Stopping (replay-proxy)",
+        "stopping",
+        "ReplayProxyStopping",
+        "replay-proxy is stopping: this request was not forwarded or its answer was not saved.",
     )

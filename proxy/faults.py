@@ -107,6 +107,14 @@ def client_disconnected(client: Any) -> None:
         _backend.forget_client(client.id)
 
 
+def is_backend(address: Any) -> bool:
+    """Whether ``address`` (host, port) is the fault backend's: the proxy's own, not an upstream."""
+    server = _backend.server if _backend is not None else None
+    if server is None or not address or not server.sockets:
+        return False
+    return bool(tuple(address[:2]) == tuple(server.sockets[0].getsockname()[:2]))
+
+
 def release_all() -> None:
     """The addon's ``done`` hook: release every waiting flow and stop the fault backend."""
     global _backend

@@ -7,6 +7,7 @@ in flight; at a clean stop the file is rewritten once in vcrpy's canonical layou
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,15 +40,27 @@ class Recorder:
         self.recorded: list[Interaction] = []
         self._lock = threading.Lock()
         self._writer: CassetteWriter | None = None  # opened on the first exchange: no exchange, no write
+        self.failure: str | None = None
+        """Why the last save failed (disk full, directory not writable); then nothing more is saved."""
         _check_writable(path)
 
     def record(self, interaction: Interaction) -> int:
-        """Redact and save one exchange; returns its 1-based number in the cassette file."""
+        """Redact and save one exchange; returns its 1-based number in the cassette file.
+
+        Raises CassetteError when it cannot be saved, and again for every later exchange: a cassette with
+        a hole in the middle would replay a session that never happened.
+        """
         saved = self.redactor.interaction(interaction)
         with self._lock:
-            if self._writer is None:
-                self._writer = CassetteWriter(self.path, self.loaded)
-            self._writer.append(saved)
+            if self.failure is not None:
+                raise CassetteError(self.failure)
+            try:
+                if self._writer is None:
+                    self._writer = CassetteWriter(self.path, self.loaded)
+                self._writer.append(saved)
+            except CassetteError as e:
+                self.failure = str(e)
+                raise
             self.recorded.append(saved)
             return len(self.loaded) + len(self.recorded)
 
@@ -88,5 +101,13 @@ def _check_writable(path: Path) -> None:
         blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
         why = f"{blocker} is a file, not a directory" if blocker is not None else (e.strerror or e)
         raise CassetteError(f"{path}: cannot create the cassette's directory: {why}") from e
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise CassetteError(f"{path}: cassette is not writable")
+    probe = parent / f".{path.name}.{secrets.token_hex(6)}.probe"
+    try:  # try it rather than ask os.access: it also sees read-only mounts and immutable directories
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise CassetteError(
+            f"{path}: cassette is not writable: cannot create a file in {parent}: {e.strerror or e}"
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CassetteError(f"{path}: cassette is not writable: permission denied")

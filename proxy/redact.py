@@ -205,7 +205,7 @@ class Redactor:
         result = tuple(out)
         return headers if result == headers else result
 
-    def _body(self, body: bytes, headers: Headers, hide: Hide, lazy: bool = False) -> bytes:
+    def _body(self, body: bytes, headers: Headers, hide: Hide) -> bytes:
         """``body`` with form fields, JSON fields and URL query secrets hidden; ``body`` itself if none.
 
         Saving and matching run these same steps, so they always agree. Every Content-Type field counts
@@ -213,8 +213,9 @@ class Redactor:
         (declared, or starting with ``[`` or ``{``) is parsed and walked, which visits every string. Any
         other body, or one that does not parse, is searched as text whatever its type: configured
         ``"key": value`` pairs when it is JSON-looking (NDJSON, server-sent events, JSONP), and query
-        secrets in every URL. ``lazy`` (matching, run on every request) skips parsing and searching when
-        no configured name can occur; the checks are conservative, so skipping never changes the result.
+        secrets in every URL. Parsing and searching are skipped when no configured name can occur (a
+        50 MB upload is not parsed for nothing); the checks are conservative, so skipping never changes
+        the result.
         """
         if not body:
             return body
@@ -227,7 +228,7 @@ class Redactor:
                 new = new_text.encode("utf-8", "surrogateescape")
         has_url = _URL_MARK_RE.search(new) is not None
         if new is body and ("json" in ctype or _JSON_START.match(body)):
-            if lazy and not self._may_hold_secret(body, self._json_needles, has_url):
+            if not self._may_hold_secret(body, self._json_needles, has_url):
                 return body
             parsed, changed = _redact_json(body, self._json, self._query, hide)
             if parsed:
@@ -238,13 +239,13 @@ class Redactor:
             any(t in ctype for t in _JSONISH_TYPES) or bool(_JSON_START.match(body))
         )
         find_pairs = find_pairs and self._mentions(new, self._json_needles)
-        find_urls = has_url and not (lazy and not self._may_hold_secret(new, (), has_url))
+        find_urls = has_url and self._may_hold_secret(new, (), has_url)
         if find_pairs or find_urls:
-            text = new.decode("utf-8", "surrogateescape")
+            text, codec = _as_text(new)
             new_text = _redact_json_pairs(text, self._json, hide) if find_pairs else text
             new_text = _redact_urls_in_text(new_text, self._query, hide) if find_urls else new_text
             if new_text != text:
-                new = new_text.encode("utf-8", "surrogateescape")
+                new = new_text.encode(codec, "surrogateescape")
         return new
 
     def _mentions(self, body: bytes, needles: tuple[bytes, ...]) -> bool:
@@ -306,10 +307,22 @@ class Redactor:
         return tuple(out) if changed else headers
 
     def _body_for_matching(self, body: bytes, headers: Headers) -> bytes:
-        new = self._body(body, headers, _hide_for_matching, lazy=True)
+        new = self._body(body, headers, _hide_for_matching)
         if b"<REDACTED-" in new:
             new = _ANY_PLACEHOLDER_BYTES_RE.sub(MATCH_PLACEHOLDER.encode(), new)
         return body if new == body else new
+
+
+def _as_text(body: bytes) -> tuple[str, str]:
+    """``body`` as text and the codec that gives its bytes back: UTF-8, or Latin-1 when it is not UTF-8.
+
+    Latin-1 keeps a binary body at one byte per character (decoded with surrogate escapes, a 50 MB
+    binary body would take 200 MB); URLs and their query names are ASCII either way.
+    """
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return body.decode("latin-1"), "latin-1"
 
 
 def _hide_for_matching(secret: str, raw: str) -> str:

@@ -93,6 +93,11 @@ class Router:
             or (record_mode is RecordMode.ONCE and not cassette_existed)
         )
 
+    @property
+    def may_forward(self) -> bool:
+        """Whether any request can reach the upstream: recording, or forwarding what nothing answers."""
+        return self.forwards_unmatched or self.record_mode in (RecordMode.ALL, RecordMode.REWRITE)
+
     def decide(self, request: Request, base_url: str) -> Decision:
         """What to do with ``request``; ``base_url`` is the proxy's origin as the client reached it."""
         if self.scenarios is not None:

@@ -24,6 +24,7 @@ from mitmproxy.master import Master
 
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
+from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
 from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 
@@ -58,6 +59,29 @@ def ensure_ca(confdir: Path) -> Path:
     except OSError as e:
         raise ConfigError(f"{confdir}: cannot create the CA there: {e.strerror or e}") from e
     return confdir / "mitmproxy-ca-cert.pem"
+
+
+DEFAULT_MAX_BODY_SIZE = "100m"
+"""Request bodies above this get 413 (upstream response bodies 502) instead of being buffered."""
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """Bytes from ``1048576``, ``"512k"``, ``"100m"`` or ``"1g"`` (1024-based); ``0`` or None: no limit."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*([bkmg]?)\s*", str(value).lower())
+        if m is None:
+            raise ConfigError(
+                f"bad size {value!r}: expected bytes with an optional k, m or g suffix, e.g. 100m"
+            )
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if size < 0:
+        raise ConfigError(f"bad size {value!r}: must be zero (no limit) or more bytes, e.g. 100m")
+    return size or None
 
 
 def check_upstream(url: str) -> str:
@@ -116,12 +140,16 @@ class ReplayProxy:
         upstream_ca: str | os.PathLike[str] | None = None,
         journal: Journal | None = None,
         forward_port: int | None = None,
+        max_body_size: int | str | None = DEFAULT_MAX_BODY_SIZE,
+        upstream_timeout: float | None = DEFAULT_UPSTREAM_TIMEOUT,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
         if forward_port is not None and (mode != "reverse" or not 0 < forward_port < 65536):
             raise ConfigError("forward_port adds a forward-proxy listener to reverse mode: give a free port")
         self.forward_port = forward_port
+        self.max_body_size = parse_size(max_body_size)
+        """Bytes; a larger request body gets 413 (None: no limit)."""
         self.upstream = check_upstream(upstream) if upstream else None
         self.mode = mode
         self.host = host
@@ -146,6 +174,7 @@ class ReplayProxy:
             "redact_query": tuple(redact_query),
             "redact_json": tuple(redact_json),
             "clock": clock,
+            "upstream_timeout": upstream_timeout,
         }
         self.replay_options = _replay_options(
             cassette=cassette, scenarios=scenarios, record_mode=record_mode, **self._base
@@ -260,7 +289,7 @@ class ReplayProxy:
             "redact_query": redact_query,
             "redact_json": redact_json,
         }
-        settings = {k: self._base[k] if v is KEEP else v for k, v in given.items()}
+        settings = {**self._base, **{k: v for k, v in given.items() if v is not KEEP}}
         if upstream is not KEEP and upstream:
             settings["upstream"] = check_upstream(upstream)
         opts = _replay_options(
@@ -345,6 +374,7 @@ class ReplayProxy:
                 master.options.update(
                     mode=self._mode_specs(),
                     connection_strategy="lazy",
+                    body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
                 )
             except exceptions.OptionsError as e:
@@ -448,8 +478,9 @@ def _replay_options(
     redact_query: Sequence[str],
     redact_json: Sequence[str],
     clock: str | None,
+    upstream_timeout: float | None,
 ) -> dict[str, Any]:
-    """The addon's ``replay_*`` options for one session."""
+    """The addon's ``replay_*`` options for one session (``upstream_timeout`` None or 0: no limit)."""
     default_mode = "rewrite" if upstream and cassette is not None else "none"
     return {
         "replay_cassette": os.fspath(cassette) if cassette is not None else None,
@@ -467,6 +498,7 @@ def _replay_options(
         "replay_clock": clock,
         # With an upstream but no cassette to record to, forward what nothing else answers.
         "replay_passthrough": bool(upstream) and cassette is None,
+        "replay_upstream_timeout": repr(float(upstream_timeout or 0)),
     }
 
 

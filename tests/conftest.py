@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
+import yaml
 
 from proxy.creator_service import CreatorService
 from tests.upstream import Upstream
@@ -114,3 +119,109 @@ def run_cli(args: list[str], confdir: Path, timeout: float = 60) -> subprocess.C
         env=env,
         timeout=timeout,
     )
+
+
+# -- secrets: no cassette the suite writes may keep one ----------------------------------------------------
+
+
+class Canaries:
+    """Fake secrets that clients send through the proxy and upstreams send back (tests/reliability)."""
+
+    BEARER = "eyJhbGciOiJSUzI1NiJ9.canary-bearer-7f3a91c2d4"
+    BASIC_USER = "svc-canary"
+    BASIC_PASSWORD = "canary-basic-pw-51e0b7"
+    SUBSCRIPTION_KEY = "c0ffee00canary5ubkey0123456789ab"
+    QUERY_KEY = "canary-query-key-9b2d4f"
+    CLIENT_COOKIE = "canary-client-cookie-3e8a"
+    UPSTREAM_COOKIE = "canary-affinity-cookie-61f0"
+    CLIENT_SIG = "Cl13ntSasSig+canary/8Hq2w="  # + / = so that it travels percent-encoded
+    UPSTREAM_SIG = "Upstr3amSasSig+canary/Zx9k="
+    PASSWORD = "canary-password-correct-horse"
+    CLIENT_SECRET = "canary-client-secret-2c7e"
+    ACCESS_TOKEN = "eyJ0eXAiOiJKV1QifQ.canary-access-token-c4d1"
+    REFRESH_TOKEN = "canary-refresh-token-0a9f"
+    BASIC = base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
+    """What ``Authorization: Basic`` carries."""
+
+    @classmethod
+    def all(cls) -> dict[str, str]:
+        return {k: v for k, v in vars(cls).items() if k.isupper() and k != "BASIC_USER"}
+
+
+SUITE_SECRETS: tuple[str, ...] = (
+    *Canaries.all().values(),
+    "s3cr3t-cookie",  # tests/upstream.py's Set-Cookie, met by every test that records /cookies
+    # tests/test_record_replay.py's secrets (if they change there, the scan below only looks for less)
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.Zm9vYmFyMTIzNDU2",
+    "0123456789abcdef0123456789abcdef",
+    "q-secret-4f1c2b9d8e7a",
+    "c00kie-value-7d3e9a1b",
+    "hunter2-correct-horse-battery",
+)
+"""Secrets the suite's clients and upstreams exchange through the proxy."""
+
+PLACEHOLDER = b"<REDACTED-"
+
+
+def secret_forms(secret: str) -> set[bytes]:
+    """The ways a secret can be written down: as is, percent-encoded, base64 (plain and URL-safe)."""
+    raw = secret.encode()
+    b64 = {base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
+    forms = {raw, quote(secret, safe="").encode(), quote_plus(secret).encode(), quote(secret).encode()}
+    return forms | b64 | {b.rstrip(b"=") for b in b64} | {json.dumps(secret)[1:-1].encode()}
+
+
+def leaks_in(path: Path, secrets: Iterable[str]) -> list[str]:
+    """The secrets found in the file, in any form: in its bytes, or in a string or bytes its YAML holds
+    (YAML may fold a long string across lines, and writes binary bodies as base64)."""
+    data = path.read_bytes()
+    texts = [data]
+    with contextlib.suppress(yaml.YAMLError):
+        texts += list(_scalars(yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))))
+    return [s for s in secrets if any(form in text for form in secret_forms(s) for text in texts)]
+
+
+def _scalars(doc: object) -> Iterator[bytes]:
+    """Every key and value of a YAML document as bytes; a node shared by aliases is visited once."""
+    stack, seen = [doc], set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict | list):
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend([*node.keys(), *node.values()] if isinstance(node, dict) else node)
+        elif isinstance(node, bytes):
+            yield node
+        elif node is not None:
+            yield str(node).encode("utf-8", "surrogateescape")
+
+
+def redacted_files_with_leaks(root: Path, secrets: Iterable[str]) -> tuple[int, dict[Path, list[str]]]:
+    """(how many files under ``root`` the proxy redacted, those of them that still hold a secret).
+
+    A redacted file holds a placeholder. Files without one were written with redaction off on purpose,
+    or by vcrpy itself (tests/test_vcrpy_interop.py records the upstream's cookie in-process): the
+    cassette format is the same, so the placeholder is what tells the proxy's own writing apart.
+    """
+    secrets = list(secrets)
+    scanned = 0
+    leaks: dict[Path, list[str]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.stat().st_size > 10_000_000 or PLACEHOLDER not in path.read_bytes():
+            continue
+        scanned += 1
+        found = leaks_in(path, secrets)
+        if found:
+            leaks[path] = found
+    return scanned, leaks
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_left_in_a_cassette(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session: no file the proxy redacted under the session's tmp root holds one of
+    SUITE_SECRETS (fails the session's last test with the files and secrets named)."""
+    yield
+    scanned, leaks = redacted_files_with_leaks(tmp_path_factory.getbasetemp(), SUITE_SECRETS)
+    if leaks:
+        where = "; ".join(f"{path}: {', '.join(found)}" for path, found in leaks.items())
+        pytest.fail(f"secrets left in {len(leaks)} of {scanned} redacted files: {where}", pytrace=False)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -11,6 +14,28 @@ from urllib.parse import parse_qs, urlsplit
 from mitmproxy.net import encoding  # gzip, br and zstd on both mitmproxy 11 and 12
 
 BINARY = bytes(range(256)) * 4
+
+
+@functools.lru_cache(maxsize=2)
+def payload(size: int) -> bytes:
+    """``size`` bytes of incompressible, not-UTF-8 data, the same for the same size (``/bytes/SIZE``)."""
+    return random.Random(size).randbytes(size)
+
+
+def _read_body(h: BaseHTTPRequestHandler) -> bytes:
+    """The request body, by Content-Length or chunked (trailers skipped)."""
+    if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+        parts = []
+        while True:
+            size = int(h.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while h.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(parts)
+            parts.append(h.rfile.read(size))
+            h.rfile.readline()
+    length = int(h.headers.get("Content-Length") or 0)
+    return h.rfile.read(length) if length else b""
 
 
 class Upstream:
@@ -59,8 +84,7 @@ class Upstream:
         self.stop()
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        body = h.rfile.read(length) if length else b""
+        body = _read_body(h)
         parts = urlsplit(h.path)
         query = parse_qs(parts.query)
         with self._lock:
@@ -79,6 +103,11 @@ class Upstream:
         elif path == "/binary":
             out = BINARY
             headers = [("Content-Type", "application/octet-stream")]
+        elif path.startswith("/bytes/"):
+            out = payload(int(path.rsplit("/", 1)[1]))
+            headers = [("Content-Type", "application/octet-stream")]
+        elif path == "/digest":
+            out = json.dumps({"length": len(body), "sha256": hashlib.sha256(body).hexdigest()}).encode()
         elif path == "/cookies":
             out = b"{}"
             headers += [
