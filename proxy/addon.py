@@ -42,6 +42,9 @@ META = "replay_proxy"
 # Headers that describe the wire encoding of a body rather than the body: never replayed as recorded.
 WIRE_HEADERS = ("content-length", "transfer-encoding", "content-encoding")
 
+REFUSAL_CLOSE_DELAY = 0.05
+"""Seconds between refusing a request body (413) and closing the client connection."""
+
 H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
 """How an HTTP/2 connection without TLS begins ("prior knowledge"); no HTTP/1 request can (RFC 9113 3.4)."""
 
@@ -285,6 +288,10 @@ class ReplayAddon:
         if META not in flow.metadata and "body_size_limit" in flow.error.msg:
             # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
             self.journal.add(_exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            # mitmproxy 12 says "Connection: close" on its 413 but neither closes nor reads on: a client that
+            # sends its whole body before reading (requests, http.client) would wait for its own timeout.
+            # The 413 is written after this hook; closing a moment later lets it out first.
+            faults.close_client_later(flow, REFUSAL_CLOSE_DELAY)
             return
         if flow.metadata.get(META) != "forward":
             return

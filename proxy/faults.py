@@ -159,15 +159,31 @@ def _kill(flow: http.HTTPFlow) -> None:
         flow.kill()
 
 
-def _reset(flow: http.HTTPFlow) -> None:
-    """Abort the client connection with a TCP RST (not the FIN of ``flow.kill()``), then kill the flow."""
+def _client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
+    """The stream writer of the flow's client connection, found in mitmproxy's proxy server."""
     from mitmproxy import ctx
 
     server = ctx.master.addons.get("proxyserver")
     handler = server.connections.get(flow.client_conn.id) if server is not None else None
     io = handler.transports.get(handler.client) if handler is not None else None
     writer = io.writer if io is not None else None
-    if isinstance(writer, asyncio.StreamWriter):
+    return writer if isinstance(writer, asyncio.StreamWriter) else None
+
+
+def close_client_later(flow: http.HTTPFlow, delay: float) -> None:
+    """Close the flow's client connection in ``delay`` seconds, once what was written to it is sent.
+
+    The connection is looked up now: mitmproxy may have let go of it by then without closing it.
+    """
+    writer = _client_writer(flow)
+    if writer is not None:
+        asyncio.get_running_loop().call_later(delay, writer.transport.close)
+
+
+def _reset(flow: http.HTTPFlow) -> None:
+    """Abort the client connection with a TCP RST (not the FIN of ``flow.kill()``), then kill the flow."""
+    writer = _client_writer(flow)
+    if writer is not None:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
