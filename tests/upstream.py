@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import random
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,6 +39,14 @@ def _read_body(h: BaseHTTPRequestHandler) -> bytes:
     return h.rfile.read(length) if length else b""
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Prints no traceback for a client that went away (a killed proxy resets its connections)."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 class Upstream:
     """Serves fixed answers on 127.0.0.1; counts connections and keeps the requests it saw."""
 
@@ -64,7 +73,7 @@ class Upstream:
 
             do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
