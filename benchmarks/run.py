@@ -383,7 +383,12 @@ def run_suite(s: dict[str, Any], ctx: T.Context, peers_problem: str | None) -> l
 # ------------------------------------------------------------------------------------------ the goals
 
 
-def goals(rows: list[dict[str, Any]], probes: dict[str, Any], s: dict[str, Any]) -> list[dict[str, Any]]:
+def goals(
+    rows: list[dict[str, Any]],
+    probes: dict[str, Any],
+    s: dict[str, Any],
+    suite: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     by_key = {r["key"]: r for r in rows if "c1" in r}
     failed = {r["key"]: r["error"] for r in rows if r.get("error")}
 
@@ -456,6 +461,7 @@ def goals(rows: list[dict[str, Any]], probes: dict[str, Any], s: dict[str, Any])
         bound("peak RSS, replay @10k", by_key["replay-10000"]["peak_rss_mib"], 150, "MiB")
     switch = probes.get("switch", {})
     bound("scenario switch, ReplayProxy.use() (median)", switch.get("median_ms"), 10, "ms")
+    out.extend(suite_goals(suite or []))
     for key, label in (
         ("floor", "floor"),
         ("wiremock-tuned-10", "WireMock tuned"),
@@ -474,6 +480,40 @@ def goals(rows: list[dict[str, Any]], probes: dict[str, Any], s: dict[str, Any])
                     }
                 )
                 break
+    return out
+
+
+def suite_goals(suite: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The user's number: replay-proxy's fastest suite against the fastest peer, as recorded and as edited.
+
+    Met when ours takes less time than the peer's (the issue asks for a wide margin: the ratio shows it).
+    """
+    done = [r for r in suite if r.get("total_s")]
+    ours = [r for r in done if r["target"].startswith("replay-proxy")]
+    if not ours:
+        return []
+    best = min(ours, key=lambda r: r["total_s"])
+    out = []
+    for kind, marker in (
+        ("as recorded", "as recorded"),
+        ("edited by hand to Retry-After: 0", "Retry-After: 0"),
+    ):
+        peers = [
+            r for r in done if marker in r["target"] and not r["target"].startswith(("replay-proxy", "lean"))
+        ]
+        if not peers:
+            continue
+        peer = min(peers, key=lambda r: r["total_s"])
+        ratio = best["total_s"] / peer["total_s"]
+        out.append(
+            {
+                "name": f"user's number: {best['target']} vs the fastest peer {kind} ({peer['target']})",
+                "measured": f"{best['total_s']:.2f} s vs {peer['total_s']:.2f} s ({ratio:.3g}x the time)",
+                "target": "< 1.0x",
+                "met": ratio < 1.0,
+                "values": [round(ratio, 4)],
+            }
+        )
     return out
 
 
@@ -558,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": rows,
         "probes": probes,
         "user_suite": suite,
-        "goals": goals(rows, probes, s),
+        "goals": goals(rows, probes, s, suite),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
