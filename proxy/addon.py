@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from mitmproxy import exceptions, http
+from mitmproxy.net.http import status_codes
 from mitmproxy.proxy import mode_specs
 
 from proxy import (
@@ -25,7 +26,7 @@ from proxy import (
 from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import no_match_response, record_failed_response, stopping_response
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
-from proxy.journal import Exchange, Journal, response_facts
+from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
 from proxy.recorder import Recorder
@@ -41,6 +42,10 @@ META = "replay_proxy"
 
 # Headers that describe the wire encoding of a body rather than the body: never replayed as recorded.
 WIRE_HEADERS = ("content-length", "transfer-encoding", "content-encoding")
+_WIRE = frozenset(WIRE_HEADERS)
+
+SERVED_CACHE_SIZE = 4096
+"""Recorded responses kept in their served form (rewritten, in mitmproxy's terms); then it starts afresh."""
 
 REFUSAL_CLOSE_DELAY = 0.05
 """Seconds between refusing a request body (413) and closing the client connection."""
@@ -77,6 +82,9 @@ class ReplayAddon:
         self.save_errors: list[str] = []
         """Why exchanges could not be saved (the cassette's disk or directory); the CLI exits 2 on any."""
         self.stopping = False
+        self._served: dict[tuple[int, str | None], _Served] = {}
+        """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
+        self._served_session: Session | None = None
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -218,7 +226,10 @@ class ReplayAddon:
                 ", repeated: the recorded sequence ran out" if played.extra else ""
             )
             flow.metadata[META] = "cassette"
-            self._answer(flow, session, played.interaction.response, "cassette", detail)
+            served = self._served_for(flow, session, played.interaction.response)
+            flow.response = served.wire.flow_response()
+            sent = served.response
+            self.journal.add(_exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status))
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
             source = session.served
@@ -300,12 +311,19 @@ class ReplayAddon:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _answer(
-        self, flow: http.HTTPFlow, session: Session, response: Response, source: str, detail: str
-    ) -> None:
-        served = self._outgoing(flow, session, response)
-        flow.response = _flow_response(served)
-        self.journal.add(_exchange(flow, served.status, source, detail, served))
+    def _served_for(self, flow: http.HTTPFlow, session: Session, recorded: Response) -> _Served:
+        """``recorded`` as this client gets it (``_outgoing``), cached: the same every time it is replayed."""
+        if session is not self._served_session or len(self._served) >= SERVED_CACHE_SIZE:
+            self._served = {}
+            self._served_session = session
+        reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+        key = (id(recorded), _proxy_origin(flow) if reverse else None)
+        served = self._served.get(key)
+        if served is None or served.recorded is not recorded:
+            response = self._outgoing(flow, session, recorded)
+            served = _Served(recorded, response, _Wire.of(response), body_status(response))
+            self._served[key] = served
+        return served
 
     def _outgoing(self, flow: http.HTTPFlow, session: Session, response: Response) -> Response:
         """The response as the client gets it: upstream URLs point at the proxy, Retry-After shortened."""
@@ -429,11 +447,12 @@ def _upstream_timeout(value: str) -> float | None:
 def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
     """The flow's request with an absolute URL: in reverse mode, on the recorded (or upstream) origin."""
     req = flow.request
-    url = req.url
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
         # No recorded or upstream origin (play alone): the URL as the client sent it, on the proxy.
         url = (session.primary_origin or _proxy_origin(flow)) + req.path
-    headers = tuple((k, v) for k, v in req.headers.items(multi=True))
+    else:
+        url = req.url
+    headers = tuple(req.headers.items(multi=True))
     return Request(req.method, url, headers, req.raw_content or b"")
 
 
@@ -452,12 +471,45 @@ def _model_response(flow: http.HTTPFlow) -> Response:
 
 def _flow_response(response: Response) -> http.Response:
     """A mitmproxy response for ``response``: recorded headers, fresh Content-Length."""
-    headers = without_headers(response.headers, WIRE_HEADERS)
-    fields = [(k.encode(), v.encode("utf-8", "surrogateescape")) for k, v in headers]
-    out = http.Response.make(response.status, response.body, http.Headers(fields))
-    if response.reason:
-        out.reason = response.reason
-    return out
+    return _Wire.of(response).flow_response()
+
+
+class _Wire(NamedTuple):
+    """A response in mitmproxy's terms, ready to become a fresh ``http.Response`` for each flow."""
+
+    status: int
+    reason: bytes
+    fields: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    @classmethod
+    def of(cls, response: Response) -> _Wire:
+        """The recorded headers minus the wire ones, then ``content-length`` last (as ``Response.make``
+        sets it); the recorded reason, else the standard one."""
+        fields = [
+            (k.encode(), v.encode("utf-8", "surrogateescape"))
+            for k, v in response.headers
+            if k.lower() not in _WIRE
+        ]
+        fields.append((b"content-length", str(len(response.body)).encode()))
+        # Response.make's reason, then the recorded one as the ``reason`` setter encodes it
+        reason = response.reason or status_codes.RESPONSES.get(response.status, "")
+        return cls(response.status, reason.encode("iso-8859-1"), tuple(fields), response.body)
+
+    def flow_response(self) -> http.Response:
+        """What ``http.Response.make`` builds, without re-reading the headers to set the body."""
+        now = time.time()
+        headers = http.Headers(self.fields)
+        return http.Response(b"HTTP/1.1", self.status, self.reason, headers, self.body, None, now, now)
+
+
+class _Served(NamedTuple):
+    """A recorded response as served: rewritten for this client, in mitmproxy's terms, its JSON status."""
+
+    recorded: Response
+    response: Response
+    wire: _Wire
+    body_status: BodyStatus
 
 
 def _base_url(flow: http.HTTPFlow) -> str:
@@ -487,7 +539,8 @@ def _aim_at_upstream(flow: http.HTTPFlow) -> None:
 
 
 def _wants_close(flow: http.HTTPFlow) -> bool:
-    return "close" in flow.request.headers.get("connection", "").lower()
+    """The request said ``Connection: close`` (read from the raw fields: ``headers.get`` costs more)."""
+    return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in flow.request.headers.fields)
 
 
 def _fault_status(answer: Answer) -> int | None:
@@ -513,8 +566,11 @@ def _exchange(
     detail: str,
     sent: Response | None = None,
     answer: Answer | None = None,
+    *,
+    body: BodyStatus | None = None,
 ) -> Exchange:
-    """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it."""
+    """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
+    (``body``: its ``journal.body_status`` when already known)."""
     req = flow.request
     wall_now, mono_now = time.time(), time.monotonic()
     arrived = req.timestamp_start or wall_now
@@ -523,7 +579,7 @@ def _exchange(
         client_url = _proxy_origin(flow) + req.path
     else:
         client_url = req.url
-    facts = response_facts(sent, client_url, now=wall_now) if sent is not None else None
+    facts = response_facts(sent, client_url, now=wall_now, body=body) if sent is not None else None
     op_status, terminal = (facts.op_status, facts.terminal) if facts is not None else (None, False)
     if answer is not None and answer.operation is not None:
         op_status, terminal = answer.status, answer.terminal
@@ -547,7 +603,8 @@ def _exchange(
 
 
 def _log_exchange(exchange: Exchange) -> None:
-    logger.info(exchange.line())
+    if logger.isEnabledFor(logging.INFO):  # -q: the line is not even built
+        logger.info(exchange.line())
 
 
 addons = [ReplayAddon()]

@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 from proxy.model import Response, header_value
 from proxy.rewrite import parse_retry_after
-from proxy.scenario.schema import TERMINAL_STATUSES
+from proxy.scenario.answer import TERMINAL_STATUSES
 
 MAX_ENTRIES = 100_000
 """A journal keeps the most recent entries only (older ones are dropped): memory stays bounded."""
@@ -93,12 +93,19 @@ STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
 """Headers that always carry a status URL; ``Location`` does on a 202 or on a non-terminal answer."""
 
 
-def response_facts(response: Response, client_url: str, *, now: float | None = None) -> ResponseFacts:
+BodyStatus = tuple[str | None, bool]
+"""The operation status a JSON body reports, and whether it is terminal (``body_status``)."""
+
+
+def response_facts(
+    response: Response, client_url: str, *, now: float | None = None, body: BodyStatus | None = None
+) -> ResponseFacts:
     """Retry-After (seconds from ``now``), status URLs (absolute, resolved against ``client_url``) and the
     operation status of a JSON body: its ``status`` field (terminal: ``TERMINAL_STATUSES``,
-    case-insensitive) or AIP-151's ``done`` (with ``metadata.status`` when given)."""
+    case-insensitive) or AIP-151's ``done`` (with ``metadata.status`` when given). ``body``: the response's
+    ``body_status``, when the caller has it already (a replayed response's, cached)."""
     retry_after = parse_retry_after(response.headers, now=now)
-    op_status, terminal = _body_status(response)
+    op_status, terminal = body if body is not None else body_status(response)
     urls: list[str] = []
     if not terminal:
         names = list(STATUS_URL_HEADERS)
@@ -113,10 +120,28 @@ def response_facts(response: Response, client_url: str, *, now: float | None = N
     return ResponseFacts(retry_after, tuple(urls), op_status, terminal)
 
 
-def _body_status(response: Response) -> tuple[str | None, bool]:
+_BODY_STATUS_CACHE: dict[bytes, BodyStatus] = {}
+"""``body_status`` of recent small bodies: polls are answered with the same bytes again and again."""
+_BODY_CACHE_ENTRIES = 1024
+_BODY_CACHE_MAX_BYTES = 8192
+
+
+def body_status(response: Response) -> BodyStatus:
+    """The operation status of a JSON body and whether it is terminal; (None, False) for anything else."""
     body = response.body
     if not body or body.lstrip()[:1] != b"{":
         return None, False
+    if len(body) > _BODY_CACHE_MAX_BYTES or type(body) is not bytes:
+        return _parse_body_status(body)
+    found = _BODY_STATUS_CACHE.get(body)
+    if found is None:
+        if len(_BODY_STATUS_CACHE) >= _BODY_CACHE_ENTRIES:
+            _BODY_STATUS_CACHE.clear()
+        found = _BODY_STATUS_CACHE[body] = _parse_body_status(body)
+    return found
+
+
+def _parse_body_status(body: bytes) -> BodyStatus:
     import json
 
     try:

@@ -12,7 +12,6 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from vcr import matchers as vcr_matchers
 from vcr.request import Request as VcrRequest
 
 from .errors import ConfigError
@@ -30,6 +29,14 @@ CONFIRMING: tuple[str, ...] = ("body", "raw_body", "headers")
 MATCHER_NAMES: tuple[str, ...] = INDEXABLE + CONFIRMING
 
 
+def _vcr_matchers() -> Any:
+    """``vcr.matchers``, imported on first use: it imports xmlrpc and http.client (start-up time), and only
+    the body and headers matchers need it."""
+    from vcr import matchers
+
+    return matchers
+
+
 def _body(r1: Any, r2: Any) -> Any:
     """vcrpy's body matcher, except that byte-identical bodies match without being parsed.
 
@@ -38,16 +45,25 @@ def _body(r1: Any, r2: Any) -> Any:
     """
     if r1.body == r2.body:
         return None
-    return vcr_matchers.body(r1, r2)
+    return _vcr_matchers().body(r1, r2)
 
 
-_body.__name__ = "body"  # vcrpy names a failing matcher by its function's name
+def _raw_body(r1: Any, r2: Any) -> Any:
+    return _vcr_matchers().raw_body(r1, r2)
+
+
+def _headers(r1: Any, r2: Any) -> Any:
+    return _vcr_matchers().headers(r1, r2)
+
+
+# vcrpy names a failing matcher by its function's name
+_body.__name__, _raw_body.__name__, _headers.__name__ = "body", "raw_body", "headers"
 
 
 _VCR_FUNCTIONS: dict[str, Callable[[Any, Any], Any]] = {
     "body": _body,
-    "raw_body": vcr_matchers.raw_body,
-    "headers": vcr_matchers.headers,
+    "raw_body": _raw_body,
+    "headers": _headers,
 }
 
 _MAX_MESSAGE = 200
@@ -126,6 +142,33 @@ def _one_line(message: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
 
 
+def _port(r: Request, parts: SplitResult) -> Hashable:
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+
+
+def _query(r: Request, parts: SplitResult) -> Hashable:
+    """Sorted pairs, order-insensitive like vcrpy's (blank values kept: ``?a=`` differs from ``?``)."""
+    query = parts.query
+    return tuple(sorted(parse_qsl(query, keep_blank_values=True))) if query else ()
+
+
+_PARTS: dict[str, Callable[[Request, SplitResult], Hashable]] = {
+    "method": lambda r, parts: r.method.upper(),
+    "uri": lambda r, parts: _normalized_uri(r.url, parts),
+    "url": lambda r, parts: _normalized_uri(r.url, parts),
+    "scheme": lambda r, parts: parts.scheme.lower(),
+    "host": lambda r, parts: (parts.hostname or "").lower(),
+    "port": _port,
+    "path": lambda r, parts: parts.path or "/",
+    "query": _query,
+}
+"""How each indexable matcher reads its value from a request (and its split URL)."""
+
+
 class Matcher:
     """Decides whether a recorded request answers an incoming one, using vcrpy matcher names.
 
@@ -152,6 +195,7 @@ class Matcher:
         self.match_on: tuple[str, ...] = tuple(names)
         self.headers: tuple[str, ...] = tuple(header_names)
         self._indexed = tuple(n for n in names if n in INDEXABLE)
+        self._parts = tuple(_PARTS[n] for n in self._indexed)  # per request: no dispatch on names
         self._confirming = tuple(_VCR_FUNCTIONS[n] for n in names if n in CONFIRMING)
 
     def __repr__(self) -> str:
@@ -163,24 +207,7 @@ class Matcher:
         return bool(self._confirming)
 
     def _part(self, name: str, r: Request, parts: SplitResult) -> Hashable:
-        if name == "method":
-            return r.method.upper()
-        if name in ("uri", "url"):
-            return _normalized_uri(r.url, parts)
-        if name == "scheme":
-            return parts.scheme.lower()
-        if name == "host":
-            return (parts.hostname or "").lower()
-        if name == "port":
-            try:
-                port = parts.port
-            except ValueError:
-                port = None
-            return port or DEFAULT_PORTS.get(parts.scheme.lower(), 80)
-        if name == "path":
-            return parts.path or "/"
-        # query: sorted pairs, order-insensitive like vcrpy's (blank values kept: ?a= differs from ?)
-        return tuple(sorted(parse_qsl(parts.query, keep_blank_values=True)))
+        return _PARTS[name](r, parts)
 
     def _header(self, r: Request, lname: str) -> str | None:
         values = header_values(r.headers, lname)
@@ -190,8 +217,8 @@ class Matcher:
         """A hashable summary of the indexable matchers and chosen headers: different keys never match."""
         parts = urlsplit(request.url)
         return (
-            tuple(self._part(n, request, parts) for n in self._indexed),
-            tuple(self._header(request, h) for h in self.headers),
+            tuple([part(request, parts) for part in self._parts]),
+            tuple([self._header(request, h) for h in self.headers]) if self.headers else (),
         )
 
     def confirm(self, recorded: VcrRequest, incoming: VcrRequest) -> bool:
@@ -233,7 +260,7 @@ class Matcher:
                 shown_r = "(absent)" if rh is None else repr(rh)
                 out.append(f"header {h}: {shown_i} != {shown_r}")
         if self._confirming:
-            _, failures = vcr_matchers.get_matchers_results(
+            _, failures = _vcr_matchers().get_matchers_results(
                 to_vcr_request(incoming), to_vcr_request(recorded), self._confirming
             )
             for name, message in failures:

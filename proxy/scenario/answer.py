@@ -1,11 +1,21 @@
-"""What a scenario decides for a request: a rendered response, possibly late, slow or broken."""
+"""What a scenario decides for a request: a rendered response, possibly late, slow or broken.
+
+Also the scenario terms the request path needs (``FaultKind``, ``TERMINAL_STATUSES``), kept here rather than
+in ``schema.py`` so that ``replay``, which never loads a scenario, does not import pydantic (start-up).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from proxy.model import Response
-from proxy.scenario.schema import FaultKind
+
+FaultKind = Literal["reset", "close", "hang", "truncate", "malformed-json"]
+"""How a scripted answer is (not) delivered; see ``schema.ResponseSpec.fault``."""
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
+"""Status values (case-insensitive) after which an operation is done."""
 
 
 @dataclass(frozen=True, slots=True)

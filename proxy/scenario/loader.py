@@ -21,12 +21,9 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
-import jinja2
-import jinja2.nodes
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ValidationError
 
 from proxy.errors import ScenarioError
@@ -44,6 +41,10 @@ from proxy.scenario.schema import (
     Step,
     parse_duration,
 )
+
+if TYPE_CHECKING:  # jinja2 is imported when a scenario has a template (start-up time)
+    import jinja2.nodes
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Position = tuple[int, int]
 """1-based (line, column) in the YAML file."""
@@ -756,6 +757,8 @@ def _describe(tp: Any) -> str:
 def _refused_in_template(tree: jinja2.nodes.Template) -> str | None:
     """What the sandbox would refuse when rendering, found before serving: other templates, private
     attributes (``''.__class__``)."""
+    import jinja2.nodes
+
     n = jinja2.nodes
     for node in tree.find_all((n.Extends, n.Include, n.Import, n.FromImport)):
         what = "import" if isinstance(node, n.FromImport) else type(node).__name__.lower()
@@ -767,6 +770,14 @@ def _refused_in_template(tree: jinja2.nodes.Template) -> str | None:
         key = getitem.arg
         if isinstance(key, jinja2.nodes.Const) and isinstance(key.value, str) and key.value.startswith("_"):
             return f"templates cannot read private attributes ({key.value!r})"
+    for filter_node in tree.find_all(jinja2.nodes.Filter):  # request | attr('__class__')
+        name = filter_node.args[0] if filter_node.name == "attr" and filter_node.args else None
+        if (
+            isinstance(name, jinja2.nodes.Const)
+            and isinstance(name.value, str)
+            and name.value.startswith("_")
+        ):
+            return f"templates cannot read private attributes ({name.value!r})"
     return None
 
 
@@ -782,7 +793,7 @@ class _Semantics:
     def __init__(self, file: _ScenarioFile, data: dict[str, Any]) -> None:
         self.file = file
         self.data = data
-        self.env = ImmutableSandboxedEnvironment()
+        self._env: ImmutableSandboxedEnvironment | None = None
         self.folder = file.path.parent.resolve()
 
     def problem(self, path: DataPath, message: str) -> None:
@@ -875,8 +886,13 @@ class _Semantics:
                 self.templates(item, (*at, i))
 
     def template(self, text: str, at: DataPath) -> None:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        if self._env is None:
+            self._env = ImmutableSandboxedEnvironment()
         try:
-            tree = self.env.parse(text)
+            tree = self._env.parse(text)
         except jinja2.TemplateSyntaxError as e:
             line = f" (line {e.lineno} of the template)" if "\n" in text.strip() else ""
             self.problem(at, f"{_subject(at)}: template error: {e.message}{line}")

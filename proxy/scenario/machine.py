@@ -440,8 +440,9 @@ class _View:
         self.method = request.method.upper()
         self.path = parts.path or "/"
         self.query: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            self.query.setdefault(name, value)
+        if parts.query:
+            for name, value in parse_qsl(parts.query, keep_blank_values=True):
+                self.query.setdefault(name, value)
         self.headers: dict[str, str] = {}
         for name, value in request.headers:
             self.headers.setdefault(name.lower(), value)
@@ -487,7 +488,7 @@ class _PathPattern:
             m = self.regex.fullmatch(decoded)
             if m is None:
                 return None
-        return {name: m.group(f"p{i}") for i, name in enumerate(self.names)}
+        return dict(zip(self.names, m.groups(), strict=True))  # the groups are p0, p1... in order
 
     def render(self, values: Mapping[str, str]) -> str:
         """The template with its placeholders replaced (the ``?query`` part kept)."""

@@ -12,10 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_ID = "https://replay-proxy.dev/schemas/scenario-1.json"
+# Defined without pydantic in answer.py (the request path needs them); part of the scenario language here.
+from proxy.scenario.answer import TERMINAL_STATUSES as TERMINAL_STATUSES
+from proxy.scenario.answer import FaultKind as FaultKind
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
-"""Status values (case-insensitive) after which an operation is done."""
+SCHEMA_ID = "https://replay-proxy.dev/schemas/scenario-1.json"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -148,9 +149,6 @@ class DelaySpec(Model):
 
     min: Duration = 0
     max: Duration
-
-
-FaultKind = Literal["reset", "close", "hang", "truncate", "malformed-json"]
 
 
 class ResponseSpec(Model):

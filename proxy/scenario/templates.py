@@ -23,14 +23,13 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, NoReturn
-
-import jinja2
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from proxy.errors import TemplateError
+
+if TYPE_CHECKING:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_NUMBER_BITS = 100_000
 """``a ** b`` or ``a * b`` making an integer longer than this many bits is refused (``10 ** 10 ** 10``)."""
@@ -38,42 +37,53 @@ MAX_ITEMS = 1_000_000
 """``'x' * n``, ``[..] * n`` or ``a + b`` making a text or list longer than this is refused."""
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, minus other templates, minus operators that can exhaust the process."""
+@functools.cache
+def _environment() -> ImmutableSandboxedEnvironment:
+    """The sandbox every template renders in, built on first use: jinja2 is imported only by scenarios that
+    have templates (start-up time)."""
+    import jinja2
+    from jinja2.exceptions import SecurityError
+    from jinja2.runtime import Context
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    intercepted_binops = frozenset({"*", "**", "+"})
+    class _Sandbox(ImmutableSandboxedEnvironment):
+        """The immutable sandbox, minus other templates, minus operators that can exhaust the process."""
 
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if _is_int(left) and _is_int(right):
-            if operator == "**" and abs(left) > 1 and right > 0:
-                bits = left.bit_length() * right
+        intercepted_binops = frozenset({"*", "**", "+"})
+
+        def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+            if _is_int(left) and _is_int(right):
+                if operator == "**" and abs(left) > 1 and right > 0:
+                    bits = left.bit_length() * right
+                elif operator == "*":
+                    bits = left.bit_length() + right.bit_length()
+                else:
+                    bits = 0
+                if bits > MAX_NUMBER_BITS:
+                    raise SecurityError(f"the number would be too large (more than {MAX_NUMBER_BITS} bits)")
             elif operator == "*":
-                bits = left.bit_length() + right.bit_length()
-            else:
-                bits = 0
-            if bits > MAX_NUMBER_BITS:
-                raise SecurityError(f"the number would be too large (more than {MAX_NUMBER_BITS} bits)")
-        elif operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, _SEQUENCES) and _is_int(n) and len(seq) * n > MAX_ITEMS:
-                    raise SecurityError(f"the result would be too long (more than {MAX_ITEMS} items)")
-        elif (
-            operator == "+"
-            and isinstance(left, _SEQUENCES)
-            and isinstance(right, _SEQUENCES)
-            and len(left) + len(right) > MAX_ITEMS
-        ):
-            raise SecurityError(f"the result would be too long (more than {MAX_ITEMS} items)")
-        return super().call_binop(context, operator, left, right)
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, _SEQUENCES) and _is_int(n) and len(seq) * n > MAX_ITEMS:
+                        raise SecurityError(f"the result would be too long (more than {MAX_ITEMS} items)")
+            elif (
+                operator == "+"
+                and isinstance(left, _SEQUENCES)
+                and isinstance(right, _SEQUENCES)
+                and len(left) + len(right) > MAX_ITEMS
+            ):
+                raise SecurityError(f"the result would be too long (more than {MAX_ITEMS} items)")
+            return super().call_binop(context, operator, left, right)
 
-    def get_template(self, *args: Any, **kwargs: Any) -> NoReturn:
-        _no_other_templates(args)
+        def get_template(self, *args: Any, **kwargs: Any) -> NoReturn:
+            _no_other_templates(args)
 
-    def select_template(self, *args: Any, **kwargs: Any) -> NoReturn:
-        _no_other_templates(args)
+        def select_template(self, *args: Any, **kwargs: Any) -> NoReturn:
+            _no_other_templates(args)
 
-    def get_or_select_template(self, *args: Any, **kwargs: Any) -> NoReturn:
-        _no_other_templates(args)
+        def get_or_select_template(self, *args: Any, **kwargs: Any) -> NoReturn:
+            _no_other_templates(args)
+
+    return _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 _SEQUENCES = (str, bytes, list, tuple)
@@ -84,13 +94,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _no_other_templates(args: tuple[Any, ...]) -> NoReturn:
+    from jinja2.exceptions import SecurityError
+
     name = f" ({args[0]!r})" if args else ""
     raise SecurityError(
         f"templates cannot use other templates{name}: import, include and extends are refused"
     )
-
-
-_ENV = _Sandbox(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 def is_template(source: str) -> bool:
@@ -100,7 +109,7 @@ def is_template(source: str) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _compile(source: str) -> jinja2.Template:
-    return _ENV.from_string(source)
+    return _environment().from_string(source)
 
 
 def render(source: str, context: Mapping[str, Any], where: str) -> str:
@@ -110,6 +119,8 @@ def render(source: str, context: Mapping[str, Any], where: str) -> str:
     """
     if not is_template(source):
         return source
+    import jinja2
+
     try:
         return _compile(source).render(context)
     except jinja2.TemplateSyntaxError as e:
