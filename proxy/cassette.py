@@ -3,7 +3,9 @@
 YAML goes through vcrpy's own serializer (``vcr.serialize`` + ``vcr.serializers.yamlserializer``), so a
 cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-recording load ours. Files are
 written and parsed as streams and ``!!binary`` is encoded in slices, so a 50 MB body is not also held as
-a 70 MB text, its bytes and a list of lines.
+a 70 MB text, its bytes and a list of lines. Loading builds the same data as vcrpy's loader and
+``deserialize`` without their intermediate objects (``proxy/yamlfast.py``, ``_direct``): a
+10,000-interaction cassette loads in under a second instead of several.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import yaml
 from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
 from vcr.serializers import yamlserializer
 
+from . import yamlfast
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
@@ -52,7 +56,17 @@ class _Parsed:
         return self._data
 
 
-def _yaml_error(path: Path, e: yaml.YAMLError) -> CassetteError:
+def _position(text: str, offset: object, in_bytes: bool) -> str:
+    """``line:column`` (1-based) of a character offset into ``text`` (a byte offset of its UTF-8 when
+    ``in_bytes``: libyaml counts bytes)."""
+    if not isinstance(offset, int) or offset < 0:
+        return "1:1"
+    before = text[:offset].encode("utf-8")[:offset].decode("utf-8", "ignore") if in_bytes else text[:offset]
+    line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+    return f"{line}:{column}"
+
+
+def _yaml_error(path: Path, e: yaml.YAMLError, text: str = "") -> CassetteError:
     if isinstance(e, yaml.MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
         what = e.problem or e.context or "invalid YAML"
@@ -61,67 +75,208 @@ def _yaml_error(path: Path, e: yaml.YAMLError) -> CassetteError:
         if mark is not None:
             return CassetteError(f"{path}:{mark.line + 1}:{mark.column + 1}: {what}")
         return CassetteError(f"{path}: {what}")
-    return CassetteError(f"{path}: invalid YAML: {e}")
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML refuses (NUL, other controls)
+        code = ord(e.character) if isinstance(e.character, str) and len(e.character) == 1 else e.character
+        character = f" (#x{code:04x})" if isinstance(code, int) else ""
+        where = _position(text, e.position, in_bytes=not isinstance(e.character, str))
+        return CassetteError(f"{path}:{where}: invalid YAML: {e.reason}{character}")
+    return CassetteError(f"{path}: invalid YAML: {' '.join(str(e).split())}")
 
 
-def _check_headers(where: str, headers: Any, allow_empty: bool) -> None:
-    if not isinstance(headers, dict):
-        raise CassetteError(f"{where}: headers must be a mapping of name to list of values")
+def _shown(value: object) -> str:
+    """A short rendering of a value from the file, for messages: never the repr of a whole list or
+    mapping, which aliases can make exponentially long (``version: *bomb``), nor of a whole body."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    text = repr(value[:61] if isinstance(value, str | bytes) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+DataPath = tuple[str | int, ...]
+
+
+class _Invalid(CassetteError):
+    """Valid YAML that is not a valid cassette; ``at`` is where, as keys and list indices, for a line."""
+
+    def __init__(self, path: Path, at: DataPath, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.at, self.message = path, at, message
+
+
+_ITEM_COST = 64
+"""What one interaction counts in ``_Budget`` besides its texts: less than any interaction's YAML text."""
+
+
+class _Budget:
+    """The texts of a cassette, counted as they would be with every alias written out, must stay within
+    twice the file's size (plus 1 MiB): a small file whose aliases repeat a large body or header list in
+    thousands of interactions would otherwise be copied that many times in memory."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.left = 2 * size + (1 << 20)
+
+    def spend(self, at: DataPath, amount: int) -> None:
+        self.left -= amount
+        if self.left < 0:
+            raise _Invalid(
+                self.path,
+                at,
+                f"interaction {at[1]}: the cassette is too big once its aliases are expanded (more than "
+                "twice the file's size): write the data out instead of repeating large aliases (*name)",
+            )
+
+
+def _size(value: object) -> int:
+    return len(value) + 2 if isinstance(value, str | bytes) else 8
+
+
+def _headers_cost(headers: dict[Any, Any], allow_empty: bool) -> int:
+    """What valid ``headers`` spend of the budget, as ``_check_headers`` counts it, or -1 when any of them
+    may be invalid: then ``_check_headers`` goes through them one by one, to say what and where."""
+    total = 0
     for name, values in headers.items():
-        if not isinstance(name, str):
-            raise CassetteError(f"{where}: header name {name!r} is not a string")
-        if not isinstance(values, list):
-            raise CassetteError(f"{where}: header {name!r} must be a list of values, not {values!r}")
-        if not values and not allow_empty:
-            raise CassetteError(f"{where}: header {name!r} has no value")
+        if name.__class__ is not str or values.__class__ is not list or not (values or allow_empty):
+            return -1
+        total += len(name) + 2
         for v in values:
+            if v.__class__ is str or v.__class__ is bytes:
+                total += len(v) + 2
+            elif v.__class__ is int:
+                total += 8
+            else:
+                return -1
+    return total
+
+
+def _check_headers(
+    path: Path, at: DataPath, label: str, headers: Any, allow_empty: bool, budget: _Budget
+) -> None:
+    if headers.__class__ is dict:  # the common case at once: valid, within the budget
+        cost = _headers_cost(headers, allow_empty)
+        if 0 <= cost <= budget.left:
+            budget.left -= cost
+            return
+    where = f"interaction {at[1]}: {label}"
+    if not isinstance(headers, dict):
+        raise _Invalid(path, at, f"{where}: headers must be a mapping of name to list of values")
+    for name, values in headers.items():
+        here = (*at, name)
+        if not isinstance(name, str):
+            raise _Invalid(path, at, f"{where}: header name {_shown(name)} is not a string")
+        if not isinstance(values, list):
+            raise _Invalid(
+                path, here, f"{where}: header {_shown(name)} must be a list of values, not {_shown(values)}"
+            )
+        if not values and not allow_empty:
+            raise _Invalid(path, here, f"{where}: header {_shown(name)} has no value")
+        budget.spend(here, _size(name))
+        for i, v in enumerate(values):
             if not isinstance(v, str | bytes) and (not isinstance(v, int) or isinstance(v, bool)):
-                raise CassetteError(f"{where}: header {name!r} has a non-text value {v!r}")
+                raise _Invalid(
+                    path, (*here, i), f"{where}: header {_shown(name)} has a non-text value {_shown(v)}"
+                )
+            budget.spend(here, _size(v))
 
 
-def _check(path: Path, data: Any) -> None:
-    """Reject what vcrpy would choke on later (or replay wrongly), naming the file and interaction."""
+def _check(path: Path, data: Any, size: int) -> None:
+    """Reject what vcrpy would choke on later (or replay wrongly), naming the file and interaction;
+    ``size`` is the file's, for the budget of alias expansion."""
     if isinstance(data, list):
-        raise CassetteError(f"{path}: old pre-1.0 vcrpy cassette format (a list); re-record it")
+        raise _Invalid(path, (), "old pre-1.0 vcrpy cassette format (a list); re-record it")
     if not isinstance(data, dict):
-        raise CassetteError(f"{path}: not a vcrpy cassette (top level must be a mapping)")
+        raise _Invalid(path, (), "not a vcrpy cassette (top level must be a mapping)")
     if "version" in data and data["version"] != CASSETTE_FORMAT_VERSION:
-        raise CassetteError(f"{path}: unsupported cassette version {data['version']!r} (expected 1)")
+        raise _Invalid(
+            path, ("version",), f"unsupported cassette version {_shown(data['version'])} (expected 1)"
+        )
     if "interactions" not in data:
-        raise CassetteError(f"{path}: no 'interactions' key")
+        raise _Invalid(path, (), "no 'interactions' key")
     items = data["interactions"]
     if not isinstance(items, list):
-        raise CassetteError(f"{path}: 'interactions' must be a list")
+        raise _Invalid(path, ("interactions",), "'interactions' must be a list")
+    budget = _Budget(path, size)
     for i, item in enumerate(items):
-        where = f"{path}: interaction {i}"
+        at: DataPath = ("interactions", i)
+        where = f"interaction {i}"
+        budget.spend(at, _ITEM_COST)
         if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
-            raise CassetteError(f"{where}: needs a 'request' mapping")
+            raise _Invalid(path, at, f"{where}: needs a 'request' mapping")
         if not isinstance(item.get("response"), dict):
-            raise CassetteError(f"{where}: needs a 'response' mapping")
+            raise _Invalid(path, at, f"{where}: needs a 'response' mapping")
         req, resp = item["request"], item["response"]
         if missing := sorted(_REQUEST_KEYS - req.keys()):
-            raise CassetteError(f"{where}: request is missing {', '.join(missing)}")
+            raise _Invalid(path, (*at, "request"), f"{where}: request is missing {', '.join(missing)}")
         if extra := sorted(str(k) for k in req.keys() - _REQUEST_KEYS):
-            raise CassetteError(f"{where}: request has unknown keys {', '.join(extra)}")
+            raise _Invalid(
+                path, (*at, "request", extra[0]), f"{where}: request has unknown keys {', '.join(extra)}"
+            )
         if not isinstance(req["method"], str) or not isinstance(req["uri"], str):
-            raise CassetteError(f"{where}: request method and uri must be strings")
+            bad = "method" if not isinstance(req["method"], str) else "uri"
+            raise _Invalid(path, (*at, "request", bad), f"{where}: request method and uri must be strings")
         if isinstance(req["body"], dict | list | int | float):
-            raise CassetteError(f"{where}: request body must be null, text or !!binary")
-        _check_headers(f"{where}: request", req["headers"], allow_empty=False)
+            raise _Invalid(
+                path, (*at, "request", "body"), f"{where}: request body must be null, text or !!binary"
+            )
+        budget.spend(at, _size(req["method"]) + _size(req["uri"]) + _size(req["body"]))
+        _check_headers(path, (*at, "request", "headers"), "request", req["headers"], False, budget)
         status = resp.get("status")
         if not isinstance(status, dict) or "code" not in status:
-            raise CassetteError(f"{where}: response needs status: {{code, message}}")
+            raise _Invalid(
+                path, (*at, "response", "status"), f"{where}: response needs status: {{code, message}}"
+            )
         code = status["code"]
         if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 999:
-            raise CassetteError(f"{where}: response status code {code!r} is not an HTTP status")
+            raise _Invalid(
+                path,
+                (*at, "response", "status", "code"),
+                f"{where}: response status code {_shown(code)} is not an HTTP status",
+            )
         if not isinstance(status.get("message"), str):
-            raise CassetteError(f"{where}: response status has no message (vcrpy needs one)")
-        _check_headers(f"{where}: response", resp.get("headers"), allow_empty=True)
+            raise _Invalid(
+                path,
+                (*at, "response", "status"),
+                f"{where}: response status has no message (vcrpy needs one)",
+            )
+        _check_headers(path, (*at, "response", "headers"), "response", resp.get("headers"), True, budget)
         body = resp.get("body")
         if not isinstance(body, dict) or "string" not in body:
-            raise CassetteError(f"{where}: response body must be a mapping with 'string'")
+            raise _Invalid(
+                path, (*at, "response", "body"), f"{where}: response body must be a mapping with 'string'"
+            )
         if not isinstance(body["string"], str | bytes | None):
-            raise CassetteError(f"{where}: response body string must be text or !!binary")
+            raise _Invalid(
+                path,
+                (*at, "response", "body", "string"),
+                f"{where}: response body string must be text or !!binary",
+            )
+        budget.spend(at, _size(status["message"]) + _size(body["string"]))
+
+
+def _located(error: _Invalid, text: str) -> CassetteError:
+    """``error`` at the line and column of the node it is about (found by composing ``text`` into nodes:
+    nothing is constructed), or as it is when the document cannot be composed."""
+    try:
+        node: yaml.Node | None = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except Exception:  # it parsed once already; anything odd here only costs the line number
+        return error
+    if node is None:
+        return error
+    for key in error.at:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            child = next(
+                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(key)), None
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
+            child = node.value[key]
+        if child is None:
+            break
+        node = child
+    mark = node.start_mark
+    return CassetteError(f"{error.path}:{mark.line + 1}:{mark.column + 1}: {error.message}")
 
 
 def _text(value: object) -> str:
@@ -153,7 +308,11 @@ def _decoded(headers: Headers, body: bytes) -> tuple[Headers, bytes]:
 
 
 def _response_from_dict(d: dict[str, Any]) -> Response:
-    headers: Headers = tuple((str(name), _text(v)) for name, values in d["headers"].items() for v in values)
+    headers: Headers = tuple(
+        (name, v) if name.__class__ is str and v.__class__ is str else (str(name), _text(v))
+        for name, values in d["headers"].items()
+        for v in values
+    )
     body = d["body"]["string"]
     if isinstance(body, str):
         body = body.encode("utf-8")
@@ -180,13 +339,23 @@ def _without_torn_tail(text: str) -> Any:
         if cut < len(HEADER) - 1:
             return None
         try:
-            return yamlserializer.deserialize(text[: cut + 1])
+            return _deserialize(text[: cut + 1])
         except yaml.YAMLError:
             continue
     return None
 
 
-_VCR_LOADER: Any = getattr(yamlserializer, "_CassetteLoader", None) or yamlserializer.Loader
+_VCR_LOADER: Any = getattr(yamlserializer, "_CassetteLoader", None) or getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)  # vcrpy >= 8.2.1 has its safe _CassetteLoader; never an unsafe one
+
+
+def _deserialize(text: str) -> Any:
+    """vcrpy's ``yamlserializer.deserialize(text)``: the same data or error, built by yamlfast if it can."""
+    try:
+        return yamlfast.load(text, _VCR_LOADER)
+    except yamlfast.Unusual:
+        return yamlserializer.deserialize(text)
 
 
 class _Loader(_VCR_LOADER):  # type: ignore[misc]
@@ -209,8 +378,13 @@ def _parse_streamed(path: Path) -> Any:
     """
     try:
         with path.open("rb") as f:
-            data = yaml.load(f, Loader=_Loader)  # reads the file in pieces
-        _check(path, data)
+            try:
+                data = yamlfast.load(f, _Loader)  # reads the file in pieces
+            except yamlfast.Unusual:  # merge keys, old Python tags, ...: PyYAML's own constructor
+                f.seek(0)
+                data = yaml.load(f, Loader=_Loader)
+            size = os.fstat(f.fileno()).st_size
+        _check(path, data, size)
     except FileNotFoundError:
         raise CassetteNotFoundError(f"{path}: cassette not found") from None
     except OSError as e:
@@ -223,9 +397,57 @@ def _parse_streamed(path: Path) -> Any:
 def load(path: Path) -> list[Interaction]:
     """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
     path = Path(path)
-    data = _parse_streamed(path)
-    if data is None:
-        data = _parse_text(path)
+    with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
+        data = _parse_streamed(path)
+        if data is None:
+            data = _parse_text(path)
+        try:
+            out = _direct(data["interactions"])
+        except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
+            out = _through_vcrpy(path, data)
+        del data  # before the collector resumes: it would walk all of it once more
+    return out
+
+
+def _request_from_dict(d: dict[str, Any]) -> Request:
+    """What vcrpy's ``Request._from_dict`` then ``from_vcr_request`` make of a checked request, for a body
+    that is null, text or bytes (others raise ``TypeError``: they go through vcrpy).
+
+    vcrpy's ``HeadersDict`` keeps the first value of each header's list, one entry per name ignoring
+    case: the first spelling, the last value. vcrpy parses the URI: one it refuses raises here too.
+    """
+    body = d["body"]
+    if body is None:
+        body = b""
+    elif body.__class__ is str:
+        body = body.encode("utf-8")
+    elif body.__class__ is not bytes:
+        raise TypeError("request body for vcrpy")
+    uri = d["uri"]
+    urlsplit(uri)
+    named = d["headers"]
+    pairs: Any = [(name, values[0]) for name, values in named.items()]
+    if len({name.lower() for name in named}) < len(pairs):  # the same name in two spellings
+        merged: dict[str, tuple[str, Any]] = {}
+        for name, value in pairs:
+            old = merged.get(name.lower())
+            merged[name.lower()] = (name if old is None else old[0], value)
+        pairs = merged.values()
+    headers = tuple(p if p[1].__class__ is str else (p[0], _text(p[1])) for p in pairs)
+    return Request(method=d["method"], url=uri, headers=headers, body=body)
+
+
+def _direct(items: list[Any]) -> list[Interaction]:
+    """Checked items as ``_through_vcrpy`` makes them, without building vcrpy's objects on the way (a
+    third of a large load); anything it would refuse or treat specially raises, to be done that way."""
+    requests = [_request_from_dict(item["request"]) for item in items]  # vcrpy makes them all first
+    return [
+        Interaction(r, _response_from_dict(item["response"])) for r, item in zip(requests, items, strict=True)
+    ]
+
+
+def _through_vcrpy(path: Path, data: Any) -> list[Interaction]:
+    """The interactions of checked cassette data through vcrpy's ``deserialize`` and its ``Request``."""
     try:
         requests, responses = deserialize("", _Parsed(data))[:2]
     except Exception as e:
@@ -250,21 +472,26 @@ def _parse_text(path: Path) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CassetteError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+        before = raw[: e.start]
+        line, column = before.count(b"\n") + 1, e.start - before.rfind(b"\n")
+        raise CassetteError(
+            f"{path}:{line}:{column}: not UTF-8 text (bad byte at offset {e.start}): "
+            "a cassette is UTF-8 YAML, binary bodies are written as !!binary"
+        ) from None
     if not text.strip():
         raise CassetteNotFoundError(f"{path}: cassette not found (the file is empty)")
     try:
-        data = yamlserializer.deserialize(text)
-        _check(path, data)
+        data = _deserialize(text)
+        _check(path, data, len(raw))
     except (yaml.YAMLError, CassetteError) as e:
-        original = _yaml_error(path, e) if isinstance(e, yaml.YAMLError) else e
+        original = _yaml_error(path, e, text) if isinstance(e, yaml.YAMLError) else e
         data = _without_torn_tail(text)
         if data is None:
-            raise original from None
+            raise (_located(original, text) if isinstance(original, _Invalid) else original) from None
         try:
-            _check(path, data)
+            _check(path, data, len(raw))
         except CassetteError:
-            raise original from None
+            raise (_located(original, text) if isinstance(original, _Invalid) else original) from None
         logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
     except Exception as e:  # e.g. RecursionError on absurd nesting: still one line, no traceback
         raise CassetteError(f"{path}: cannot parse cassette: {type(e).__name__}: {e}") from None

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
+import gc
 import os
+import re
 import time
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -16,6 +21,8 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import deserialize, serialize
 from vcr.serializers import yamlserializer
 
+from proxy import cassette as cassette_module
+from proxy import yamlfast
 from proxy.cassette import (
     HEADER,
     WHEN_EXHAUSTED,
@@ -261,7 +268,7 @@ def test_wrong_shape_names_file_and_interaction(tmp_path: Path, name: str) -> No
     with pytest.raises(CassetteError) as info:
         load(path)
     assert type(info.value) is CassetteError
-    assert str(info.value).startswith(f"{path}: ")
+    assert re.match(rf"{re.escape(str(path))}:\d+:\d+: ", str(info.value)), str(info.value)  # file:line:col
     assert expected in str(info.value)
 
 
@@ -574,3 +581,361 @@ def test_a_torn_last_exchange_is_dropped_not_fatal(tmp_path: Path) -> None:
         path.write_text(text[:cut])
         loaded = load(path)
         assert [i.request.url for i in loaded] == ["http://h/x0", "http://h/x1"], cut
+
+
+# ---------------------------------------------------------------- fast loading (proxy/yamlfast.py)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "cassettes").rglob("*.yaml"))
+VCR_LOADER: Any = yamlserializer._CassetteLoader
+
+
+def fast_or_generic(text: str) -> Any:
+    """How proxy loads YAML text: yamlfast, and PyYAML's own constructor where yamlfast declines."""
+    try:
+        return yamlfast.load(text, VCR_LOADER)
+    except yamlfast.Unusual:
+        return yaml.load(text, Loader=VCR_LOADER)
+
+
+def reference_load(path: Path) -> list[Interaction]:
+    """``load`` as it was before yamlfast: PyYAML's constructor, then vcrpy's deserialize and Request."""
+
+    def declined(*args: object) -> Any:
+        raise yamlfast.Unusual("declined for the reference")
+
+    with (
+        mock.patch.object(yamlfast, "load", declined),
+        mock.patch.object(cassette_module, "_direct", declined),
+    ):
+        return load(path)
+
+
+def outcome(function: Any, argument: Any) -> tuple[str, str]:
+    """What ``function(argument)`` gives, as its repr (no deep comparison of recursive data), or raises."""
+    try:
+        return ("ok", repr(function(argument)))
+    except Exception as e:
+        return (type(e).__name__, str(e))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_fast_loading_equals_vcrpy_on_shipped_cassettes(path: Path) -> None:
+    text = path.read_text()
+    assert yamlfast.load(text, VCR_LOADER) == yamlserializer.deserialize(text)  # built, not declined
+    with path.open("rb") as f:
+        assert yamlfast.load(f, cassette_module._Loader) == yamlserializer.deserialize(text)
+    assert load(path) == reference_load(path)
+
+
+def test_there_are_shipped_cassettes() -> None:
+    assert len(SHIPPED) >= 4
+
+
+TRICKY_SCALARS = [
+    *("yes", "No", "ON", "off", "y", "n", "true", "False", "~", "null", "Null", "", " ", "-", "+", ".", "0"),
+    *("017", "0o17", "0x1F", "0b101", "1_000", "-0", "+12", "1:30", "190:20:30", "1e3", "1.5e3", "1.", ".5"),
+    *(".inf", "-.Inf", ".NaN", "2001-12-14", "2001-12-14t21:59:43.10-05:00", "2001-12-14 21:59:43.10 +5"),
+    *("<<", "=", "!", "&a", "*a", "- x", "a: b", "#c", "'q'", '"d"', "\t", " lead", "trail ", "multi\nline"),
+    *("Thu, 15 Jan 2026 09:00:00 GMT", "OK", "NotStarted", "127.0.0.1:8080", "<REDACTED-1>", "é", "\u2028"),
+]
+YAML_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.dates()
+    | st.datetimes()
+    | st.sampled_from(TRICKY_SCALARS)
+)
+YAML_VALUES = st.recursive(
+    YAML_SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=8) | st.integers() | st.booleans() | st.none(), children, max_size=4
+        )
+    ),
+    max_leaves=30,
+)
+DUMP_STYLES = st.sampled_from(
+    [{}, {"default_flow_style": True}, {"default_style": '"'}, {"default_style": "'"}, {"width": 20}]
+)
+JUNK = st.sampled_from(
+    [
+        ":",
+        "- ",
+        " ",
+        "\n",
+        "&x ",
+        "*x",
+        "!!int ",
+        "[",
+        "]",
+        "{",
+        "}",
+        "'",
+        '"',
+        "<<: *x\n",
+        "? ",
+        "---\n",
+        "...\n",
+        "%YAML 1.1\n",
+        "!!python/tuple [1]",
+        "!!binary AAA=",
+        "!!binary A",
+        "!!float x",
+        "!x ",
+        "!!python/object/apply:os.getcwd []",
+        "!!python/str s",
+        "!!python/unicode u",
+        "!!timestamp 2001-1-1",
+        "&x [*x]",
+        "\\",
+        "\x00",
+        "\ufeff",
+        "#",
+        "|\n  a\n",
+        ">-\n  b\n",
+        "!!set {a}",
+        "!!omap [a: 1]",
+        "\t",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=YAML_VALUES, shared=YAML_VALUES, style=DUMP_STYLES, data=st.data())
+def test_fast_loading_equals_pyyaml_on_random_documents(
+    value: Any, shared: Any, style: dict[str, Any], data: st.DataObject
+) -> None:
+    """Random documents (shared parts become anchors and aliases), intact and then damaged: the same
+    data, or the same error, as PyYAML's loader (vcrpy's)."""
+    document = {"value": value, "shared": shared, "again": shared, "list": [shared, value]}
+    text = yaml.dump(document, Dumper=yamlserializer._CassetteDumper, **style)
+    assert repr(yamlfast.load(text, VCR_LOADER)) == repr(yamlserializer.deserialize(text))
+    start = data.draw(st.integers(0, len(text)))
+    end = data.draw(st.integers(start, min(len(text), start + 8)))
+    damaged = text[:start] + data.draw(JUNK) + text[end:]
+    assert outcome(fast_or_generic, damaged) == outcome(yamlserializer.deserialize, damaged), damaged
+
+
+PLAIN_CHARS = "0123456789.-+:_eExXoObB yYnNtTfF~<=!&*#@`|>'\"[]{},?aZ\t"
+
+
+@settings(max_examples=300, deadline=None)
+@given(scalars=st.lists(st.text(alphabet=PLAIN_CHARS, max_size=12), min_size=1, max_size=6))
+def test_fast_loading_resolves_plain_scalars_as_pyyaml(scalars: list[str]) -> None:
+    """Hand-written plain scalars (each a value, a list item and a key): PyYAML's implicit types."""
+    text = "".join(f"k{i}: {s}\nl{i}:\n- {s}\n{s}: v{i}\n" for i, s in enumerate(scalars))
+    assert outcome(fast_or_generic, text) == outcome(yamlserializer.deserialize, text), text
+
+
+HEADER_NAMES = (
+    st.sampled_from(["Accept", "accept", "ACCEPT", "X-Id", "x-id", "Content-Type", "Set-Cookie"]) | SAFE
+)
+HEADER_VALUES = VALUES | st.binary(max_size=6) | st.integers(0, 10**6)
+BODIES = st.none() | st.text(max_size=30) | st.binary(max_size=30) | st.sampled_from(["", b"", "null", "1"])
+
+
+def cassette_headers(least: int) -> st.SearchStrategy[dict[str, list[Any]]]:
+    return st.dictionaries(HEADER_NAMES, st.lists(HEADER_VALUES, min_size=least, max_size=3), max_size=4)
+
+
+CASSETTE_ITEMS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "request": st.fixed_dictionaries(
+                {
+                    "method": st.sampled_from(["GET", "POST", "patch"]),
+                    "uri": st.sampled_from(["http://h/", "https://h.example/p?q=1&a=2", "http://[::1]:8/x"])
+                    | st.text(max_size=12),
+                    "body": BODIES,
+                    "headers": cassette_headers(1),
+                }
+            ),
+            "response": st.fixed_dictionaries(
+                {
+                    "status": st.fixed_dictionaries(
+                        {"code": st.integers(100, 599), "message": st.sampled_from(["OK", ""])}
+                    ),
+                    "headers": cassette_headers(0),
+                    "body": st.fixed_dictionaries({"string": BODIES}),
+                }
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=4,
+)
+FLAWS: dict[str, Any] = {
+    "uri vcrpy refuses": lambda item: item["request"].update(uri="http://[::1/x"),
+    "request header without a value": lambda item: item["request"]["headers"].update(A=[]),
+    "bool header value": lambda item: item["response"]["headers"].update(A=[True]),
+    "float header value": lambda item: item["request"]["headers"].update(A=["x", 1.5]),
+    "int body": lambda item: item["request"].update(body=7),
+    "status 99": lambda item: item["response"]["status"].update(code=99),
+    "timestamp body": lambda item: item["request"].update(body=datetime.date(2001, 12, 14)),
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    items=CASSETTE_ITEMS,
+    style=DUMP_STYLES,
+    share=st.booleans(),
+    flaw=st.sampled_from([None] * len(FLAWS) + sorted(FLAWS)),
+    where=st.integers(0, 3),
+)
+def test_fast_loading_equals_vcrpy_on_random_cassettes(
+    tmp_path: Path, items: list[Any], style: dict[str, Any], share: bool, flaw: str | None, where: int
+) -> None:
+    """Random cassettes (header names that differ in case, bytes and int values, shared header lists),
+    half of them with a flaw: the same interactions, or the same error, as vcrpy's way gives."""
+    if share:  # one headers mapping for every response: an anchor and aliases
+        for item in items:
+            item["response"]["headers"] = items[0]["response"]["headers"]
+    if flaw:
+        FLAWS[flaw](items[where % len(items)])
+    path = tmp_path / "random.yaml"
+    text = yaml.dump({"interactions": items, "version": 1}, Dumper=yamlserializer._CassetteDumper, **style)
+    path.write_text(text)
+    assert outcome(load, path) == outcome(reference_load, path)
+
+
+OLD_VCRPY_CASSETTE = """\
+interactions:
+- request:
+    body: !!python/object/new:_io.BytesIO
+      state: !!python/tuple
+      - !!binary |
+        eyJhIjogMX0=
+      - 0
+      - null
+    headers:
+      Accept: [!!python/unicode 'text/plain']
+      accept: [!!python/str 'application/json']
+    method: !!python/unicode 'POST'
+    uri: http://h/x
+  response:
+    body: {string: !!python/unicode 'ok'}
+    headers: &shared
+      X-A: ['1']
+    status: {code: 200, message: OK}
+- request:
+    body: !!python/object/apply:builtins.iter
+      args: [[!!binary YWI=, !!binary Y2Q=]]
+    headers: {}
+    method: PUT
+    uri: http://h/y
+  response:
+    body: {string: !!binary AAE=}
+    headers: *shared
+    status: {code: 201, message: Created}
+version: 1
+"""
+
+
+def test_old_vcrpy_python_tags_load_as_vcrpy_loads_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_VCRPY_CASSETTE)
+    with pytest.raises(yamlfast.Unusual):  # BytesIO and iter bodies: PyYAML's constructor builds them
+        yamlfast.load(OLD_VCRPY_CASSETTE, VCR_LOADER)
+    got = load(path)
+    assert got == reference_load(path)
+    assert got[0].request.body == b'{"a": 1}' and got[1].request.body == b"abcd"
+    assert got[0].request.headers == (("Accept", "application/json"),)  # vcrpy: first spelling, last value
+    assert got[1].response.headers == (("X-A", "1"),) and got[1].response.body == b"\x00\x01"
+
+
+def test_python_str_tags_and_merge_keys() -> None:
+    text = "a: !!python/str x\nb: !!python/unicode y\nc: !!str 12\nd: ! 12\ne: !!int '7'\n"
+    assert yamlfast.load(text, VCR_LOADER) == {"a": "x", "b": "y", "c": "12", "d": 12, "e": 7}  # as PyYAML
+    assert yamlfast.load(text, VCR_LOADER) == yamlserializer.deserialize(text)
+    merged = "base: &b {x: 1, y: 2}\nover:\n  <<: *b\n  y: 3\n"
+    with pytest.raises(yamlfast.Unusual):
+        yamlfast.load(merged, VCR_LOADER)
+    assert fast_or_generic(merged) == {"base": {"x": 1, "y": 2}, "over": {"x": 1, "y": 3}}
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "!!python/object/apply:os.system ['touch {marker}']",
+        "!!python/object/new:os.system ['touch {marker}']",
+        "!!python/name:os.system",
+        "!!python/module:os",
+        "!!python/object:argparse.Namespace {{}}",
+    ],
+)
+def test_fast_loading_refuses_python_tags(tmp_path: Path, tag: str) -> None:
+    marker = tmp_path / "pwned"
+    text = "a: " + tag.format(marker=marker) + "\n"
+    with pytest.raises(yamlfast.Unusual):
+        yamlfast.load(text, cassette_module._Loader)
+    with pytest.raises(yaml.constructor.ConstructorError):
+        fast_or_generic(text)
+    assert not marker.exists()
+
+
+def laughs(levels: int = 9) -> str:
+    """'Billion laughs': *a{levels} stands for 10**(levels+1) 'lol's."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_fast_loading_shares_aliases_so_a_bomb_stays_small() -> None:
+    data = yamlfast.load(laughs() + "top: *a9\n", VCR_LOADER)
+    assert data["top"] is data["a9"] and all(item is data["a8"] for item in data["a9"])
+    recursive = yamlfast.load("a: &a [*a, 1]\n", VCR_LOADER)["a"]
+    assert recursive[0] is recursive and recursive[1] == 1
+
+
+def test_alias_bombs_in_a_cassette_are_refused(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(laughs() + "version: 1\ninteractions: *a9\n")
+    with pytest.raises(CassetteError, match="needs a 'request' mapping"):
+        load(bomb)
+    body = "x" * 100_000
+    items = "".join(
+        "- request: {body: null, headers: {}, method: GET, uri: 'http://h/'}\n"
+        f"  response: {{body: {{string: {f'&b {body}' if i == 0 else '*b'}}}, headers: {{}},"
+        " status: {code: 200, message: OK}}\n"
+        for i in range(100)
+    )
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("version: 1\ninteractions:\n" + items)
+    with pytest.raises(
+        CassetteError, match=r":\d+:\d+: interaction \d+: the cassette is too big once its alias"
+    ):
+        load(repeated)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_load_leaves_the_garbage_collector_as_it_was(tmp_path: Path, enabled: bool) -> None:
+    path = tmp_path / "c.yaml"
+    save(path, [interaction()])
+    (tmp_path / "bad.yaml").write_text("interactions: [\n")
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert load(path) == [interaction()]
+        with pytest.raises(CassetteError):
+            load(tmp_path / "bad.yaml")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_a_torn_tail_of_a_large_recording_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    items = [interaction(url=f"http://h/items/{i}", resp_body=b'{"n": %d}' % i) for i in range(300)]
+    with CassetteWriter(path) as w:
+        for it in items:
+            w.append(it)
+    text = path.read_text()
+    path.write_text(text[: text.rfind("\n- request:") + 40])
+    assert load(path) == items[:-1] == reference_load(path)
