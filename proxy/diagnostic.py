@@ -4,6 +4,7 @@ saved (500), to a request that arrives while the proxy stops (503). Each has a J
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from proxy.model import Response
 from proxy.router import NoMatch
@@ -42,32 +43,28 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         message += f"; closest is #{index + 1} {interaction.request.method} {interaction.request.url}"
         if diffs:
             message += f" ({'; '.join(diffs)})"
-    body = {
-        "error": {
-            "code": "ReplayProxyNoMatch",
-            "message": message,
-            "request": {"method": request.method, "uri": request.url},
-            "closest": closest,
-            "hint": _hint(source),
-        }
+    error = {
+        "code": "ReplayProxyNoMatch",
+        "message": message,
+        "request": {"method": request.method, "uri": request.url},
+        "closest": closest,
+        "hint": _hint(source),
     }
-    return Response(
-        NO_MATCH_STATUS,
-        NO_MATCH_REASON,
-        (("Content-Type", "application/json"), ("X-Replay-Proxy", "no-match")),
-        json.dumps(body, indent=2).encode(),
-    )
+    return _own_answer(NO_MATCH_STATUS, NO_MATCH_REASON, "no-match", error)
 
 
-def _own_error(status: int, reason: str, kind: str, code: str, message: str) -> Response:
+def _own_answer(status: int, reason: str, kind: str, error: Mapping[str, object]) -> Response:
     """An OData-style error answered by the proxy itself, marked ``X-Replay-Proxy: <kind>``."""
-    body = {"error": {"code": code, "message": message}}
     return Response(
         status,
         reason,
         (("Content-Type", "application/json"), ("X-Replay-Proxy", kind)),
-        json.dumps(body, indent=2).encode(),
+        json.dumps({"error": error}, indent=2).encode(),
     )
+
+
+def _own_error(status: int, reason: str, kind: str, code: str, message: str) -> Response:
+    return _own_answer(status, reason, kind, {"code": code, "message": message})
 
 
 def record_failed_response(cause: str) -> Response:
