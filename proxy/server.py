@@ -21,6 +21,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
+from mitmproxy.utils import human
 
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
@@ -63,23 +64,22 @@ def ensure_ca(confdir: Path) -> Path:
 
 DEFAULT_MAX_BODY_SIZE = "100m"
 """Request bodies above this get 413 (upstream response bodies 502) instead of being buffered."""
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
 def parse_size(value: int | str | None) -> int | None:
-    """Bytes from ``1048576``, ``"512k"``, ``"100m"`` or ``"1g"`` (1024-based); ``0`` or None: no limit."""
+    """Bytes from ``1048576``, ``"512k"``, ``"100m"`` or ``"1g"`` (1024-based, as mitmproxy's
+    ``body_size_limit`` reads them); ``0`` or None: no limit."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*([bkmg]?)\s*", str(value).lower())
-        if m is None:
-            raise ConfigError(
-                f"bad size {value!r}: expected bytes with an optional k, m or g suffix, e.g. 100m"
-            )
-        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    if size < 0:
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        size = value if isinstance(value, int) else human.parse_size(str(value).strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"bad size {value!r}: expected bytes with an optional k, m or g suffix, e.g. 100m"
+        ) from None
+    if size is None or size < 0:
         raise ConfigError(f"bad size {value!r}: must be zero (no limit) or more bytes, e.g. 100m")
     return size or None
 
