@@ -766,17 +766,10 @@ def _refused_in_template(tree: jinja2.nodes.Template) -> str | None:
     for getattr_node in tree.find_all(jinja2.nodes.Getattr):
         if getattr_node.attr.startswith("_"):
             return f"templates cannot read private attributes ({getattr_node.attr!r})"
-    for getitem in tree.find_all(jinja2.nodes.Getitem):
-        key = getitem.arg
-        if isinstance(key, jinja2.nodes.Const) and isinstance(key.value, str) and key.value.startswith("_"):
-            return f"templates cannot read private attributes ({key.value!r})"
-    for filter_node in tree.find_all(jinja2.nodes.Filter):  # request | attr('__class__')
-        name = filter_node.args[0] if filter_node.name == "attr" and filter_node.args else None
-        if (
-            isinstance(name, jinja2.nodes.Const)
-            and isinstance(name.value, str)
-            and name.value.startswith("_")
-        ):
+    names = [getitem.arg for getitem in tree.find_all(n.Getitem)]  # request['__class__']
+    names += [f.args[0] for f in tree.find_all(n.Filter) if f.name == "attr" and f.args]  # request|attr('_x')
+    for name in names:
+        if isinstance(name, n.Const) and isinstance(name.value, str) and name.value.startswith("_"):
             return f"templates cannot read private attributes ({name.value!r})"
     return None
 
