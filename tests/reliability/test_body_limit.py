@@ -28,6 +28,7 @@ import requests
 from proxy.errors import ConfigError
 from proxy.server import DEFAULT_MAX_BODY_SIZE, ReplayProxy, parse_size
 from tests.conftest import ROOT, run_cli
+from tests.reliability.procfs import memory
 from tests.reliability.test_fuzz_requests import (
     DATASET_ID,
     KNOWN_GOOD,
@@ -46,14 +47,6 @@ PIECE = 64 * 1024
 START = f"/tilesets?api-version=2.0&datasetId={DATASET_ID}"
 REFUSED = f"POST {START} -> 413 (refused request body larger than --max-body-size)"
 """The console line of a refusal: it names the option to change."""
-
-
-def peak_rss(pid: int) -> int:
-    """The peak resident memory of process ``pid`` so far (VmHWM, Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 def _pieces(total: int, chunked: bool) -> Iterator[bytes]:
@@ -108,13 +101,13 @@ def _assert_refused(answer: Answer) -> None:
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_body_over_the_limit_gets_413_and_costs_the_proxy_no_memory(limited: Proxy, framing: str) -> None:
     exchange(limited.address, KNOWN_GOOD.encode(), "POST")  # warm: the first exchange fills caches
-    before = peak_rss(limited.pid)
+    before = memory(limited.pid)["VmHWM"]
     if framing == "chunked":
         head = f"POST {START} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
     else:
         head = f"POST {START} HTTP/1.1\r\nHost: x\r\nContent-Length: {ATTEMPT}\r\n\r\n".encode()
     answers = [send_big(limited.address, head, _pieces(ATTEMPT, framing == "chunked")) for _ in range(3)]
-    growth = peak_rss(limited.pid) - before
+    growth = memory(limited.pid)["VmHWM"] - before
 
     for answer, sent in answers:
         _assert_refused(answer)
@@ -187,11 +180,11 @@ def test_the_default_limit_lets_large_bodies_through(tmp_path_factory: pytest.Te
     assert parse_size(DEFAULT_MAX_BODY_SIZE) == 100 * 1024 * 1024
     with contextlib.contextmanager(start_proxy)(["replay", CASSETTE], tmp_path_factory) as proxy:
         exchange(proxy.address, KNOWN_GOOD.encode(), "POST")
-        before = peak_rss(proxy.pid)
+        before = memory(proxy.pid)["VmHWM"]
         size = 24 * 1024 * 1024
         head = f"POST {START} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
         answer, sent = send_big(proxy.address, head, _pieces(size, chunked=False))
-        growth = peak_rss(proxy.pid) - before
+        growth = memory(proxy.pid)["VmHWM"] - before
         print(
             f"\nno limit given: {size >> 20} MiB body -> {answer.status}, peak RSS +{growth / 2**20:.1f} MiB"
         )

@@ -16,7 +16,6 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -24,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Cli
+from tests.reliability.procfs import memory
 
 EXAMPLES = 150
 """Random requests per mode (each is one connection through mitmproxy: milliseconds)."""
@@ -41,14 +41,6 @@ SERVED = {
 
 
 # -- the proxy under test, and what a raw exchange with it looks like ------------------------------------
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of process ``pid`` (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 @dataclass
@@ -319,11 +311,11 @@ def check_answered(proxy: Proxy, request: tuple[bytes, bytes]) -> None:
 def test_random_requests_are_all_answered_and_the_proxy_stays_up(proxy: Proxy) -> None:
     for data in WARM_UP:
         exchange(proxy.address, data, data.split(b" ", 1)[0].decode("latin-1"))
-    before = rss_bytes(proxy.pid)
+    before = memory(proxy.pid)["VmRSS"]
 
     check_answered(proxy)
 
-    after = rss_bytes(proxy.pid)
+    after = memory(proxy.pid)["VmRSS"]
     assert proxy.cli.proc.poll() is None, f"the proxy died: {proxy.cli.stderr}"
     good = exchange(proxy.address, KNOWN_GOOD.encode(), "POST")
     assert good.status == 202, good

@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 
 from proxy.cassette import load
 from proxy.server import ReplayProxy
+from tests.reliability.procfs import memory
 from tests.test_forward_mode import UpstreamTls, https_upstream, no_proxy_env
 from tests.test_forward_mode import upstream_tls as upstream_tls  # the fixture, used by its name
 from tests.upstream import Upstream, payload
@@ -452,16 +453,6 @@ def geojson_upload(size: int) -> bytes:
     count = (size - len(head) - len(tail)) // (len(feature) + 1)
     body = head + b",".join([feature] * count) + tail
     return body + b" " * (size - len(body))
-
-
-def memory(pid: int) -> dict[str, int]:
-    """VmRSS (resident now) and VmHWM (peak so far) of a process, in bytes (Linux /proc)."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0]) * 1024
-    return found
 
 
 def stop_and_peak(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, int]:
