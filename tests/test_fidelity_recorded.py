@@ -132,3 +132,82 @@ def test_recorded_cassette_replays_identically(
     assert [e.status for e in expected][:4] == [202, 200, 200, 200]
     assert any(e.retry_after for e in expected) and any(e.locations for e in expected)
     assert proxy_replay(proxy, client_name, path, serializer, origin) == expected
+
+
+# ----------------------------------------------------------------------------- how requests match
+
+
+def _record_requests(path: Path, calls: list[tuple[str, dict[str, str]]], **vcr_options: Any) -> str:
+    """vcrpy records ``calls`` (url path+query, headers) made by requests; returns the dead origin."""
+    with LroUpstream() as up:
+        client = CLIENTS["requests"]()
+        try:
+            with vcr.use_cassette(str(path), record_mode="all", **vcr_options):
+                for target, headers in calls:
+                    assert client.send("GET", up.url + target, headers=headers).status == 200
+        finally:
+            client.close()
+    return up.url
+
+
+def _both(
+    proxy: ReplayProxy, path: Path, origin: str, calls: list[tuple[str, dict[str, str]]], **vcr_options: Any
+) -> tuple[list[Essence], list[Essence]]:
+    """(vcrpy's answers, the proxy's) to ``calls`` replayed from ``path`` with the same client."""
+    client = CLIENTS["requests"]()
+    try:
+        with vcr.use_cassette(str(path), record_mode="none", **vcr_options):
+            expected = [essence(client.send("GET", origin + t, headers=h), [origin]) for t, h in calls]
+        proxy.use(cassette=path)
+        got = [essence(client.send("GET", proxy.url + t, headers=h), [proxy.url, origin]) for t, h in calls]
+    finally:
+        client.close()
+    return expected, got
+
+
+@pytest.mark.parametrize(
+    ("recorded", "replayed"),
+    [
+        pytest.param("/json?a=&b=1", "/json?b=1", id="recorded-blank"),
+        pytest.param("/json?b=1", "/json?a=&b=1", id="replayed-blank"),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "blank query values: vcrpy's query matcher compares urllib.parse.parse_qsl(query), which drops "
+        "blank values, so '?a=&b=1' and '?b=1' are the same request to vcrpy; the proxy keeps 'a=' in its "
+        "query key and answers 599 no-match"
+    ),
+)
+def test_blank_query_value_matches_as_in_vcrpy(
+    proxy: ReplayProxy, tmp_path: Path, recorded: str, replayed: str
+) -> None:
+    path = tmp_path / "blank.yaml"
+    origin = _record_requests(path, [(recorded, {})])
+    expected, got = _both(proxy, path, origin, [(replayed, {})])
+    assert expected[0].status == 200
+    assert got == expected
+
+
+FILTERED = [("/results/r1?api_key=k-live-123&x=1&empty=", {"Authorization": "Bearer live-token-456"})]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "cassettes recorded with vcrpy's filter_query_parameters: vcrpy stores the URI filtered (api_key "
+        "removed, blank 'empty=' dropped, query re-sorted: '?x=1') and, given the same option on replay, "
+        "filters each live request the same way before matching; the proxy has no such option and matches "
+        "the live '?api_key=...&x=1&empty=' against '?x=1': 599 no-match"
+    ),
+)
+def test_recording_made_with_vcrpy_filters_replays(proxy: ReplayProxy, tmp_path: Path) -> None:
+    path = tmp_path / "filtered.yaml"
+    options: dict[str, Any] = {"filter_query_parameters": ["api_key"], "filter_headers": ["authorization"]}
+    origin = _record_requests(path, FILTERED, **options)
+    text = path.read_text(encoding="utf-8")
+    assert "k-live-123" not in text and "live-token-456" not in text and "?x=1" in text
+    expected, got = _both(proxy, path, origin, FILTERED, **options)
+    assert expected[0].status == 200
+    assert got == expected
