@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from mitmproxy.net import encoding
+
 from tests.upstream import BINARY, Upstream, _read_body
 
 TIMEOUT = 10
@@ -71,7 +73,7 @@ def essence(seen: Seen, origins: Iterable[str]) -> Essence:
             text = text.replace(origin, "<origin>")
         return text
 
-    body = seen.body
+    body = _decoded(seen)
     for origin in origins:
         body = body.replace(origin.encode(), b"<origin>")
     if body[:1] in (b"{", b"["):  # JSON compares parsed: a proxy may re-serialize a body it rewrote
@@ -83,6 +85,23 @@ def essence(seen: Seen, origins: Iterable[str]) -> Essence:
         locations=tuple(sorted((k, norm(v)) for k, v in seen.fields if k in LOCATION_LIKE)),
         retry_after=tuple(sorted((k, v) for k, v in seen.fields if k in RETRY_AFTER)),
     )
+
+
+def _decoded(seen: Seen) -> bytes:
+    """The body decoded by the Content-Encoding the client was given, when the client left it encoded.
+
+    In-process vcrpy hands requests/urllib3 a recorded raw gzip body (older vcrpy stored those) with
+    its Content-Encoding, and the client does not decode it; the proxy serves it decoded. The brief is
+    the decoded body, so both are compared decoded.
+    """
+    coding = (seen.header("content-encoding") or "").strip().lower()
+    if not seen.body or coding not in ("gzip", "x-gzip", "deflate", "br", "zstd"):
+        return seen.body
+    try:
+        decoded = encoding.decode(seen.body, "gzip" if coding == "x-gzip" else coding)
+    except ValueError:  # the client already decoded it (the header stays on some clients)
+        return seen.body
+    return decoded if isinstance(decoded, bytes) else seen.body
 
 
 def origin_of(url: str) -> str:
@@ -104,7 +123,14 @@ class Client(Protocol):
 
 
 def _json_bytes(body: Any) -> bytes | None:
-    return None if body is None else json.dumps(body).encode()
+    if body is None or isinstance(body, bytes):
+        return body
+    return json.dumps(body).encode()
+
+
+def _split(body: Any) -> tuple[bytes | None, Any]:
+    """(raw bytes, JSON value): a bytes body is sent as it is, anything else (not None) as JSON."""
+    return (body, None) if isinstance(body, bytes) else (None, body)
 
 
 class RequestsClient:
@@ -117,8 +143,9 @@ class RequestsClient:
         self.session.trust_env = False
 
     def send(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Seen:
+        raw, doc = _split(body)
         r = self.session.request(
-            method, url, json=body, headers=headers, timeout=TIMEOUT, allow_redirects=False
+            method, url, data=raw, json=doc, headers=headers, timeout=TIMEOUT, allow_redirects=False
         )
         return Seen(r.status_code, tuple((k.lower(), v) for k, v in r.headers.items()), r.content)
 
@@ -136,7 +163,7 @@ class Urllib3Client:
 
     def send(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Seen:
         all_headers = dict(headers or {})
-        if body is not None:
+        if body is not None and not isinstance(body, bytes):
             all_headers["Content-Type"] = "application/json"
         r = self.pool.request(method, url, body=_json_bytes(body), headers=all_headers, redirect=False)
         return Seen(r.status, tuple((k.lower(), v) for k, v in r.headers.items()), r.data)
@@ -154,7 +181,8 @@ class HttpxClient:
         self.client = httpx.Client(trust_env=False, timeout=TIMEOUT)
 
     def send(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Seen:
-        r = self.client.request(method, url, json=body, headers=headers)
+        raw, doc = _split(body)
+        r = self.client.request(method, url, content=raw, json=doc, headers=headers)
         return Seen(r.status_code, tuple(r.headers.multi_items()), r.content)
 
     def close(self) -> None:
@@ -186,7 +214,8 @@ class HttpxAsyncClient(_LoopClient):
         self.client = httpx.AsyncClient(trust_env=False, timeout=TIMEOUT)
 
     def send(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Seen:
-        r = self.run(self.client.request(method, url, json=body, headers=headers))
+        raw, doc = _split(body)
+        r = self.run(self.client.request(method, url, content=raw, json=doc, headers=headers))
         return Seen(r.status_code, tuple(r.headers.multi_items()), r.content)
 
     def close(self) -> None:
@@ -209,8 +238,9 @@ class AiohttpClient(_LoopClient):
 
     def send(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Seen:
         async def go() -> Seen:
+            raw, doc = _split(body)
             async with self.session.request(
-                method, url, json=body, headers=headers, allow_redirects=False
+                method, url, data=raw, json=doc, headers=headers, allow_redirects=False
             ) as r:
                 data = await r.read()
                 return Seen(r.status, tuple((k.lower(), v) for k, v in r.headers.items()), data)
@@ -238,7 +268,7 @@ class TornadoClient(_LoopClient):
 
     def send(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Seen:
         all_headers = dict(headers or {})
-        if body is not None:
+        if body is not None and not isinstance(body, bytes):
             all_headers["Content-Type"] = "application/json"
 
         async def go() -> Any:  # tornado binds the fetch's future to the loop it is called on
