@@ -318,7 +318,9 @@ class LroUpstream(Upstream):
 
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         path = urlsplit(h.path).path
-        if not (path.startswith("/jobs") or path in ("/results/r1", "/blob", "/throttled", "/empty")):
+        if not (
+            path.startswith("/jobs") or path in ("/results/r1", "/blob", "/throttled", "/empty", "/see-other")
+        ):
             super()._handle(h)
             return
         body = _read_body(h)
@@ -357,6 +359,10 @@ class LroUpstream(Upstream):
                 {"error": {"code": "TooManyRequests", "message": "slow down \u23f3"}}, ensure_ascii=False
             ).encode()
             headers.append(("Retry-After", "7"))
+        elif path == "/see-other":  # the end of an LRO that points at its result
+            status = 303
+            out = b'{"status": "Succeeded"}'
+            headers.append(("Location", f"{self.url}/results/r1"))
         elif path == "/empty":
             status = 204
             headers = []
