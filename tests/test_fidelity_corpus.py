@@ -60,6 +60,7 @@ CASES = [
     Case("vcrpy/test_httpx_test_test_auth_flow.yml", "httpx", _OLD_HTTPX),
     Case("vcrpy/DoSyncRequesttest_httpx_test_test_behind_proxy.yml", "httpx"),
     Case("azure/test_mgmt_resource.test_resource_groups.yaml", "requests"),
+    Case("azure/test_copy_model.test_copy_model_successful.yaml", "requests"),
     Case("azure/test_business_card_from_url_async.test_polling_interval.yaml", "aiohttp", _SCALAR_HEADERS),
     Case("tweepy/test_client_get_tweet.yaml", "requests"),
     Case("tweepy/test_asyncclient_get_me.yaml", "aiohttp"),
