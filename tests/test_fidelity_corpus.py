@@ -59,6 +59,8 @@ _AIOHTTP_BODY = (
 
 CASES = [
     Case("vcrpy/gzip_requests.yaml", "requests"),
+    Case("vcrpy/new_cassette.yaml", "requests"),
+    Case("vcrpy/cassette_with_duplicate_requests.yaml", "requests"),
     Case("vcrpy/gzip_httpx_old_format.yaml", "httpx", _OLD_HTTPX),
     Case("vcrpy/test_httpx_test_test_auth_flow.yml", "httpx", _OLD_HTTPX),
     Case("vcrpy/DoSyncRequesttest_httpx_test_test_behind_proxy.yml", "httpx"),
