@@ -1,5 +1,6 @@
-"""replay-proxy's own answers: to a request nothing recorded matches (599), to an exchange that could not be
-saved (500), to a request that arrives while the proxy stops (503). Each has a JSON body saying why."""
+"""replay-proxy's own answers: to a request nothing recorded matches (599), to a request whose scenario rule
+failed to render (599, a scenario error), to an exchange that could not be saved (500), to a request that
+arrives while the proxy stops (503). Each has a JSON body saying why."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 from collections.abc import Mapping
 
 from proxy.model import Response
-from proxy.router import NoMatch
+from proxy.router import NoMatch, ScenarioFailed
 
 NO_MATCH_STATUS = 599
 NO_MATCH_REASON = "No Match (replay-proxy)"
+SCENARIO_ERROR_REASON = "Scenario Error (replay-proxy)"
 
 
 def _hint(source: str) -> str:
@@ -51,6 +53,25 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         "hint": _hint(source),
     }
     return _own_answer(NO_MATCH_STATUS, NO_MATCH_REASON, "no-match", error)
+
+
+def scenario_error_response(decision: ScenarioFailed) -> Response:
+    """The rule that matched failed to render its answer: the scenario is at fault, not the request.
+
+    599 like a no-match (SDK retry policies retry 500 and 503, not 599, so the error shows at once), but its
+    own reason, ``X-Replay-Proxy: scenario-error`` and code ``ReplayProxyScenarioError``.
+    """
+    request = decision.request
+    error = {
+        "code": "ReplayProxyScenarioError",
+        "message": f"replay-proxy: scenario error: {decision.problem} "
+        f"(answering {request.method} {request.path_and_query})",
+        "request": {"method": request.method, "uri": request.url},
+        "hint": "The scenario rule that matched this request could not render its answer. Fix the template "
+        "at the file:line:column above (replay-proxy check finds syntax errors, not values that are "
+        "missing at request time: use default(...) or 'is defined'); the proxy keeps serving.",
+    }
+    return _own_answer(NO_MATCH_STATUS, SCENARIO_ERROR_REASON, "scenario-error", error)
 
 
 def _own_answer(status: int, reason: str, kind: str, error: Mapping[str, object]) -> Response:

@@ -66,7 +66,19 @@ class NoMatch:
     nearest: tuple[tuple[int, Interaction, tuple[str, ...]], ...] = ()
 
 
-Decision = Scripted | Replay | Forward | NoMatch
+@dataclass(frozen=True, slots=True)
+class ScenarioFailed:
+    """Answer with a diagnostic: the scenario rule that matched could not answer (a template failed).
+
+    ``problem`` is the scenario error, ``file:line:column: template error: ...``: the scenario is at fault,
+    not the request, so this is never reported as "no match".
+    """
+
+    request: Request
+    problem: str
+
+
+Decision = Scripted | Replay | Forward | NoMatch | ScenarioFailed
 
 
 class Router:

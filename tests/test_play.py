@@ -904,21 +904,40 @@ routes:
 """
 
 
-def test_template_error_answers_599_and_the_proxy_keeps_serving(tmp_path: Path, confdir: Path) -> None:
+def test_template_error_is_a_scenario_error_and_the_proxy_keeps_serving(
+    tmp_path: Path, confdir: Path
+) -> None:
+    from proxy.verdict import check
+
     scenario = tmp_path / "broken.yaml"
     scenario.write_text(TEMPLATE_ERROR)
+    problem = f"{scenario}:7:17: template error: 'dict object' has no attribute 'missing'"
     with playing(scenario, confdir=confdir) as proxy, httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
         for _ in range(2):
-            r = http.post(f"{proxy.url}/echo", json={"present": 1})
-            assert r.status_code == 599
-            message = r.json()["error"]["message"]
-            assert "scenario error: " in message
-            assert f"{scenario}:7:17: template error: " in message, message
-            assert "missing" in message
+            r = http.post(f"{proxy.url}/echo?x=1", json={"present": 1})
+            assert (r.status_code, r.reason_phrase) == (599, "Scenario Error (replay-proxy)")
+            assert r.headers["x-replay-proxy"] == "scenario-error"
+            assert r.json() == {
+                "error": {
+                    "code": "ReplayProxyScenarioError",
+                    "message": f"replay-proxy: scenario error: {problem} (answering POST /echo?x=1)",
+                    "request": {"method": "POST", "uri": f"{proxy.url}/echo?x=1"},
+                    "hint": "The scenario rule that matched this request could not render its answer. "
+                    "Fix the template at the file:line:column above (replay-proxy check finds syntax errors, "
+                    "not values that are missing at request time: use default(...) or 'is defined'); the "
+                    "proxy keeps serving.",
+                }
+            }
         fine = http.get(f"{proxy.url}/fine")
         assert (fine.status_code, fine.json()) == (200, {"fine": True})
-        assert [(e.status, e.source) for e in proxy.journal.entries] == [
-            (599, "no-match"),
-            (599, "no-match"),
-            (200, "scenario"),
+        entries = proxy.journal.entries
+        assert [(e.status, e.source, e.detail) for e in entries] == [
+            (599, "scenario-error", problem),
+            (599, "scenario-error", problem),
+            (200, "scenario", 'broken.yaml: route "fine"'),
+        ]
+        assert entries[0].line() == f"POST /echo?x=1 -> 599 (SCENARIO ERROR: {problem})"
+        assert [(v.rule, v.message) for v in check(entries)] == [
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
         ]
