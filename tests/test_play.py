@@ -941,3 +941,34 @@ def test_template_error_is_a_scenario_error_and_the_proxy_keeps_serving(
             ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
             ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
         ]
+
+
+# -- form bodies (docs/scenarios.md, "Form bodies (AWS query protocol)") -----------------------------------
+
+
+def test_the_documented_form_example_answers_aws_query_calls(tmp_path: Path, confdir: Path) -> None:
+    section = (ROOT / "docs" / "scenarios.md").read_text().split("### Form bodies (AWS query protocol)")[1]
+    yaml_block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    curl_body = re.search(r"curl -s -d '([^']*)' http://127\.0\.0\.1:8080/", section)
+    assert yaml_block is not None and curl_body is not None
+    scenario = tmp_path / "cloudformation.yaml"
+    scenario.write_text(yaml_block[1])
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}  # what botocore sends
+    with playing(scenario, confdir=confdir) as proxy, requests.Session() as http:
+        http.trust_env = False
+        r = http.post(f"{proxy.url}/", data=curl_body[1], headers=form, timeout=TIMEOUT)
+        assert (r.status_code, r.headers["content-type"]) == (200, "text/xml")
+        assert "<StackName>my-stack</StackName> <StackStatus>CREATE_IN_PROGRESS</StackStatus>" in r.text
+        other = http.post(
+            f"{proxy.url}/", data={"Action": "ListStacks", "Version": "2010-05-15"}, timeout=TIMEOUT
+        )
+        assert (other.status_code, other.text) == (
+            400,
+            "<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>",
+        )
+        as_json = http.post(f"{proxy.url}/", json={"Action": "DescribeStacks"}, timeout=TIMEOUT)
+        assert as_json.status_code == 599  # a JSON body has no form fields
+        assert [e.detail for e in proxy.journal.entries][:2] == [
+            'cloudformation.yaml: route "stack in progress"',
+            'cloudformation.yaml: route "any other action"',
+        ]

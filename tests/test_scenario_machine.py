@@ -278,6 +278,40 @@ def test_header_conditions_ignore_name_case() -> None:
     assert handle(m, "GET", "/h", headers={"X-MS-VERSION": "2.0", "Authorization": "Basic x"}) is None
 
 
+def test_form_conditions_match_url_encoded_bodies_only() -> None:
+    m, _ = machine("""
+        routes:
+          - name: describe
+            match:
+              method: POST
+              path: /
+              form: {Action: DescribeStacks, StackName: {regex: "^my-"}, NextToken: null}
+            respond: {text: "{{ request.form.StackName }} {{ request.form.Version | default('-') }}"}
+          - name: empty-version
+            match: {path: /, form: {Version: ""}}
+            respond: {text: empty}
+        """)
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    answer = ask(
+        m, "POST", "/", headers=form, body=b"Action=DescribeStacks&StackName=my-stack&Version=2010-05-15"
+    )
+    assert (answer.source, answer.response.body) == ('t.yaml: route "describe"', b"my-stack 2010-05-15")
+    # %-escapes and + are decoded; the first of repeated fields counts; the media type is case-insensitive
+    upper = {"Content-Type": "Application/X-WWW-Form-URLEncoded"}
+    encoded = b"Action=DescribeStacks&Action=ListStacks&StackName=my-%C3%A9+stack"
+    assert ask(m, "POST", "/", headers=upper, body=encoded).response.body == "my-é stack -".encode()
+    assert ask(m, "POST", "/", headers=form, body=b"Version=").source == 't.yaml: route "empty-version"'
+    for headers_, data in [
+        (form, b"Action=ListStacks&StackName=my-stack"),  # another action
+        (form, b"Action=DescribeStacks&StackName=your-stack"),  # regex fails
+        (form, b"Action=DescribeStacks&StackName=my-stack&NextToken=x"),  # must be absent
+        ({}, b"Action=DescribeStacks&StackName=my-stack"),  # no Content-Type: not a form
+        ({"Content-Type": "text/plain"}, b"Action=DescribeStacks&StackName=my-stack"),
+        ({"Content-Type": "application/json"}, b'{"Action": "DescribeStacks", "StackName": "my-stack"}'),
+    ]:
+        assert handle(m, "POST", "/", headers=headers_, body=data) is None, (headers_, data)
+
+
 def test_json_conditions_by_dotted_path() -> None:
     m, _ = machine("""
         routes:

@@ -12,14 +12,16 @@ What a scenario means (the semantics of the language, in order of evaluation):
 2. **Matching.** Every given part of a ``match`` must hold. ``method``: one or a list, case-insensitive.
    ``path``: exact, except ``{name}`` (one segment, ``[^/]+``) and ``{name*}`` (the rest, possibly
    empty, slashes included); the values are ``request.params`` in templates. The request's host is
-   ignored: only its path and query count. ``query``/``headers``/``json`` conditions: a scalar means
-   "present and equal to its text" (``true``/``false`` for booleans, ``1`` for the integer 1, ``2.0``
-   for the float 2.0); ``null`` means the field must be absent; a condition mapping holds when all of its
-   given parts hold (``present``, ``equals``, ``regex`` searched, ``one-of``). Header names are
-   case-insensitive; a repeated header or query parameter counts by its first value. ``json`` keys are
-   dotted paths into the parsed body (``a.b.0.c``: a digit part indexes a list); a body that is not JSON
-   has no fields. The ``?query`` part of a ``status-path`` is only written into status URLs, never
-   matched: polls match on the path alone (clients may change ``api-version``).
+   ignored: only its path and query count. ``query``/``headers``/``json``/``form`` conditions: a scalar
+   means "present and equal to its text" (``true``/``false`` for booleans, ``1`` for the integer 1,
+   ``2.0`` for the float 2.0); ``null`` means the field must be absent; a condition mapping holds when all
+   of its given parts hold (``present``, ``equals``, ``regex`` searched, ``one-of``). Header names are
+   case-insensitive; a repeated header, query parameter or form field counts by its first value. ``json``
+   keys are dotted paths into the parsed body (``a.b.0.c``: a digit part indexes a list); a body that is
+   not JSON has no fields. ``form`` names fields of a body whose Content-Type is
+   ``application/x-www-form-urlencoded`` (parameters ignored); any other body has no form fields. The
+   ``?query`` part of a ``status-path`` is only written into status URLs, never matched: polls match on
+   the path alone (clients may change ``api-version``).
 3. **Routes.** ``respond`` is a one-step sequence. Steps are expanded by ``times``; the route's counter
    advances on every call it matches, and call *n* gets expanded step *n*. A ``pass: true`` step consumes
    the call but does not answer: the next rules are tried. After the last step, ``when-exhausted``:
@@ -92,10 +94,11 @@ What a scenario means (the semantics of the language, in order of evaluation):
    (shorter still if that half would parse), the answer keeps ``fault="malformed-json"`` for the journal,
    and the proxy delivers it like any response.
 10. **Templates** see ``request`` (``method``, ``url``, ``path``, ``query``: first values, ``headers``:
-    lower-case names, first values, ``json``: the parsed body or None, ``params``: the path template's
-    values), ``operation`` (``id``, ``name``, ``status``, ``poll``, ``created`` in the seed's format,
-    ``created_iso``, ``resource_id``, ``status_url``, ``resource_url``; None outside operations),
-    ``proxy_url`` (the base URL), ``scenario`` (``name``, ``file``), ``now()``, ``now(fmt)``, ``uuid()``.
+    lower-case names, first values, ``json``: the parsed body or None, ``form``: the form body's fields,
+    first values, ``params``: the path template's values), ``operation`` (``id``, ``name``, ``status``,
+    ``poll``, ``created`` in the seed's format, ``created_iso``, ``resource_id``, ``status_url``,
+    ``resource_url``; None outside operations), ``proxy_url`` (the base URL), ``scenario`` (``name``,
+    ``file``), ``now()``, ``now(fmt)``, ``uuid()``.
     A template that fails raises ``TemplateError`` at the template's ``file:line:column``.
 11. ``Answer.source`` names the rule for the console and the journal: ``x.yaml: route "throttle" step
     1/2``, ``x.yaml: start of operation "tileset" (1a2b3c4d…)``, ``x.yaml: operation 1a2b3c4d…, poll 3
@@ -157,6 +160,7 @@ _DEFAULT_STATUS_HEADERS: dict[str, tuple[str, ...]] = {
     "aip-151": (),
 }
 _JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
 _NO_BODY = object()
 _EMPTY_RESPONSE = ResponseSpec.model_validate({})
@@ -265,6 +269,7 @@ class ScenarioMachine:
                 "query": dict(view.query),
                 "headers": dict(view.headers),
                 "json": view.json,
+                "form": dict(view.form),
                 "params": dict(params),
             },
             "operation": op.context() if op is not None else None,
@@ -447,6 +452,19 @@ class _View:
         for name, value in request.headers:
             self.headers.setdefault(name.lower(), value)
         self._json: Any = _NO_BODY
+        self._form: dict[str, str] | None = None
+
+    @property
+    def form(self) -> dict[str, str]:
+        """The fields of an ``application/x-www-form-urlencoded`` body (first values); {} for other bodies."""
+        if self._form is None:
+            self._form = {}
+            media_type = self.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media_type == _FORM and self.request.body:
+                text = self.request.body.decode("utf-8", errors="replace")
+                for name, value in parse_qsl(text, keep_blank_values=True):
+                    self._form.setdefault(name, value)
+        return self._form
 
     @property
     def json(self) -> Any:
@@ -511,6 +529,7 @@ class _Matcher:
         self.query = dict(match.query or {})
         self.headers = {name.lower(): cond for name, cond in (match.headers or {}).items()}
         self.json = dict(match.json_ or {})
+        self.form = dict(match.form or {})
 
     def match(self, view: _View) -> dict[str, str] | None:
         """The path parameters when ``view`` matches, else None."""
@@ -534,6 +553,9 @@ class _Matcher:
                 present, value = _lookup(doc, dotted)
                 if not _holds(cond, present, _json_text(value) if present else None):
                     return None
+        for name, cond in self.form.items():
+            if not _holds(cond, name in view.form, view.form.get(name)):
+                return None
         return params
 
 
@@ -762,6 +784,7 @@ class _OperationRule:
             "query": dict(view.query),
             "headers": dict(view.headers),
             "json": view.json,
+            "form": dict(view.form),
             "params": dict(params),
         }
         values = {**params, "operationId": op_id, "resourceId": resource_id}
