@@ -26,6 +26,7 @@ from proxy import (
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import (
+    closest_rule,
     no_match_response,
     record_failed_response,
     scenario_error_response,
@@ -258,6 +259,8 @@ class ReplayAddon:
                 detail += f"; closest #{index + 1} {closest.method} {closest.path_and_query}"
                 if diffs:
                     detail += f" ({'; '.join(diffs)})"
+            if decision.rules:
+                detail += f"; closest rule {closest_rule(decision)}"
             # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
             flow.response = _flow_response(no_match_response(decision, source))
             self.journal.add(_exchange(flow, flow.response.status_code, "no-match", detail))

@@ -45,6 +45,8 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         message += f"; closest is #{index + 1} {interaction.request.method} {interaction.request.url}"
         if diffs:
             message += f" ({'; '.join(diffs)})"
+    if decision.rules:
+        message += f"; closest rule is {closest_rule(decision)}"
     error = {
         "code": "ReplayProxyNoMatch",
         "message": message,
@@ -52,7 +54,18 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         "closest": closest,
         "hint": _hint(source),
     }
+    if decision.rules:
+        error["closest_rules"] = [
+            {"rule": near.rule, "at": near.where, "differences": list(near.differences)}
+            for near in decision.rules
+        ]
     return _own_answer(NO_MATCH_STATUS, NO_MATCH_REASON, "no-match", error)
+
+
+def closest_rule(decision: NoMatch) -> str:
+    """``route "x" at file:line:col (what differed)``: the rule closest to answering, for messages."""
+    near = decision.rules[0]
+    return f"{near.rule} at {near.where} ({'; '.join(near.differences)})"
 
 
 def scenario_error_response(decision: ScenarioFailed) -> Response:

@@ -888,6 +888,72 @@ def test_play_ready_line_and_one_console_line_per_exchange(cli: Any) -> None:
     ]
 
 
+# -- no match: the closest rules, where they are and what differed ----------------------------------------
+
+NO_MATCH = """\
+name: jobs
+routes:
+  - name: cancel
+    match: {method: POST, path: "/jobs/{id}/cancel", headers: {if-match: {present: true}}}
+    respond: {status: 202}
+operations:
+  - name: job
+    start: {method: POST, path: /jobs, json: {kind: build}}
+    status-path: /jobs/operations/{operationId}
+    steps: [{status: Succeeded}]
+"""
+
+
+def test_play_no_match_names_the_closest_rules_and_what_differed(tmp_path: Path, cli: Any) -> None:
+    scenario = tmp_path / "jobs.yaml"
+    scenario.write_text(NO_MATCH)
+    proc = cli(["play", str(scenario), "--port", "0"])
+    with httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
+        wrong_kind = http.post(f"{proc.url}/jobs", json={"kind": "test"})
+        no_header = http.post(f"{proc.url}/jobs/7/cancel")
+        unknown = http.get(f"{proc.url}/jobs/operations/nope")
+    assert proc.stop() == 0
+    assert (wrong_kind.status_code, wrong_kind.headers["x-replay-proxy"]) == (599, "no-match")
+    start = f"operation \"job\" (start) at {scenario}:8:12 (json field kind: 'test', expected 'build')"
+    assert wrong_kind.json()["error"] == {
+        "code": "ReplayProxyNoMatch",
+        "message": "replay-proxy: no scenario rule matches this request: POST /jobs "
+        f"(in scenarios {scenario}); closest rule is {start}",
+        "request": {"method": "POST", "uri": f"{proc.url}/jobs"},
+        "closest": [],
+        "hint": "play answers only what its scenarios match, offline. Add a route for this request, or layer "
+        "the scenarios over --cassette CASSETTE or --upstream URL.",
+        "closest_rules": [
+            {
+                "rule": 'operation "job" (start)',
+                "at": f"{scenario}:8:12",
+                "differences": ["json field kind: 'test', expected 'build'"],
+            },
+            {
+                "rule": 'route "cancel"',
+                "at": f"{scenario}:3:5",
+                "differences": [
+                    "path: '/jobs' does not fit /jobs/{id}/cancel",
+                    "header if-match: absent, expected present",
+                ],
+            },
+        ],
+    }
+    cancel = f'route "cancel" at {scenario}:3:5 (header if-match: absent, expected present)'
+    status = (
+        f'operation "job" (status) at {scenario}:9:18 '
+        "(no operation 'nope' was started by this rule since the last reset)"
+    )
+    assert f"closest rule is {cancel}" in no_header.json()["error"]["message"]
+    assert f"closest rule is {status}" in unknown.json()["error"]["message"]
+    nothing = "NO MATCH: no scenario rule matches this request; closest rule"
+    assert [line for line in proc.stderr_lines if " -> " in line] == [
+        f"POST /jobs -> 599 ({nothing} {start})",
+        f"POST /jobs/7/cancel -> 599 ({nothing} {cancel})",
+        f"GET /jobs/operations/nope -> 599 ({nothing} {status})",
+    ]
+
+
 # -- template errors at render time ---------------------------------------------------------------------
 
 TEMPLATE_ERROR = """\

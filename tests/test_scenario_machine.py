@@ -1598,3 +1598,98 @@ def test_shipped_operations_play_through(path: Path) -> None:
         if operation.resource_path is not None and last.status == "Succeeded":
             resource = handle(m, "GET", operation.resource_path.replace("{resourceId}", state.resource_id))
             assert isinstance(resource, Answer) and resource.response.status == 200
+
+
+# -- the rules closest to answering (the no-match diagnostic) ----------------------------------------------
+
+NEAREST = """\
+routes:
+  - name: describe
+    match:
+      method: POST
+      path: /
+      query: {Version: "2010-05-15"}
+      headers: {x-amz-target: {regex: "^CloudFormation"}}
+      form: {Action: DescribeStacks, StackName: {present: true}}
+    respond: {text: ok}
+  - name: create
+    match: {method: PUT, path: "/jobs/{id}", json: {spec.kind: {one-of: [a, b]}, dry: null}}
+    respond: {status: 201}
+  - name: passes
+    match: {path: /pass}
+    sequence: [{pass: true}]
+operations:
+  - name: job
+    start: {method: POST, path: /jobs}
+    status-path: /jobs/operations/{operationId}
+    resource-path: /jobs/done/{resourceId}
+    steps: [{status: Succeeded}]
+"""
+
+
+def test_nearest_rules_say_where_and_what_differed(tmp_path: Path) -> None:
+    from proxy.scenario.loader import load_scenarios
+
+    path = tmp_path / "near.yaml"
+    path.write_text(NEAREST)
+    m = ScenarioMachine(load_scenarios([path]))
+
+    def nearest(method: str, target: str, **kwargs: Any) -> list[tuple[str, str, tuple[str, ...]]]:
+        r = request(method, target, **kwargs)
+        assert m.handle(r, BASE) is None
+        return [(n.rule, n.where.replace(str(path), "F"), n.differences) for n in m.nearest(r)]
+
+    json_form = {"Content-Type": "application/json"}
+    assert nearest("POST", "/?Version=2", headers=json_form, body=b'{"Action": "DescribeStacks"}') == [
+        (
+            'route "describe"',
+            "F:2:5",
+            (
+                "query Version: '2', expected '2010-05-15'",
+                "header x-amz-target: absent, expected matching regex '^CloudFormation'",
+                "form field Action: absent (the body is not application/x-www-form-urlencoded), "
+                "expected 'DescribeStacks'",
+                "form field StackName: absent (the body is not application/x-www-form-urlencoded), "
+                "expected present",
+            ),
+        ),
+        ('route "passes"', "F:13:5", ("path: '/' does not fit /pass",)),
+        ('operation "job" (start)', "F:18:12", ("path: '/' does not fit /jobs",)),
+    ]
+    form = {"Content-Type": "application/x-www-form-urlencoded", "X-Amz-Target": "CloudFormation.X"}
+    [first, *_] = nearest("POST", "/?Version=2010-05-15", headers=form, body=b"Action=ListStacks")
+    assert first == (
+        'route "describe"',
+        "F:2:5",
+        (
+            "form field Action: 'ListStacks', expected 'DescribeStacks'",
+            "form field StackName: absent, expected present",
+        ),
+    )
+    [first, *_] = nearest("PUT", "/jobs/7", json_body={"spec": {"kind": "c"}, "dry": True})
+    assert first == (
+        'route "create"',
+        "F:10:5",
+        ("json field spec.kind: 'c', expected one of 'a', 'b'", "json field dry: 'true', expected absent"),
+    )
+    [first, *_] = nearest("GET", "/pass")
+    assert first == (
+        'route "passes"',
+        "F:13:5",
+        ("it matches, but its current step has pass: true (the next rules answer)",),
+    )
+    [first, *_] = nearest("GET", "/jobs/operations/nope")
+    assert first == (
+        'operation "job" (status)',
+        "F:19:18",
+        ("no operation 'nope' was started by this rule since the last reset",),
+    )
+    [first, *_] = nearest("DELETE", "/jobs/done/nope")
+    assert first == (
+        'operation "job" (resource)',
+        "F:20:20",
+        (
+            "method: DELETE, expected GET",
+            "no operation of this rule created a resource 'nope' since the last reset",
+        ),
+    )

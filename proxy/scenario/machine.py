@@ -127,7 +127,7 @@ from proxy.creator_service import format_created_date_time
 from proxy.errors import ScenarioError
 from proxy.model import Request, Response, header_value, set_header
 from proxy.rewrite import parse_retry_after
-from proxy.scenario.answer import Answer, Refusal
+from proxy.scenario.answer import Answer, NearRule, Refusal
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
     TERMINAL_STATUSES,
@@ -230,6 +230,21 @@ class ScenarioMachine:
                 if result is not None:
                     return result
         return None
+
+    def nearest(self, request: Request, limit: int = 3) -> list[NearRule]:
+        """The rules closest to answering ``request`` (fewest, least important differences first; file order
+        breaks ties), each with what differed: for the diagnostic when no rule answered."""
+        view = _View(request)
+        scored: list[tuple[int, int, NearRule]] = []
+        with self._lock:
+            for position, route in enumerate(self._routes):
+                score, near = route.near(view)
+                scored.append((score, position, near))
+            for position, op_rule in enumerate(self._operation_rules, len(self._routes)):
+                score, near = op_rule.near(view)
+                scored.append((score, position, near))
+        scored.sort(key=lambda item: (item[0], item[1]))
+        return [near for _, _, near in scored[:limit]]
 
     def reset(self) -> None:
         """Forget every counter and operation (a new test begins)."""
@@ -558,6 +573,84 @@ class _Matcher:
                 return None
         return params
 
+    def differences(self, view: _View) -> tuple[int, list[str]]:
+        """What of ``view`` does not match, one line per part, and a score: a different path weighs
+        most, then a different method, then each other condition."""
+        score, out = 0, []
+        if self.methods is not None and view.method not in self.methods:
+            score += _METHOD_WEIGHT
+            out.append(f"method: {view.method}, expected {' or '.join(sorted(self.methods))}")
+        if self.path is not None and self.path.match(view.path) is None:
+            score += _PATH_WEIGHT
+            out.append(f"path: {_clip(view.path)} does not fit {self.path.template}")
+        parts: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
+            ("query", self.query, view.query, ""),
+            ("header", self.headers, view.headers, ""),
+        ]
+        for kind, conditions, values, note in parts:
+            for name, cond in conditions.items():
+                if not _holds(cond, name in values, values.get(name)):
+                    score += 1
+                    out.append(_difference(kind, name, cond, name in values, values.get(name), note))
+        if self.json:
+            doc = view.json
+            note = "" if doc is not None or not view.request.body else " (the body is not JSON)"
+            for dotted, cond in self.json.items():
+                present, value = _lookup(doc, dotted)
+                text = _json_text(value) if present else None
+                if not _holds(cond, present, text):
+                    score += 1
+                    out.append(_difference("json field", dotted, cond, present, text, note))
+        if self.form:
+            form = view.form
+            note = ""
+            if not form and view.request.body:
+                note = f" (the body is not {_FORM})"
+            for name, cond in self.form.items():
+                if not _holds(cond, name in form, form.get(name)):
+                    score += 1
+                    out.append(_difference("form field", name, cond, name in form, form.get(name), note))
+        return score, out
+
+
+_PATH_WEIGHT = 4
+_METHOD_WEIGHT = 2
+
+
+def _difference(
+    kind: str,
+    name: str,
+    cond: str | int | float | bool | Condition | None,
+    present: bool,
+    value: str | None,
+    note: str,
+) -> str:
+    """``query datasetId: absent, expected present``: one failing condition, the request's side first."""
+    got = _clip(value) if present and value is not None else "absent"
+    return f"{kind} {name}: {got}{note}, expected {_expectation(cond)}"
+
+
+def _expectation(cond: str | int | float | bool | Condition | None) -> str:
+    if cond is None:
+        return "absent"
+    if not isinstance(cond, Condition):
+        return _clip(_scalar_text(cond))
+    parts = []
+    if cond.present is not None:
+        parts.append("present" if cond.present else "absent")
+    if cond.equals is not None:
+        parts.append(f"equal to {_clip(_scalar_text(cond.equals))}")
+    if cond.regex is not None:
+        parts.append(f"matching regex {_clip(cond.regex)}")
+    if cond.one_of is not None:
+        parts.append("one of " + ", ".join(_clip(_scalar_text(v)) for v in cond.one_of))
+    return " and ".join(parts) or "anything"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
 
 def _holds(cond: str | int | float | bool | Condition | None, present: bool, value: str | None) -> bool:
     if cond is None:
@@ -627,6 +720,14 @@ class _RouteRule:
         else:
             assert route.respond is not None
             self.expanded.append((0, route.respond))
+
+    def near(self, view: _View) -> tuple[int, NearRule]:
+        """How far this route is from answering ``view`` (see ``ScenarioMachine.nearest``)."""
+        score, differences = self.matcher.differences(view)
+        if not differences:  # it matched and did not answer: its step passes
+            differences = ["it matches, but its current step has pass: true (the next rules answer)"]
+        where = self.file.loaded.where("routes", self.index)
+        return score, NearRule(self.label, where, tuple(differences))
 
     def answer(self, view: _View, base: str) -> Answer | Refusal | None:
         params = self.matcher.match(view)
@@ -764,6 +865,49 @@ class _OperationRule:
     def url(self, path: _PathPattern, values: Mapping[str, str], base: str) -> str:
         rendered = path.render(values)
         return base + rendered if self.operation.url_form == "absolute" else rendered
+
+    def near(self, view: _View) -> tuple[int, NearRule]:
+        """The closest of this operation's rules to answering ``view`` (see ``ScenarioMachine.nearest``)."""
+        score, differences = self.start.differences(view)
+        candidates = [(score, "start", "start", differences)]
+        status = self._near_poll(view, self.status_path, ("GET", "HEAD"))
+        if status[1] is not None and status[1].get("operationId", "") not in self.ops:
+            status[2].append(
+                f"no operation {_clip(status[1].get('operationId', ''))} was started by this rule "
+                "since the last reset"
+            )
+        candidates.append(
+            (status[0] + (1 if status[1] is not None else 0), "status", "status-path", status[2])
+        )
+        if self.resource_path is not None:
+            resource = self._near_poll(view, self.resource_path, ("GET",))
+            unknown = 0
+            if resource[1] is not None:
+                found = self.by_resource.get(resource[1].get("resourceId", ""))
+                if found is None or not found.resource_ready:
+                    unknown = 1
+                    resource[2].append(
+                        f"no operation of this rule created a resource "
+                        f"{_clip(resource[1].get('resourceId', ''))} since the last reset"
+                    )
+            candidates.append((resource[0] + unknown, "resource", "resource-path", resource[2]))
+        score, what, key, differences = min(candidates, key=lambda c: c[0])
+        where = self.file.loaded.where("operations", self.index, key)
+        return score, NearRule(f"{self.label} ({what})", where, tuple(differences))
+
+    def _near_poll(
+        self, view: _View, pattern: _PathPattern, methods: tuple[str, ...]
+    ) -> tuple[int, dict[str, str] | None, list[str]]:
+        """A poll or resource rule's score, the path values when the path fits, and the differences."""
+        score, differences = 0, []
+        if view.method not in methods:
+            score += _METHOD_WEIGHT
+            differences.append(f"method: {view.method}, expected {' or '.join(methods)}")
+        params = pattern.match(view.path)
+        if params is None:
+            score += _PATH_WEIGHT
+            differences.append(f"path: {_clip(view.path)} does not fit {pattern.template.partition('?')[0]}")
+        return score, params, differences
 
     # -- start
 
