@@ -866,6 +866,33 @@ def test_check_and_schema_commands_through_the_cli(
     assert capsys.readouterr() == (schema_text(), "")
 
 
+def test_check_says_what_to_do_about_a_placeholder_in_flow_style_and_a_numeric_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = write(
+        tmp_path, "flow.yaml", "routes:\n  - match: {path: /jobs/{id}}\n    respond: {status: 200}\n"
+    )
+    numeric = write(
+        tmp_path,
+        "numeric.yaml",
+        "operations:\n  - start: {path: /jobs}\n    steps: [{status: 202}, {status: Done}]\n",
+    )
+    assert cli_main(["check", str(flow), str(numeric)]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"{flow}:2:25: invalid YAML: did not find expected ',' or '}}' (while parsing a flow mapping); "
+        "a '{' inside an unquoted value of {...} or [...] starts a new mapping or list: quote the value, "
+        "e.g. path: '/jobs/{id}', or write it in block style (one key per line)",
+        f"{numeric}:3:22: status: an operation step's status is the operation's state in the body "
+        "(NotStarted, Running, Succeeded, Failed...), not an HTTP code (got 202): for the HTTP status code "
+        "of the poll's answer write http-status: 202 next to a status such as Running",
+    ]
+    assert out == "invalid: 2 problems in 2 of 2 scenario files\n"
+    # the fix the hint gives is valid
+    flow.write_text("routes:\n  - match: {path: '/jobs/{id}'}\n    respond: {status: 200}\n")
+    assert cli_main(["check", str(flow)]) == 0
+
+
 # -- property: any input gives models or located problems, never another exception --------------------
 
 VALID = yaml.safe_load(
