@@ -1618,6 +1618,9 @@ routes:
   - name: passes
     match: {path: /pass}
     sequence: [{pass: true}]
+  - name: authorized
+    match: {path: /pass, headers: {authorization: Bearer good}}
+    respond: {text: ok}
 operations:
   - name: job
     start: {method: POST, path: /jobs}
@@ -1654,7 +1657,7 @@ def test_nearest_rules_say_where_and_what_differed(tmp_path: Path) -> None:
             ),
         ),
         ('route "passes"', "F:13:5", ("path: '/' does not fit /pass",)),
-        ('operation "job" (start)', "F:18:12", ("path: '/' does not fit /jobs",)),
+        ('operation "job" (start)', "F:21:12", ("path: '/' does not fit /jobs",)),
     ]
     form = {"Content-Type": "application/x-www-form-urlencoded", "X-Amz-Target": "CloudFormation.X"}
     [first, *_] = nearest("POST", "/?Version=2010-05-15", headers=form, body=b"Action=ListStacks")
@@ -1672,22 +1675,29 @@ def test_nearest_rules_say_where_and_what_differed(tmp_path: Path) -> None:
         "F:10:5",
         ("json field spec.kind: 'c', expected one of 'a', 'b'", "json field dry: 'true', expected absent"),
     )
-    [first, *_] = nearest("GET", "/pass")
-    assert first == (
-        'route "passes"',
-        "F:13:5",
-        ("it matches, but its current step has pass: true (the next rules answer)",),
-    )
+    rules = nearest("GET", "/pass", headers={"Authorization": "Bearer secret-token"})
+    assert rules[:2] == [
+        (
+            'route "passes"',
+            "F:13:5",
+            ("it matches, but its current step has pass: true (the next rules answer)",),
+        ),
+        (
+            'route "authorized"',
+            "F:16:5",
+            ("header authorization: '<not shown: a secret>', expected 'Bearer good'",),
+        ),
+    ]
     [first, *_] = nearest("GET", "/jobs/operations/nope")
     assert first == (
         'operation "job" (status)',
-        "F:19:18",
+        "F:22:18",
         ("no operation 'nope' was started by this rule since the last reset",),
     )
     [first, *_] = nearest("DELETE", "/jobs/done/nope")
     assert first == (
         'operation "job" (resource)',
-        "F:20:20",
+        "F:23:20",
         (
             "method: DELETE, expected GET",
             "no operation of this rule created a resource 'nope' since the last reset",

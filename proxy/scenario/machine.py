@@ -126,6 +126,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from proxy.creator_service import format_created_date_time
 from proxy.errors import ScenarioError
 from proxy.model import Request, Response, header_value, set_header
+from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
 from proxy.rewrite import parse_retry_after
 from proxy.scenario.answer import Answer, NearRule, Refusal
 from proxy.scenario.loader import LoadedScenario
@@ -591,7 +592,10 @@ class _Matcher:
             for name, cond in conditions.items():
                 if not _holds(cond, name in values, values.get(name)):
                     score += 1
-                    out.append(_difference(kind, name, cond, name in values, values.get(name), note))
+                    value = values.get(name)
+                    if kind == "header" and name in SECRET_HEADERS and value is not None:
+                        value = "<not shown: a secret>"  # the console and the 599 body never show secrets
+                    out.append(_difference(kind, name, cond, name in values, value, note))
         if self.json:
             doc = view.json
             note = "" if doc is not None or not view.request.body else " (the body is not JSON)"
