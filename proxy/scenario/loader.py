@@ -246,7 +246,7 @@ def _yaml_hint(text: str, e: yaml.MarkedYAMLError) -> str:
     """
     problem, context = e.problem or "", e.context or ""
     mark, start = e.problem_mark, e.context_mark
-    lines = text.splitlines()
+    lines = re.split("\r\n|[\r\n\x85\u2028\u2029]", text)  # YAML's line breaks (splitlines has more)
     line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
     at_mark = line[mark.column : mark.column + 1] if mark is not None else ""
     if "tab" in problem or "'\\t'" in problem or at_mark == "\t":
