@@ -236,16 +236,17 @@ class ScenarioMachine:
         """The rules closest to answering ``request`` (fewest, least important differences first; file order
         breaks ties), each with what differed: for the diagnostic when no rule answered."""
         view = _View(request)
-        scored: list[tuple[int, int, NearRule]] = []
+        scored: list[tuple[int, int, _RouteRule | NearRule]] = []
         with self._lock:
-            for position, route in enumerate(self._routes):
-                score, near = route.near(view)
-                scored.append((score, position, near))
+            for position, route in enumerate(self._routes):  # scored first, explained when among the closest
+                scored.append((route.matcher.differences(view, explain=False)[0], position, route))
             for position, op_rule in enumerate(self._operation_rules, len(self._routes)):
                 score, near = op_rule.near(view)
                 scored.append((score, position, near))
-        scored.sort(key=lambda item: (item[0], item[1]))
-        return [near for _, _, near in scored[:limit]]
+            scored.sort(key=lambda item: (item[0], item[1]))
+            return [
+                item.near(view) if isinstance(item, _RouteRule) else item for _, _, item in scored[:limit]
+            ]
 
     def reset(self) -> None:
         """Forget every counter and operation (a new test begins)."""
@@ -574,16 +575,19 @@ class _Matcher:
                 return None
         return params
 
-    def differences(self, view: _View) -> tuple[int, list[str]]:
-        """What of ``view`` does not match, one line per part, and a score: a different path weighs
-        most, then a different method, then each other condition."""
+    def differences(self, view: _View, explain: bool = True) -> tuple[int, list[str]]:
+        """What of ``view`` does not match, one line per part (none unless ``explain``: scoring many rules
+        stays cheap), and a score: a different path weighs most, then a different method, then each other
+        condition."""
         score, out = 0, []
         if self.methods is not None and view.method not in self.methods:
             score += _METHOD_WEIGHT
-            out.append(f"method: {view.method}, expected {' or '.join(sorted(self.methods))}")
+            if explain:
+                out.append(f"method: {view.method}, expected {' or '.join(sorted(self.methods))}")
         if self.path is not None and self.path.match(view.path) is None:
             score += _PATH_WEIGHT
-            out.append(f"path: {_clip(view.path)} does not fit {self.path.template}")
+            if explain:
+                out.append(f"path: {_clip(view.path)} does not fit {self.path.template}")
         parts: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
             ("query", self.query, view.query, ""),
             ("header", self.headers, view.headers, ""),
@@ -592,6 +596,8 @@ class _Matcher:
             for name, cond in conditions.items():
                 if not _holds(cond, name in values, values.get(name)):
                     score += 1
+                    if not explain:
+                        continue
                     value = values.get(name)
                     if kind == "header" and name in SECRET_HEADERS and value is not None:
                         value = "<not shown: a secret>"  # the console and the 599 body never show secrets
@@ -604,7 +610,8 @@ class _Matcher:
                 text = _json_text(value) if present else None
                 if not _holds(cond, present, text):
                     score += 1
-                    out.append(_difference("json field", dotted, cond, present, text, note))
+                    if explain:
+                        out.append(_difference("json field", dotted, cond, present, text, note))
         if self.form:
             form = view.form
             note = ""
@@ -613,7 +620,8 @@ class _Matcher:
             for name, cond in self.form.items():
                 if not _holds(cond, name in form, form.get(name)):
                     score += 1
-                    out.append(_difference("form field", name, cond, name in form, form.get(name), note))
+                    if explain:
+                        out.append(_difference("form field", name, cond, name in form, form.get(name), note))
         return score, out
 
 
@@ -725,13 +733,12 @@ class _RouteRule:
             assert route.respond is not None
             self.expanded.append((0, route.respond))
 
-    def near(self, view: _View) -> tuple[int, NearRule]:
-        """How far this route is from answering ``view`` (see ``ScenarioMachine.nearest``)."""
-        score, differences = self.matcher.differences(view)
+    def near(self, view: _View) -> NearRule:
+        """What keeps this route from answering ``view`` (see ``ScenarioMachine.nearest``)."""
+        _, differences = self.matcher.differences(view)
         if not differences:  # it matched and did not answer: its step passes
             differences = ["it matches, but its current step has pass: true (the next rules answer)"]
-        where = self.file.loaded.where("routes", self.index)
-        return score, NearRule(self.label, where, tuple(differences))
+        return NearRule(self.label, self.file.loaded.where("routes", self.index), tuple(differences))
 
     def answer(self, view: _View, base: str) -> Answer | Refusal | None:
         params = self.matcher.match(view)
