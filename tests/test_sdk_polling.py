@@ -38,6 +38,8 @@ from proxy.server import ReplayProxy
 from proxy.verdict import check, format_violations, report
 from tests.conftest import ROOT
 
+pytest_plugins = ["pytester"]
+
 RECOMMENDED = 0.05
 """The --retry-after the README recommends; these tests are what proves it."""
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
@@ -413,6 +415,51 @@ def test_requests_poller_without_retry(proxy_for: Any) -> None:
     took = _wall("requests poller", started, _polls(proxy.journal.entries))
     assert took < SIMPLE_POLLER_DEFAULT
     assert verdict(proxy.journal.entries) == CLEAN
+
+
+# -- the pytest plugin: no error at teardown for an azure-core LocationPolling client -----------------------
+
+PLUGIN_TEST = f"""
+import pytest
+from azure.core import PipelineClient
+from azure.core.pipeline.policies import RequestIdPolicy, RetryPolicy
+from azure.core.polling import LROPoller
+from azure.core.polling.base_polling import LROBasePolling
+from azure.core.rest import HttpRequest
+
+
+def begin(base, path):
+    client = PipelineClient(base_url=base, policies=[RequestIdPolicy(), RetryPolicy()])
+    initial = client.send_request(HttpRequest("POST", base + path), _return_pipeline_response=True)
+    return LROPoller(client, initial, lambda r: r.http_response.text(), LROBasePolling(timeout=30))
+
+
+@pytest.mark.replay_proxy("location.yaml", retry_after={RECOMMENDED}, checks_disabled=["retry-after-202"])
+def test_azure_core_location_polling(replay_proxy):
+    assert "successfulRequests" in begin(replay_proxy.url, "/batch").result(timeout=60)
+
+
+@pytest.mark.replay_proxy("location.yaml", retry_after={RECOMMENDED})
+def test_the_202_check_is_on_by_default(replay_proxy):
+    begin(replay_proxy.url, "/batch").result(timeout=60)
+    with pytest.raises(AssertionError, match="retry-after-202: ignored the delay on the 202"):
+        replay_proxy.verify()
+"""
+
+
+def test_pytest_plugin_passes_an_azure_core_location_polling_client(
+    pytester: pytest.Pytester, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPLAY_PROXY_CONFDIR", str(confdir))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    (pytester.path / "location.yaml").write_text(LOCATION_POLLING)
+    pytester.makepyfile(test_azure=PLUGIN_TEST)
+    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:hypothesispytest -p no:anyio\n")
+    result = pytester.runpytest_subprocess(timeout=120)
+    # before: "ERROR at teardown ... unfinished" (the 200 without a status field was not an end)
+    assert result.parseoutcomes() == {"passed": 2}, result.stdout.str()
 
 
 # -- the check can fire at the same setting ---------------------------------------------------------------
