@@ -417,6 +417,47 @@ def test_requests_poller_without_retry(proxy_for: Any) -> None:
     assert verdict(proxy.journal.entries) == CLEAN
 
 
+# -- boto3 waiters: a fixed delay, Retry-After not read -------------------------------------------------
+
+DYNAMODB = """
+name: dynamodb
+routes:
+  - name: describe table
+    match: {method: POST, path: /, headers: {X-Amz-Target: DynamoDB_20120810.DescribeTable}}
+    sequence:
+      - status: 200
+        content-type: application/x-amz-json-1.0
+        json: {Table: {TableName: t1, TableStatus: CREATING}}
+        retry-after: 2
+        times: 2
+      - status: 200
+        content-type: application/x-amz-json-1.0
+        json: {Table: {TableName: t1, TableStatus: ACTIVE}}
+"""
+
+
+def test_boto3_waiter(proxy_for: Any) -> None:
+    import boto3
+
+    proxy = proxy_for(DYNAMODB)
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=proxy.url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    started = time.monotonic()
+    # botocore waiters sleep their own fixed Delay and never read Retry-After (boto/botocore#1563)
+    client.get_waiter("table_exists").wait(
+        TableName="t1", WaiterConfig={"Delay": RECOMMENDED, "MaxAttempts": 10}
+    )
+    _wall("boto3 waiter (dynamodb table_exists)", started, len(proxy.journal.entries))
+    entries = proxy.journal.entries
+    assert [e.status for e in entries] == [200, 200, 200]
+    assert verdict(entries) == CLEAN
+
+
 # -- the pytest plugin: no error at teardown for an azure-core LocationPolling client -----------------------
 
 PLUGIN_TEST = f"""
