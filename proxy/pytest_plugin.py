@@ -28,7 +28,7 @@ Options (the command line wins over the ini file's ``replay_record_mode``, ``rep
 ``--replay-upstream URL`` (where recording forwards), ``--replay-retry-after SECONDS`` (rewrite every
 advertised delay, e.g. 0.05 for fast polling; always valid HTTP, see proxy.rewrite),
 ``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME`` (one check off, explicit
-``verify()`` included; ``retry-after-202`` for azure-core, which polls once at once after the 202).
+``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202).
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
@@ -93,7 +93,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME",
         help="Turn one verdict check off (repeatable): unmatched, retry-after, retry-after-202 (off for "
-        "azure-core, which polls once at once after the 202), poll-after-terminal, self-built-url, "
+        "azure-core, which polls once immediately after the 202), poll-after-terminal, self-built-url, "
         "unfinished.",
     )
     parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")

@@ -420,8 +420,8 @@ def _early_polls(entries: Sequence[Exchange], op: _Op, off: Collection[str]) -> 
                     f"ignored the delay on the {prev.status}: {_request(entries[i])} came "
                     f"{_secs(entries[i].monotonic - prev.monotonic)} s after the {prev.status} that started "
                     f"operation {op.label}, which said to wait {_num(prev.retry_after)} s; the client should "
-                    f"wait that long before the first poll (azure-core polls once at once by design: turn "
-                    f"this check off for it)",
+                    "wait that long before the first poll (azure-core polls once immediately by design: "
+                    "turn this check off for it)",
                     i,
                 )
             )

@@ -188,8 +188,8 @@ def test_ignoring_the_retry_after_on_the_202_is_named() -> None:
             "retry-after-202",
             "ignored the delay on the 202: GET /tilesets/operations/4f1c2d3e… came 0.020 s after "
             "the 202 that started operation /tilesets/operations/4f1c2d3e…, which said to wait 1 s; the "
-            "client should wait that long before the first poll (azure-core polls once at once by design: "
-            "turn this check off for it)",
+            "client should wait that long before the first poll (azure-core polls once immediately by "
+            "design: turn this check off for it)",
             1,
         )
     ]
