@@ -39,7 +39,8 @@ class Exchange:
     For the verdict: ``time`` (wall clock) and ``monotonic`` are when the request *arrived* (not when it
     was answered, so slow answers do not distort the gaps between polls); ``retry_after`` is the delay in
     seconds that the response actually sent advertised (after ``--retry-after``; HTTP-dates and the
-    millisecond headers converted), None when it advertised none or no response was sent;
+    millisecond headers converted; the shortest when it sent several, ``proxy.rewrite.parse_retry_after``),
+    None when it advertised none or no response was sent;
     ``status_urls`` are the absolute URLs the response gave for polling (Location on a 202 or on a
     non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);

@@ -29,6 +29,7 @@ import requests
 
 from proxy.cassette import load
 from proxy.creator_service import SEED_FAILURE_ERROR, CreatorService
+from proxy.rewrite import parse_retry_after
 from proxy.server import ReplayProxy
 from tests.conftest import ROOT, run_cli
 
@@ -95,12 +96,10 @@ def _seen(method: str, url: str, r: requests.Response | httpx.Response) -> Seen:
 
 
 def _pause(seen: Seen) -> float:
-    """Seconds to wait before the next call: the advertised Retry-After, capped at 50 ms."""
-    value = seen.headers.get("retry-after")
-    try:
-        return min(float(value), 0.05) if value is not None else 0.0
-    except ValueError:
-        return 0.0
+    """Seconds to wait before the next call: the advertised Retry-After (or retry-after-ms, which carries a
+    fraction of a second), capped at 50 ms."""
+    told = parse_retry_after(tuple(seen.headers.items()))
+    return min(told, 0.05) if told is not None else 0.0
 
 
 def _send(http: Any, transient: tuple[type[BaseException], ...], method: str, url: str, job: Job) -> Seen:
@@ -211,8 +210,8 @@ def assert_status_bodies(job: Job) -> None:
         assert body["operationId"] == op_id
         assert CREATED_DATE_TIME.match(body["createdDateTime"]), body["createdDateTime"]
         assert body["status"]
-        if body["status"].lower() not in TERMINAL:
-            assert "retry-after" in poll.headers, poll
+        if body["status"].lower() not in TERMINAL:  # a fraction of a second comes as retry-after-ms
+            assert "retry-after" in poll.headers or "retry-after-ms" in poll.headers, poll
 
 
 def assert_missing_dataset_is_400(http: Any, transient: tuple[type[BaseException], ...], base: str) -> None:
@@ -261,7 +260,8 @@ def check_flaky_polling(job: Job, base: str) -> None:
     assert shape == [202, 200, 200, 503, "reset", 200, 201, 200]
     unavailable = job.seen[3]
     assert unavailable.url == job.status_url
-    assert unavailable.headers["retry-after"] == "0.01"  # the scenario's 2, shortened by retry_after
+    # the scenario's 2, shortened by retry_after=0.01: valid HTTP, whole seconds beside the milliseconds
+    assert (unavailable.headers["retry-after"], unavailable.headers["retry-after-ms"]) == ("1", "10")
     assert unavailable.json()["error"]["code"] == "ServiceUnavailable"
     assert job.seen[4].error in ("ConnectionError", "ReadError")  # requests / httpx
     assert job.resource is not None and job.resource.status == 200
@@ -270,7 +270,7 @@ def check_flaky_polling(job: Job, base: str) -> None:
 def check_throttled_start(job: Job, base: str) -> None:
     throttled, accepted = job.seen[0], job.seen[1]
     assert (throttled.method, throttled.status) == ("POST", 429)
-    assert throttled.headers["retry-after"] == "0.01"
+    assert (throttled.headers["retry-after"], throttled.headers["retry-after-ms"]) == ("1", "10")
     assert throttled.json()["error"]["code"] == "TooManyRequests"
     assert (accepted.method, accepted.status) == ("POST", 202)
     assert accepted.url == throttled.url
@@ -392,7 +392,7 @@ def test_creator_v2_operation_location(confdir: Path) -> None:
             assert "createdDateTime" not in body
             if body["status"] == "Succeeded":
                 break
-            time.sleep(min(float(poll.headers["retry-after"]), 0.05))
+            time.sleep(min(float(poll.headers["retry-after-ms"]) / 1000, 0.05))
         assert seen == ["NotStarted", "Running", "Running", "Succeeded"]
         assert "resourceLocation" not in body and "location" not in poll.headers
         resource_url = poll.headers["resource-location"]
@@ -658,8 +658,9 @@ def _poll_slow_job(base: str, limit: int) -> tuple[list[str], list[str], float]:
             statuses.append(poll.json()["status"])
             if statuses[-1] == "Succeeded":
                 break
-            advertised.append(poll.headers["Retry-After"])
-            time.sleep(float(advertised[-1]))
+            assert "Retry-After" not in poll.headers  # 0.01 is no valid Retry-After: it comes in ms
+            advertised.append(poll.headers["retry-after-ms"])
+            time.sleep(float(advertised[-1]) / 1000)
     return statuses, advertised, time.monotonic() - started
 
 
@@ -670,7 +671,7 @@ def test_virtual_clock_plays_300_seconds_in_30_polls(tmp_path: Path, confdir: Pa
         statuses, advertised, elapsed = _poll_slow_job(proxy.url, 100)
     print(f"virtual clock: 300 s of Running in {len(statuses)} polls, {elapsed:.3f} s of wall time")
     assert statuses == ["Running"] * 30 + ["Succeeded"]
-    assert set(advertised) == {"0.01"}  # the client is told 10 ms; the operation's clock moves 10 s
+    assert set(advertised) == {"10"}  # the client is told 10 ms; the operation's clock moves 10 s
     assert elapsed < 5
 
 
@@ -731,7 +732,7 @@ def _assert_layered_run(job: Job, proxy: ReplayProxy) -> None:
     assert [s.status for s in job.seen] == [202, 200, 503, 200, 200, 201, 200]
     assert job.statuses == ["NotStarted", "Running", "Running", "Succeeded"]
     assert job.seen[2].json()["error"]["message"] == "Injected by replay-proxy."
-    assert job.seen[2].headers["retry-after"] == "0.01"
+    assert (job.seen[2].headers["retry-after"], job.seen[2].headers["retry-after-ms"]) == ("1", "10")
     assert job.status_url.startswith(proxy.url + "/tilesets/operations/")
     assert job.final is not None and job.final.headers["location"].startswith(proxy.url + "/tilesets/")
     assert job.resource is not None and job.resource.json()["datasetId"] == DATASET_ID
@@ -1004,8 +1005,8 @@ def test_template_error_is_a_scenario_error_and_the_proxy_keeps_serving(
         ]
         assert entries[0].line() == f"POST /echo?x=1 -> 599 (SCENARIO ERROR: {problem})"
         assert [(v.rule, v.message) for v in check(entries)] == [
-            ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
-            ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}; fix the scenario, not the client"),
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}; fix the scenario, not the client"),
         ]
 
 

@@ -74,8 +74,11 @@ What a scenario means (the semantics of the language, in order of evaluation):
      null value removes the key, e.g. ``createdDateTime: null``); its ``headers`` are set last (they
      replace any header of the same name).
    - A HEAD poll gets the same answer without a body.
-7. **Retry-After forms** (status answers and any response's ``retry-after``): a number →
-   ``Retry-After: N`` (``2``, ``0.5``); a text → sent verbatim; ``{seconds: N}`` → as a number;
+7. **Retry-After forms** (status answers and any response's ``retry-after``): a number → valid HTTP
+   by ``proxy.rewrite.delay_headers``: whole seconds → ``Retry-After: N``; a fraction → ``retry-after-ms``
+   (``0.5`` → ``retry-after-ms: 500``), with ``Retry-After`` rounded up to whole seconds beside it when the
+   answer's status is 400 or more (``Retry-After: 1``); a text → sent verbatim (``{raw: "0.5"}`` sends the
+   invalid fraction on purpose); ``{seconds: N}`` → as a number;
    ``{date: D}`` → the HTTP-date D from now; ``{raw: T}`` → verbatim; ``{ms: N}`` → ``retry-after-ms: N``;
    ``{x-ms: N}`` → ``x-ms-retry-after-ms: N``. The *advertised* delay (``Answer.retry_after``, and the
    virtual clock's step) is the seconds, the date's distance, N/1000 for the millisecond forms, and for
@@ -127,7 +130,7 @@ from proxy.creator_service import format_created_date_time
 from proxy.errors import ScenarioError
 from proxy.model import Request, Response, header_value, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
-from proxy.rewrite import parse_retry_after
+from proxy.rewrite import delay_headers, parse_retry_after
 from proxy.scenario.answer import Answer, NearRule, Refusal
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
@@ -350,7 +353,7 @@ class ScenarioMachine:
             headers = set_header(headers, "Content-Type", spec.content_type)
         elif content_type is not None and header_value(headers, "content-type") is None:
             headers += (("Content-Type", content_type),)
-        retry = self.retry_after(spec.retry_after)
+        retry = self.retry_after(spec.retry_after, status)
         for name, value in retry[0]:
             headers = set_header(headers, name, value)
         if spec.fault == "malformed-json":
@@ -370,16 +373,17 @@ class ScenarioMachine:
             return self._rng.uniform(parse_duration(value.min), parse_duration(value.max))
         return parse_duration(value)
 
-    def retry_after(self, value: float | int | str | RetryAfterSpec | None) -> _RetryAfter:
-        """The header(s) a retry-after value sends, and the seconds it advertises (rule 7)."""
+    def retry_after(self, value: float | int | str | RetryAfterSpec | None, status: int) -> _RetryAfter:
+        """The header(s) a retry-after value sends on an answer with ``status``, and the seconds it
+        advertises (rule 7)."""
         if value is None:
             return (), None
         if isinstance(value, int | float):
-            return (("Retry-After", _number(value)),), float(value)
+            return delay_headers(value, status), float(value)
         if isinstance(value, str):
             return (("Retry-After", value),), parse_retry_after((("Retry-After", value),), now=self._wall())
         if value.seconds is not None:
-            return (("Retry-After", _number(value.seconds)),), float(value.seconds)
+            return delay_headers(value.seconds, status), float(value.seconds)
         if value.date is not None:
             seconds = parse_duration(value.date)
             return (("Retry-After", formatdate(self._wall() + seconds, usegmt=True)),), seconds
@@ -1090,9 +1094,9 @@ class _OperationRule:
                     body[key] = value
         retry: _RetryAfter
         if "retry_after" in step.model_fields_set:
-            retry = self.machine.retry_after(step.retry_after)
+            retry = self.machine.retry_after(step.retry_after, code)
         elif not op.terminal:
-            retry = self.machine.retry_after(operation.retry_after)
+            retry = self.machine.retry_after(operation.retry_after, code)
         else:
             retry = ((), None)
         for name, value in retry[0]:
@@ -1167,12 +1171,6 @@ def _rpc_status(error: dict[str, Any] | None, *, cancelled: bool) -> dict[str, A
 
 def _json_bytes(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
-
-
-def _number(value: float) -> str:
-    """``2`` for 2 and 2.0, ``0.5`` for 0.5 (the shortest text that reads back the same)."""
-    number = float(value)
-    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def _malformed(body: bytes) -> bytes:
