@@ -86,8 +86,10 @@ class Session(NamedTuple):
 class ReplayAddon:
     """Routes requests (router.py), records forwarded exchanges (recorder.py), journals every exchange."""
 
-    def __init__(self, journal: Journal | None = None) -> None:
+    def __init__(self, journal: Journal | None = None, *, annotate_flows: bool = False) -> None:
         self.journal = journal if journal is not None else Journal(listener=_log_exchange)
+        self.annotate_flows = annotate_flows
+        """Loaded into mitmproxy's own tools (``-s``): each flow's comment says what answered it (mitmweb)."""
         self.session: Session | None = None
         self.save_errors: list[str] = []
         """Why exchanges could not be saved (the cassette's disk or directory); the CLI exits 2 on any."""
@@ -233,7 +235,7 @@ class ReplayAddon:
                 detail += f" [delay {answer.delay:g} s]"
             status = _fault_status(answer)
             sent = answer.response if status is not None else None
-            self.journal.add(_exchange(flow, status, "scenario", detail, sent, answer))
+            self._journal(flow, _exchange(flow, status, "scenario", detail, sent, answer))
             await faults.deliver(flow, answer, to_flow_response=_flow_response)
         elif isinstance(decision, Replay):
             played = decision.played
@@ -244,11 +246,13 @@ class ReplayAddon:
             served = self._served_for(flow, session, played.interaction.response)
             flow.response = served.wire.flow_response()
             sent = served.response
-            self.journal.add(_exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status))
+            exchange = _exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status)
+            self._journal(flow, exchange)
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
             flow.response = _flow_response(scenario_error_response(decision))
-            self.journal.add(_exchange(flow, flow.response.status_code, "scenario-error", decision.problem))
+            exchange = _exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
+            self._journal(flow, exchange)
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
             source = session.served
@@ -263,14 +267,14 @@ class ReplayAddon:
                 detail += f"; closest rule {closest_rule(decision)}"
             # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
             flow.response = _flow_response(no_match_response(decision, source))
-            self.journal.add(_exchange(flow, flow.response.status_code, "no-match", detail))
+            self._journal(flow, _exchange(flow, flow.response.status_code, "no-match", detail))
         else:
             assert isinstance(decision, Forward)
             failure = session.recorder.failure if session.recorder is not None else None
             if failure is not None:  # the cassette cannot take it: do not make the upstream act on it
                 flow.response = _flow_response(record_failed_response(failure))
                 detail = f"not forwarded, recording failed: {failure}"
-                self.journal.add(_exchange(flow, flow.response.status_code, "refused", detail))
+                self._journal(flow, _exchange(flow, flow.response.status_code, "refused", detail))
                 return
             flow.metadata[META] = "forward"
             _aim_at_upstream(flow)
@@ -302,7 +306,7 @@ class ReplayAddon:
                 self._save_failed(str(e))
                 flow.response = _flow_response(record_failed_response(str(e)))
                 detail = f"NOT SAVED: {e}"
-                self.journal.add(_exchange(flow, flow.response.status_code, "upstream", detail))
+                self._journal(flow, _exchange(flow, flow.response.status_code, "upstream", detail))
                 return
             playback = session.router.playback
             if playback is not None:
@@ -311,7 +315,7 @@ class ReplayAddon:
         served = self._outgoing(flow, session, response)
         if served is not response:
             flow.response = _flow_response(served)
-        self.journal.add(_exchange(flow, served.status, "upstream", detail, served))
+        self._journal(flow, _exchange(flow, served.status, "upstream", detail, served))
 
     def error(self, flow: http.HTTPFlow) -> None:
         gateway.settle(flow)
@@ -319,7 +323,7 @@ class ReplayAddon:
             return
         if META not in flow.metadata and "body_size_limit" in flow.error.msg:
             # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
-            self.journal.add(_exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            self._journal(flow, _exchange(flow, 413, "refused", "request body larger than --max-body-size"))
             # mitmproxy 12 says "Connection: close" on its 413 but neither closes nor reads on: a client that
             # sends its whole body before reading (requests, http.client) would wait for its own timeout.
             # The 413 is written after this hook; closing a moment later lets it out first.
@@ -328,9 +332,14 @@ class ReplayAddon:
         if flow.metadata.get(META) != "forward":
             return
         detail = flow.error.msg.removeprefix("replay-proxy: ")  # the journal's line says who speaks
-        self.journal.add(_exchange(flow, gateway.status(flow), "error", detail))
+        self._journal(flow, _exchange(flow, gateway.status(flow), "error", detail))
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _journal(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        self.journal.add(exchange)
+        if self.annotate_flows:
+            flow.comment = f"replay-proxy: {exchange.answered_by()}"
 
     def _served_for(self, flow: http.HTTPFlow, session: Session, recorded: Response) -> _Served:
         """``recorded`` as this client gets it (``_outgoing``), cached: the same every time it is replayed."""
@@ -628,4 +637,4 @@ def _log_exchange(exchange: Exchange) -> None:
         logger.info(exchange.line())
 
 
-addons = [ReplayAddon()]
+addons = [ReplayAddon(annotate_flows=True)]

@@ -72,6 +72,10 @@ class Exchange:
     def line(self) -> str:
         """The console line: method, path, status, what answered."""
         status = str(self.status) if self.status is not None else "---"
+        return f"{self.method} {self.path} -> {status} ({self.answered_by()})"
+
+    def answered_by(self) -> str:
+        """What answered, as the console line says it (``scenario x.yaml: operation 4f1c…, poll 2``)."""
         answered = {
             "upstream": "upstream",
             "cassette": "cassette interaction",
@@ -81,7 +85,7 @@ class Exchange:
         }.get(self.source, self.source)
         separator = ": " if self.source in ("no-match", "scenario-error", "error") else " "
         detail = f"{separator}{self.detail}" if self.detail else ""
-        return f"{self.method} {self.path} -> {status} ({answered}{detail})"
+        return answered + detail
 
 
 class ResponseFacts(NamedTuple):

@@ -281,6 +281,11 @@ class ReplayProxyFixture:
         return self.proxy.url
 
     @property
+    def https_url(self) -> str:
+        """The reverse proxy over TLS, same port (trust ``ca_cert``): for SDKs that refuse plain http."""
+        return self.proxy.https_url
+
+    @property
     def proxy_url(self) -> str:
         """The forward proxy's URL (``HTTP_PROXY``/``HTTPS_PROXY``); ``replay_proxy_env`` sets them."""
         return self.proxy.forward_url

@@ -198,6 +198,14 @@ class ReplayProxy:
         """The CA certificate a client must trust for HTTPS through the proxy."""
         return self.confdir / "mitmproxy-ca-cert.pem"
 
+    @property
+    def https_url(self) -> str:
+        """The reverse proxy's listener spoken to over TLS (the same port): for clients that refuse plain
+        http, such as azure-core with a bearer token. Trust ``ca_cert``. Empty in forward mode."""
+        if self.mode != "reverse" or not self.url:
+            return ""
+        return "https://" + self.url.removeprefix("http://")
+
     def start(self, timeout: float = 30.0) -> ReplayProxy:
         """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure."""
         if self._thread is not None:
