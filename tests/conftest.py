@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -180,7 +181,7 @@ class HardCanaries:
             "SAS_SIG": f"Hard{t}Console+Sas/Sig=",
         }
 
-    UPSTREAM: dict[str, str] = {
+    UPSTREAM: ClassVar[dict[str, str]] = {
         "CAMEL_ACCESS": "hard-camel-access-token-1a2b",
         "CAMEL_REFRESH": "hard-camel-refresh-token-3c4d",
         "SESSION_JWT": "hard-session-jwt-value-5e6f",

@@ -292,7 +292,8 @@ class HardSecretUpstream(Upstream):
 
 def multipart(fields: dict[str, str]) -> bytes:
     parts = [
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+        for k, v in fields.items()
     ]
     return ("".join(parts) + f"--{BOUNDARY}--\r\n").encode()
 
