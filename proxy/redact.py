@@ -987,6 +987,7 @@ def _walk(node: object, red: Redactor, hide: Hide) -> tuple[object, bool]:
         out: dict[str, object] = {}
         changed = False
         for key, value in node.items():
+            new: object
             rule = red._json_rule(str(key))
             if rule == 2 or (
                 rule == 1 and isinstance(value, str | int | float) and not isinstance(value, bool)
