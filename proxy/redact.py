@@ -388,7 +388,7 @@ class Redactor:
         headers = self._headers_for_save(request.headers, hide)
         body = self._body(request.body, request.headers, hide)
         if seen.forms:
-            sweep = _Sweep(seen.forms)
+            sweep = _sweep_for(seen.forms)
             url = sweep.text(url)
             headers = sweep.headers(headers, self.secret_header)
             body = sweep.bytes(body)
@@ -401,7 +401,7 @@ class Redactor:
         headers = self._headers_for_save(response.headers, hide)
         body = self._body(response.body, response.headers, hide)
         if seen.forms:
-            sweep = _Sweep(seen.forms)
+            sweep = _sweep_for(seen.forms)
             headers = sweep.headers(headers, self.secret_header)
             body = sweep.bytes(body)
         if headers == response.headers and body == response.body:
@@ -530,7 +530,7 @@ class Redactor:
         headers = self._headers_for_matching(request.headers, hide)
         body = self._body(request.body, request.headers, hide)
         if seen:
-            sweep = _Sweep(seen)
+            sweep = _sweep_for(seen)
             url = sweep.text(url)
             headers = sweep.headers(headers, self.secret_header)
             body = sweep.bytes(body)
@@ -649,6 +649,17 @@ class _Sweep:
             return headers
         new = tuple((k, v if secret(k) else self.text(v)) for k, v in headers)
         return headers if new == headers else new
+
+
+def _sweep_for(forms: dict[str, str]) -> _Sweep:
+    """The ``_Sweep`` of ``forms``, built once for the same secrets (a client sends the same token again and
+    again: its regexes are not rebuilt for every request)."""
+    return _cached_sweep(tuple(sorted(forms.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_sweep(items: tuple[tuple[str, str], ...]) -> _Sweep:
+    return _Sweep(dict(items))
 
 
 def _secret_pattern(secret: str) -> tuple[str, bytes, bytes]:
