@@ -245,6 +245,9 @@ class ReplayAddon:
             self.journal.add(_exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status))
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
+            if session.redactor.enabled:  # the diagnostic shows the request: SDKs print it in CI logs
+                shown = replace(decision.request, url=session.redactor.scrub(decision.request.url))
+                decision = replace(decision, request=shown)
             source = session.served
             detail = decision.reason
             if decision.nearest:

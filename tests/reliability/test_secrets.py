@@ -362,7 +362,7 @@ def found_in(streams: dict[str, bytes], secrets: dict[str, str]) -> dict[str, li
 def test_hard_secrets_leak_nowhere_the_proxy_writes(cli: Any, tmp_path: Path, confdir: Path) -> None:
     """Issue 16: every case planted, then every file and stream the proxy writes is searched: the cassette,
     the console (stdout, stderr), the --report, the journal (ReplayProxy.journal) while recording and
-    while replaying with different live secrets, which must still match."""
+    while replaying with different live secrets, which must still match, and the 599 diagnostic."""
     recorded, live = H.of("R"), H.of("L")
     secrets = {**recorded, **{f"{k} (live)": v for k, v in live.items()}, **UP}
     secrets["USERINFO_PASSWORD"] = H.USERINFO_PASSWORD
@@ -387,8 +387,12 @@ def test_hard_secrets_leak_nowhere_the_proxy_writes(cli: Any, tmp_path: Path, co
     match_on = ["method", "path", "query", "body"]
     with ReplayProxy(cassette, confdir=confdir, match_on=match_on) as p:
         replayed = send_hard_secrets(p.url, live)
-        streams["journal (replay, live secrets)"] = repr(p.journal.entries).encode()
         sources = [e.source for e in p.journal.entries]
+        # a request nothing recorded matches: its diagnostic (which SDKs print) names it, secrets hidden
+        stray = f"/bot{live['BOT_TOKEN']}/getUpdates?key={live['GOOGLE_KEY']}&sig={quote(live['SAS_SIG'])}"
+        diagnostic = requests.get(p.url + stray, timeout=TIMEOUT)
+        streams["diagnostic (599 answer)"] = diagnostic.content
+        streams["journal (replay, live secrets)"] = repr(p.journal.entries).encode()
     for f in sorted((tmp_path / "recorded").iterdir()):
         streams[f"file {f.name}"] = f.read_bytes()
         streams[f"file {f.name} (YAML values, bodies decompressed)"] = b"\n".join(
@@ -402,7 +406,7 @@ def test_hard_secrets_leak_nowhere_the_proxy_writes(cli: Any, tmp_path: Path, co
     leaks = found_in(streams, secrets)
     forms = sum(len(secret_forms(v)) for v in secrets.values())
     print(f"\n{len(secrets)} secrets in {forms} forms searched in {len(streams)} files and streams: {leaks}")
-    unmatched = [e.line() for e in p.journal.entries if e.source != "cassette"]
+    unmatched = [e.line() for e in p.journal.entries[:8] if e.source != "cassette"]
     print(f"replay with other live secrets: {len(unmatched)} of 8 requests unmatched: {unmatched}")
     # The secrets travelled, untouched (the scan is not vacuous)
     assert statuses == [200] * 8, proc.stderr
@@ -412,6 +416,7 @@ def test_hard_secrets_leak_nowhere_the_proxy_writes(cli: Any, tmp_path: Path, co
     assert userinfo.returncode == 2 and "bob" in userinfo.stderr
     # and a replay with other live secrets matches every request
     assert replayed == [200] * 8 and sources == ["cassette"] * 8, p.journal.entries
+    assert diagnostic.status_code == 599 and b"/getUpdates?key=<REDACTED-" in diagnostic.content
 
     assert leaks == {}
 
