@@ -201,6 +201,39 @@ _NAME_NEEDLES = (
 )
 """Lower-case: a body holding none of these can name no secret by ``SECRET_WORDS``."""
 
+_TOKEN_MIN_LEN = 15
+"""No ``TOKEN_FORMATS`` value (nor bot token) is shorter."""
+
+
+def _has_token(text: str, bot: bool = True) -> bool:
+    """Whether ``text`` holds a ``TOKEN_FORMATS`` value (or, with ``bot``, a Telegram bot token).
+
+    Literal checks first (each format has one): the regex alone costs microseconds on every URL and
+    header of every request.
+    """
+    if len(text) < _TOKEN_MIN_LEN:
+        return False
+    if (
+        "eyJ" in text
+        or "gh" in text
+        or "glpat-" in text
+        or "xox" in text
+        or "AIza" in text
+        or "_live_" in text
+        or "_test_" in text
+        or "hvs." in text
+    ):
+        return (_TOKEN_RE if bot else _BODY_TOKEN_RE).search(text) is not None
+    if not bot:
+        return False
+    i = text.find(":", 6)
+    while 0 <= i <= len(text) - 31:
+        if text[i - 6 : i].isdigit():
+            return _TOKEN_RE.search(text) is not None
+        i = text.find(":", i + 1)
+    return False
+
+
 _WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
@@ -298,6 +331,8 @@ class Redactor:
         self.enabled = enabled
         self._placeholders: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._scrubbed: dict[str, str] = {}
+        """``scrub``'s answers: a poll's path is printed again and again (memory only, bounded)."""
 
     @property
     def header_names(self) -> frozenset[str]:
@@ -428,7 +463,7 @@ class Redactor:
             value = _redact_urls_in_text(value, self.secret_param, hide, self.patterns)
         elif value.startswith("/") and "?" in value:  # a relative Location, Content-Location...
             value = self._url(value, hide)
-        if self.patterns and _TOKEN_RE.search(value):
+        if self.patterns and _has_token(value):
             value = _TOKEN_RE.sub(lambda m: hide(m[0], m[0]), value)
         return value
 
@@ -566,6 +601,14 @@ class Redactor:
         ``name=value`` pairs and credential-shaped values hidden by the placeholders the cassette uses."""
         if not self.enabled or not text:
             return text
+        done = self._scrubbed.get(text)
+        if done is None:
+            if len(self._scrubbed) >= _SCRUB_CACHE_SIZE:
+                self._scrubbed.clear()
+            done = self._scrubbed[text] = self._scrub(text)
+        return done
+
+    def _scrub(self, text: str) -> str:
         hide = self._hider(_Seen())
         new = text
         if "://" in new:
@@ -575,10 +618,12 @@ class Redactor:
                 lambda m: m[0] if not self.secret_param(m[1]) else f"{m[1]}{m[2]}{hide(_decode(m[3]), m[3])}",
                 new,
             )
-        if self.patterns and _TOKEN_RE.search(new):
+        if self.patterns and _has_token(new):
             new = _TOKEN_RE.sub(lambda m: hide(m[0], m[0]), new)
         return new
 
+
+_SCRUB_CACHE_SIZE = 4096
 
 _TEXT_PAIR_RE = re.compile(r"""(?<![\w.~%-])([\w.~-]+)(=|%3[Dd])((?:<REDACTED(?:-\d+)?>|[^\s&;,)"'<>])+)""")
 """A ``name=value`` pair in printed text (a path, a diff); its value runs to a separator or a space."""
@@ -828,7 +873,7 @@ def _redact_url(url: str, secret: Predicate, hide: Hide, tokens: bool = True) ->
     new_head = head
     if "@" in head:
         new_head = _USERINFO_RE.sub(lambda m: m[1] + hide(_decode(m[2]), m[2]) + m[3], new_head)
-    if tokens and _TOKEN_RE.search(new_head):
+    if tokens and _has_token(new_head):
         new_head = _TOKEN_RE.sub(lambda m: hide(m[0], m[0]), new_head)
     if q < 0:
         return new_head
@@ -860,7 +905,7 @@ def _redact_pairs(text: str, secret: Predicate, hide: Hide, sep: re.Pattern[str]
             new = _redact_encoded_pairs(value, secret, hide)
         if tokens:
             decoded = _decode(new)
-            if _TOKEN_RE.search(decoded):
+            if _has_token(decoded):
                 new = (
                     hide(decoded, new)
                     if _TOKEN_RE.fullmatch(decoded)
@@ -934,7 +979,7 @@ def _redact_multipart(body: bytes, ctype: str, red: Redactor, hide: Hide) -> byt
         text = value.decode("utf-8", "surrogateescape")
         if red.secret_param(name[1]) and text.strip():
             new = hide(text, text)
-        elif red.patterns and _TOKEN_RE.search(text):
+        elif red.patterns and _has_token(text):
             new = _TOKEN_RE.sub(lambda t: hide(t[0], t[0]), text)
         else:
             continue
@@ -1025,7 +1070,7 @@ def _walk(node: object, red: Redactor, hide: Hide) -> tuple[object, bool]:
             new_text = _redact_urls_in_text(node, red.secret_param, hide, red.patterns)
         elif "%3" in node.upper():
             new_text = _redact_encoded_pairs(node, red.secret_param, hide)
-        if red.patterns and _BODY_TOKEN_RE.search(new_text):
+        if red.patterns and _has_token(new_text, bot=False):
             new_text = _BODY_TOKEN_RE.sub(lambda m: hide(m[0], m[0]), new_text)
         return (new_text, True) if new_text != node else (node, False)
     return node, False
