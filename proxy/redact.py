@@ -179,8 +179,10 @@ _BOT_TOKEN = r"(?<![0-9])\d{6,12}:[A-Za-z0-9_-]{30,}"
 
 _TOKEN_RE = re.compile("|".join((*TOKEN_FORMATS, _BOT_TOKEN)))
 _BODY_TOKEN_RE = re.compile("|".join(TOKEN_FORMATS))
-_BODY_TOKEN_NEEDLES = (b"eyj", b"gh", b"glpat-", b"xox", b"aiza", b"_live_", b"_test_", b"hvs.")
-"""Lower-case: a body holding none of these holds no ``TOKEN_FORMATS`` value."""
+_BODY_TOKEN_HINTS = (b"eyJ", b"gh", b"glpat-", b"xox", b"AIza", b"_live_", b"_test_", b"hvs.")
+"""A body holding none of these holds no ``TOKEN_FORMATS`` value."""
+_BODY_TOKEN_NEEDLES = tuple(h.lower() for h in _BODY_TOKEN_HINTS)
+"""The same, lower-case (a JSON body is parsed when it holds one: its strings are then searched)."""
 _NAME_NEEDLES = (
     b"token",
     b"secret",
@@ -504,10 +506,14 @@ class Redactor:
             any(t in ctype for t in _JSONISH_TYPES) or bool(_JSON_START.match(body))
         )
         find_pairs = find_pairs and self._mentions(new, self._json_needles)
-        find_tokens = self.patterns and self._mentions(new, _BODY_TOKEN_NEEDLES)
+        # token formats are case-sensitive: no lower-cased copy of a large body to look for them
+        find_tokens = self.patterns and any(h in new for h in _BODY_TOKEN_HINTS)
         find_urls = has_url and self._may_hold_secret(new, (), has_url)
+        if find_tokens and not (find_pairs or find_urls):
+            find_tokens = _is_utf8(new)  # a binary body (fails in its first bytes) is not decoded for nothing
         if find_pairs or find_urls or find_tokens:
             text, codec = _as_text(new)
+            find_tokens = find_tokens and codec == "utf-8"
             new_text = _redact_json_pairs(text, self._json_rule, hide) if find_pairs else text
             new_text = (
                 _redact_urls_in_text(new_text, self.secret_param, hide, self.patterns)
@@ -786,6 +792,14 @@ def _as_text(body: bytes) -> tuple[str, str]:
         return body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         return body.decode("latin-1"), "latin-1"
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _hide_for_matching(secret: str, raw: str) -> str:
