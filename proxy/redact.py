@@ -160,7 +160,15 @@ KEY_NOT_SECRET: frozenset[str] = frozenset(
 A bare ``key`` is a secret as a header, query or form name (Google's ``key=``), not as a JSON key (too
 often a dictionary's key); ``key1``/``key2`` are (Azure's account keys)."""
 
-NOT_SECRET_NAMES: frozenset[str] = frozenset({"access-control-allow-credentials"})
+TOKEN_NOT_SECRET: frozenset[str] = frozenset(
+    {"page", "continuation", "skip", "next", "sync", "resume", "cursor", "change", "delta"}
+)
+"""``...Token`` names that are pagination or sync cursors, not credentials: ``continuationToken``,
+``nextPageToken``, ``$skiptoken``, ``NextToken``, ``syncToken``."""
+
+NOT_SECRET_NAMES: frozenset[str] = frozenset(
+    {"access-control-allow-credentials", *(f"{w}token" for w in TOKEN_NOT_SECRET)}
+)
 """Names the words would take for secrets that never hold one (lower-case)."""
 
 TOKEN_FORMATS: tuple[str, ...] = (
@@ -243,7 +251,7 @@ _WORD_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 def is_secret_name(name: str, where: str = "query") -> bool:
     """Whether ``name`` (a header: ``where="header"``, a query/form field: ``"query"``, a JSON key:
     ``"json"``) names a secret by ``SECRET_WORDS``, in any case style."""
-    if name.lower() in NOT_SECRET_NAMES:
+    if name.lower().lstrip("$") in NOT_SECRET_NAMES:
         return False
     words: list[str] = [str(w).lower() for w in _WORD_RE.findall(name)]
     numbered = False
@@ -257,6 +265,8 @@ def is_secret_name(name: str, where: str = "query") -> bool:
         if previous in KEY_NOT_SECRET:
             return False
         return bool(previous) or where != "json" or numbered
+    if last == "token" and previous in TOKEN_NOT_SECRET:
+        return False
     if last in SECRET_WORDS:
         return True
     if (last == "id" and previous in ("session", "sess")) or (last == "string" and previous == "connection"):

@@ -714,6 +714,11 @@ def test_secret_names_in_any_case_style(name: str) -> None:
         "Access-Control-Allow-Credentials",
         "author",
         "monkey",
+        "continuationToken",
+        "nextPageToken",
+        "$skiptoken",
+        "NextToken",
+        "syncToken",
     ],
 )
 def test_names_that_are_no_secrets(name: str) -> None:
