@@ -657,9 +657,7 @@ def test_record_mode_new_episodes_replays_matches_and_records_the_rest(
     old = interactions(path)
     seen = len(upstream.requests)
     with ReplayProxy(path, upstream.url, confdir=confdir, record_mode="new_episodes") as proxy:
-        answers = [
-            get(f"{proxy.url}/json?{q}", headers={"X-Run": "2"}) for q in ("a=1", "c=3", "b=2", "d=4")
-        ]
+        answers = [get(f"{proxy.url}/json?{q}", headers={"X-Run": "2"}) for q in ("a=1", "c=3", "b=2", "d=4")]
         entries = proxy.journal.entries
     assert [r.status_code for r in answers] == [200] * 4
     assert [r.json()["query"] for r in answers] == [{"a": ["1"]}, {"c": ["3"]}, {"b": ["2"]}, {"d": ["4"]}]

@@ -421,6 +421,23 @@ def test_hard_secrets_leak_nowhere_the_proxy_writes(cli: Any, tmp_path: Path, co
     assert leaks == {}
 
 
+def test_redact_except_keeps_a_false_positive_through_the_command(
+    cli: Any, tmp_path: Path, upstream: Upstream
+) -> None:
+    """`key=` names a setting in some APIs (Azure App Configuration): --redact-except key keeps it, while
+    the other rules still apply."""
+    cassette = tmp_path / "kv.yaml"
+    proc = cli(["record", upstream.url, "-o", str(cassette), "--port", "0", "--redact-except", "key"])
+    try:
+        r = requests.get(f"{proc.url}/json?key=app:color&sig=kv-secret-sig-1", timeout=TIMEOUT)
+    finally:
+        assert proc.stop() == 0, proc.stderr
+    assert r.status_code == 200
+    (item,) = saved(cassette)
+    assert item["request"]["uri"].endswith("/json?key=app:color&sig=<REDACTED-1>")
+    assert "key=app:color&sig=<REDACTED-1>" in proc.stderr  # the console line, the same way
+
+
 # ----------------------------------------------------------------------------- the scan itself
 
 
