@@ -128,6 +128,9 @@ class ReplayAddon:
         loader.add_option("replay_redact_query", Sequence[str], [], "More query parameter names to redact.")
         loader.add_option("replay_redact_json", Sequence[str], [], "JSON body field names to redact.")
         loader.add_option(
+            "replay_redact_except", Sequence[str], [], "Names the secret-name patterns must not redact."
+        )
+        loader.add_option(
             "replay_upstream", str | None, None, "Origin recorded requests are rebased on in reverse mode."
         )
         loader.add_option("replay_scenarios", Sequence[str], [], "Scenario files (YAML) answered first.")
@@ -159,6 +162,7 @@ class ReplayAddon:
             raise exceptions.OptionsError(str(e)) from e
         self._close_session()
         self.session = session
+        self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
         if session.router.playback is not None and len(session.router.playback) >= FREEZE_AT:
             # What a large cassette loaded lives as long as the session: keep it out of the cyclic garbage
             # collector's full passes, which otherwise walk all of it (100k interactions: 300 ms pauses).
@@ -255,6 +259,9 @@ class ReplayAddon:
             self._journal(flow, exchange)
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
+            if session.redactor.enabled:  # the diagnostic shows the request: SDKs print it in CI logs
+                shown = replace(decision.request, url=session.redactor.scrub(decision.request.url))
+                decision = replace(decision, request=shown)
             source = session.served
             detail = decision.reason
             if decision.nearest:
@@ -397,6 +404,7 @@ def _build_session(options: Any) -> Session:
         query=(*DEFAULT_QUERY, *options.replay_redact_query),
         json_fields=(*DEFAULT_JSON_FIELDS, *options.replay_redact_json),
         enabled=options.replay_redact,
+        keep=options.replay_redact_except,
     )
     path = Path(options.replay_cassette) if options.replay_cassette else None
     loaded: list[Interaction] = []

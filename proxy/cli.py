@@ -194,6 +194,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
     )
+    r.add_argument(
+        "--redact-except",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the secret-name rules would redact that holds no secret: keep its values (repeatable, "
+        "e.g. --redact-except key for a `key=` query parameter that is a setting's name)",
+    )
 
     from proxy.verdict import RULES
 
@@ -431,6 +439,7 @@ def _serve(args: argparse.Namespace) -> int:
         redact_headers=args.redact_header,
         redact_query=args.redact_query,
         redact_json=args.redact_json_field,
+        redact_except=args.redact_except,
         scenarios=scenarios,
         clock=getattr(args, "clock", None),
         upstream_ca=args.upstream_ca,

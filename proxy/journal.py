@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
@@ -173,7 +173,9 @@ class Journal:
     """A thread-safe, append-only list of exchanges, with an optional listener per entry.
 
     Bounded: only the last ``max_entries`` (default ``MAX_ENTRIES``, 100,000) entries are kept, so a
-    proxy that serves for days does not grow without end.
+    proxy that serves for days does not grow without end. ``scrub`` (the session's ``Redactor.scrub``)
+    hides secrets in each entry's URLs and detail before it is kept or shown: the console, ``--report``
+    and ``ReplayProxy.journal`` never hold one.
     """
 
     def __init__(
@@ -182,8 +184,11 @@ class Journal:
         self._entries: deque[Exchange] = deque(maxlen=max_entries)
         self._lock = threading.Lock()
         self.listener = listener
+        self.scrub: Callable[[str], str] | None = None
 
     def add(self, exchange: Exchange) -> None:
+        if self.scrub is not None:
+            exchange = scrubbed(exchange, self.scrub)
         with self._lock:
             self._entries.append(exchange)
         if self.listener is not None:
@@ -197,3 +202,25 @@ class Journal:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
+    """``exchange`` with ``scrub`` applied to its URLs and detail; itself when nothing changed."""
+    url, path, client_url, detail = (
+        scrub(exchange.url),
+        scrub(exchange.path),
+        scrub(exchange.client_url),
+        scrub(exchange.detail),
+    )
+    status_urls = tuple(scrub(u) for u in exchange.status_urls)
+    if (url, path, client_url, detail, status_urls) == (
+        exchange.url,
+        exchange.path,
+        exchange.client_url,
+        exchange.detail,
+        exchange.status_urls,
+    ):
+        return exchange
+    return replace(
+        exchange, url=url, path=path, client_url=client_url, detail=detail, status_urls=status_urls
+    )
