@@ -1,5 +1,6 @@
-"""replay-proxy's own answers: to a request nothing recorded matches (599), to an exchange that could not be
-saved (500), to a request that arrives while the proxy stops (503). Each has a JSON body saying why."""
+"""replay-proxy's own answers: to a request nothing recorded matches (599), to one that matches a recorded
+interaction that cannot be replayed (599), to an exchange that could not be saved (500), to a request that
+arrives while the proxy stops (503). Each has a JSON body saying why."""
 
 from __future__ import annotations
 
@@ -65,6 +66,18 @@ def _own_answer(status: int, reason: str, kind: str, error: Mapping[str, object]
 
 def _own_error(status: int, reason: str, kind: str, code: str, message: str) -> Response:
     return _own_answer(status, reason, kind, {"code": code, "message": message})
+
+
+def unplayable_response(message: str) -> Response:
+    """What a recorded interaction whose response no vcrpy stub can replay answers (a status without a
+    message, no body...): where it is and why, as vcrpy's own replay would fail there."""
+    return _own_error(
+        NO_MATCH_STATUS,
+        "Unplayable Interaction (replay-proxy)",
+        "unplayable",
+        "ReplayProxyUnplayable",
+        f"replay-proxy: {message}. Fix or re-record that interaction.",
+    )
 
 
 def record_failed_response(cause: str) -> Response:
