@@ -107,6 +107,18 @@ class ReplayAddon:
         )
         loader.add_option("replay_match_headers", Sequence[str], [], "Request headers that must also match.")
         loader.add_option(
+            "replay_filter_query_parameters",
+            Sequence[str],
+            [],
+            "vcrpy's filter_query_parameters (NAME or NAME=VALUE), applied before matching and saving.",
+        )
+        loader.add_option(
+            "replay_filter_headers",
+            Sequence[str],
+            [],
+            "vcrpy's filter_headers (NAME or NAME=VALUE), applied before matching and saving.",
+        )
+        loader.add_option(
             "replay_when_exhausted",
             str,
             "repeat-last",
@@ -370,7 +382,12 @@ def _build_session(options: Any) -> Session:
                 f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
             )
     upstream_timeout = _upstream_timeout(options.replay_upstream_timeout)
-    matcher = Matcher(options.replay_match_on, options.replay_match_headers)
+    matcher = Matcher(
+        options.replay_match_on,
+        options.replay_match_headers,
+        options.replay_filter_query_parameters,
+        options.replay_filter_headers,
+    )
     redactor = Redactor(
         headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
         query=(*DEFAULT_QUERY, *options.replay_redact_query),
@@ -379,15 +396,17 @@ def _build_session(options: Any) -> Session:
     )
     path = Path(options.replay_cassette) if options.replay_cassette else None
     loaded: list[Interaction] = []
+    extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            loaded = cassette.load(path)
+            read = cassette.read(path)
+            loaded, extra = read.interactions, read.extra
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
         Playback(
-            [Interaction(redactor.for_matching(i.request), i.response) for i in loaded],
+            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
             matcher,
             options.replay_when_exhausted,
         )
@@ -414,7 +433,9 @@ def _build_session(options: Any) -> Session:
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
     recorder = (
-        Recorder(path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor)
+        Recorder(
+            path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor, extra=extra
+        )
         if records and path is not None
         else None
     )

@@ -1192,7 +1192,10 @@ class Playback:
     def _vcr_request(self, idx: int) -> VcrRequest:
         cached = self._vcr[idx]
         if cached is None:
-            cached = self._vcr[idx] = to_vcr_request(self._items[idx].request)
+            item = self._items[idx]
+            cached = self._vcr[idx] = self.matcher.vcr_request(item.request)
+            if item.raw is not None and isinstance(item.raw["request"]["body"], _STRUCTURED):
+                cached.body = item.raw["request"]["body"]  # as vcrpy loads it: the body matcher sees a value
         return cached
 
     @property
@@ -1234,7 +1237,7 @@ class Playback:
                 matches: Sequence[int] = bucket
                 state: Hashable = key
             else:
-                incoming = to_vcr_request(request)
+                incoming = self.matcher.vcr_request(request)
                 for idx in bucket:
                     if not counts[idx] and self.matcher.confirm(self._vcr_request(idx), incoming):
                         return self._answer(idx, extra=False)

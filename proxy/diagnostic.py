@@ -44,14 +44,44 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         message += f"; closest is #{index + 1} {interaction.request.method} {interaction.request.url}"
         if diffs:
             message += f" ({'; '.join(diffs)})"
+    hint = _hint(source)
+    if decision.unrecorded:
+        filtered = _filter_hint(decision.unrecorded)
+        message += f". {filtered}"
+        hint = f"{filtered} {hint}"
     error = {
         "code": "ReplayProxyNoMatch",
         "message": message,
         "request": {"method": request.method, "uri": request.url},
         "closest": closest,
-        "hint": _hint(source),
+        "hint": hint,
     }
     return _own_answer(NO_MATCH_STATUS, NO_MATCH_REASON, "no-match", error)
+
+
+_FILTER_OPTIONS = {
+    "query": ("query parameter", "filter_query_parameters", "--filter-query-parameter"),
+    "header": ("header", "filter_headers", "--filter-header"),
+}
+
+
+def _filter_hint(unrecorded: tuple[tuple[str, str], ...]) -> str:
+    """Says that only what vcrpy's filters drop differs, and which option filters live requests alike."""
+    parts = []
+    for kind in ("query", "header"):
+        names = [name for k, name in unrecorded if k == kind]
+        if not names:
+            continue
+        what, vcrpy_name, option = _FILTER_OPTIONS[kind]
+        shown = ", ".join(names)
+        flags = " ".join(f"{option} {name}" for name in names)
+        parts.append(
+            f"The only difference is the {what}{'s' if len(names) > 1 else ''} {shown}, which the "
+            f"recording does not have: a cassette recorded with vcrpy's {vcrpy_name} drops it. "
+            f"Filter live requests the same way: {flags} (ReplayProxy({vcrpy_name}=[...]), "
+            f"pytest --replay{option[1:]} NAME)."
+        )
+    return " ".join(parts)
 
 
 def _own_answer(status: int, reason: str, kind: str, error: Mapping[str, object]) -> Response:

@@ -64,6 +64,8 @@ class NoMatch:
     request: Request
     reason: str
     nearest: tuple[tuple[int, Interaction, tuple[str, ...]], ...] = ()
+    unrecorded: tuple[tuple[str, str], ...] = ()
+    """("query" | "header", name): all that the closest recording lacks, as vcrpy's filters leave it."""
 
 
 Decision = Scripted | Replay | Forward | NoMatch
@@ -130,8 +132,14 @@ class Router:
             what = "scenario rule"
         else:
             what = "scenario rule or recorded interaction"
+        unrecorded = (
+            self.playback.matcher.unrecorded(nearest[0][1].request, matching)
+            if self.playback is not None and nearest
+            else ()
+        )
         return NoMatch(
             request,
             f"no {what} matches this request",
             tuple((i, it, tuple(diffs)) for i, it, diffs in nearest),
+            unrecorded,
         )
