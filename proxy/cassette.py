@@ -540,8 +540,7 @@ def read(path: Path) -> Loaded:
     path = Path(path)
     with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
         parsed = _parse_json(path) if is_json(path) else None
-        if parsed is None:
-            parsed = _parse_streamed(path)
+        streamed = parsed is None and (parsed := _parse_streamed(path)) is not None
         if parsed is None:
             parsed = _parse_text(path)
         data, odd, size = parsed
@@ -551,7 +550,7 @@ def read(path: Path) -> Loaded:
             out = _direct(items, raws)
         except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
             out = _through_vcrpy(path, data, raws)
-        if raws and _read_odd(path, out, raws, size):
+        if (raws and _read_odd(path, out, raws, size)) or (streamed and out and _cut_short(path)):
             out.pop()
             logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
         extra = {k: v for k, v in data.items() if k not in ("version", "interactions")}
@@ -608,6 +607,19 @@ def _in_append_layout(path: Path) -> bool:
             return f.read(len(HEADER)).startswith(HEADER[: HEADER.index("\n") + 1].encode())
     except OSError:
         return False
+
+
+def _cut_short(path: Path) -> bool:
+    """A YAML file in the recording layout whose last line has no newline: its last item was cut in the
+    middle of a value (``message: O``), which still parses."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return False
+    except OSError:
+        return False
+    return _in_append_layout(path)
 
 
 def _unplayable(path: Path, index: int, why: str) -> Response:

@@ -67,8 +67,8 @@ def without_torn_tail(text: str) -> Any:
     or None when the text is not that."""
     marker = '    "interactions": [\n'
     start = text.find(marker)
-    if not text.startswith('{\n    "version": ') or start < 0:
-        return None
+    if not text.startswith('{\n    "version": ') or start < 0 or text.endswith(TAIL):
+        return None  # not the layout, or whole: broken by hand, not by a kill
     body_start = start + len(marker)
     cut = len(text)
     for _ in range(3):
