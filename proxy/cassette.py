@@ -196,9 +196,10 @@ _STRUCTURED = (dict, list, int, float, bool)
 writes them as a mapping, list or number."""
 
 
-def _canonical_response(resp: Any, budget: _Budget) -> bool:
+def _canonical_response(resp: Any, budget: _Budget, at: DataPath) -> bool:
     """Whether ``resp`` has the shape the proxy writes (``status: {code, message}``, headers a mapping
-    of name to list of values, ``body: {string}``); then its texts are spent from ``budget``."""
+    of name to list of values, ``body: {string}``); then its texts are spent from ``budget`` (which
+    raises, at the header that overdraws it, when they are too many)."""
     if resp.__class__ is not dict:
         return False
     status, headers, body = resp.get("status"), resp.get("headers"), resp.get("body")
@@ -213,6 +214,8 @@ def _canonical_response(resp: Any, budget: _Budget) -> bool:
     cost = _headers_cost(headers, True)
     if cost < 0:
         return False
+    if cost > budget.left:
+        _check_headers(budget.path, (*at, "response", "headers"), "response", headers, True, budget)
     budget.left -= cost + _size(message) + _size(string)
     return True
 
@@ -259,7 +262,7 @@ def _check(path: Path, data: Any, size: int) -> list[int]:
             body = _structured_body(body)
         budget.spend(at, _size(req["method"]) + _size(req["uri"]) + _size(body))
         _check_headers(path, (*at, "request", "headers"), "request", req["headers"], False, budget)
-        if not _canonical_response(item["response"], budget) and (not odd or odd[-1] != i):
+        if not _canonical_response(item["response"], budget, at) and (not odd or odd[-1] != i):
             odd.append(i)
         if budget.left < 0:
             budget.spend(at, 0)
@@ -540,7 +543,8 @@ def read(path: Path) -> Loaded:
     path = Path(path)
     with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
         parsed = _parse_json(path) if is_json(path) else None
-        streamed = parsed is None and (parsed := _parse_streamed(path)) is not None
+        if parsed is None:
+            parsed = _parse_streamed(path)
         if parsed is None:
             parsed = _parse_text(path)
         data, odd, size = parsed
@@ -550,7 +554,7 @@ def read(path: Path) -> Loaded:
             out = _direct(items, raws)
         except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
             out = _through_vcrpy(path, data, raws)
-        if (raws and _read_odd(path, out, raws, size)) or (streamed and out and _cut_short(path)):
+        if raws and _read_odd(path, out, raws, size):
             out.pop()
             logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
         extra = {k: v for k, v in data.items() if k not in ("version", "interactions")}
@@ -569,7 +573,7 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
     last = len(out) - 1
     if (
         last in raws
-        and not _canonical_response(raws[last]["response"], _Budget(path, size))
+        and not _canonical_response(raws[last]["response"], _Budget(path, size), ("interactions", last))
         and _in_append_layout(path)
     ):
         del raws[last]
@@ -580,7 +584,7 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
     problems: list[tuple[int, DataPath, str]] = []
     for i, raw in raws.items():
         at: DataPath = ("interactions", i)
-        if _canonical_response(raw["response"], _Budget(path, size)):
+        if _canonical_response(raw["response"], _Budget(path, size), at):
             response = _response_from_dict(raw["response"])
         else:
             try:
@@ -602,24 +606,26 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
 
 
 def _in_append_layout(path: Path) -> bool:
+    """Whether ``path`` is in the recording layout (``version: 1`` first, which vcrpy never writes) and
+    its last item is in the block style the proxy writes (``- request:`` alone on its line)."""
     try:
         with open(path, "rb") as f:
-            return f.read(len(HEADER)).startswith(HEADER[: HEADER.index("\n") + 1].encode())
-    except OSError:
-        return False
-
-
-def _cut_short(path: Path) -> bool:
-    """A YAML file in the recording layout whose last line has no newline: its last item was cut in the
-    middle of a value (``message: O``), which still parses."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) == b"\n":
+            if not f.read(len(HEADER)).startswith(HEADER[: HEADER.index("\n") + 1].encode()):
                 return False
+            end = f.seek(0, os.SEEK_END)
+            chunk = 1 << 16
+            tail = b""
+            while end > 0:  # back to the start of the last item, a chunk at a time
+                start = max(0, end - chunk)
+                f.seek(start)
+                tail = f.read(end - start) + tail[:16]
+                at = tail.rfind(b"\n- ")
+                if at >= 0:
+                    return tail[at:].startswith(b"\n- request:\n")
+                end = start
     except OSError:
-        return False
-    return _in_append_layout(path)
+        pass
+    return False
 
 
 def _unplayable(path: Path, index: int, why: str) -> Response:

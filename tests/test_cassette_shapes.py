@@ -277,7 +277,8 @@ def test_the_recording_layout_with_other_keys_recovers_a_torn_tail(tmp_path: Pat
     text = path.read_text()
     assert text.startswith("version: 1\nmetadata:\n")
     last = text.rfind("\n- request:")
-    for cut in range(last + 2, len(text) - 1, 5):
+    lines = [i + 1 for i, c in enumerate(text) if c == "\n" and last < i < len(text) - 1]
+    for cut in [last + 2, last + 5, *lines, *(n + 3 for n in lines)]:  # cut at and inside lines
         path.write_text(text[:cut])
         assert [i.request.path for i in load(path)] == ["/0", "/1"], cut
 
