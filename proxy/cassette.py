@@ -558,7 +558,7 @@ def read(path: Path) -> Loaded:
             out.pop()
             logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
         extra = {k: v for k, v in data.items() if k not in ("version", "interactions")}
-        del data, items  # before the collector resumes: it would walk all of it once more
+        del data, items, parsed  # before the collector resumes: it would walk all of it once more
     return Loaded(out, extra)
 
 
