@@ -94,7 +94,10 @@ class ReplayAddon:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "replay_cassette", str | None, None, "Cassette file (vcrpy YAML) to replay and record."
+            "replay_cassette",
+            str | None,
+            None,
+            "Cassette file (vcrpy YAML, or JSON for .json) to replay and record.",
         )
         loader.add_option(
             "replay_record_mode", str, "none", "Record mode: rewrite, all, new_episodes, once or none."

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="CASSETTE",
-        help="cassette file to write (vcrpy YAML), e.g. -o cassettes/tileset.yaml",
+        help="cassette file to write (vcrpy YAML; its JSON for a .json name), e.g. -o cassettes/tileset.yaml",
     )
     rec.add_argument(
         "--record-mode",
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cassette",
         type=Path,
         metavar="CASSETTE",
-        help="cassette file (vcrpy YAML), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
+        help="cassette file (vcrpy YAML or JSON), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
     )
     _add_common(rep)
 

@@ -459,8 +459,8 @@ def classify(path: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from e
     keys = set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, re.MULTILINE))
-    if "interactions" in keys:
-        return "cassette"
+    if "interactions" in keys or (text.lstrip().startswith("{") and '"interactions"' in text):
+        return "cassette"  # vcrpy's YAML, or its JSON
     if keys & {"routes", "operations"}:
         return "scenario"
     if not text.strip():
