@@ -471,3 +471,15 @@ def test_playback_filters_recorded_and_live_alike() -> None:
     recorded = Interaction(Request("GET", "http://h/p?a=1"), Response(200, "OK", (), b"x"))
     playback = Playback([recorded], Matcher(filter_query_parameters=["sig"]))
     assert isinstance(playback.play(Request("GET", "http://h/p?sig=s&a=1")), Played)
+
+
+def test_recording_a_binary_body_to_json_fails_that_exchange_loudly(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    path = tmp_path / "bin.json"
+    with ReplayProxy(path, upstream.url, confdir=tmp_path / "conf") as proxy:
+        assert requests.get(f"{proxy.url}/json", timeout=TIMEOUT).ok
+        r = requests.get(f"{proxy.url}/binary", timeout=TIMEOUT)
+        assert (r.status_code, r.headers["X-Replay-Proxy"]) == (500, "record-failed")
+        assert "record to a .yaml cassette" in r.json()["error"]["message"]
+    assert [i.request.path for i in load(path)] == ["/json"]  # what was saved before stays valid
