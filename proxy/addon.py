@@ -253,7 +253,10 @@ class ReplayAddon:
             served = self._served_for(flow, session, played.interaction.response)
             flow.response = served.wire.flow_response()
             sent = served.response
-            self.journal.add(_exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status))
+            kind = "cassette"
+            if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
+                kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
+            self.journal.add(_exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
             source = session.served

@@ -628,6 +628,11 @@ def _in_append_layout(path: Path) -> bool:
     return False
 
 
+def is_unplayable(response: Response) -> bool:
+    """Whether ``response`` is the diagnostic standing in for a recorded one no vcrpy stub replays."""
+    return response.status == 599 and response.header("X-Replay-Proxy") == "unplayable"
+
+
 def _unplayable(path: Path, index: int, why: str) -> Response:
     from proxy.diagnostic import unplayable_response  # diagnostic imports router, which imports us
 

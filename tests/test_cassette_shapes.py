@@ -483,3 +483,22 @@ def test_recording_a_binary_body_to_json_fails_that_exchange_loudly(
         assert (r.status_code, r.headers["X-Replay-Proxy"]) == (500, "record-failed")
         assert "record to a .yaml cassette" in r.json()["error"]["message"]
     assert [i.request.path for i in load(path)] == ["/json"]  # what was saved before stays valid
+
+
+def test_an_unplayable_interaction_answers_599_and_counts_as_unmatched(tmp_path: Path) -> None:
+    from proxy.verdict import check
+
+    path = tmp_path / "odd.yaml"
+    path.write_text(
+        "interactions:\n" + GOOD + "- request: {body: null, headers: {}, method: GET, uri: 'http://h/odd'}\n"
+        "  response: {body: {string: x}, headers: {}, status: {code: 200}}\n"
+    )
+    with ReplayProxy(path, confdir=tmp_path / "conf") as proxy:
+        assert requests.get(f"{proxy.url}/good", timeout=TIMEOUT).text == "good"
+        r = requests.get(f"{proxy.url}/odd", timeout=TIMEOUT)
+        assert (r.status_code, r.headers["X-Replay-Proxy"]) == (599, "unplayable")
+        assert "response status has no message" in r.json()["error"]["message"]
+        violations = check(proxy.journal.entries)
+    assert [(v.rule, "#2: the recorded interaction cannot be replayed" in v.message) for v in violations] == [
+        ("unmatched", True)
+    ]
