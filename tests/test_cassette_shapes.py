@@ -246,23 +246,32 @@ def test_a_response_no_stub_replays_leaves_the_rest_playable(
     assert re.search(rf"{re.escape(str(path))}:[45]:\d+: interaction 1 cannot be replayed", caplog.text)
 
 
-def test_a_rewrite_keeps_odd_items_and_other_top_level_keys(tmp_path: Path) -> None:
+def parse(path: Path) -> Any:
+    text = path.read_text()
+    return (
+        json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=yamlserializer._CassetteLoader)
+    )
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_rewrite_keeps_odd_items_and_other_top_level_keys(tmp_path: Path, suffix: str) -> None:
     """Recording more into a cassette (record modes all, new_episodes) writes the items the proxy read in
     other shapes back as they were, and keeps top-level keys it does not know (vcrpy's ``metadata``)."""
-    path = tmp_path / "mixed.yaml"
+    path = tmp_path / f"mixed{suffix}"
     aiohttp_cassette(path)
-    text = path.read_text().replace("version: 1\n", "metadata: {recorded_by: someone}\nversion: 1\n")
-    path.write_text(text)
-    before = yaml.load(text, Loader=yamlserializer._CassetteLoader)
+    data = parse(path)
+    data["metadata"] = {"recorded_by": "someone"}
+    path.write_text(json.dumps(data, indent=4) if suffix == ".json" else yaml.dump(data))
+    before = parse(path)
     loaded = read(path)
     assert loaded.extra == {"metadata": {"recorded_by": "someone"}}
     new = Interaction(Request("GET", "http://svc.test/new"), Response(200, "OK", (), b"new"))
     with CassetteWriter(path, loaded.interactions, loaded.extra) as writer:
         writer.append(new)
-        middle = yaml.load(path.read_text(), Loader=yamlserializer._CassetteLoader)  # the recording layout
+        middle = parse(path)  # the recording layout
         assert middle["metadata"] == before["metadata"] and len(middle["interactions"]) == 3
         writer.close([*loaded.interactions, new])
-    after = yaml.load(path.read_text(), Loader=yamlserializer._CassetteLoader)
+    after = parse(path)
     assert after["metadata"] == before["metadata"]
     assert after["interactions"][:2] == before["interactions"]  # body mappings and body: {} as they were
     assert len(vcrpy_loads(path)) == 3
@@ -502,3 +511,25 @@ def test_an_unplayable_interaction_answers_599_and_counts_as_unmatched(tmp_path:
     assert [(v.rule, "#2: the recorded interaction cannot be replayed" in v.message) for v in violations] == [
         ("unmatched", True)
     ]
+
+
+def test_recording_new_episodes_keeps_what_the_proxy_does_not_write_itself(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """Through the proxy (record mode new_episodes): tornado's header pairs and vcrpy's ``metadata`` of a
+    loaded cassette are in the file it rewrites at stop, beside the new exchange."""
+    path = tmp_path / "tornado.yaml"
+    write_vcrpy(
+        path,
+        [VcrRequest("GET", f"{upstream.url}/recorded", None, {})],
+        [{"status": OK, "headers": [("X-A", ["1"])], "body": {"string": b"old"}, "url": "u"}],
+    )
+    path.write_text(path.read_text() + "metadata:\n  kept: true\n")
+    before = parse(path)
+    with ReplayProxy(path, upstream.url, record_mode="new_episodes", confdir=tmp_path / "conf") as proxy:
+        assert requests.get(f"{proxy.url}/recorded", timeout=TIMEOUT).text == "old"
+        assert requests.get(f"{proxy.url}/json", timeout=TIMEOUT).ok
+    after = parse(path)
+    assert after["metadata"] == {"kept": True}
+    assert after["interactions"][0] == before["interactions"][0]
+    assert [i.request.path for i in load(path)] == ["/recorded", "/json"]
