@@ -1,5 +1,11 @@
 """vcrpy-format cassettes: load, canonical dump, atomic save, append-as-you-go writing, ordered playback.
 
+Whatever vcrpy's current release loads loads here, YAML or JSON (``proxy/jsonfile.py``), including the
+shapes its stubs write besides the usual one (aiohttp's value bodies and ``body: {}``, the old httpx
+format, tornado's header pairs); a response no stub can replay is reported and answered with a
+diagnostic, as vcrpy fails only when it plays it. Such items, and top-level keys besides ``version``
+and ``interactions``, are written back as they were when a cassette is rewritten.
+
 YAML goes through vcrpy's own serializer (``vcr.serialize`` + ``vcr.serializers.yamlserializer``), so a
 cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-recording load ours. Files are
 written and parsed as streams and ``!!binary`` is encoded in slices, so a 50 MB body is not also held as
@@ -968,7 +974,7 @@ def save(path: Path, interactions: Sequence[Interaction], extra: dict[str, Any] 
         return
 
     def write(f: BinaryIO) -> None:
-        for key in sorted(["interactions", "version", *extra]):  # PyYAML sorts the keys
+        for key in sorted(["interactions", "version", *extra], key=str):  # PyYAML sorts the keys
             if key == "version":
                 f.write(f"version: {CASSETTE_FORMAT_VERSION}\n".encode())
             elif key != "interactions":
@@ -986,12 +992,13 @@ def save(path: Path, interactions: Sequence[Interaction], extra: dict[str, Any] 
 class CassetteWriter:
     """Saves exchanges as they happen without rewriting the whole file per exchange.
 
-    The file is laid out as ``version: 1`` then ``interactions:``; PyYAML does not indent a block
-    sequence under a mapping key, so each appended ``- request: ...`` item (one ``os.write`` on an
-    ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. An item larger than
-    ``_WRITE_BUFFER`` (a large body) is written as it is serialized, in several writes: a kill in between
-    leaves a torn last item, which ``load`` drops. ``close(final)`` rewrites the file in vcrpy's canonical
-    order. Nothing is created until there is something to write.
+    The file is laid out as ``version: 1``, the other top-level keys (``extra``), then ``interactions:``;
+    PyYAML does not indent a block sequence under a mapping key, so each appended ``- request: ...`` item
+    (one ``os.write`` on an ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. An
+    item larger than ``_WRITE_BUFFER`` (a large body) is written as it is serialized, in several writes: a
+    kill in between leaves a torn last item, which ``load`` drops. A ``.json`` path is vcrpy's JSON
+    instead, appended to as ``proxy/jsonfile.py`` describes. ``close(final)`` rewrites the file in vcrpy's
+    canonical order. Nothing is created until there is something to write.
     """
 
     def __init__(
