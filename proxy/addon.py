@@ -25,15 +25,21 @@ from proxy import (
     gateway,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
-from proxy.diagnostic import no_match_response, record_failed_response, stopping_response
-from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
+from proxy.diagnostic import (
+    closest_rule,
+    no_match_response,
+    record_failed_response,
+    scenario_error_response,
+    stopping_response,
+)
+from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
 from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
-from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, Scripted
+from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, ScenarioFailed, Scripted
 from proxy.scenario.answer import Answer
 
 logger = logging.getLogger("proxy")
@@ -230,8 +236,8 @@ class ReplayAddon:
         request = _model_request(flow, session)
         try:
             decision: Decision = session.router.decide(request, _base_url(flow))
-        except ReplayProxyError as e:  # a scenario template failed at render time: say so, never forward
-            decision = NoMatch(request, f"scenario error: {e}")
+        except ScenarioError as e:  # a scenario template failed at render time: say so, never forward
+            decision = ScenarioFailed(request, "; ".join(e.problems))
         if isinstance(decision, Scripted):
             answer = decision.answer
             flow.metadata[META] = "scenario"
@@ -257,6 +263,10 @@ class ReplayAddon:
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
                 kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
             self.journal.add(_exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
+        elif isinstance(decision, ScenarioFailed):
+            flow.metadata[META] = "scenario-error"
+            flow.response = _flow_response(scenario_error_response(decision))
+            self.journal.add(_exchange(flow, flow.response.status_code, "scenario-error", decision.problem))
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
             source = session.served
@@ -267,6 +277,8 @@ class ReplayAddon:
                 detail += f"; closest #{index + 1} {closest.method} {closest.path_and_query}"
                 if diffs:
                     detail += f" ({'; '.join(diffs)})"
+            if decision.rules:
+                detail += f"; closest rule {closest_rule(decision)}"
             # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
             flow.response = _flow_response(no_match_response(decision, source))
             self.journal.add(_exchange(flow, flow.response.status_code, "no-match", detail))

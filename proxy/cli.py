@@ -218,7 +218,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="at exit, print each operation's timeline (every poll, the gap before it, what it got) and "
         "the violations: unmatched requests, polls earlier than Retry-After, polls after a terminal "
-        "status, self-built status URLs, unfinished operations (exit status unchanged)",
+        "status, self-built status URLs, unfinished operations, scenario errors (exit status unchanged)",
     )
     v.add_argument(
         "--strict-report",

@@ -29,10 +29,12 @@ _monotonic = time.monotonic  # the field named ``time`` hides the module in the 
 class Exchange:
     """One request and what answered it.
 
-    ``source`` is ``"scenario"``, ``"upstream"``, ``"cassette"``, ``"no-match"`` or ``"error"``; ``detail``
-    says more (``"#3"``, ``"#3, repeated"``, ``"recorded as #7"``, the upstream error ...). ``url`` is
-    mitmproxy's view (in reverse mode: on the upstream's origin); ``path`` is the path and query as the
-    client sent them, ``client_url`` the whole URL as the client used it (in reverse mode: on the proxy).
+    ``source`` is ``"scenario"``, ``"upstream"``, ``"cassette"``, ``"no-match"``, ``"scenario-error"`` (a
+    matching scenario rule failed to render) or ``"error"``; ``detail`` says more (``"#3"``, ``"#3,
+    repeated"``, ``"recorded as #7"``, the upstream error, the scenario error's ``file:line:column`` ...).
+    ``url`` is mitmproxy's view (in reverse mode: on the upstream's origin); ``path`` is the path and query
+    as the client sent them, ``client_url`` the whole URL as the client used it (in reverse mode: on the
+    proxy).
 
     For the verdict: ``time`` (wall clock) and ``monotonic`` are when the request *arrived* (not when it
     was answered, so slow answers do not distort the gaps between polls); ``retry_after`` is the delay in
@@ -73,9 +75,10 @@ class Exchange:
             "upstream": "upstream",
             "cassette": "cassette interaction",
             "no-match": "NO MATCH",
+            "scenario-error": "SCENARIO ERROR",
             "error": "upstream FAILED",
         }.get(self.source, self.source)
-        separator = ": " if self.source in ("no-match", "error") else " "
+        separator = ": " if self.source in ("no-match", "scenario-error", "error") else " "
         detail = f"{separator}{self.detail}" if self.detail else ""
         return f"{self.method} {self.path} -> {status} ({answered}{detail})"
 

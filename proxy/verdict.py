@@ -25,6 +25,10 @@
 ``unfinished``
     An operation that was started (the client was given a status URL, or a scenario started it) and never
     polled to a terminal status.
+``scenario-error``
+    A request that a scenario rule matched but could not answer because the rule is broken (a template
+    failed: the 599 scenario error); the message names the template's ``file:line:column``. The scenario
+    is at fault, not the client, but a test that ran into it proved nothing.
 
 An *operation* is a scenario operation (its id in the journal) or, for cassette and upstream answers, the
 status URL a response handed out (``Location`` on a 202, ``Operation-Location``, ``Azure-AsyncOperation``);
@@ -41,7 +45,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.journal import Exchange
 
-RULES: tuple[str, ...] = ("unmatched", "retry-after", "poll-after-terminal", "self-built-url", "unfinished")
+RULES: tuple[str, ...] = (
+    "unmatched",
+    "retry-after",
+    "poll-after-terminal",
+    "self-built-url",
+    "unfinished",
+    "scenario-error",
+)
 """Every check, by the name used to turn it off."""
 
 TOLERANCE_FRACTION = 0.05
@@ -82,6 +93,13 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
                 continue
             status = e.status if e.status is not None else "no response"
             found.append(Violation("unmatched", f"{e.method} {_show(e.path)} got {status}: {e.detail}", i))
+    if "scenario-error" not in off:
+        for i in analysis.order:
+            e = entries[i]
+            if e.source == "scenario-error":
+                status = e.status if e.status is not None else "no response"
+                what = f"{e.method} {_show(e.path)} got {status}: {e.detail}"
+                found.append(Violation("scenario-error", what, i))
     for op in analysis.ops:
         if "retry-after" not in off:
             found += _early_polls(entries, op)
@@ -186,7 +204,8 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
     outside = [
         i
         for i in analysis.order
-        if i not in analysis.in_operations and (entries[i].source in ("no-match", "error") or i in flagged)
+        if i not in analysis.in_operations
+        and (entries[i].source in ("no-match", "scenario-error", "error") or i in flagged)
     ]
     if outside:
         lines.append("")
@@ -479,8 +498,9 @@ def _got(e: Exchange) -> str:
     parts = [status + (f" {e.op_status}" if e.op_status else "")]
     if e.retry_after is not None:
         parts.append(f"Retry-After: {_num(e.retry_after)}")
-    if e.source in ("no-match", "error"):
-        parts.append("NO MATCH" if e.source == "no-match" else "upstream FAILED")
+    shown = {"no-match": "NO MATCH", "scenario-error": "SCENARIO ERROR", "error": "upstream FAILED"}
+    if e.source in shown:
+        parts.append(shown[e.source])
     return ", ".join(parts)
 
 

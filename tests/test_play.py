@@ -888,6 +888,72 @@ def test_play_ready_line_and_one_console_line_per_exchange(cli: Any) -> None:
     ]
 
 
+# -- no match: the closest rules, where they are and what differed ----------------------------------------
+
+NO_MATCH = """\
+name: jobs
+routes:
+  - name: cancel
+    match: {method: POST, path: "/jobs/{id}/cancel", headers: {if-match: {present: true}}}
+    respond: {status: 202}
+operations:
+  - name: job
+    start: {method: POST, path: /jobs, json: {kind: build}}
+    status-path: /jobs/operations/{operationId}
+    steps: [{status: Succeeded}]
+"""
+
+
+def test_play_no_match_names_the_closest_rules_and_what_differed(tmp_path: Path, cli: Any) -> None:
+    scenario = tmp_path / "jobs.yaml"
+    scenario.write_text(NO_MATCH)
+    proc = cli(["play", str(scenario), "--port", "0"])
+    with httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
+        wrong_kind = http.post(f"{proc.url}/jobs", json={"kind": "test"})
+        no_header = http.post(f"{proc.url}/jobs/7/cancel")
+        unknown = http.get(f"{proc.url}/jobs/operations/nope")
+    assert proc.stop() == 0
+    assert (wrong_kind.status_code, wrong_kind.headers["x-replay-proxy"]) == (599, "no-match")
+    start = f"operation \"job\" (start) at {scenario}:8:12 (json field kind: 'test', expected 'build')"
+    assert wrong_kind.json()["error"] == {
+        "code": "ReplayProxyNoMatch",
+        "message": "replay-proxy: no scenario rule matches this request: POST /jobs "
+        f"(in scenarios {scenario}); closest rule is {start}",
+        "request": {"method": "POST", "uri": f"{proc.url}/jobs"},
+        "closest": [],
+        "hint": "play answers only what its scenarios match, offline. Add a route for this request, or layer "
+        "the scenarios over --cassette CASSETTE or --upstream URL.",
+        "closest_rules": [
+            {
+                "rule": 'operation "job" (start)',
+                "at": f"{scenario}:8:12",
+                "differences": ["json field kind: 'test', expected 'build'"],
+            },
+            {
+                "rule": 'route "cancel"',
+                "at": f"{scenario}:3:5",
+                "differences": [
+                    "path: '/jobs' does not fit /jobs/{id}/cancel",
+                    "header if-match: absent, expected present",
+                ],
+            },
+        ],
+    }
+    cancel = f'route "cancel" at {scenario}:3:5 (header if-match: absent, expected present)'
+    status = (
+        f'operation "job" (status) at {scenario}:9:18 '
+        "(no operation 'nope' was started by this rule since the last reset)"
+    )
+    assert f"closest rule is {cancel}" in no_header.json()["error"]["message"]
+    assert f"closest rule is {status}" in unknown.json()["error"]["message"]
+    nothing = "NO MATCH: no scenario rule matches this request; closest rule"
+    assert [line for line in proc.stderr_lines if " -> " in line] == [
+        f"POST /jobs -> 599 ({nothing} {start})",
+        f"POST /jobs/7/cancel -> 599 ({nothing} {cancel})",
+        f"GET /jobs/operations/nope -> 599 ({nothing} {status})",
+    ]
+
+
 # -- template errors at render time ---------------------------------------------------------------------
 
 TEMPLATE_ERROR = """\
@@ -904,21 +970,71 @@ routes:
 """
 
 
-def test_template_error_answers_599_and_the_proxy_keeps_serving(tmp_path: Path, confdir: Path) -> None:
+def test_template_error_is_a_scenario_error_and_the_proxy_keeps_serving(
+    tmp_path: Path, confdir: Path
+) -> None:
+    from proxy.verdict import check
+
     scenario = tmp_path / "broken.yaml"
     scenario.write_text(TEMPLATE_ERROR)
+    problem = f"{scenario}:7:17: template error: 'dict object' has no attribute 'missing'"
     with playing(scenario, confdir=confdir) as proxy, httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
         for _ in range(2):
-            r = http.post(f"{proxy.url}/echo", json={"present": 1})
-            assert r.status_code == 599
-            message = r.json()["error"]["message"]
-            assert "scenario error: " in message
-            assert f"{scenario}:7:17: template error: " in message, message
-            assert "missing" in message
+            r = http.post(f"{proxy.url}/echo?x=1", json={"present": 1})
+            assert (r.status_code, r.reason_phrase) == (599, "Scenario Error (replay-proxy)")
+            assert r.headers["x-replay-proxy"] == "scenario-error"
+            assert r.json() == {
+                "error": {
+                    "code": "ReplayProxyScenarioError",
+                    "message": f"replay-proxy: scenario error: {problem} (answering POST /echo?x=1)",
+                    "request": {"method": "POST", "uri": f"{proxy.url}/echo?x=1"},
+                    "hint": "The scenario rule that matched this request could not render its answer. "
+                    "Fix the template at the file:line:column above (replay-proxy check finds syntax errors, "
+                    "not values that are missing at request time: use default(...) or 'is defined'); the "
+                    "proxy keeps serving.",
+                }
+            }
         fine = http.get(f"{proxy.url}/fine")
         assert (fine.status_code, fine.json()) == (200, {"fine": True})
-        assert [(e.status, e.source) for e in proxy.journal.entries] == [
-            (599, "no-match"),
-            (599, "no-match"),
-            (200, "scenario"),
+        entries = proxy.journal.entries
+        assert [(e.status, e.source, e.detail) for e in entries] == [
+            (599, "scenario-error", problem),
+            (599, "scenario-error", problem),
+            (200, "scenario", 'broken.yaml: route "fine"'),
+        ]
+        assert entries[0].line() == f"POST /echo?x=1 -> 599 (SCENARIO ERROR: {problem})"
+        assert [(v.rule, v.message) for v in check(entries)] == [
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}"),
+        ]
+
+
+# -- form bodies (docs/scenarios.md, "Form bodies (AWS query protocol)") -----------------------------------
+
+
+def test_the_documented_form_example_answers_aws_query_calls(tmp_path: Path, confdir: Path) -> None:
+    section = (ROOT / "docs" / "scenarios.md").read_text().split("### Form bodies (AWS query protocol)")[1]
+    yaml_block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    curl_body = re.search(r"curl -s -d '([^']*)' http://127\.0\.0\.1:8080/", section)
+    assert yaml_block is not None and curl_body is not None
+    scenario = tmp_path / "cloudformation.yaml"
+    scenario.write_text(yaml_block[1])
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}  # what botocore sends
+    with playing(scenario, confdir=confdir) as proxy, requests.Session() as http:
+        http.trust_env = False
+        r = http.post(f"{proxy.url}/", data=curl_body[1], headers=form, timeout=TIMEOUT)
+        assert (r.status_code, r.headers["content-type"]) == (200, "text/xml")
+        assert "<StackName>my-stack</StackName> <StackStatus>CREATE_IN_PROGRESS</StackStatus>" in r.text
+        other = http.post(
+            f"{proxy.url}/", data={"Action": "ListStacks", "Version": "2010-05-15"}, timeout=TIMEOUT
+        )
+        assert (other.status_code, other.text) == (
+            400,
+            "<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>",
+        )
+        as_json = http.post(f"{proxy.url}/", json={"Action": "DescribeStacks"}, timeout=TIMEOUT)
+        assert as_json.status_code == 599  # a JSON body has no form fields
+        assert [e.detail for e in proxy.journal.entries][:2] == [
+            'cloudformation.yaml: route "stack in progress"',
+            'cloudformation.yaml: route "any other action"',
         ]

@@ -151,6 +151,17 @@ def test_unmatched_names_method_path_and_reason() -> None:
     ]
 
 
+def test_a_scenario_error_is_its_own_check_not_unmatched() -> None:
+    problem = "s.yaml:7:17: template error: 'dict object' has no attribute 'missing'"
+    entries = [ex("POST", "/echo", 599, 0.0, source="scenario-error", detail=problem)]
+    violations = check(entries)
+    assert violations == [Violation("scenario-error", f"POST /echo got 599: {problem}", 0)]
+    assert check(entries, disabled=["scenario-error"]) == []
+    assert (
+        "  POST /echo -> 599, SCENARIO ERROR  <- scenario-error" in report(entries, violations).splitlines()
+    )
+
+
 # -- retry-after ----------------------------------------------------------------------------------------
 
 

@@ -101,6 +101,11 @@ class Match(Model):
     json_: dict[str, ValueCondition] | None = Field(
         None, alias="json", description="JSON body fields by dotted path, e.g. properties.name or items.0.id."
     )
+    form: dict[str, ValueCondition] | None = Field(
+        None,
+        description="Fields of an application/x-www-form-urlencoded body, by name, e.g. Action: DescribeStacks "
+        "(AWS query protocol).",
+    )
 
     @field_validator("path")
     @classmethod
