@@ -232,7 +232,7 @@ _MISSING: Any = object()
 def _check(path: Path, data: Any, size: int) -> list[int]:
     """Reject what vcrpy refuses to load, naming the file and interaction; ``size`` is the file's, for the
     budget of alias expansion. Returns the indices of interactions whose shape is not the one the proxy
-    writes (``_odd`` reads them): vcrpy loads any response and only its stubs look at it, when played."""
+    writes (``_read_odd`` reads them): vcrpy loads any response; only its stubs look at it, when played."""
     if isinstance(data, list):
         raise _Invalid(path, (), "old pre-1.0 vcrpy cassette format (a list); re-record it")
     if not isinstance(data, dict):
@@ -344,10 +344,10 @@ def _odd_response(resp: Any, budget: _Budget, at: DataPath) -> Response:
         pairs = tuple((str(k), _text(v)) for k, vs in done["headers"].items() for v in vs)
         return Response(code, _reason_for(code), pairs, done["body"]["string"])
     status = resp.get("status")
-    if not isinstance(status, dict) or not isinstance(status.get("code"), int) or status["code"] is True:
+    if not isinstance(status, dict) or "code" not in status:
         raise _Unplayable(("status",), "response needs status: {code, message}")
     code = status["code"]
-    if not 100 <= code <= 999 or isinstance(code, bool):
+    if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 999:
         raise _Unplayable(("status", "code"), f"response status code {_shown(code)} is not an HTTP status")
     if "message" not in status:
         raise _Unplayable(("status",), "response status has no message (vcrpy's stubs need one)")
@@ -967,9 +967,9 @@ def save(path: Path, interactions: Sequence[Interaction], extra: dict[str, Any] 
     if writes_json(path):
         try:
             text = jsonfile.dumps(_item_dicts(interactions), extra)
-        except jsonfile.BinaryBody:
+        except jsonfile.BinaryBody as e:
             _json_items(path, interactions)  # names the exchange
-            raise
+            raise CassetteError(f"{path}: {e}") from None  # in the other top-level keys
         _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
         return
 
