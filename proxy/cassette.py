@@ -597,17 +597,14 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
                 response = _odd_response(raw["response"], budget, at)
             except _Unplayable as u:
                 problems.append((i, (*at, "response", *u.at), u.message))
-                response = _unplayable(path, i, u.message)
+                response = _PENDING
         out[i] = Interaction(out[i].request, response, raw)
-    if problems:
-        text = _composable(path)
-        for i, at, message in problems:
-            why = f"interaction {i} cannot be replayed (vcrpy could not either): {message}"
-            error = _Invalid(path, at, why)
-            logger.warning(
-                "%s; a request it matches is answered with status 599",
-                _located(error, text) if text is not None else error,
-            )
+    text = _composable(path) if problems else None
+    for i, at, message in problems:
+        error = _Invalid(path, at, f"interaction {i} cannot be replayed (vcrpy could not either): {message}")
+        where = str(_located(error, text) if text is not None else error)
+        logger.warning("%s; a request it matches is answered with status 599", where)
+        out[i] = Interaction(out[i].request, _unplayable(where), out[i].raw)
     return torn
 
 
@@ -639,10 +636,10 @@ def is_unplayable(response: Response) -> bool:
     return response.status == 599 and response.header("X-Replay-Proxy") == "unplayable"
 
 
-def _unplayable(path: Path, index: int, why: str) -> Response:
+def _unplayable(why: str) -> Response:
     from proxy.diagnostic import unplayable_response  # diagnostic imports router, which imports us
 
-    return unplayable_response(f"interaction {index + 1} of {path} cannot be replayed: {why}")
+    return unplayable_response(why)
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")

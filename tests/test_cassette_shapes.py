@@ -242,7 +242,8 @@ def test_a_response_no_stub_replays_leaves_the_rest_playable(
     assert items[0].response.body == items[2].response.body == b"good"
     odd = items[1].response
     assert (odd.status, odd.header("X-Replay-Proxy")) == (599, "unplayable")
-    assert f"interaction 2 of {path} cannot be replayed" in json.loads(odd.body)["error"]["message"]
+    message = json.loads(odd.body)["error"]["message"]
+    assert re.search(rf"{re.escape(str(path))}:[45]:\d+: interaction 1 cannot be replayed", message), message
     assert re.search(rf"{re.escape(str(path))}:[45]:\d+: interaction 1 cannot be replayed", caplog.text)
 
 
