@@ -102,7 +102,10 @@ class ReplayAddon:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "replay_cassette", str | None, None, "Cassette file (vcrpy YAML) to replay and record."
+            "replay_cassette",
+            str | None,
+            None,
+            "Cassette file (vcrpy YAML, or JSON for .json) to replay and record.",
         )
         loader.add_option(
             "replay_record_mode", str, "none", "Record mode: rewrite, all, new_episodes, once or none."
@@ -114,6 +117,18 @@ class ReplayAddon:
             "vcrpy matcher names used to match requests.",
         )
         loader.add_option("replay_match_headers", Sequence[str], [], "Request headers that must also match.")
+        loader.add_option(
+            "replay_filter_query_parameters",
+            Sequence[str],
+            [],
+            "vcrpy's filter_query_parameters (NAME or NAME=VALUE), applied before matching and saving.",
+        )
+        loader.add_option(
+            "replay_filter_headers",
+            Sequence[str],
+            [],
+            "vcrpy's filter_headers (NAME or NAME=VALUE), applied before matching and saving.",
+        )
         loader.add_option(
             "replay_when_exhausted",
             str,
@@ -250,8 +265,10 @@ class ReplayAddon:
             served = self._served_for(flow, session, played.interaction.response)
             flow.response = served.wire.flow_response()
             sent = served.response
-            exchange = _exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status)
-            self._journal(flow, exchange)
+            kind = "cassette"
+            if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
+                kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
+            self._journal(flow, _exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
             flow.response = _flow_response(scenario_error_response(decision))
@@ -398,7 +415,12 @@ def _build_session(options: Any) -> Session:
                 f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
             )
     upstream_timeout = _upstream_timeout(options.replay_upstream_timeout)
-    matcher = Matcher(options.replay_match_on, options.replay_match_headers)
+    matcher = Matcher(
+        options.replay_match_on,
+        options.replay_match_headers,
+        options.replay_filter_query_parameters,
+        options.replay_filter_headers,
+    )
     redactor = Redactor(
         headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
         query=(*DEFAULT_QUERY, *options.replay_redact_query),
@@ -408,15 +430,17 @@ def _build_session(options: Any) -> Session:
     )
     path = Path(options.replay_cassette) if options.replay_cassette else None
     loaded: list[Interaction] = []
+    extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            loaded = cassette.load(path)
+            read = cassette.read(path)
+            loaded, extra = read.interactions, read.extra
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
         Playback(
-            [Interaction(redactor.for_matching(i.request), i.response) for i in loaded],
+            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
             matcher,
             options.replay_when_exhausted,
         )
@@ -443,7 +467,9 @@ def _build_session(options: Any) -> Session:
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
     recorder = (
-        Recorder(path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor)
+        Recorder(
+            path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor, extra=extra
+        )
         if records and path is not None
         else None
     )

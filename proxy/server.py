@@ -137,6 +137,8 @@ class ReplayProxy:
         confdir: str | os.PathLike[str] | None = None,
         match_on: Sequence[str] = DEFAULT_MATCH_ON,
         match_headers: Sequence[str] = (),
+        filter_query_parameters: Sequence[str] = (),
+        filter_headers: Sequence[str] = (),
         when_exhausted: str = "repeat-last",
         retry_after: float | None = None,
         redact: bool = True,
@@ -176,6 +178,8 @@ class ReplayProxy:
             "upstream": self.upstream,
             "match_on": tuple(match_on),
             "match_headers": tuple(match_headers),
+            "filter_query_parameters": tuple(filter_query_parameters),
+            "filter_headers": tuple(filter_headers),
             "when_exhausted": when_exhausted,
             "retry_after": retry_after,
             "redact": redact,
@@ -271,6 +275,8 @@ class ReplayProxy:
         clock: str | None = KEEP,
         match_on: Sequence[str] = KEEP,
         match_headers: Sequence[str] = KEEP,
+        filter_query_parameters: Sequence[str] = KEEP,
+        filter_headers: Sequence[str] = KEEP,
         when_exhausted: str = KEEP,
         redact: bool = KEEP,
         redact_headers: Sequence[str] = KEEP,
@@ -302,6 +308,8 @@ class ReplayProxy:
             "clock": clock,
             "match_on": match_on,
             "match_headers": match_headers,
+            "filter_query_parameters": filter_query_parameters,
+            "filter_headers": filter_headers,
             "when_exhausted": when_exhausted,
             "redact": redact,
             "redact_headers": redact_headers,
@@ -471,8 +479,8 @@ def classify(path: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from e
     keys = set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, re.MULTILINE))
-    if "interactions" in keys:
-        return "cassette"
+    if "interactions" in keys or (text.lstrip().startswith("{") and '"interactions"' in text):
+        return "cassette"  # vcrpy's YAML, or its JSON
     if keys & {"routes", "operations"}:
         return "scenario"
     if not text.strip():
@@ -491,6 +499,8 @@ def _replay_options(
     upstream: str | None,
     match_on: Sequence[str],
     match_headers: Sequence[str],
+    filter_query_parameters: Sequence[str],
+    filter_headers: Sequence[str],
     when_exhausted: str,
     retry_after: float | None,
     redact: bool,
@@ -508,6 +518,8 @@ def _replay_options(
         "replay_record_mode": record_mode or default_mode,
         "replay_match_on": list(match_on),
         "replay_match_headers": list(match_headers),
+        "replay_filter_query_parameters": list(filter_query_parameters),
+        "replay_filter_headers": list(filter_headers),
         "replay_when_exhausted": when_exhausted,
         "replay_retry_after": None if retry_after is None else repr(float(retry_after)),
         "replay_redact": redact,
