@@ -35,6 +35,11 @@ UNREACHABLE = "http://127.0.0.1:9"
 
 _T = TypeVar("_T")
 
+_running_lock = threading.Lock()
+_running: ReplayProxy | None = None
+"""The proxy whose mitmproxy runs in this process: mitmproxy's context (``ctx.master``) is global, so a
+second master would take over the first one's traffic."""
+
 
 class _Keep:
     """``use()``'s default for a setting: keep what the proxy was constructed with."""
@@ -208,6 +213,7 @@ class ReplayProxy:
             raise ConfigError(
                 f"{self.confdir}: cannot create the configuration directory: {e.strerror or e}"
             ) from e
+        _claim(self)
         self._thread = threading.Thread(target=self._thread_main, name="replay-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -351,6 +357,7 @@ class ReplayProxy:
                 self._error = e
         finally:
             _remove_mitmproxy_log_handlers()
+            _release(self)
             self._ready.set()
 
     async def _main(self) -> None:
@@ -439,6 +446,27 @@ class ReplayProxy:
             self._master.shutdown()
             return
         self._ready.set()
+
+
+def _claim(proxy: ReplayProxy) -> None:
+    """Make ``proxy`` this process's one running proxy, or raise StartupError naming the one running."""
+    global _running
+    with _running_lock:
+        if _running is not None:
+            where = _running.url or "still starting"
+            raise StartupError(
+                f"another ReplayProxy is running in this process ({where}): mitmproxy runs one proxy per "
+                "process; stop() that one first, or have it serve something else with use()"
+            )
+        _running = proxy
+
+
+def _release(proxy: ReplayProxy) -> None:
+    """``proxy``'s thread has ended: another proxy may start."""
+    global _running
+    with _running_lock:
+        if _running is proxy:
+            _running = None
 
 
 def classify(path: str | os.PathLike[str]) -> str:
