@@ -23,6 +23,7 @@ from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
     faults,
     gateway,
+    request_head,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import no_match_response, record_failed_response, stopping_response
@@ -139,6 +140,7 @@ class ReplayAddon:
             "Seconds to wait for the upstream's complete answer before answering 504 (0: no limit).",
         )
         gateway.install()
+        request_head.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("replay_") for name in updated):

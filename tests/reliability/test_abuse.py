@@ -7,13 +7,20 @@ descriptor limits, exit status) it runs as the command line in a subprocess.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from proxy.cassette import save
 from proxy.errors import StartupError
+from proxy.model import Interaction, Request, Response
+from proxy.request_head import MAX_REQUEST_HEAD
 from proxy.server import ReplayProxy
+from tests.reliability.procfs import memory
 
 TIMEOUT = 10
 
@@ -57,3 +64,59 @@ def test_a_second_proxy_in_the_same_process_is_refused(scenario: Path, confdir: 
         second.stop()  # harmless: it never ran
     with ReplayProxy(scenarios=[other], confdir=confdir) as third:
         assert get_ok(third.url) == 200
+
+
+# ============================================================ an endless request head
+
+MiB = 1024 * 1024
+
+
+def send_endless_head(url: str, size: int) -> tuple[int, bytes]:
+    """Send a request line and ``size`` bytes of header lines, never the blank line; (bytes the proxy
+    took before it stopped reading, what it answered: b"" when it closed without an answer we could read)."""
+    parts = urlsplit(url)
+    line = b"X-Pad: " + b"a" * 1017 + b"\r\n"  # 1 KiB
+    block = line * 64
+    sent = 0
+    with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=TIMEOUT) as sock:
+        sock.sendall(f"GET /ok HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode())
+        try:
+            while sent < size:
+                sock.sendall(block)
+                sent += len(block)
+        except OSError:  # the proxy closed: reset or broken pipe
+            pass
+        try:
+            answer = sock.recv(4096)
+        except OSError:
+            answer = b""
+    return sent, answer
+
+
+@pytest.mark.parametrize("command", ["replay", "play"])
+def test_an_endless_request_head_gets_431_and_costs_no_memory(
+    command: str, cli: Any, scenario: Path, tmp_path: Path
+) -> None:
+    """256 MiB of header lines without the blank line: the proxy stops reading past MAX_REQUEST_HEAD
+    (431 and a close), its memory does not grow with what was sent, and it serves the next client. A head
+    just past the limit, sent and then left waiting, gets the 431 to read."""
+    source = str(scenario)
+    if command == "replay":
+        source = str(tmp_path / "c.yaml")
+        save(Path(source), [Interaction(Request("GET", "http://127.0.0.1:9/ok"), Response(200, "OK"))])
+    proc = cli([command, source, "--port", "0", "-q"])
+    assert get_ok(proc.url) == 200
+    baseline = memory(proc.proc.pid)["VmRSS"]
+    sent, _ = send_endless_head(proc.url, 256 * MiB)
+    grown = memory(proc.proc.pid)["VmHWM"] - baseline
+    _, answer = send_endless_head(proc.url, MAX_REQUEST_HEAD + 4096)
+    assert get_ok(proc.url) == 200
+    with requests.Session() as s:  # a large head within the limit is served
+        s.trust_env = False
+        big = s.get(f"{proc.url}/ok", headers={"X-Big": "b" * (MAX_REQUEST_HEAD - 2048)}, timeout=TIMEOUT)
+    assert big.status_code == 200
+    assert proc.stop() == 0, proc.stderr
+    print(f"\n{command}: endless head, {sent / MiB:.1f} MiB taken, peak RSS +{grown / MiB:.1f} MiB")
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert sent < 64 * MiB  # the kernel's buffers take a few MiB before the close
+    assert grown < 32 * MiB
