@@ -7,7 +7,10 @@ descriptor limits, exit status) it runs as the command line in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -120,3 +123,79 @@ def test_an_endless_request_head_gets_431_and_costs_no_memory(
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert sent < 64 * MiB  # the kernel's buffers take a few MiB before the close
     assert grown < 32 * MiB
+
+
+# ============================================================ file descriptors run out
+
+FD_LIMIT = 128
+"""RLIMIT_NOFILE of the proxy's process in the test (set on the child with prlimit, not on the machine)."""
+
+
+def hold_connections(url: str, most: int) -> list[socket.socket]:
+    """Open idle connections until the proxy takes no more (its descriptors and listen backlog full):
+    three connection attempts in a row time out (the first ones may while it catches up accepting)."""
+    parts = urlsplit(url)
+    held: list[socket.socket] = []
+    failures = 0
+    while len(held) < most and failures < 3:
+        try:
+            held.append(socket.create_connection((parts.hostname or "", parts.port or 80), timeout=1))
+            failures = 0
+        except OSError:
+            failures += 1
+    return held
+
+
+@pytest.mark.parametrize("command", ["replay", "play"])
+def test_the_proxy_recovers_once_file_descriptors_are_released(
+    command: str, cli: Any, tmp_path: Path
+) -> None:
+    """With RLIMIT_NOFILE at 128, idle connections exhaust the proxy's descriptors; meanwhile a client
+    already connected asks for a plain answer and, in play, a dribbled one (whose fault backend then
+    cannot open its socket). Once the connections are closed, 20 requests of each kind are all answered.
+
+    Found: play answered none of them: asyncio had started the fault backend listening nowhere (its
+    socket() failed with EMFILE), and that broken backend was kept for every later dribbled answer."""
+    scenario = tmp_path / "fds.yaml"
+    scenario.write_text(
+        SCENARIO + "  - match: {method: GET, path: /slow}\n    respond: {json: {slow: true}, dribble: 0.2}\n",
+        encoding="utf-8",
+    )
+    source, paths = str(scenario), ["/ok", "/slow"]
+    if command == "replay":
+        source, paths = str(tmp_path / "c.yaml"), ["/ok"]
+        save(Path(source), [Interaction(Request("GET", "http://127.0.0.1:9/ok"), Response(200, "OK"))])
+    proc = cli([command, source, "--port", "0", "-q"])
+    resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+    with requests.Session() as connected:
+        connected.trust_env = False
+        assert connected.get(f"{proc.url}/ok", timeout=TIMEOUT).status_code == 200
+        held = hold_connections(proc.url, 3 * FD_LIMIT)
+        try:
+            assert len(held) > FD_LIMIT
+            for path in paths:  # answered or not: the proxy is out of descriptors
+                with contextlib.suppress(requests.RequestException):
+                    connected.get(f"{proc.url}{path}", timeout=3)
+        finally:
+            for sock in held:
+                sock.close()
+    statuses: list[int | str] = []
+    deadline = time.monotonic() + 20  # asyncio retries accepting a second after EMFILE
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if get_ok(proc.url) == 200:
+                break
+        time.sleep(0.2)
+    for n in range(20):
+        path = paths[n % len(paths)]
+        try:
+            with requests.Session() as s:
+                s.trust_env = False
+                statuses.append(s.get(f"{proc.url}{path}", timeout=TIMEOUT).status_code)
+        except requests.RequestException as e:
+            statuses.append(type(e).__name__)
+    assert proc.stop() == 0, proc.stderr
+    print(f"\n{command}: {len(held)} idle connections held; afterwards {statuses.count(200)} of 20 answered")
+    assert statuses == [200] * 20, proc.stderr
+    if command == "play":  # the exhaustion was real, and said so
+        assert "out of file descriptors" in proc.stderr
