@@ -21,6 +21,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
+from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
 from proxy.addon import ReplayAddon
@@ -378,8 +379,10 @@ class ReplayProxy:
         try:
             try:
                 master.options.update(**self.replay_options)
+                specs = self._mode_specs()
+                _listen_on_tcp_only(specs)
                 master.options.update(
-                    mode=self._mode_specs(),
+                    mode=specs,
                     connection_strategy="lazy",
                     body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
@@ -467,6 +470,21 @@ def _release(proxy: ReplayProxy) -> None:
     with _running_lock:
         if _running is proxy:
             _running = None
+
+
+def _listen_on_tcp_only(specs: Sequence[str]) -> None:
+    """Have mitmproxy listen on TCP alone for these mode specs, not on UDP too.
+
+    For ``reverse:https://...`` mitmproxy also listens on UDP (HTTP/3), with a server in its Rust
+    extension whose worker threads outlive the proxy: at interpreter exit one would take the GIL, be
+    ended by Python's finalization and crash the process (exit 139 after a clean stop, ~1 run in 3).
+    The proxy serves HTTP/1.1 and HTTP/2 over TCP. ``ProxyMode.parse`` caches the mode it returns and
+    the proxy server parses the same spec, so the mode made TCP-only here is the one it listens with.
+    """
+    for spec in specs:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if mode.transport_protocol != "tcp":
+            object.__setattr__(mode, "transport_protocol", "tcp")  # the mode dataclass is frozen
 
 
 def classify(path: str | os.PathLike[str]) -> str:
