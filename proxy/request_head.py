@@ -6,7 +6,7 @@ Mature servers refuse such a head: Node.js answers 431 past 16 KiB, Go's net/htt
 400 past its 8 KiB buffers. Here ``Http1Server.read_headers`` is wrapped: when the head is still
 incomplete and the connection's buffer holds more than the limit, the client gets ``431 Request Header
 Fields Too Large`` and the connection is closed. Like gateway.py, this reaches into mitmproxy internals
-(the same on mitmproxy 11 and 12). HTTP/2 heads are bounded by the h2 library's frame handling instead.
+(the same on mitmproxy 11 and 12). HTTP/2 heads are left to the h2 library.
 """
 
 from __future__ import annotations
