@@ -23,6 +23,7 @@ from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
     faults,
     gateway,
+    request_head,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import (
@@ -165,6 +166,7 @@ class ReplayAddon:
             "Seconds to wait for the upstream's complete answer before answering 504 (0: no limit).",
         )
         gateway.install()
+        request_head.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("replay_") for name in updated):
@@ -202,6 +204,25 @@ class ReplayAddon:
         client = nextlayer.context.client
         if not client.tls and client.alpn is None and nextlayer.data_client().startswith(H2_PREFACE_START):
             client.alpn = b"h2"
+
+    def tls_start_client(self, tls_start: Any) -> None:
+        """Give HTTP/2 to a TLS client that offers it, whatever its order of preference.
+
+        mitmproxy takes the client's first ALPN choice, and httpx offers http/1.1 before h2: with
+        ``http2=True`` it got HTTP/1.1, and with ``http1=False`` it spoke h2 on the http/1.1 it got (its
+        preface became a request ``PRI *``). This runs after mitmproxy's TlsConfig built the connection;
+        its ALPN callback selects ``client_alpn`` when the client offers it (mitmproxy 11 and 12).
+        """
+        ssl_conn = getattr(tls_start, "ssl_conn", None)
+        app = ssl_conn.get_app_data() if ssl_conn is not None else None
+        if (
+            isinstance(app, dict)
+            and app.get("http2")
+            and app.get("client_alpn") is None
+            and app.get("server_alpn") is None  # no upstream connection whose protocol must be mirrored
+            and b"h2" in (tls_start.context.client.alpn_offers or ())
+        ):
+            app["client_alpn"] = b"h2"
 
     def server_connect(self, data: Any) -> None:
         """Offline means offline: a session that forwards nothing opens no upstream connection.

@@ -21,6 +21,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
+from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
 from proxy.addon import ReplayAddon
@@ -34,6 +35,11 @@ UNREACHABLE = "http://127.0.0.1:9"
 """Reverse target when replaying with no upstream: never dialled (answers come from the cassette)."""
 
 _T = TypeVar("_T")
+
+_running_lock = threading.Lock()
+_running: ReplayProxy | None = None
+"""The proxy whose mitmproxy runs in this process: mitmproxy's context (``ctx.master``) is global, so a
+second master would take over the first one's traffic."""
 
 
 class _Keep:
@@ -230,6 +236,7 @@ class ReplayProxy:
             raise ConfigError(
                 f"{self.confdir}: cannot create the configuration directory: {e.strerror or e}"
             ) from e
+        _claim(self)
         self._thread = threading.Thread(target=self._thread_main, name="replay-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -379,6 +386,7 @@ class ReplayProxy:
                 self._error = e
         finally:
             _remove_mitmproxy_log_handlers()
+            _release(self)
             self._ready.set()
 
     async def _main(self) -> None:
@@ -399,8 +407,10 @@ class ReplayProxy:
         try:
             try:
                 master.options.update(**self.replay_options)
+                specs = self._mode_specs()
+                _listen_on_tcp_only(specs)
                 master.options.update(
-                    mode=self._mode_specs(),
+                    mode=specs,
                     connection_strategy="lazy",
                     body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
@@ -467,6 +477,42 @@ class ReplayProxy:
             self._master.shutdown()
             return
         self._ready.set()
+
+
+def _claim(proxy: ReplayProxy) -> None:
+    """Make ``proxy`` this process's one running proxy, or raise StartupError naming the one running."""
+    global _running
+    with _running_lock:
+        if _running is not None:
+            where = _running.url or "still starting"
+            raise StartupError(
+                f"another ReplayProxy is running in this process ({where}): mitmproxy runs one proxy per "
+                "process; stop() that one first, or have it serve something else with use()"
+            )
+        _running = proxy
+
+
+def _release(proxy: ReplayProxy) -> None:
+    """``proxy``'s thread has ended: another proxy may start."""
+    global _running
+    with _running_lock:
+        if _running is proxy:
+            _running = None
+
+
+def _listen_on_tcp_only(specs: Sequence[str]) -> None:
+    """Have mitmproxy listen on TCP alone for these mode specs, not on UDP too.
+
+    For ``reverse:https://...`` mitmproxy also listens on UDP (HTTP/3), with a server in its Rust
+    extension whose worker threads outlive the proxy: at interpreter exit one would take the GIL, be
+    ended by Python's finalization and crash the process (exit 139 after a clean stop, ~1 run in 3).
+    The proxy serves HTTP/1.1 and HTTP/2 over TCP. ``ProxyMode.parse`` caches the mode it returns and
+    the proxy server parses the same spec, so the mode made TCP-only here is the one it listens with.
+    """
+    for spec in specs:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if mode.transport_protocol != "tcp":
+            object.__setattr__(mode, "transport_protocol", "tcp")  # the mode dataclass is frozen
 
 
 def classify(path: str | os.PathLike[str]) -> str:
