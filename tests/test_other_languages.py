@@ -1,0 +1,271 @@
+"""Clients nobody here wrote, in other languages, against the command line a user runs.
+
+The proxy is language-agnostic: a client in Node (built-in fetch), Java (java.net.http.HttpClient), a
+curl loop in bash, or the real Azure SDK for JavaScript's poller (@azure/core-lro) runs the seed LRO
+(POST /tilesets -> 202 + Location; poll honouring the delays; stop at Succeeded/Failed; GET the
+resourceLocation) against `replay-proxy play` and `replay-proxy replay` with `--retry-after 0.05
+--report --strict-report`, over http and https. Each test asserts the client's outcome and a clean
+verdict; a naive client (no waiting) is caught. The clients live in tests/clients/. A language whose
+toolchain is absent is skipped with the reason; the Azure SDK needs `npm ci --prefix tests/clients`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+CLIENTS = ROOT / "tests" / "clients"
+NODE = shutil.which("node")
+JAVA = shutil.which("java")
+JAVAC = shutil.which("javac")
+BASH = shutil.which("bash")
+CURL = shutil.which("curl")
+AZURE_SDK = (CLIENTS / "node_modules" / "@azure" / "core-lro").is_dir()
+
+NO_NODE = "node (Node.js >= 18, for its built-in fetch) is not installed"
+NO_JAVA = "java (JDK >= 11, for java.net.http.HttpClient) is not installed"
+NO_CURL = "bash and curl are not both installed"
+NO_SDK = "the Azure SDK for JavaScript is not installed: run `npm ci --prefix tests/clients`"
+
+SCENARIOS = [
+    "tileset-succeeds",
+    "tileset-fails",
+    "flaky-polling",
+    "throttled-start",
+    "succeeds-without-resource",
+]
+EXPECTED = {  # what the client must end with, per story
+    "tileset-succeeds": ("Succeeded", True),
+    "tileset-fails": ("Failed", False),
+    "flaky-polling": ("Succeeded", True),
+    "throttled-start": ("Succeeded", True),
+    "succeeds-without-resource": ("Succeeded", False),
+}
+CASSETTE_DATASETS = {  # the datasetId each cassette recorded
+    "tileset-succeeds": "8e9a3b5c-2f6d-4c1a-9b7e-0d4f5a6b7c8d",
+    "tileset-fails": "invalid-5f0c2d1e-3a4b-4c5d-8e9f-a0b1c2d3e4f5",
+    "succeeds-without-resource": "noresource-1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+}
+CLIENT_TIMEOUT = 30
+
+
+@dataclass
+class Outcome:
+    """How a client run ended: its terminal status and whether it fetched a created resource."""
+
+    status: str
+    resource: bool
+    output: str
+
+
+@pytest.fixture(scope="module")
+def java_classes(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """LroClient compiled once (javac), so that each run costs a JVM start and not a compilation too;
+    None when only `java` is there (then each run is a single-file launch, `java LroClient.java`)."""
+    if not (JAVA and JAVAC):
+        return None
+    out = tmp_path_factory.mktemp("java-classes")
+    subprocess.run([JAVAC, "-d", str(out), str(CLIENTS / "LroClient.java")], check=True, timeout=60)
+    return out
+
+
+def _env(ca: Path | None) -> dict[str, str]:
+    """The environment without any proxy setting (loopback only), trusting ``ca`` when given."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in {"http_proxy", "https_proxy", "all_proxy"}}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1"
+    if ca is not None:
+        env["NODE_EXTRA_CA_CERTS"] = str(ca)
+        env["LRO_CA_FILE"] = str(ca)
+        env["CURL_OPTS"] = f"--cacert {ca}"
+    return env
+
+
+def _command(lang: str, base: str, dataset: str, java_classes: Path | None, naive: bool = False) -> list[str]:
+    flag = ["--naive"] if naive else []
+    if lang == "node":
+        assert NODE
+        return [NODE, str(CLIENTS / "lro_client.mjs"), base, dataset, *flag]
+    if lang == "java":
+        assert JAVA
+        if java_classes is not None:
+            return [JAVA, "-cp", str(java_classes), "LroClient", base, dataset, *flag]
+        return [JAVA, str(CLIENTS / "LroClient.java"), base, dataset, *flag]
+    if lang == "curl":
+        assert BASH
+        return [BASH, str(CLIENTS / "lro_client.sh"), base, dataset, *flag]
+    if lang == "azure-sdk":
+        assert NODE and not naive
+        return [
+            NODE,
+            str(CLIENTS / "azure_sdk_client.mjs"),
+            base,
+            dataset,
+            "50",
+        ]  # intervalInMs: see the test
+    raise AssertionError(lang)
+
+
+def _parse(lang: str, stdout: str) -> Outcome:
+    """The outcome line: JSON from the Node clients, `Succeeded ID|-` / `Failed CODE` from Java and curl."""
+    line = stdout.strip().splitlines()[-1]
+    if lang in {"node", "azure-sdk"}:
+        doc: dict[str, Any] = json.loads(line)
+        return Outcome(doc["status"], bool(doc.get("resource") and "tilesetId" in doc["resource"]), line)
+    status, detail = line.split()[:2]
+    return Outcome(status, status == "Succeeded" and detail != "-", line)
+
+
+def _available(lang: str) -> str | None:
+    """Why ``lang`` cannot run here, or None."""
+    return {
+        "node": None if NODE else NO_NODE,
+        "java": None if JAVA else NO_JAVA,
+        "curl": None if (BASH and CURL) else NO_CURL,
+        "azure-sdk": (NO_NODE if not NODE else None if AZURE_SDK else NO_SDK),
+    }[lang]
+
+
+class Proxy:
+    """`replay-proxy ARGS --port 0 --retry-after 0.05 --report --strict-report` and its verdict."""
+
+    def __init__(self, cli: Any, args: list[str], retry_after: str = "0.05") -> None:
+        self.cli = cli([*args, "--port", "0", "--retry-after", retry_after, "--report", "--strict-report"])
+        assert self.cli.url, self.cli.ready_line + self.cli.stderr
+        self.url: str = self.cli.url
+        self.https_url = self.url.replace("http://", "https://", 1)
+
+    def run(
+        self,
+        lang: str,
+        dataset: str,
+        java_classes: Path | None,
+        *,
+        https: bool = False,
+        naive: bool = False,
+        ca: Path | None = None,
+    ) -> Outcome:
+        base = self.https_url if https else self.url
+        done = subprocess.run(
+            _command(lang, base, dataset, java_classes, naive),
+            capture_output=True,
+            text=True,
+            timeout=CLIENT_TIMEOUT,
+            env=_env(ca),
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, (
+            f"{lang} client failed ({done.returncode}):\n{done.stderr}\n{self.stop()[1]}"
+        )
+        return _parse(lang, done.stdout)
+
+    def stop(self) -> tuple[int, str]:
+        """Stop the proxy; its exit status and its report (stdout after the ready line)."""
+        rc = self.cli.stop()
+        assert self.cli.proc.stdout is not None
+        return rc, self.cli.proc.stdout.read()
+
+
+def _clean(proxy: Proxy) -> str:
+    rc, report = proxy.stop()
+    assert "replay-proxy verdict: no violations" in report, report + proxy.cli.stderr
+    assert rc == 0, report
+    return report
+
+
+@pytest.fixture
+def ca(confdir: Path) -> Path:
+    return Path(run_cli(["ca"], confdir).stdout.strip())
+
+
+def _langs() -> Iterator[Any]:
+    for lang in ["node", "java", "curl", "azure-sdk"]:
+        why = _available(lang)
+        yield pytest.param(lang, id=lang, marks=pytest.mark.skipif(why is not None, reason=why or ""))
+
+
+@pytest.mark.parametrize("story", SCENARIOS)
+def test_every_language_plays_each_azure_maps_story(cli: Any, story: str, java_classes: Path | None) -> None:
+    """One proxy per story; every installed client runs it in turn (each gets its own operation), each
+    ends as the story says, and the verdict over all of them is clean."""
+    langs = [lang for lang in ["node", "java", "curl", "azure-sdk"] if _available(lang) is None]
+    if not langs:
+        pytest.skip("no client toolchain installed (node, java, curl)")
+    proxy = Proxy(cli, ["play", f"scenarios/azure-maps/{story}.yaml"])
+    for lang in langs:
+        outcome = proxy.run(lang, f"{lang}-dataset", java_classes)
+        assert (outcome.status, outcome.resource) == EXPECTED[story], (lang, outcome.output)
+    report = _clean(proxy)
+    assert report.count("=> Succeeded" if EXPECTED[story][0] == "Succeeded" else "=> Failed") == len(langs), (
+        report
+    )
+
+
+@pytest.mark.parametrize(
+    ("lang", "story"),
+    [("node", "tileset-succeeds"), ("curl", "tileset-fails"), ("java", "succeeds-without-resource")],
+)
+def test_a_cassette_replays_to_each_language(
+    cli: Any, lang: str, story: str, java_classes: Path | None
+) -> None:
+    """A recorded flow (cassettes/azure-maps/) replays to a client in another language, verdict clean."""
+    why = _available(lang)
+    if why:
+        pytest.skip(why)
+    proxy = Proxy(cli, ["replay", f"cassettes/azure-maps/{story}.yaml"])
+    outcome = proxy.run(lang, CASSETTE_DATASETS[story], java_classes)
+    assert (outcome.status, outcome.resource) == EXPECTED[story], outcome.output
+    _clean(proxy)
+
+
+@pytest.mark.parametrize("lang", list(_langs()))
+def test_each_language_over_https_trusting_the_ca(
+    cli: Any, lang: str, ca: Path, java_classes: Path | None
+) -> None:
+    """`https://127.0.0.1:PORT` on the same listener, the client trusting `replay-proxy ca`: the flaky
+    story (a 503, then a reset) succeeds and the status URLs it follows stay https."""
+    proxy = Proxy(cli, ["play", "scenarios/azure-maps/flaky-polling.yaml"])
+    outcome = proxy.run(lang, "tls-dataset", java_classes, https=True, ca=ca)
+    assert (outcome.status, outcome.resource) == ("Succeeded", True), outcome.output
+    _clean(proxy)
+
+
+@pytest.mark.skipif(not NODE, reason=NO_NODE)
+def test_a_naive_client_is_caught(cli: Any, java_classes: Path | None) -> None:
+    """The same Node client with --naive (no waiting) still gets its tileset, but the verdict names the
+    early polls and --strict-report exits 3. At 0.5 s the gap cannot be mistaken for a slow start."""
+    proxy = Proxy(cli, ["play", "scenarios/azure-maps/tileset-succeeds.yaml"], retry_after="0.5")
+    outcome = proxy.run("node", "naive-dataset", java_classes, naive=True)
+    assert (outcome.status, outcome.resource) == ("Succeeded", True), outcome.output
+    rc, report = proxy.stop()
+    assert rc == 3, report
+    assert "1. retry-after: GET /tilesets/operations/" in report, report
+    assert "which said to wait 0.5 s" in report, report
+
+
+@pytest.mark.skipif(not (NODE and AZURE_SDK), reason=NO_SDK)
+def test_azure_sdk_for_javascript_ignores_the_202_delay_on_a_cassette(
+    cli: Any, java_classes: Path | None
+) -> None:
+    """core-lro polls once right after the 202, as azure-core for Python does: on a cassette whose 202
+    carries a delay, the verdict reports exactly `retry-after-202`, and `--skip-check retry-after-202`
+    (what the README says to do for such clients) makes it clean."""
+    dataset = CASSETTE_DATASETS["tileset-succeeds"]
+    proxy = Proxy(cli, ["replay", "cassettes/azure-maps/tileset-succeeds.yaml"])
+    assert proxy.run("azure-sdk", dataset, java_classes).status == "Succeeded"
+    rc, report = proxy.stop()
+    assert rc == 3 and "verdict: 1 violation" in report and "1. retry-after-202:" in report, report
+    proxy = Proxy(
+        cli, ["replay", "cassettes/azure-maps/tileset-succeeds.yaml", "--skip-check", "retry-after-202"]
+    )
+    assert proxy.run("azure-sdk", dataset, java_classes).status == "Succeeded"
+    _clean(proxy)
