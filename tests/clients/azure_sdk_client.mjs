@@ -3,12 +3,15 @@
 // @azure/core-lro's createHttpPoller (polls wait Retry-After only, in whole seconds, else intervalInMs).
 // The seed answers 202 + Location with a status body, which core-lro reads only from an
 // Operation-Location, so the adapter presents the Location as one (what a hand-written Azure Maps
-// client does). Usage: node azure_sdk_client.mjs BASE_URL DATASET_ID [INTERVAL_MS]; prints one JSON line.
+// client does). Usage: node azure_sdk_client.mjs BASE_URL DATASET_ID [INTERVAL_MS [RESOURCE_LOCATION_CONFIG]];
+// prints one JSON line. RESOURCE_LOCATION_CONFIG is core-lro's option: "operation-location" (default here: the
+// final GET follows the body's resourceLocation only) or "location" (core-lro's default: without a
+// resourceLocation it GETs the Location, the status URL, once more).
 // Install: npm ci --prefix tests/clients. HTTPS: NODE_EXTRA_CA_CERTS=$(replay-proxy ca).
 import { createHttpPoller } from "@azure/core-lro";
 import { createDefaultHttpClient, createPipelineFromOptions, createPipelineRequest } from "@azure/core-rest-pipeline";
 
-const [base, datasetId, interval = "2000"] = process.argv.slice(2);
+const [base, datasetId, interval = "2000", resourceLocationConfig = "operation-location"] = process.argv.slice(2);
 const httpClient = createDefaultHttpClient();
 const pipeline = createPipelineFromOptions({ retryOptions: { maxRetries: 5, retryDelayInMs: 50 } });
 
@@ -35,7 +38,7 @@ const lro = {
 try {
   const poller = createHttpPoller(lro, {
     intervalInMs: Number(interval),
-    resourceLocationConfig: "operation-location", // the final GET follows the body's resourceLocation only
+    resourceLocationConfig,
   });
   const resource = await poller.pollUntilDone();
   const polled = poller.operationState.status;
