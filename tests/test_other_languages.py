@@ -1,12 +1,14 @@
 """Clients nobody here wrote, in other languages, against the command line a user runs.
 
 The proxy is language-agnostic: a client in Node (built-in fetch), Java (java.net.http.HttpClient), a
-curl loop in bash, or the real Azure SDK for JavaScript's poller (@azure/core-lro) runs the seed LRO
+curl loop in bash, Perl (HTTP::Tiny), or the real Azure SDK for JavaScript's poller (@azure/core-lro) runs
+the seed LRO
 (POST /tilesets -> 202 + Location; poll honouring the delays; stop at Succeeded/Failed; GET the
 resourceLocation) against `replay-proxy play` and `replay-proxy replay` with `--retry-after 0.05
---report --strict-report`, over http and https. Each test asserts the client's outcome and a clean
-verdict; a naive client (no waiting) is caught. The clients live in tests/clients/. A language whose
-toolchain is absent is skipped with the reason; the Azure SDK needs `npm ci --prefix tests/clients`.
+--report --strict-report`, over http, https and the forward proxy. Each test asserts the client's
+outcome and a clean verdict; a naive client (no waiting) is caught. The clients live in
+tests/clients/. A language whose toolchain is absent is skipped with the reason; the Azure SDK needs
+`npm ci --prefix tests/clients`.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ NODE = shutil.which("node")
 JAVA = shutil.which("java")
 JAVAC = shutil.which("javac")
 BASH = shutil.which("bash")
+PERL = shutil.which("perl")
 CURL = shutil.which("curl")
 AZURE_SDK = (CLIENTS / "node_modules" / "@azure" / "core-lro").is_dir()
 
 NO_NODE = "node (Node.js >= 18, for its built-in fetch) is not installed"
 NO_JAVA = "java (JDK >= 11, for java.net.http.HttpClient) is not installed"
 NO_CURL = "bash and curl are not both installed"
+NO_PERL = "perl with HTTP::Tiny and JSON::PP (core modules) is not installed"
+NO_PERL_TLS = "perl's HTTP::Tiny needs IO::Socket::SSL for https (Debian: libio-socket-ssl-perl)"
 NO_SDK = "the Azure SDK for JavaScript is not installed: run `npm ci --prefix tests/clients`"
 
 SCENARIOS = [
@@ -57,6 +62,19 @@ CASSETTE_DATASETS = {  # the datasetId each cassette recorded
     "succeeds-without-resource": "noresource-1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
 }
 CLIENT_TIMEOUT = 30
+LANGS = ["node", "java", "curl", "perl", "azure-sdk"]
+
+
+def _perl_has(*modules: str) -> bool:
+    """Whether perl loads ``modules`` (HTTP::Tiny, JSON::PP are core; IO::Socket::SSL is not)."""
+    if PERL is None:
+        return False
+    args = [PERL, *(f"-M{m}" for m in modules), "-e", "1"]
+    return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
+
+
+PERL_OK = _perl_has("HTTP::Tiny", "JSON::PP")
+PERL_TLS = PERL_OK and _perl_has("IO::Socket::SSL")
 
 
 @dataclass
@@ -109,6 +127,9 @@ def _command(
     if lang == "curl":
         assert BASH
         return [BASH, str(CLIENTS / "lro_client.sh"), base, dataset, *flag]
+    if lang == "perl":
+        assert PERL
+        return [PERL, str(CLIENTS / "lro_client.pl"), base, dataset, *flag]
     if lang == "azure-sdk":
         assert NODE and not naive
         # intervalInMs 50 (the first of sdk_args): core-lro waits Retry-After only, in whole seconds, which
@@ -127,12 +148,15 @@ def _parse(lang: str, stdout: str) -> Outcome:
     return Outcome(status, status == "Succeeded" and detail != "-", line)
 
 
-def _available(lang: str) -> str | None:
-    """Why ``lang`` cannot run here, or None."""
+def _available(lang: str, tls: bool = False) -> str | None:
+    """Why ``lang`` cannot run here (over https too when ``tls``), or None."""
+    if tls and lang == "perl" and PERL_OK and not PERL_TLS:
+        return NO_PERL_TLS
     return {
         "node": None if NODE else NO_NODE,
         "java": None if JAVA else NO_JAVA,
         "curl": None if (BASH and CURL) else NO_CURL,
+        "perl": None if PERL_OK else NO_PERL,
         "azure-sdk": (NO_NODE if not NODE else None if AZURE_SDK else NO_SDK),
     }[lang]
 
@@ -189,14 +213,16 @@ def _clean(proxy: Proxy) -> str:
     return report
 
 
-@pytest.fixture
-def ca(confdir: Path) -> Path:
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`replay-proxy ca` once for the module, in the session's confdir (the `cli` fixture's)."""
+    confdir = tmp_path_factory.getbasetemp() / "replay-proxy-conf"
     return Path(run_cli(["ca"], confdir).stdout.strip())
 
 
-def _langs() -> Iterator[Any]:
-    for lang in ["node", "java", "curl", "azure-sdk"]:
-        why = _available(lang)
+def _langs(tls: bool = False) -> Iterator[Any]:
+    for lang in LANGS:
+        why = _available(lang, tls)
         yield pytest.param(lang, id=lang, marks=pytest.mark.skipif(why is not None, reason=why or ""))
 
 
@@ -204,7 +230,7 @@ def _langs() -> Iterator[Any]:
 def test_every_language_plays_each_azure_maps_story(cli: Any, story: str, java_classes: Path | None) -> None:
     """One proxy per story; every installed client runs it in turn (each gets its own operation), each
     ends as the story says, and the verdict over all of them is clean."""
-    langs = [lang for lang in ["node", "java", "curl", "azure-sdk"] if _available(lang) is None]
+    langs = [lang for lang in LANGS if _available(lang) is None]
     if not langs:
         pytest.skip("no client toolchain installed (node, java, curl)")
     proxy = Proxy(cli, ["play", f"scenarios/azure-maps/{story}.yaml"])
@@ -219,7 +245,11 @@ def test_every_language_plays_each_azure_maps_story(cli: Any, story: str, java_c
 
 @pytest.mark.parametrize(
     ("lang", "story"),
-    [("node", "tileset-succeeds"), ("curl", "tileset-fails"), ("java", "succeeds-without-resource")],
+    [
+        ("node", "tileset-succeeds"),
+        ("curl", "tileset-fails"),
+        ("java", "succeeds-without-resource"),
+    ],
 )
 def test_a_cassette_replays_to_each_language(
     cli: Any, lang: str, story: str, java_classes: Path | None
@@ -234,7 +264,7 @@ def test_a_cassette_replays_to_each_language(
     _clean(proxy)
 
 
-@pytest.mark.parametrize("lang", list(_langs()))
+@pytest.mark.parametrize("lang", list(_langs(tls=True)))
 def test_each_language_over_https_trusting_the_ca(
     cli: Any, lang: str, ca: Path, java_classes: Path | None
 ) -> None:
@@ -278,13 +308,14 @@ def test_azure_sdk_for_javascript_ignores_the_202_delay_on_a_cassette(
     _clean(proxy)
 
 
-@pytest.mark.parametrize("lang", [p for p in _langs() if p.values[0] in {"java", "curl"}])
-def test_java_and_curl_through_the_forward_proxy(
+@pytest.mark.parametrize("lang", [p for p in _langs(tls=True) if p.values[0] in {"java", "curl", "perl"}])
+def test_java_curl_perl_through_the_forward_proxy(
     cli: Any, lang: str, ca: Path, java_classes: Path | None
 ) -> None:
     """`--mode regular`: the client keeps https://atlas.microsoft.com and uses the proxy as its forward
-    proxy (Java: ProxySelector.of; curl: --proxy), trusting its CA; the scenario answers, nothing leaves
-    the machine, the verdict is clean. (Node 20's built-in fetch ignores HTTP(S)_PROXY: reverse mode.)"""
+    proxy (Java: ProxySelector.of; curl: --proxy; Perl: HTTP::Tiny's https_proxy), trusting its CA; the
+    scenario answers, nothing leaves the machine, the verdict is clean. (Node 20's built-in fetch
+    ignores HTTP(S)_PROXY: use reverse mode.)"""
     proxy = Proxy(cli, ["play", "scenarios/azure-maps/throttled-start.yaml", "--mode", "regular"])
     outcome = proxy.run(lang, "fwd-dataset", java_classes, ca=ca, origin="https://atlas.microsoft.com")
     assert (outcome.status, outcome.resource) == ("Succeeded", True), outcome.output
