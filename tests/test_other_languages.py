@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from proxy.creator_service import CreatorService
 from tests.conftest import ROOT, run_cli
 
 CLIENTS = ROOT / "tests" / "clients"
@@ -358,3 +359,24 @@ def test_azure_sdk_default_final_get_is_caught_polling_after_the_end(
     assert outcome.status == "Succeeded", outcome.output
     rc, report = proxy.stop()
     assert rc == 3 and "verdict: 1 violation" in report and "1. poll-after-terminal:" in report, report
+
+
+@pytest.mark.skipif(not (NODE and JAVA), reason=NO_NODE if not NODE else NO_JAVA)
+def test_recorded_by_node_replayed_to_java(
+    cli: Any, creator: CreatorService, tmp_path: Path, java_classes: Path | None
+) -> None:
+    """`record` in front of the reference service while the Node client runs the job, then `replay` of
+    that cassette to the Java client, offline: the same tileset, and a clean verdict both times."""
+    cassette = tmp_path / "node.yaml"
+    proxy = Proxy(cli, ["record", creator.url, "-o", str(cassette)])
+    recorded = proxy.run("node", "cross-language", java_classes)
+    assert (recorded.status, recorded.resource) == ("Succeeded", True), recorded.output
+    _clean(proxy)
+    served = len(creator.requests)
+    proxy = Proxy(cli, ["replay", str(cassette)])
+    replayed = proxy.run("java", "cross-language", java_classes)
+    assert (replayed.status, replayed.resource) == ("Succeeded", True), replayed.output
+    tileset = json.loads(recorded.output)["resource"]["tilesetId"]
+    assert replayed.output.split()[1] == tileset, (replayed.output, tileset)
+    _clean(proxy)
+    assert len(creator.requests) == served  # replay never reached the service
