@@ -304,14 +304,18 @@ def test_each_language_over_https_trusting_the_ca(
 @pytest.mark.skipif(not NODE, reason=NO_NODE)
 def test_a_naive_client_is_caught(cli: Any, java_classes: Path | None) -> None:
     """The same Node client with --naive (no waiting) still gets its tileset, but the verdict names the
-    early polls and --strict-report exits 3. At 0.5 s the gap cannot be mistaken for a slow start."""
+    early polls, the timeline marks each of them, and --strict-report exits 3. At 0.5 s the gap cannot
+    be mistaken for a slow start."""
     proxy = Proxy(cli, ["play", "scenarios/azure-maps/tileset-succeeds.yaml"], retry_after="0.5")
     outcome = proxy.run("node", "naive-dataset", java_classes, naive=True)
     assert (outcome.status, outcome.resource) == ("Succeeded", True), outcome.output
     rc, report = proxy.stop()
     assert rc == 3, report
     assert "1. retry-after: GET /tilesets/operations/" in report, report
-    assert "which said to wait 0.5 s" in report, report
+    assert "which said to wait 0.5 s (and 2 more early polls of this operation)" in report, report
+    # the timeline marks every early poll, not only the one the violation names
+    early = [line for line in report.splitlines() if line.startswith("  poll ") and "<- retry-after" in line]
+    assert [line.split()[1] for line in early] == ["2", "3", "4"], report
 
 
 @pytest.mark.skipif(_available("azure-sdk") is not None, reason=_available("azure-sdk") or "")
