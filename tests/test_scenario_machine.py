@@ -262,6 +262,31 @@ def test_query_conditions() -> None:
     assert which("?datasetId=") == "present"
 
 
+@pytest.mark.timeout(30)
+def test_regexes_and_path_templates_match_in_linear_time() -> None:
+    """Issue 16: ``^(a+)+$`` and a path template whose segments can split many ways backtracked for
+    minutes on one request, freezing the proxy; RE2 matches them in linear time, as Python's re would."""
+    m, _ = machine("""
+        routes:
+          - match: {path: /redos, query: {v: {regex: "^(a+)+$"}}}
+            respond: {text: matched}
+          - match: {path: "/r/{a}-{b}-{c}-{d}/end"}
+            respond: {text: "{{ request.params.a }}|{{ request.params.d }}"}
+          - match: {path: "/v1/{name*}:export"}
+            respond: {text: "{{ request.params.name }}"}
+        """)
+
+    def text(answer: Answer) -> str:
+        return answer.response.body.decode()
+
+    assert handle(m, "GET", "/redos?v=" + "a" * 100_000 + "!") is None
+    assert text(ask(m, "GET", "/redos?v=" + "a" * 100_000)) == "matched"
+    assert handle(m, "GET", "/r/" + "a-" * 20_000 + "/nope") is None
+    assert text(ask(m, "GET", "/r/w-x-y-z-z/end")) == "w-x|z"  # as Python's re: leftmost greedy
+    assert text(ask(m, "GET", "/v1/a/b:c:export")) == "a/b:c"
+    assert text(ask(m, "GET", "/v1/\udcff\u00e9:export")) == "\ufffd\u00e9"  # bytes that are not UTF-8
+
+
 def test_header_conditions_ignore_name_case() -> None:
     m, _ = machine("""
         routes:

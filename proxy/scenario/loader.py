@@ -927,6 +927,13 @@ class _Semantics:
                 self.problem(at, f"{_subject(at)}: placeholder {{{name.rstrip('*')}}} appears twice")
             else:
                 seen.add(name.rstrip("*"))
+            if path.startswith("{", end + 1):
+                self.problem(
+                    at,
+                    f"{_subject(at)}: placeholders {_cut('{' + name + '}')} and the next one touch, so "
+                    "nothing says where one ends: put a literal between them (such as '/' or '-')",
+                )
+                return
             i = end + 1
 
     def body_file(self, name: str, at: DataPath) -> None:

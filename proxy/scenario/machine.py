@@ -107,6 +107,7 @@ What a scenario means (the semantics of the language, in order of evaluation):
 
 from __future__ import annotations
 
+import functools
 import json
 import mimetypes
 import random
@@ -138,6 +139,7 @@ from proxy.scenario.schema import (
     RetryAfterSpec,
     Route,
     Step,
+    linear_regex,
     parse_duration,
 )
 from proxy.scenario.templates import functions, is_template, new_uuid4, render
@@ -477,9 +479,10 @@ class _PathPattern:
             self.names.append(m.group(1))
             last = m.end()
         regex += re.escape(path[last:])
-        self.regex = re.compile(regex, re.DOTALL)
+        self.regex = linear_regex("(?s)" + regex)  # RE2: no backtracking, whatever the path
 
     def match(self, path: str) -> dict[str, str] | None:
+        path = _valid_text(path)
         m = self.regex.fullmatch(path)
         if m is None:
             decoded = unquote(path)
@@ -548,9 +551,28 @@ def _holds(cond: str | int | float | bool | Condition | None, present: bool, val
         return cond.equals is None and cond.regex is None and cond.one_of is None
     if cond.equals is not None and value != _scalar_text(cond.equals):
         return False
-    if cond.regex is not None and re.search(cond.regex, value) is None:
+    if cond.regex is not None and _regex(cond.regex).search(_valid_text(value)) is None:
         return False
     return cond.one_of is None or value in {_scalar_text(v) for v in cond.one_of}
+
+
+def _valid_text(value: str) -> str:
+    """``value`` with lone surrogates (request bytes that are not UTF-8) as U+FFFD: RE2 reads UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            data = value.encode("utf-8", "surrogateescape")  # the bytes mitmproxy could not decode
+        except UnicodeEncodeError:
+            data = value.encode("utf-8", "surrogatepass")  # "\ud800" in a JSON body
+        return data.decode("utf-8", "replace")
+    return value
+
+
+@functools.cache
+def _regex(pattern: str) -> Any:
+    """A condition's regex, compiled once by RE2 (linear-time matching; the loader checked it compiles)."""
+    return linear_regex(pattern)
 
 
 def _scalar_text(value: str | int | float | bool) -> str:
