@@ -181,6 +181,22 @@ def _check_headers(
             budget.spend(here, _size(v))
 
 
+def _check_wire(path: Path, at: DataPath, resp: dict[str, Any]) -> None:
+    """What replay would send that the recording does not hold: a CR/LF in a header value or the reason
+    phrase would write other headers (response splitting); a header name that is not a token is no
+    header. A real upstream's answer never has them, so the file was edited: refused, located."""
+    from .model import header_problem, reason_problem
+
+    problem = reason_problem(resp["status"]["message"])
+    if problem is not None:
+        raise _Invalid(path, (*at, "response", "status", "message"), f"interaction {at[1]}: {problem}")
+    for name, values in resp["headers"].items():
+        for i, value in enumerate(values):
+            problem = header_problem(name, value if isinstance(value, str | bytes) else "")
+            if problem is not None:
+                raise _Invalid(path, (*at, "response", "headers", name, i), f"interaction {at[1]}: {problem}")
+
+
 def _check(path: Path, data: Any, size: int) -> None:
     """Reject what vcrpy would choke on later (or replay wrongly), naming the file and interaction;
     ``size`` is the file's, for the budget of alias expansion."""
@@ -241,6 +257,7 @@ def _check(path: Path, data: Any, size: int) -> None:
                 f"{where}: response status has no message (vcrpy needs one)",
             )
         _check_headers(path, (*at, "response", "headers"), "response", resp.get("headers"), True, budget)
+        _check_wire(path, at, resp)
         body = resp.get("body")
         if not isinstance(body, dict) or "string" not in body:
             raise _Invalid(

@@ -726,6 +726,34 @@ def test_path_placeholders_that_touch_are_refused(tmp_path: Path) -> None:
     ]
 
 
+def test_headers_that_would_write_other_headers_are_refused(tmp_path: Path) -> None:
+    """Issue 16: CR/LF in a header value (or anything that becomes one) and names that are no HTTP field
+    names are refused at load, where they are written; templates are checked again when rendered."""
+    text = r"""
+    routes:
+      - match: {path: /a}
+        respond: {headers: {"X A": b, X-Ok: "{{ request.query.v }}"}, content-type: "text/plain\r\nX: y"}
+      - match: {path: /b}
+        respond: {retry-after: {raw: "1\nSet-Cookie: a=b"}}
+    operations:
+      - start: {method: POST, path: /c}
+        status-path: "/ops/{operationId}\r\nSet-Cookie: a=b"
+        steps:
+          - {status: Running, headers: {"X\u202eY": z}, retry-after: "2\r\n"}
+    """
+    name = "is not a valid HTTP field name (letters, digits, !#$%&'*+-.^_`|~)"
+    assert problems_of(tmp_path, text) == [
+        f"F:3:32: header name 'X A' {name}",
+        "F:3:81: header 'Content-Type' has a CR in its value ('text/plain\\r\\nX: y'): "
+        "it would write other headers",
+        "F:5:34: header 'Retry-After' has an LF in its value ('1\\nSet-Cookie: a=b'): "
+        "it would write other headers",
+        "F:8:18: status-path: '/ops/{operationId}\\r\\nSet-Cookie: a=b' has a CR, LF or control character",
+        f"F:10:49: header name 'X\\u202eY' {name}",
+        "F:10:66: header 'Retry-After' has a CR in its value ('2\\r\\n'): it would write other headers",
+    ]
+
+
 def test_durations_retry_after_and_path_templates(tmp_path: Path) -> None:
     text = """
     routes:

@@ -1459,6 +1459,38 @@ def test_template_errors_name_the_position_of_the_template() -> None:
     )
 
 
+def test_a_header_rendered_with_cr_or_lf_is_refused_where_it_is_written() -> None:
+    """Issue 16: a header template echoing request data wrote the client's CR/LF onto the wire."""
+    loaded = scenario(
+        """
+        routes:
+          - match: {path: /echo}
+            respond: {headers: {X-Echo: "{{ request.query.v }}"}, text: ok}
+        operations:
+          - start: {method: POST, path: /a}
+            steps:
+              - status: Running
+                headers: {X-Step: "{{ request.query.v }}"}
+        """,
+        positions={
+            ("routes", 0, "respond", "headers", "X-Echo"): (3, 38),
+            ("operations", 0, "steps", 0, "headers", "X-Step"): (9, 27),
+        },
+    )
+    m, _ = machine(loaded)
+    assert ask(m, "GET", "/echo?v=fine").response.header("X-Echo") == "fine"
+    with pytest.raises(TemplateError) as caught:
+        handle(m, "GET", "/echo?v=a%0D%0ASet-Cookie:%20pwned=1")
+    assert str(caught.value) == (
+        "t.yaml:3:38: header 'X-Echo' has a CR in its value ('a\\r\\nSet-Cookie: pwned=1'): "
+        "it would write other headers"
+    )
+    url = ask(m, "POST", "/a").response.header("Location") or ""
+    with pytest.raises(TemplateError) as caught:
+        handle(m, "GET", url + "?v=%0Ax")
+    assert str(caught.value).startswith("t.yaml:9:27: header 'X-Step' has an LF in its value")
+
+
 # -- state: reset, snapshots, threads --------------------------------------------------------------------
 
 

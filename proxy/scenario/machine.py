@@ -122,8 +122,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.creator_service import format_created_date_time
-from proxy.errors import ScenarioError
-from proxy.model import Request, Response, header_value, set_header
+from proxy.errors import ScenarioError, TemplateError
+from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.rewrite import parse_retry_after
 from proxy.scenario.answer import Answer, Refusal
 from proxy.scenario.loader import LoadedScenario
@@ -226,6 +226,8 @@ class ScenarioMachine:
             for rule in self._rules:
                 result = rule(view, base)
                 if result is not None:
+                    if isinstance(result, Answer):
+                        _check_wire(result)
                     return result
         return None
 
@@ -282,6 +284,14 @@ class ScenarioMachine:
             return value
         return render(value, ctx.get(), ctx.file.loaded.where(*at))
 
+    def render_header(self, name: str, value: str | float, at: DataPath, ctx: _Ctx) -> str:
+        """A header's value rendered; one that would write other headers (CR/LF) is an error, there."""
+        text = self.render_text(value, at, ctx)
+        problem = header_problem(name, text)
+        if problem is not None:
+            raise TemplateError(f"{ctx.file.loaded.where(*at)}: {problem}")
+        return text
+
     def render_data(self, value: Any, at: DataPath, ctx: _Ctx) -> Any:
         """``value`` with every string in it rendered as a template (keys are not templates)."""
         if isinstance(value, str):
@@ -306,7 +316,7 @@ class ScenarioMachine:
         if default_status is not None and "status" not in spec.model_fields_set:
             status = default_status
         headers: HeaderList = tuple(
-            (name, self.render_text(value, (*at, "headers", name), ctx))
+            (name, self.render_header(name, value, (*at, "headers", name), ctx))
             for name, value in spec.headers.items()
         )
         body = b""
@@ -554,6 +564,14 @@ def _holds(cond: str | int | float | bool | Condition | None, present: bool, val
     if cond.regex is not None and _regex(cond.regex).search(_valid_text(value)) is None:
         return False
     return cond.one_of is None or value in {_scalar_text(v) for v in cond.one_of}
+
+
+def _check_wire(answer: Answer) -> None:
+    """The last check of a scripted answer: no header that would write others (a status URL made from the
+    request's path, a ``content-type`` or ``retry-after`` text with CR/LF)."""
+    problem = headers_problem(answer.response.headers)
+    if problem is not None:
+        raise TemplateError(f"{answer.source}: {problem}")
 
 
 def _valid_text(value: str) -> str:
@@ -943,7 +961,9 @@ class _OperationRule:
             headers = set_header(headers, name, value)
         for name, raw in step.headers.items():
             headers = set_header(
-                headers, name, self.machine.render_text(raw, self.at("steps", j, "headers", name), ctx)
+                headers,
+                name,
+                self.machine.render_header(name, raw, self.at("steps", j, "headers", name), ctx),
             )
         response = Response(status=code, headers=headers, body=_json_bytes(body))
         return response, self.machine.advertised(headers, retry)

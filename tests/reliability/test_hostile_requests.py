@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import requests
 
@@ -176,3 +177,58 @@ def test_sigterm_stops_the_proxy_while_a_hostile_request_runs(
         if proxy.proc.poll() is None:
             proxy.proc.kill()
             proxy.proc.wait(10)
+
+
+# -- response splitting -------------------------------------------------------------------------------------
+
+ECHO = """\
+name: echo
+routes:
+  - match: {path: /echo}
+    respond:
+      headers: {X-Echo: "{{ request.query.v }}"}
+      text: echoed
+  - match: {path: /next}
+    respond:
+      status: 302
+      headers: {Location: "{{ request.query.next }}"}
+operations:
+  - start: {method: POST, path: "/jobs/{tenant}"}
+    status-path: "/jobs/{tenant}/operations/{operationId}"
+    steps: [{status: Succeeded}]
+"""
+INJECTED = "a\r\nSet-Cookie: pwned=1"
+
+
+def test_request_data_echoed_in_a_header_cannot_write_headers(tmp_path: Path, confdir: Path) -> None:
+    """``?v=a%0D%0ASet-Cookie:%20pwned=1`` echoed by a header template gave requests and httpx a cookie the
+    scenario never set (issue 16). Now the render is refused: a 599 naming the header's position, no
+    cookie. (A status URL made from the start request's path keeps the path's percent-encoding.)"""
+    scenario = tmp_path / "echo.yaml"
+    scenario.write_text(ECHO)
+    proxy = Cli(["play", str(scenario), "--port", "0"], confdir)
+    try:
+        assert proxy.url, proxy.stderr
+        with requests.Session() as session:
+            session.trust_env = False
+            for target, line in (("/echo", 5), ("/next", 10)):
+                key = "v" if target == "/echo" else "next"
+                answer = session.get(f"{proxy.url}{target}", params={key: INJECTED}, timeout=30)
+                assert answer.status_code == 599, (target, answer.status_code, answer.headers)
+                assert "set-cookie" not in answer.headers and not session.cookies, answer.headers
+                assert f"{scenario}:{line}:" in answer.text and "CR" in answer.text, answer.text
+            fine = session.get(f"{proxy.url}/echo", params={"v": "plain"}, timeout=30)
+            assert fine.status_code == 200 and fine.headers["X-Echo"] == "plain"
+            start = session.post(f"{proxy.url}/jobs/t%0D%0ASet-Cookie:%20pwned=1", timeout=30)
+            assert start.status_code == 202 and not session.cookies, start.headers  # the path stays encoded
+            assert "/jobs/t%0D%0ASet-Cookie:%20pwned=1/operations/" in start.headers["Location"]
+        with httpx.Client(trust_env=False) as client:
+            answer = client.get(f"{proxy.url}/echo", params={"v": INJECTED}, timeout=30)
+            assert answer.status_code == 599 and not client.cookies, answer.headers
+            assert "set-cookie" not in answer.headers
+        assert proxy.stop() == 0, proxy.stderr
+    finally:
+        if proxy.proc.poll() is None:
+            proxy.proc.kill()
+            proxy.proc.wait(10)
+    assert "Traceback" not in proxy.stderr, proxy.stderr
