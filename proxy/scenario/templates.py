@@ -16,11 +16,12 @@ by ``jinja2.sandbox.ImmutableSandboxedEnvironment`` with ``StrictUndefined`` and
   ``select``) given to a filter or a method is read item by item under the same limit;
 * **time**: a render that runs longer than ``RENDER_SECONDS`` is stopped (nested loops, a macro that
   calls itself twice, a long ``range``). The proxy renders on its event loop, so a render that never
-  ended would freeze every client; a worker thread would not help, as a Python thread cannot be stopped
-  and would keep the CPU. The check is a trace function, installed on the rendering thread only while
-  it renders (``sys.settrace``): it reads the clock on every function call and on every line of template
-  code, and raises once past the deadline. The size limits make every single step short, so the trace
-  always gets its turn.
+  ended would freeze every client; rendering in a worker thread would not help, as a Python thread
+  cannot be killed and would keep the CPU and the GIL. A watchdog thread raises ``RenderOverBudget`` in
+  the rendering thread once its deadline has passed (``PyThreadState_SetAsyncExc``: delivered between
+  two bytecodes, so any loop or recursion of the template's code stops); it costs an ordinary render two
+  lock acquisitions, where a trace function (``sys.settrace``) cost 5 to 30 times the render. A C call
+  is not interrupted, which is why the size limits keep every single step short.
 
 Every failure (syntax, undefined name, sandbox refusal, over budget, any exception the template raises)
 becomes one ``TemplateError`` line: ``file:line:column: template error: what``. A string without ``{{``
@@ -33,13 +34,11 @@ from __future__ import annotations
 import functools
 import random
 import re
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from proxy.errors import TemplateError
@@ -57,6 +56,10 @@ MAX_BUILT = 16 * MAX_ITEMS
 large value many times into a macro or a ``{% set %}`` block is stopped before it takes the memory."""
 RENDER_SECONDS = 1.0
 """Seconds one render may take; past them it is stopped with an error (the proxy's clients wait)."""
+WATCH_TICK = 0.05
+"""Seconds between two looks of the watchdog at the renders running (how late past RENDER_SECONDS)."""
+WATCH_LINGER = 2.0
+"""Seconds the watchdog keeps looking after the last render before it sleeps until the next one."""
 MAX_LIPSUM = (100, 1000)
 """``lipsum(n, html, min, max)``: at most this many paragraphs of at most this many words."""
 
@@ -64,7 +67,10 @@ _TOO_LONG = f"the result would be too long (more than {MAX_ITEMS} items)"
 
 
 class RenderOverBudget(Exception):
-    """A render ran past its deadline (raised inside the template's code by the trace function)."""
+    """A render ran past its deadline (raised in the rendering thread by the watchdog)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or (f"the template took longer than {RENDER_SECONDS:g} s (render budget)",)))
 
 
 @functools.cache
@@ -394,31 +400,67 @@ def _compile(source: str) -> jinja2.Template:
     return _environment().from_string(source)
 
 
-_TEMPLATE_FILE = "<template>"
-"""The file name of the code Jinja compiles from a string: the lines the deadline checks."""
-
-
 class _Budget:
-    """One render's budget: a deadline, checked by a trace function that raises RenderOverBudget in the code
-    it traces once past it, and the characters the render has built so far."""
+    """One render's budget: its deadline and thread (for the watchdog), the characters it has built."""
 
     def __init__(self, seconds: float) -> None:
         self.end = time.monotonic() + seconds
+        self.thread = threading.get_ident()
         self.built = 0
-
-    def check(self) -> None:
-        if time.monotonic() > self.end:
-            raise RenderOverBudget(f"the template took longer than {RENDER_SECONDS:g} s (render budget)")
-
-    def on_call(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any] | None:
-        self.check()
-        return self.on_line if frame.f_code.co_filename == _TEMPLATE_FILE else None
-
-    def on_line(self, frame: FrameType, event: str, arg: Any) -> Callable[..., Any]:
-        self.check()
-        return self.on_line
+        self.fired = False
 
 
+class _Watchdog:
+    """A daemon thread that stops renders past their deadline: it raises RenderOverBudget in the rendering
+    thread (``PyThreadState_SetAsyncExc``, delivered between two bytecodes, so loops and recursion stop);
+    it costs a render nothing but two lock acquisitions. A render's end clears an exception that was
+    scheduled but not yet delivered, under the same lock, so none can land after it."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.active: set[_Budget] = set()
+        self.thread: threading.Thread | None = None
+        self.idle = True
+
+    def arm(self, budget: _Budget) -> None:
+        with self.cond:
+            self.active.add(budget)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="template-watchdog", daemon=True)
+                self.thread.start()
+            elif self.idle:
+                self.cond.notify()
+
+    def disarm(self, budget: _Budget) -> None:
+        with self.cond:
+            self.active.discard(budget)
+            if budget.fired:
+                _async_raise(budget.thread, None)  # not delivered yet: cleared; delivered: no-op
+
+    def _run(self) -> None:
+        quiet_since = time.monotonic()
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                for budget in self.active:
+                    if not budget.fired and now > budget.end:
+                        budget.fired = True
+                        _async_raise(budget.thread, RenderOverBudget)
+                if self.active:
+                    quiet_since = now
+                self.idle = now - quiet_since > WATCH_LINGER
+                self.cond.wait(None if self.idle else WATCH_TICK)
+
+
+def _async_raise(thread: int, exception: type[BaseException] | None) -> None:
+    """Schedule ``exception`` in ``thread`` (None: clear what is scheduled)."""
+    import ctypes
+
+    what = ctypes.py_object(exception) if exception is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), what)
+
+
+_watchdog = _Watchdog()
 _rendering = threading.local()
 """``budget``: the _Budget of the render running on this thread, if any."""
 
@@ -433,23 +475,32 @@ def _spend(size: int) -> None:
 
 
 def _finalize(value: Any) -> Any:
-    """Every ``{{ expression }}`` before it is written: its size counted (Jinja's ``finalize`` hook)."""
-    size = len(value) if isinstance(value, str) else _size(value)
-    _limit(size)
-    _spend(size)
+    """Every ``{{ expression }}`` before it is written (Jinja's ``finalize`` hook): too long is refused; a
+    value that is not a text is counted toward MAX_BUILT, as writing it makes a new text (a text written
+    is only referred to, and the values that made it were counted as they were made)."""
+    if isinstance(value, str):
+        if len(value) > MAX_ITEMS:
+            _refuse(_TOO_LONG)
+    elif not isinstance(value, int | float) and value is not None:
+        size = _size(value)
+        _limit(size)
+        _spend(size)
     return value
 
 
 def _render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> str:
     """The template's output, within MAX_ITEMS characters, MAX_BUILT built and RENDER_SECONDS."""
     budget = _Budget(RENDER_SECONDS)
-    previous = sys.gettrace()
     _rendering.budget = budget
-    sys.settrace(budget.on_call)
     try:
-        return _join_bounded(template.generate(context))
+        try:
+            _watchdog.arm(budget)
+            return _join_bounded(template.generate(context))
+        finally:
+            _watchdog.disarm(budget)
+    except RenderOverBudget:  # raised by the watchdog, maybe as late as in disarm: said the same way
+        raise RenderOverBudget() from None
     finally:
-        sys.settrace(previous)
         _rendering.budget = None
 
 
