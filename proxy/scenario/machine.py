@@ -490,17 +490,29 @@ class _PathPattern:
             last = m.end()
         regex += re.escape(path[last:])
         self.regex = linear_regex("(?s)" + regex)  # RE2: no backtracking, whatever the path
+        # Most rules do not match most requests: their literal ends say so without RE2 (its Python
+        # binding costs ~3-10 us a call, Python's re ~0.4 us).
+        spans = [m.span() for m in _PLACEHOLDER.finditer(path)]
+        self.exact = path if not spans else None
+        self.prefix = path[: spans[0][0]] if spans else path
+        self.suffix = path[spans[-1][1] :] if spans else ""
 
     def match(self, path: str) -> dict[str, str] | None:
-        path = _valid_text(path)
-        m = self.regex.fullmatch(path)
-        if m is None:
+        found = self._match(path)
+        if found is None:
             decoded = unquote(path)
-            if decoded == path:
-                return None
-            m = self.regex.fullmatch(decoded)
-            if m is None:
-                return None
+            if decoded != path:
+                found = self._match(decoded)
+        return found
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        if self.exact is not None:
+            return {} if path == self.exact else None
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        m = self.regex.fullmatch(_valid_text(path))
+        if m is None:
+            return None
         return dict(zip(self.names, m.groups(), strict=True))  # the groups are p0, p1... in order
 
     def render(self, values: Mapping[str, str]) -> str:
