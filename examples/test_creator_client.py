@@ -5,7 +5,8 @@ Each test says what the proxy serves (the marker), points the client at ``replay
 checks what the client returned; the plugin then checks *how* it got there (the verdict runs at
 teardown: Retry-After honoured, no poll after the end, the status URL followed, every operation
 finished). ``retry_after=0.05`` rewrites the scenarios' ``Retry-After: 1`` (and the 429/503's 2) to
-50 ms: the client still has to honour it, and the suite runs in about a second.
+50 ms, sent as ``retry-after-ms: 50`` (a 429/503 keeps ``Retry-After: 1`` beside it: valid HTTP only
+has whole seconds): the client still has to honour it, and the suite runs in a few seconds.
 
     uv run pytest examples/
 """

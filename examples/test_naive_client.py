@@ -4,7 +4,8 @@ Written the way a user would write them, these tests would fail at teardown with
 
     replay-proxy verdict: 1 violation
       1. retry-after: GET /tilesets/operations/8607b39a… came 0.013 s after the previous answer, which
-         said Retry-After: 1 (and 2 more early polls of this operation)
+         said to wait 1 s (and 2 more early polls of this operation); the client should wait at least the
+         Retry-After (or retry-after-ms / x-ms-retry-after-ms) the answer gave before sending the next request
 
 Here each test calls ``replay_proxy.verify()`` itself, inside ``pytest.raises``, to show the verdict's
 message (a verified test is not verified again at teardown unless more requests came).
@@ -26,7 +27,8 @@ def test_the_verdict_catches_a_client_that_ignores_retry_after(replay_proxy):
 
     message = str(verdict.value)
     assert "retry-after" in message
-    assert "which said Retry-After: 1" in message
+    assert "which said to wait 1 s" in message
+    assert "the client should wait at least the Retry-After" in message  # what to do about it
 
 
 @pytest.mark.replay_proxy("scenarios/azure-maps/tileset-fails.yaml", checks_disabled=["retry-after"])

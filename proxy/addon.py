@@ -25,8 +25,15 @@ from proxy import (
     gateway,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
-from proxy.diagnostic import no_match_response, record_failed_response, stopping_response, unsafe_response
-from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
+from proxy.diagnostic import (
+    closest_rule,
+    no_match_response,
+    record_failed_response,
+    scenario_error_response,
+    stopping_response,
+    unsafe_response,
+)
+from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
 from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import (
@@ -42,7 +49,7 @@ from proxy.model import (
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
-from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, Scripted
+from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, ScenarioFailed, Scripted
 from proxy.scenario.answer import Answer
 
 logger = logging.getLogger("proxy")
@@ -89,8 +96,10 @@ class Session(NamedTuple):
 class ReplayAddon:
     """Routes requests (router.py), records forwarded exchanges (recorder.py), journals every exchange."""
 
-    def __init__(self, journal: Journal | None = None) -> None:
+    def __init__(self, journal: Journal | None = None, *, annotate_flows: bool = False) -> None:
         self.journal = journal if journal is not None else Journal(listener=_log_exchange)
+        self.annotate_flows = annotate_flows
+        """Loaded into mitmproxy's own tools (``-s``): each flow's comment says what answered it (mitmweb)."""
         self.session: Session | None = None
         self.save_errors: list[str] = []
         """Why exchanges could not be saved (the cassette's disk or directory); the CLI exits 2 on any."""
@@ -129,6 +138,9 @@ class ReplayAddon:
         loader.add_option("replay_redact_query", Sequence[str], [], "More query parameter names to redact.")
         loader.add_option("replay_redact_json", Sequence[str], [], "JSON body field names to redact.")
         loader.add_option(
+            "replay_redact_except", Sequence[str], [], "Names the secret-name patterns must not redact."
+        )
+        loader.add_option(
             "replay_upstream", str | None, None, "Origin recorded requests are rebased on in reverse mode."
         )
         loader.add_option("replay_scenarios", Sequence[str], [], "Scenario files (YAML) answered first.")
@@ -160,6 +172,7 @@ class ReplayAddon:
             raise exceptions.OptionsError(str(e)) from e
         self._close_session()
         self.session = session
+        self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
         if session.router.playback is not None and len(session.router.playback) >= FREEZE_AT:
             # What a large cassette loaded lives as long as the session: keep it out of the cyclic garbage
             # collector's full passes, which otherwise walk all of it (100k interactions: 300 ms pauses).
@@ -224,8 +237,8 @@ class ReplayAddon:
         request = _model_request(flow, session)
         try:
             decision: Decision = session.router.decide(request, _base_url(flow))
-        except ReplayProxyError as e:  # a scenario template failed at render time: say so, never forward
-            decision = NoMatch(request, f"scenario error: {e}")
+        except ScenarioError as e:  # a scenario template failed at render time: say so, never forward
+            decision = ScenarioFailed(request, "; ".join(e.problems))
         if isinstance(decision, Scripted):
             answer = decision.answer
             flow.metadata[META] = "scenario"
@@ -236,7 +249,7 @@ class ReplayAddon:
                 detail += f" [delay {answer.delay:g} s]"
             status = _fault_status(answer)
             sent = answer.response if status is not None else None
-            self.journal.add(_exchange(flow, status, "scenario", detail, sent, answer))
+            self._journal(flow, _exchange(flow, status, "scenario", detail, sent, answer))
             await faults.deliver(flow, answer, to_flow_response=_flow_response)
         elif isinstance(decision, Replay):
             played = decision.played
@@ -247,9 +260,18 @@ class ReplayAddon:
             served = self._served_for(flow, session, played.interaction.response)
             flow.response = served.wire.flow_response()
             sent = served.response
-            self.journal.add(_exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status))
+            exchange = _exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status)
+            self._journal(flow, exchange)
+        elif isinstance(decision, ScenarioFailed):
+            flow.metadata[META] = "scenario-error"
+            flow.response = _flow_response(scenario_error_response(decision))
+            exchange = _exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
+            self._journal(flow, exchange)
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
+            if session.redactor.enabled:  # the diagnostic shows the request: SDKs print it in CI logs
+                shown = replace(decision.request, url=session.redactor.scrub(decision.request.url))
+                decision = replace(decision, request=shown)
             source = session.served
             detail = decision.reason
             if decision.nearest:
@@ -258,16 +280,18 @@ class ReplayAddon:
                 detail += f"; closest #{index + 1} {closest.method} {closest.path_and_query}"
                 if diffs:
                     detail += f" ({'; '.join(diffs)})"
+            if decision.rules:
+                detail += f"; closest rule {closest_rule(decision)}"
             # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
             flow.response = _flow_response(no_match_response(decision, source))
-            self.journal.add(_exchange(flow, flow.response.status_code, "no-match", detail))
+            self._journal(flow, _exchange(flow, flow.response.status_code, "no-match", detail))
         else:
             assert isinstance(decision, Forward)
             failure = session.recorder.failure if session.recorder is not None else None
             if failure is not None:  # the cassette cannot take it: do not make the upstream act on it
                 flow.response = _flow_response(record_failed_response(failure))
                 detail = f"not forwarded, recording failed: {failure}"
-                self.journal.add(_exchange(flow, flow.response.status_code, "refused", detail))
+                self._journal(flow, _exchange(flow, flow.response.status_code, "refused", detail))
                 return
             flow.metadata[META] = "forward"
             _aim_at_upstream(flow)
@@ -299,7 +323,7 @@ class ReplayAddon:
                 self._save_failed(str(e))
                 flow.response = _flow_response(record_failed_response(str(e)))
                 detail = f"NOT SAVED: {e}"
-                self.journal.add(_exchange(flow, flow.response.status_code, "upstream", detail))
+                self._journal(flow, _exchange(flow, flow.response.status_code, "upstream", detail))
                 return
             playback = session.router.playback
             if playback is not None:
@@ -308,7 +332,7 @@ class ReplayAddon:
         served = self._outgoing(flow, session, response)
         if served is not response:
             flow.response = _flow_response(served)
-        self.journal.add(_exchange(flow, served.status, "upstream", detail, served))
+        self._journal(flow, _exchange(flow, served.status, "upstream", detail, served))
 
     def error(self, flow: http.HTTPFlow) -> None:
         gateway.settle(flow)
@@ -316,7 +340,7 @@ class ReplayAddon:
             return
         if META not in flow.metadata and "body_size_limit" in flow.error.msg:
             # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
-            self.journal.add(_exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            self._journal(flow, _exchange(flow, 413, "refused", "request body larger than --max-body-size"))
             # mitmproxy 12 says "Connection: close" on its 413 but neither closes nor reads on: a client that
             # sends its whole body before reading (requests, http.client) would wait for its own timeout.
             # The 413 is written after this hook; closing a moment later lets it out first.
@@ -325,9 +349,14 @@ class ReplayAddon:
         if flow.metadata.get(META) != "forward":
             return
         detail = flow.error.msg.removeprefix("replay-proxy: ")  # the journal's line says who speaks
-        self.journal.add(_exchange(flow, gateway.status(flow), "error", detail))
+        self._journal(flow, _exchange(flow, gateway.status(flow), "error", detail))
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _journal(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        self.journal.add(exchange)
+        if self.annotate_flows:
+            flow.comment = f"replay-proxy: {exchange.answered_by()}"
 
     def _served_for(self, flow: http.HTTPFlow, session: Session, recorded: Response) -> _Served:
         """``recorded`` as this client gets it (``_outgoing``), cached: the same every time it is replayed."""
@@ -385,6 +414,7 @@ def _build_session(options: Any) -> Session:
         query=(*DEFAULT_QUERY, *options.replay_redact_query),
         json_fields=(*DEFAULT_JSON_FIELDS, *options.replay_redact_json),
         enabled=options.replay_redact,
+        keep=options.replay_redact_except,
     )
     path = Path(options.replay_cassette) if options.replay_cassette else None
     loaded: list[Interaction] = []
@@ -630,4 +660,4 @@ def _log_exchange(exchange: Exchange) -> None:
         logger.info(exchange.line())
 
 
-addons = [ReplayAddon()]
+addons = [ReplayAddon(annotate_flows=True)]

@@ -35,7 +35,7 @@ EPILOG = """\
 examples:
   replay-proxy record https://atlas.microsoft.com -o cassettes/tileset.yaml
       forward to the real service on http://127.0.0.1:8080 and save every exchange
-  replay-proxy replay cassettes/azure-maps/tileset-succeeds.yaml --port 0 --retry-after 0.01
+  replay-proxy replay cassettes/azure-maps/tileset-succeeds.yaml --port 0 --retry-after 0.05
       answer from the cassette, offline, on a free port, with fast polling
   replay-proxy record --mode regular -o cassettes/all-hosts.yaml
       an HTTP(S)_PROXY for clients whose base URL cannot change (trust `replay-proxy ca`)
@@ -165,8 +165,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=None,
         metavar="SECONDS",
-        help="rewrite advertised Retry-After (and retry-after-ms) to this delay so polling replays fast "
-        "(e.g. --retry-after 0.01; note azure-core treats 0 as 'use my 30 s default')",
+        help="rewrite advertised Retry-After, retry-after-ms and x-ms-retry-after-ms to this delay so "
+        "polling replays fast (e.g. --retry-after 0.05, the recommended value). Always valid HTTP: whole "
+        "seconds stay Retry-After; a fraction goes in retry-after-ms (beside Retry-After rounded up on "
+        "429/503 and other 400+ answers). Note azure-core treats Retry-After: 0 as 'use my 30 s default'",
     )
 
     r = p.add_argument_group("redaction (what is saved; live traffic is untouched)")
@@ -192,6 +194,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
     )
+    r.add_argument(
+        "--redact-except",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a name the secret-name rules would redact that holds no secret: keep its values (repeatable, "
+        "e.g. --redact-except key for a `key=` query parameter that is a setting's name)",
+    )
 
     from proxy.verdict import RULES
 
@@ -200,8 +210,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--report",
         action="store_true",
         help="at exit, print each operation's timeline (every poll, the gap before it, what it got) and "
-        "the violations: unmatched requests, polls earlier than Retry-After, polls after a terminal "
-        "status, self-built status URLs, unfinished operations (exit status unchanged)",
+        "the violations: unmatched requests, polls (and 429/503 retries) earlier than the delay sent, a "
+        "first poll earlier than the 202's delay (retry-after-202), polls after a terminal status, "
+        "self-built status URLs, unfinished operations, "
+        "scenario errors (exit status unchanged)",
     )
     v.add_argument(
         "--strict-report",
@@ -283,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "replays what the scenarios do not answer; over --upstream it forwards it (and records it with -o).",
         epilog="examples:\n"
         "  replay-proxy play scenarios/azure-maps/tileset-succeeds.yaml\n"
-        "  replay-proxy play scenarios/azure-maps/flaky-polling.yaml --clock virtual --retry-after 0.01\n"
+        "  replay-proxy play scenarios/azure-maps/flaky-polling.yaml --clock virtual --retry-after 0.05\n"
         "  replay-proxy play inject-503.yaml --upstream https://atlas.microsoft.com -o cassettes/real.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -427,6 +439,7 @@ def _serve(args: argparse.Namespace) -> int:
         redact_headers=args.redact_header,
         redact_query=args.redact_query,
         redact_json=args.redact_json_field,
+        redact_except=args.redact_except,
         scenarios=scenarios,
         clock=getattr(args, "clock", None),
         upstream_ca=args.upstream_ca,

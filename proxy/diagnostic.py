@@ -1,5 +1,6 @@
-"""replay-proxy's own answers: to a request nothing recorded matches (599), to an exchange that could not be
-saved (500), to a request that arrives while the proxy stops (503). Each has a JSON body saying why."""
+"""replay-proxy's own answers: to a request nothing recorded matches (599), to a request whose scenario rule
+failed to render (599, a scenario error), to an exchange that could not be saved (500), to a request that
+arrives while the proxy stops (503). Each has a JSON body saying why."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 from collections.abc import Mapping
 
 from proxy.model import Response
-from proxy.router import NoMatch
+from proxy.router import NoMatch, ScenarioFailed
 
 NO_MATCH_STATUS = 599
 NO_MATCH_REASON = "No Match (replay-proxy)"
+SCENARIO_ERROR_REASON = "Scenario Error (replay-proxy)"
 
 
 def _hint(source: str) -> str:
@@ -43,6 +45,8 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         message += f"; closest is #{index + 1} {interaction.request.method} {interaction.request.url}"
         if diffs:
             message += f" ({'; '.join(diffs)})"
+    if decision.rules:
+        message += f"; closest rule is {closest_rule(decision)}"
     error = {
         "code": "ReplayProxyNoMatch",
         "message": message,
@@ -50,7 +54,37 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
         "closest": closest,
         "hint": _hint(source),
     }
+    if decision.rules:
+        error["closest_rules"] = [
+            {"rule": near.rule, "at": near.where, "differences": list(near.differences)}
+            for near in decision.rules
+        ]
     return _own_answer(NO_MATCH_STATUS, NO_MATCH_REASON, "no-match", error)
+
+
+def closest_rule(decision: NoMatch) -> str:
+    """``route "x" at file:line:col (what differed)``: the rule closest to answering, for messages."""
+    near = decision.rules[0]
+    return f"{near.rule} at {near.where} ({'; '.join(near.differences)})"
+
+
+def scenario_error_response(decision: ScenarioFailed) -> Response:
+    """The rule that matched failed to render its answer: the scenario is at fault, not the request.
+
+    599 like a no-match (SDK retry policies retry 500 and 503, not 599, so the error shows at once), but its
+    own reason, ``X-Replay-Proxy: scenario-error`` and code ``ReplayProxyScenarioError``.
+    """
+    request = decision.request
+    error = {
+        "code": "ReplayProxyScenarioError",
+        "message": f"replay-proxy: scenario error: {decision.problem} "
+        f"(answering {request.method} {request.path_and_query})",
+        "request": {"method": request.method, "uri": request.url},
+        "hint": "The scenario rule that matched this request could not render its answer. Fix the template "
+        "at the file:line:column above (replay-proxy check finds syntax errors, not values that are "
+        "missing at request time: use default(...) or 'is defined'); the proxy keeps serving.",
+    }
+    return _own_answer(NO_MATCH_STATUS, SCENARIO_ERROR_REASON, "scenario-error", error)
 
 
 def _own_answer(status: int, reason: str, kind: str, error: Mapping[str, object]) -> Response:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
@@ -29,15 +29,18 @@ _monotonic = time.monotonic  # the field named ``time`` hides the module in the 
 class Exchange:
     """One request and what answered it.
 
-    ``source`` is ``"scenario"``, ``"upstream"``, ``"cassette"``, ``"no-match"`` or ``"error"``; ``detail``
-    says more (``"#3"``, ``"#3, repeated"``, ``"recorded as #7"``, the upstream error ...). ``url`` is
-    mitmproxy's view (in reverse mode: on the upstream's origin); ``path`` is the path and query as the
-    client sent them, ``client_url`` the whole URL as the client used it (in reverse mode: on the proxy).
+    ``source`` is ``"scenario"``, ``"upstream"``, ``"cassette"``, ``"no-match"``, ``"scenario-error"`` (a
+    matching scenario rule failed to render) or ``"error"``; ``detail`` says more (``"#3"``, ``"#3,
+    repeated"``, ``"recorded as #7"``, the upstream error, the scenario error's ``file:line:column`` ...).
+    ``url`` is mitmproxy's view (in reverse mode: on the upstream's origin); ``path`` is the path and query
+    as the client sent them, ``client_url`` the whole URL as the client used it (in reverse mode: on the
+    proxy).
 
     For the verdict: ``time`` (wall clock) and ``monotonic`` are when the request *arrived* (not when it
     was answered, so slow answers do not distort the gaps between polls); ``retry_after`` is the delay in
     seconds that the response actually sent advertised (after ``--retry-after``; HTTP-dates and the
-    millisecond headers converted), None when it advertised none or no response was sent;
+    millisecond headers converted; the shortest when it sent several, ``proxy.rewrite.parse_retry_after``),
+    None when it advertised none or no response was sent;
     ``status_urls`` are the absolute URLs the response gave for polling (Location on a 202 or on a
     non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
@@ -69,15 +72,20 @@ class Exchange:
     def line(self) -> str:
         """The console line: method, path, status, what answered."""
         status = str(self.status) if self.status is not None else "---"
+        return f"{self.method} {self.path} -> {status} ({self.answered_by()})"
+
+    def answered_by(self) -> str:
+        """What answered, as the console line says it (``scenario x.yaml: operation 4f1c…, poll 2``)."""
         answered = {
             "upstream": "upstream",
             "cassette": "cassette interaction",
             "no-match": "NO MATCH",
+            "scenario-error": "SCENARIO ERROR",
             "error": "upstream FAILED",
         }.get(self.source, self.source)
-        separator = ": " if self.source in ("no-match", "error") else " "
+        separator = ": " if self.source in ("no-match", "scenario-error", "error") else " "
         detail = f"{separator}{self.detail}" if self.detail else ""
-        return f"{self.method} {self.path} -> {status} ({answered}{detail})"
+        return answered + detail
 
 
 class ResponseFacts(NamedTuple):
@@ -165,7 +173,9 @@ class Journal:
     """A thread-safe, append-only list of exchanges, with an optional listener per entry.
 
     Bounded: only the last ``max_entries`` (default ``MAX_ENTRIES``, 100,000) entries are kept, so a
-    proxy that serves for days does not grow without end.
+    proxy that serves for days does not grow without end. ``scrub`` (the session's ``Redactor.scrub``)
+    hides secrets in each entry's URLs and detail before it is kept or shown: the console, ``--report``
+    and ``ReplayProxy.journal`` never hold one.
     """
 
     def __init__(
@@ -174,8 +184,11 @@ class Journal:
         self._entries: deque[Exchange] = deque(maxlen=max_entries)
         self._lock = threading.Lock()
         self.listener = listener
+        self.scrub: Callable[[str], str] | None = None
 
     def add(self, exchange: Exchange) -> None:
+        if self.scrub is not None:
+            exchange = scrubbed(exchange, self.scrub)
         with self._lock:
             self._entries.append(exchange)
         if self.listener is not None:
@@ -189,3 +202,25 @@ class Journal:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
+    """``exchange`` with ``scrub`` applied to its URLs and detail; itself when nothing changed."""
+    url, path, client_url, detail = (
+        scrub(exchange.url),
+        scrub(exchange.path),
+        scrub(exchange.client_url),
+        scrub(exchange.detail),
+    )
+    status_urls = tuple(scrub(u) for u in exchange.status_urls)
+    if (url, path, client_url, detail, status_urls) == (
+        exchange.url,
+        exchange.path,
+        exchange.client_url,
+        exchange.detail,
+        exchange.status_urls,
+    ):
+        return exchange
+    return replace(
+        exchange, url=url, path=path, client_url=client_url, detail=detail, status_urls=status_urls
+    )

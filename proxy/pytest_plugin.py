@@ -26,8 +26,9 @@ Options (the command line wins over the ini file's ``replay_record_mode``, ``rep
 ``replay_retry_after``, ``replay_no_verify``, ``replay_disable_checks``):
 ``--replay-record-mode`` none (default: replay only, offline) | once | new_episodes | all | rewrite,
 ``--replay-upstream URL`` (where recording forwards), ``--replay-retry-after SECONDS`` (rewrite every
-advertised Retry-After, e.g. 0 for fast polling), ``--replay-no-verify`` (no automatic verdict),
-``--replay-disable-check NAME`` (one check off, explicit ``verify()`` included).
+advertised delay, e.g. 0.05 for fast polling; always valid HTTP, see proxy.rewrite),
+``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME`` (one check off, explicit
+``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202).
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
@@ -77,7 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--replay-retry-after",
         default=None,
         metavar="SECONDS",
-        help="Rewrite every Retry-After the client is sent to this many seconds (e.g. 0: fast polling).",
+        help="Rewrite every delay the client is sent (Retry-After, retry-after-ms, x-ms-retry-after-ms) to "
+        "this many seconds (recommended: 0.05; a fraction goes out as retry-after-ms, valid HTTP).",
     )
     group.addoption(
         "--replay-no-verify",
@@ -90,7 +92,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         metavar="NAME",
-        help="Turn one verdict check off (repeatable).",
+        help="Turn one verdict check off (repeatable): unmatched, retry-after, retry-after-202 (off for "
+        "azure-core, which polls once immediately after the 202), poll-after-terminal, self-built-url, "
+        "unfinished.",
     )
     parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
     parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
@@ -275,6 +279,11 @@ class ReplayProxyFixture:
     def url(self) -> str:
         """The reverse proxy's URL: give it to the client as its base URL."""
         return self.proxy.url
+
+    @property
+    def https_url(self) -> str:
+        """The reverse proxy over TLS, same port (trust ``ca_cert``): for SDKs that refuse plain http."""
+        return self.proxy.https_url
 
     @property
     def proxy_url(self) -> str:

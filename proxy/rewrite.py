@@ -3,6 +3,16 @@
 ``rewrite_origins`` points absolute upstream URLs (``Location``, ``Operation-Location``, ``resourceLocation``,
 ``nextLink``...) at the proxy, so a client that follows them stays on it. ``rewrite_retry_after`` shrinks
 advertised polling delays so a long recorded operation replays in moments.
+
+The wire rule for delays (``delay_headers``, used by ``rewrite_retry_after`` and the scenario machine):
+every delay the proxy puts on the wire is valid HTTP. ``Retry-After`` carries whole seconds (RFC 9110
+§10.2.3, ``delay-seconds = 1*DIGIT``: strict clients such as urllib3's ``Retry`` and azure-mgmt generated
+code crash on ``0.05``); a fraction of a second travels in ``retry-after-ms`` (Azure's millisecond header).
+azure-core reads ``Retry-After`` first when it is there (and takes ``0`` as "use my own polling interval"),
+so on an answer below 400 (a status monitor, the 202) a fractional delay is sent *without* ``Retry-After``
+and azure-core sleeps the milliseconds. On an error answer (429, 503, any 400+) ``Retry-After`` stays,
+rounded *up* to whole seconds, because its presence is what makes urllib3's ``Retry`` and azure-core's
+``RetryPolicy`` retry (azure-core retries a 429 to a POST only then).
 """
 
 from __future__ import annotations
@@ -113,54 +123,84 @@ def _rewrite_body_urls(response: Response, origins: frozenset[str], target: str)
     return new if changed else body
 
 
-def _format_seconds(seconds: float) -> str:
-    """``0`` -> "0", ``2.0`` -> "2", ``0.05`` -> "0.05": no trailing zeros."""
-    text = f"{seconds:.6f}".rstrip("0").rstrip(".")
-    return text or "0"
+def _ms(seconds: float) -> str:
+    """Whole milliseconds, rounded up: never 0 for a delay above 0 (azure-core reads 0 as "none given")."""
+    return str(math.ceil(round(seconds * 1000, 6)))
+
+
+def delay_headers(seconds: float, status: int) -> tuple[tuple[str, str], ...]:
+    """The headers that advertise ``seconds`` on an answer with ``status``, valid HTTP (see the
+    module docstring): ``Retry-After: 2``; ``retry-after-ms: 500`` (below 400);
+    ``Retry-After: 1`` + ``retry-after-ms: 500`` (400 and above)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"retry-after must be a finite number of seconds >= 0, not {seconds!r}")
+    if float(seconds).is_integer():
+        return (("Retry-After", str(int(seconds))),)
+    ms = ("retry-after-ms", _ms(seconds))
+    if status >= 400:
+        return (("Retry-After", str(math.ceil(seconds))), ms)
+    return (ms,)
 
 
 def rewrite_retry_after(response: Response, seconds: float) -> Response:
     """``response`` with its advertised delays (Retry-After, retry-after-ms, x-ms-retry-after-ms) set to
-    ``seconds``; only headers already present change, and the same object comes back when none did."""
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"retry-after must be a finite number of seconds >= 0, not {seconds!r}")
-    as_seconds = _format_seconds(seconds)
-    as_ms = str(round(seconds * 1000))
-    changed = False
+    ``seconds``, every header valid HTTP (the module docstring). Only an answer that advertised a
+    delay changes; the same object comes back when nothing did.
+
+    Whole seconds: each header present says ``seconds`` (in ms for the ms headers). A fraction: the ms
+    headers present say it (``retry-after-ms`` is added when none is); ``Retry-After`` is dropped below 400
+    and rounded up to whole seconds from 400 on.
+    """
+    wanted = dict(delay_headers(seconds, response.status))
+    names = [name.lower() for name, _ in response.headers]
+    if "retry-after" not in names and not any(n in MS_HEADERS for n in names):
+        return response
+    whole = "retry-after-ms" not in wanted
+    ms_value = str(round(seconds * 1000)) if whole else wanted["retry-after-ms"]
+    add_ms = not whole and not any(n in MS_HEADERS for n in names)
     out: list[tuple[str, str]] = []
     for name, value in response.headers:
         lname = name.lower()
-        new = value
         if lname == "retry-after":
-            new = as_seconds
+            if "Retry-After" in wanted:
+                out.append((name, wanted["Retry-After"]))
+            if add_ms:
+                out.append(("retry-after-ms", ms_value))
+                add_ms = False
         elif lname in MS_HEADERS:
-            new = as_ms
-        changed = changed or new != value
-        out.append((name, new))
-    return response.replace(headers=tuple(out)) if changed else response
+            out.append((name, ms_value))
+        else:
+            out.append((name, value))
+    new = tuple(out)
+    return response if new == response.headers else response.replace(headers=new)
 
 
 def parse_retry_after(headers: Headers, now: float | None = None) -> float | None:
     """Seconds the response asks the client to wait, or None when it does not say (or says junk).
 
-    ``Retry-After`` as seconds or an HTTP-date (time left from ``now``, never negative), else
-    ``retry-after-ms`` / ``x-ms-retry-after-ms`` in milliseconds.
+    ``Retry-After`` as seconds (a fraction is read, as lenient clients do) or an HTTP-date (time left from
+    ``now``, never negative), ``retry-after-ms`` and ``x-ms-retry-after-ms`` in milliseconds. When several
+    say a delay, the **shortest** counts: clients differ in which one they read (azure-core for Python reads
+    Retry-After first, the Azure SDKs for JavaScript, Java, Go and .NET the millisecond headers first), and a
+    client that obeys any of them is within its rights.
     """
+    found: list[float] = []
     value = header_value(headers, "retry-after")
     if value is not None:
         m = _NUMBER.fullmatch(value)
         if m:
-            return float(m[1])
-        when = _http_date(value)
-        if when is not None:
-            return max(0.0, when - (time.time() if now is None else now))
+            found.append(float(m[1]))
+        else:
+            when = _http_date(value)
+            if when is not None:
+                found.append(max(0.0, when - (time.time() if now is None else now)))
     for name in MS_HEADERS:
         ms = header_value(headers, name)
         if ms is not None:
             m = _NUMBER.fullmatch(ms)
             if m:
-                return float(m[1]) / 1000
-    return None
+                found.append(float(m[1]) / 1000)
+    return min(found) if found else None
 
 
 def _http_date(value: str) -> float | None:

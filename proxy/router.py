@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from proxy.cassette import Exhausted, Playback, Played
 from proxy.model import Interaction, Request
 from proxy.redact import Redactor
-from proxy.scenario.answer import Answer, Refusal
+from proxy.scenario.answer import Answer, NearRule, Refusal
 
 if TYPE_CHECKING:
     from proxy.scenario.machine import ScenarioMachine
@@ -64,9 +64,23 @@ class NoMatch:
     request: Request
     reason: str
     nearest: tuple[tuple[int, Interaction, tuple[str, ...]], ...] = ()
+    rules: tuple[NearRule, ...] = ()
+    """The scenario rules closest to answering (play), with what differed."""
 
 
-Decision = Scripted | Replay | Forward | NoMatch
+@dataclass(frozen=True, slots=True)
+class ScenarioFailed:
+    """Answer with a diagnostic: the scenario rule that matched could not answer (a template failed).
+
+    ``problem`` is the scenario error, ``file:line:column: template error: ...``: the scenario is at fault,
+    not the request, so this is never reported as "no match".
+    """
+
+    request: Request
+    problem: str
+
+
+Decision = Scripted | Replay | Forward | NoMatch | ScenarioFailed
 
 
 class Router:
@@ -134,4 +148,5 @@ class Router:
             request,
             f"no {what} matches this request",
             tuple((i, it, tuple(diffs)) for i, it, diffs in nearest),
+            tuple(self.scenarios.nearest(request)) if self.scenarios is not None else (),
         )

@@ -88,18 +88,26 @@ def check_upstream(url: str) -> str:
     """An absolute http(s) URL with a host, or a ConfigError saying what is wrong."""
     from urllib.parse import urlsplit
 
+    from proxy.redact import shown_url
+
+    shown = shown_url(url)  # never a password or key in a message: it ends up in CI logs
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"bad upstream URL {url!r}: expected http(s)://host[:port], e.g. https://atlas.microsoft.com"
+            f"bad upstream URL {shown!r}: expected http(s)://host[:port], e.g. https://atlas.microsoft.com"
         )
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
-        raise ConfigError(f"bad upstream URL {url!r}: invalid port") from None
+        raise ConfigError(f"bad upstream URL {shown!r}: invalid port") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"bad upstream URL {shown!r}: credentials in the URL are not supported; give the origin only "
+            "(scheme://host[:port]) and let the client send its own Authorization header"
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(
-            f"bad upstream URL {url!r}: give the origin only (scheme://host[:port]); "
+            f"bad upstream URL {shown!r}: give the origin only (scheme://host[:port]); "
             "clients send their paths through the proxy unchanged"
         )
     return url.rstrip("/")
@@ -135,6 +143,7 @@ class ReplayProxy:
         redact_headers: Sequence[str] = (),
         redact_query: Sequence[str] = (),
         redact_json: Sequence[str] = (),
+        redact_except: Sequence[str] = (),
         scenarios: Sequence[str | os.PathLike[str]] = (),
         clock: str | None = None,
         upstream_ca: str | os.PathLike[str] | None = None,
@@ -173,6 +182,7 @@ class ReplayProxy:
             "redact_headers": tuple(redact_headers),
             "redact_query": tuple(redact_query),
             "redact_json": tuple(redact_json),
+            "redact_except": tuple(redact_except),
             "clock": clock,
             "upstream_timeout": upstream_timeout,
         }
@@ -197,6 +207,14 @@ class ReplayProxy:
     def ca_cert(self) -> Path:
         """The CA certificate a client must trust for HTTPS through the proxy."""
         return self.confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def https_url(self) -> str:
+        """The reverse proxy's listener spoken to over TLS (the same port): for clients that refuse plain
+        http, such as azure-core with a bearer token. Trust ``ca_cert``. Empty in forward mode."""
+        if self.mode != "reverse" or not self.url:
+            return ""
+        return "https://" + self.url.removeprefix("http://")
 
     def start(self, timeout: float = 30.0) -> ReplayProxy:
         """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure."""
@@ -258,6 +276,7 @@ class ReplayProxy:
         redact_headers: Sequence[str] = KEEP,
         redact_query: Sequence[str] = KEEP,
         redact_json: Sequence[str] = KEEP,
+        redact_except: Sequence[str] = KEEP,
         timeout: float = 30.0,
     ) -> ReplayProxy:
         """Serve something else from now on, without restarting mitmproxy; all state starts afresh.
@@ -288,6 +307,7 @@ class ReplayProxy:
             "redact_headers": redact_headers,
             "redact_query": redact_query,
             "redact_json": redact_json,
+            "redact_except": redact_except,
         }
         settings = {**self._base, **{k: v for k, v in given.items() if v is not KEEP}}
         if upstream is not KEEP and upstream:
@@ -477,6 +497,7 @@ def _replay_options(
     redact_headers: Sequence[str],
     redact_query: Sequence[str],
     redact_json: Sequence[str],
+    redact_except: Sequence[str],
     clock: str | None,
     upstream_timeout: float | None,
 ) -> dict[str, Any]:
@@ -493,6 +514,7 @@ def _replay_options(
         "replay_redact_headers": list(redact_headers),
         "replay_redact_query": list(redact_query),
         "replay_redact_json": list(redact_json),
+        "replay_redact_except": list(redact_except),
         "replay_upstream": upstream,
         "replay_scenarios": [os.fspath(s) for s in scenarios],
         "replay_clock": clock,

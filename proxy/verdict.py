@@ -7,15 +7,24 @@
     A request nothing answered (the 599 diagnostic): the message names the method, the path and why.
 ``retry-after``
     A poll of an operation (a request to a status URL the client was given, or answered as a poll of a
-    scenario operation) that came earlier than the Retry-After of the previous answer for that operation
-    (the accepted response that started it, or the previous poll's answer), measured between the arrival
-    times of the two requests, with a tolerance of 5 % or 20 ms, whichever is larger. When the previous
-    answer is the one that started the operation, the message says the client ignored the Retry-After on
-    the 202. A request retried after a 429 or 503 answer to the same method and URL is held to that
-    answer's Retry-After too.
+    scenario operation) that came earlier than the delay the previous poll's answer advertised, measured
+    between the arrival times of the two requests (an honest client's gap is that delay *plus* a round
+    trip), with a tolerance of 5 % or 1 ms, whichever is larger, so the check still fires at
+    ``--retry-after 0.05``. The delay is the one actually sent (after ``--retry-after``): ``Retry-After``
+    seconds or HTTP-date, ``retry-after-ms``, ``x-ms-retry-after-ms``; when several are sent, the shortest
+    (``proxy.rewrite.parse_retry_after``). A request retried after a 429 or 503 answer to the same method
+    and URL is held to that answer's delay too.
+``retry-after-202``
+    The first poll came earlier than the delay advertised by the answer that started the operation (the
+    202). Its own check because azure-core polls once immediately after the 202 by design (LROBasePolling,
+    azure-sdk-for-python PR #26376): turn this one off for azure-core clients and keep the others.
 ``poll-after-terminal``
     A poll of an operation after it answered a terminal status (Succeeded, Failed, Canceled; AIP-151
-    ``done: true``). Fetching the created resource is not a poll.
+    ``done: true``; for an operation polled on a status URL that answers ``202`` while running, its first
+    ``200``/``201``/``204`` answer without a ``status`` field: azure-core's LocationPolling, ARM deletes,
+    Azure Maps batch APIs). Fetching the created resource is not a poll. An answer the client is expected
+    to retry (``408``, ``429``, any ``5xx``) never ends an operation, even when its body carries a terminal
+    status: polling again after it is a retry, not a poll after the end.
 ``self-built-url``
     A poll to a URL the client was not given: a different path than the latest status URL given for the
     operation (a URL built from the operation id, an added trailing slash, a changed ``Location`` that was
@@ -24,7 +33,15 @@
     rather than as ``unmatched`` (unless this check is disabled).
 ``unfinished``
     An operation that was started (the client was given a status URL, or a scenario started it) and never
-    polled to a terminal status.
+    polled to a terminal status. A client that stopped after a retriable answer carrying a terminal status
+    (a ``500`` with ``status: Failed``) did see the end: that is not unfinished.
+
+``scenario-error``
+    A request that a scenario rule matched but could not answer because the rule is broken (a template
+    failed: the 599 scenario error); the message names the template's ``file:line:column``. The scenario
+    is at fault, not the client, but a test that ran into it proved nothing.
+
+Every message ends with what the client should do.
 
 An *operation* is a scenario operation (its id in the journal) or, for cassette and upstream answers, the
 status URL a response handed out (``Location`` on a 202, ``Operation-Location``, ``Azure-AsyncOperation``);
@@ -41,12 +58,26 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.journal import Exchange
 
-RULES: tuple[str, ...] = ("unmatched", "retry-after", "poll-after-terminal", "self-built-url", "unfinished")
+RULES: tuple[str, ...] = (
+    "unmatched",
+    "retry-after",
+    "retry-after-202",
+    "poll-after-terminal",
+    "self-built-url",
+    "unfinished",
+    "scenario-error",
+)
 """Every check, by the name used to turn it off."""
 
 TOLERANCE_FRACTION = 0.05
-TOLERANCE_SECONDS = 0.02
-"""A poll is early when it came more than max(5 % of the Retry-After, 20 ms) before the delay was over."""
+TOLERANCE_SECONDS = 0.001
+"""A poll is early when it came more than max(5 % of the delay, 1 ms) before the delay was over."""
+
+RETRIABLE = frozenset({408, 429, *range(500, 600)})
+"""Answers a client is expected to retry: they never end an operation."""
+
+DONE_WITHOUT_STATUS = (200, 201, 204)
+"""A poll answered with one of these and no ``status`` field ends the operation (202 means running)."""
 
 MIN_ID_LENGTH = 4
 """An operation id shorter than this (a counter) is not searched for in the paths of unanswered requests."""
@@ -81,10 +112,26 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
             if e.source != "no-match" or ("self-built-url" not in off and i in analysis.strays):
                 continue
             status = e.status if e.status is not None else "no response"
-            found.append(Violation("unmatched", f"{e.method} {_show(e.path)} got {status}: {e.detail}", i))
+            found.append(
+                Violation(
+                    "unmatched",
+                    f"{e.method} {_show(e.path)} got {status}: {e.detail}; the client should send only "
+                    "requests the service answers (if this one is right, record it again or add a route)",
+                    i,
+                )
+            )
+    if "scenario-error" not in off:
+        for i in analysis.order:
+            e = entries[i]
+            if e.source == "scenario-error":
+                status = e.status if e.status is not None else "no response"
+                what = (
+                    f"{e.method} {_show(e.path)} got {status}: {e.detail}; fix the scenario, "
+                    "not the client"
+                )
+                found.append(Violation("scenario-error", what, i))
     for op in analysis.ops:
-        if "retry-after" not in off:
-            found += _early_polls(entries, op)
+        found += _early_polls(entries, op, off)
         if "poll-after-terminal" not in off and op.after_terminal:
             first = op.after_terminal[0]
             assert op.terminal_at is not None
@@ -95,14 +142,15 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
                 Violation(
                     "poll-after-terminal",
                     f"{_request(entries[first])} polled operation {op.label} after it answered "
-                    f"{ended.op_status or 'a terminal status'} on poll "
-                    f"{op.polls.index(op.terminal_at) + 1}{also}",
+                    f"{_end_status(ended)} on poll {op.polls.index(op.terminal_at) + 1}{also}; the client "
+                    "should stop polling at a terminal status (Succeeded, Failed, Canceled; or a 200/201/204 "
+                    "after 202s) and use that answer",
                     first,
                 )
             )
         if "self-built-url" not in off and op.self_built:
             found += _self_built(entries, op, analysis)
-        if "unfinished" not in off and op.started and op.terminal_at is None:
+        if "unfinished" not in off and op.started and not op.finished(entries):
             found.append(_unfinished(entries, op))
     if "retry-after" not in off:
         for i, previous in analysis.early_retries:
@@ -111,7 +159,8 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
                 Violation(
                     "retry-after",
                     f"{_request(entries[i])} was retried {_secs(entries[i].monotonic - prev.monotonic)} s "
-                    f"after the {prev.status} it got, which said Retry-After: {_num(prev.retry_after)}",
+                    f"after the {prev.status} it got, which said to wait {_num(prev.retry_after)} s; "
+                    f"{_WAIT_ADVICE}",
                     i,
                 )
             )
@@ -173,20 +222,22 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
             )
             if i in op.polls:
                 previous = i
-        if op.terminal_at is not None:
-            took = entries[op.terminal_at].monotonic - origin
-            n = op.polls.index(op.terminal_at) + 1
-            lines.append(
-                f"  => {entries[op.terminal_at].op_status} after {n} poll{'s' if n != 1 else ''} "
-                f"in {_secs(took)} s"
-            )
+        end = op.terminal_at
+        if end is None and op.finished(entries):
+            end = op.polls[-1]
+        if end is not None:
+            took = entries[end].monotonic - origin
+            n = op.polls.index(end) + 1
+            polls_text = f"{n} poll{'s' if n != 1 else ''}"
+            lines.append(f"  => {_end_status(entries[end])} after {polls_text} in {_secs(took)} s")
         else:
             last = entries[op.polls[-1]].op_status if op.polls else None
             lines.append(f"  => never finished (last status: {last or 'none'})")
     outside = [
         i
         for i in analysis.order
-        if i not in analysis.in_operations and (entries[i].source in ("no-match", "error") or i in flagged)
+        if i not in analysis.in_operations
+        and (entries[i].source in ("no-match", "scenario-error", "error") or i in flagged)
     ]
     if outside:
         lines.append("")
@@ -222,6 +273,10 @@ class _Op:
     after_terminal: list[int] = field(default_factory=list)
     early: list[tuple[int, int]] = field(default_factory=list)
     self_built: list[int] = field(default_factory=list)
+
+    def finished(self, entries: Sequence[Exchange]) -> bool:
+        """Polled to the end: a terminal answer, or a retriable one that carried a terminal status last."""
+        return self.terminal_at is not None or (bool(self.polls) and _ends(entries[self.polls[-1]]))
 
 
 class _Analysis:
@@ -324,7 +379,7 @@ class _Analysis:
         op.timeline.append(i)
         op.last = i
         self._give(op, e)
-        if e.terminal and op.terminal_at is None:
+        if op.terminal_at is None and _ends(e) and (e.status is None or e.status not in RETRIABLE):
             op.terminal_at = i
 
 
@@ -342,6 +397,25 @@ def _checked_names(disabled: Collection[str]) -> set[str]:
     return off
 
 
+_WAIT_ADVICE = (
+    "the client should wait at least the Retry-After (or retry-after-ms / x-ms-retry-after-ms) "
+    "the answer gave before sending the next request"
+)
+
+
+def _ends(e: Exchange) -> bool:
+    """Whether this poll answer reports the end of its operation: a terminal status, or (no status field)
+    a 200/201/204 where running was 202."""
+    if e.terminal:
+        return True
+    return e.operation is None and e.op_status is None and e.status in DONE_WITHOUT_STATUS
+
+
+def _end_status(e: Exchange) -> str:
+    """The terminal status an answer reported, for messages: ``Failed``, or ``200 (no status: done)``."""
+    return e.op_status or (f"{e.status} (no status field: done)" if e.status is not None else "an end")
+
+
 def _early(previous: Exchange, e: Exchange) -> bool:
     """Whether ``e`` came before the Retry-After that ``previous`` advertised was over."""
     wait = previous.retry_after
@@ -351,18 +425,20 @@ def _early(previous: Exchange, e: Exchange) -> bool:
     return gap < wait - max(TOLERANCE_SECONDS, TOLERANCE_FRACTION * wait)
 
 
-def _early_polls(entries: Sequence[Exchange], op: _Op) -> list[Violation]:
+def _early_polls(entries: Sequence[Exchange], op: _Op, off: Collection[str]) -> list[Violation]:
     out: list[Violation] = []
-    rest = [(i, p) for i, p in op.early if p != op.start]
+    rest = [(i, p) for i, p in op.early if p != op.start] if "retry-after" not in off else []
     for i, p in op.early:
-        if p == op.start:
+        if p == op.start and "retry-after-202" not in off:
             prev = entries[p]
             out.append(
                 Violation(
-                    "retry-after",
-                    f"ignored the Retry-After on the {prev.status}: {_request(entries[i])} came "
+                    "retry-after-202",
+                    f"ignored the delay on the {prev.status}: {_request(entries[i])} came "
                     f"{_secs(entries[i].monotonic - prev.monotonic)} s after the {prev.status} that started "
-                    f"operation {op.label}, which said Retry-After: {_num(prev.retry_after)}",
+                    f"operation {op.label}, which said to wait {_num(prev.retry_after)} s; the client should "
+                    "wait that long before the first poll (azure-core polls once immediately by design: "
+                    "turn this check off for it)",
                     i,
                 )
             )
@@ -375,7 +451,7 @@ def _early_polls(entries: Sequence[Exchange], op: _Op) -> list[Violation]:
             Violation(
                 "retry-after",
                 f"{_request(entries[i])} came {_secs(entries[i].monotonic - prev.monotonic)} s after the "
-                f"previous answer, which said Retry-After: {_num(prev.retry_after)}{also}",
+                f"previous answer, which said to wait {_num(prev.retry_after)} s{also}; {_WAIT_ADVICE}",
                 i,
             )
         )
@@ -397,7 +473,12 @@ def _self_built(entries: Sequence[Exchange], op: _Op, analysis: _Analysis) -> li
         why += f" (nothing answered it: {e.status})"
     more = len(op.self_built) - 1
     also = f" (and {more} more request{'s' if more > 1 else ''} like it)" if more else ""
-    return [Violation("self-built-url", f"{_request(e)} polled operation {op.label} at {why}{also}", first)]
+    advice = (
+        "; the client should poll the latest status URL the service gave (Location, Operation-Location, "
+        "Azure-AsyncOperation) exactly as given, not build one"
+    )
+    message = f"{_request(e)} polled operation {op.label} at {why}{also}{advice}"
+    return [Violation("self-built-url", message, first)]
 
 
 def _latest_before(entries: Sequence[Exchange], op: _Op, index: int) -> str | None:
@@ -421,7 +502,9 @@ def _unfinished(entries: Sequence[Exchange], op: _Op) -> Violation:
     status = f" (last status: {last})" if last else ""
     return Violation(
         "unfinished",
-        f"operation {op.label}{started} was {polled} and never reached a terminal status{status}",
+        f"operation {op.label}{started} was {polled} and never reached a terminal status{status}; the "
+        "client should keep polling (as the delays say) until Succeeded, Failed or Canceled (or a "
+        "200/201/204 after 202s), or fail the call with a timeout it reports",
         op.start if op.start is not None else op.first,
     )
 
@@ -479,8 +562,9 @@ def _got(e: Exchange) -> str:
     parts = [status + (f" {e.op_status}" if e.op_status else "")]
     if e.retry_after is not None:
         parts.append(f"Retry-After: {_num(e.retry_after)}")
-    if e.source in ("no-match", "error"):
-        parts.append("NO MATCH" if e.source == "no-match" else "upstream FAILED")
+    shown = {"no-match": "NO MATCH", "scenario-error": "SCENARIO ERROR", "error": "upstream FAILED"}
+    if e.source in shown:
+        parts.append(shown[e.source])
     return ", ".join(parts)
 
 

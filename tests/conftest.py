@@ -6,12 +6,14 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -148,8 +150,58 @@ class Canaries:
         return {k: v for k, v in vars(cls).items() if k.isupper() and k != "BASIC_USER"}
 
 
+def _jwt(subject: str) -> str:
+    """A JWT-shaped token (header.payload.signature, base64url): what detectors know it by."""
+
+    def b64(doc: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+    return f"{b64({'alg': 'HS256', 'typ': 'JWT'})}.{b64({'sub': subject})}.hArDc4n4ryS1gn4tur3_{subject[-4:]}"
+
+
+class HardCanaries:
+    """Secrets placed where real clients and services put them, outside the old fixed lists of names
+    (issue 16; tests/reliability/test_secrets.py). ``of(tag)`` gives a second set of the same shapes:
+    the live secrets of a replay that differ from the recorded ones."""
+
+    @staticmethod
+    def of(tag: str) -> dict[str, str]:
+        t = tag
+        return {
+            "GZIP_CLIENT_SECRET": f"hard-gzip-client-secret-{t}8d1f",
+            "ECHO_BEARER": f"hArd+Echo/Bearer=Tok3n/{t}c4n4ry",
+            "JSON_JWT": _jwt(f"hard-canary-jwt-{t}"),
+            "JSON_PASSWORD": f"hard-json-password-{t}3b7c",
+            "MULTIPART_PASSWORD": f"hard-multipart-pw-{t}6e2a",
+            "GOOGLE_KEY": ("AIzaSy" + t + "HardCanaryGoogleKey0123456789abcdefgh")[:39],
+            "PRIVATE_TOKEN": f"glpat-Hard{t}CanaryPrivTok3n",
+            "VAULT_TOKEN": f"hvs.Hard{t}CanaryVaultToken42",
+            "ACCESS_TOKEN_HEADER": f"hard-x-access-token-{t}7c1d",
+            "BOT_TOKEN": "123456789:AA" + (t + "HardCanaryBotToken_abcdefghijklmnop")[:33],
+            "SAS_SIG": f"Hard{t}Console+Sas/Sig=",
+        }
+
+    UPSTREAM: ClassVar[dict[str, str]] = {
+        "CAMEL_ACCESS": "hard-camel-access-token-1a2b",
+        "CAMEL_REFRESH": "hard-camel-refresh-token-3c4d",
+        "SESSION_JWT": "hard-session-jwt-value-5e6f",
+        "NESTED_SIG": "HardNested+Sig/Canary=",
+        "SET_COOKIE_ATTRIBUTE": "hard-cookie-attribute-9a8b",
+        "SET_COOKIE_FOLDED": "hard-folded-cookie-4d3c",
+    }
+    """What the upstream answers with (the same in record and replay)."""
+
+    USERINFO_PASSWORD = "hard-userinfo-pw-0f9e"
+
+    @classmethod
+    def all(cls) -> dict[str, str]:
+        live = {f"{k} (live)": v for k, v in cls.of("L").items()}
+        return {**cls.of("R"), **live, **cls.UPSTREAM, "USERINFO_PASSWORD": cls.USERINFO_PASSWORD}
+
+
 SUITE_SECRETS: tuple[str, ...] = (
     *Canaries.all().values(),
+    *HardCanaries.all().values(),
     "s3cr3t-cookie",  # tests/upstream.py's Set-Cookie, met by every test that records /cookies
     # tests/test_record_replay.py's secrets (if they change there, the scan below only looks for less)
     "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.Zm9vYmFyMTIzNDU2",
@@ -164,11 +216,25 @@ PLACEHOLDER = b"<REDACTED-"
 
 
 def secret_forms(secret: str) -> set[bytes]:
-    """The ways a secret can be written down: as is, percent-encoded, base64 (plain and URL-safe)."""
+    """The ways a secret can be written down: as is, percent-encoded (upper- and lower-case hex, twice),
+    base64 (plain and URL-safe, with and without padding, and at each of the 3 alignments it takes
+    inside a longer encoded value such as ``base64("Bearer " + token)``), JSON-escaped (``\\/``,
+    ``\\u00XX``)."""
     raw = secret.encode()
     b64 = {base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
-    forms = {raw, quote(secret, safe="").encode(), quote_plus(secret).encode(), quote(secret).encode()}
-    return forms | b64 | {b.rstrip(b"=") for b in b64} | {json.dumps(secret)[1:-1].encode()}
+    for shift in (0, 1, 2):  # the characters that encode only the secret's bits, after ``shift`` bytes
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(b"\0" * shift + raw)
+            b64.add(encoded[(8 * shift + 5) // 6 : 8 * (shift + len(raw)) // 6])
+    pct = {quote(secret, safe="").encode(), quote_plus(secret).encode(), quote(secret).encode()}
+    pct |= {re.sub(b"%[0-9A-F]{2}", lambda m: m[0].lower(), p) for p in pct}
+    pct.add(quote(quote(secret, safe=""), safe="").encode())
+    escaped = json.dumps(secret)[1:-1]
+    as_json = {escaped, escaped.replace("/", "\\/"), json.dumps(secret, ensure_ascii=True)[1:-1]}
+    as_json.add("".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in secret))
+    as_json.add("".join(c if c.isalnum() else f"\\u{ord(c):04X}" for c in secret))
+    forms = {raw} | pct | {j.encode() for j in as_json}
+    return forms | b64 | {b.rstrip(b"=") for b in b64}
 
 
 def leaks_in(path: Path, secrets: Iterable[str]) -> list[str]:

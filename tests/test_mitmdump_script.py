@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import requests
+from mitmproxy import io
 
 ROOT = Path(__file__).resolve().parent.parent
 CASSETTE = ROOT / "cassettes" / "azure-maps" / "tileset-succeeds.yaml"
@@ -20,8 +21,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_mitmdump_loads_the_addon_and_replays(confdir: Path) -> None:
+def test_mitmdump_loads_the_addon_and_replays(confdir: Path, tmp_path: Path) -> None:
+    """...and each flow's comment (what mitmweb shows beside it) says what answered it."""
     port = _free_port()
+    flows = tmp_path / "flows.mitm"
     mitmdump = Path(sys.executable).parent / "mitmdump"
     proc = subprocess.Popen(
         [
@@ -41,6 +44,8 @@ def test_mitmdump_loads_the_addon_and_replays(confdir: Path) -> None:
             f"confdir={confdir}",
             "--set",
             f"replay_cassette={CASSETTE}",
+            "-w",
+            str(flows),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -72,3 +77,14 @@ def test_mitmdump_loads_the_addon_and_replays(confdir: Path) -> None:
         out = proc.communicate(timeout=20)[0]
     # mitmdump itself may print a CancelledError traceback for a connection open at exit: only ours count.
     assert str(ROOT / "proxy") not in out, out
+    with flows.open("rb") as f:
+        comments = [flow.comment for flow in io.FlowReader(f).stream()]
+    assert comments == [
+        "replay-proxy: cassette interaction #1",
+        "replay-proxy: cassette interaction #2",
+        "replay-proxy: cassette interaction #3",
+        "replay-proxy: cassette interaction #4",
+        "replay-proxy: cassette interaction #5",
+        comments[-1],
+    ]
+    assert comments[-1].startswith("replay-proxy: NO MATCH: no recorded interaction matches"), comments[-1]

@@ -29,6 +29,7 @@ import requests
 
 from proxy.cassette import load
 from proxy.creator_service import SEED_FAILURE_ERROR, CreatorService
+from proxy.rewrite import parse_retry_after
 from proxy.server import ReplayProxy
 from tests.conftest import ROOT, run_cli
 
@@ -95,12 +96,10 @@ def _seen(method: str, url: str, r: requests.Response | httpx.Response) -> Seen:
 
 
 def _pause(seen: Seen) -> float:
-    """Seconds to wait before the next call: the advertised Retry-After, capped at 50 ms."""
-    value = seen.headers.get("retry-after")
-    try:
-        return min(float(value), 0.05) if value is not None else 0.0
-    except ValueError:
-        return 0.0
+    """Seconds to wait before the next call: the advertised Retry-After (or retry-after-ms, which carries a
+    fraction of a second), capped at 50 ms."""
+    told = parse_retry_after(tuple(seen.headers.items()))
+    return min(told, 0.05) if told is not None else 0.0
 
 
 def _send(http: Any, transient: tuple[type[BaseException], ...], method: str, url: str, job: Job) -> Seen:
@@ -211,8 +210,8 @@ def assert_status_bodies(job: Job) -> None:
         assert body["operationId"] == op_id
         assert CREATED_DATE_TIME.match(body["createdDateTime"]), body["createdDateTime"]
         assert body["status"]
-        if body["status"].lower() not in TERMINAL:
-            assert "retry-after" in poll.headers, poll
+        if body["status"].lower() not in TERMINAL:  # a fraction of a second comes as retry-after-ms
+            assert "retry-after" in poll.headers or "retry-after-ms" in poll.headers, poll
 
 
 def assert_missing_dataset_is_400(http: Any, transient: tuple[type[BaseException], ...], base: str) -> None:
@@ -261,7 +260,8 @@ def check_flaky_polling(job: Job, base: str) -> None:
     assert shape == [202, 200, 200, 503, "reset", 200, 201, 200]
     unavailable = job.seen[3]
     assert unavailable.url == job.status_url
-    assert unavailable.headers["retry-after"] == "0.01"  # the scenario's 2, shortened by retry_after
+    # the scenario's 2, shortened by retry_after=0.01: valid HTTP, whole seconds beside the milliseconds
+    assert (unavailable.headers["retry-after"], unavailable.headers["retry-after-ms"]) == ("1", "10")
     assert unavailable.json()["error"]["code"] == "ServiceUnavailable"
     assert job.seen[4].error in ("ConnectionError", "ReadError")  # requests / httpx
     assert job.resource is not None and job.resource.status == 200
@@ -270,7 +270,7 @@ def check_flaky_polling(job: Job, base: str) -> None:
 def check_throttled_start(job: Job, base: str) -> None:
     throttled, accepted = job.seen[0], job.seen[1]
     assert (throttled.method, throttled.status) == ("POST", 429)
-    assert throttled.headers["retry-after"] == "0.01"
+    assert (throttled.headers["retry-after"], throttled.headers["retry-after-ms"]) == ("1", "10")
     assert throttled.json()["error"]["code"] == "TooManyRequests"
     assert (accepted.method, accepted.status) == ("POST", 202)
     assert accepted.url == throttled.url
@@ -392,7 +392,7 @@ def test_creator_v2_operation_location(confdir: Path) -> None:
             assert "createdDateTime" not in body
             if body["status"] == "Succeeded":
                 break
-            time.sleep(min(float(poll.headers["retry-after"]), 0.05))
+            time.sleep(min(float(poll.headers["retry-after-ms"]) / 1000, 0.05))
         assert seen == ["NotStarted", "Running", "Running", "Succeeded"]
         assert "resourceLocation" not in body and "location" not in poll.headers
         resource_url = poll.headers["resource-location"]
@@ -658,8 +658,9 @@ def _poll_slow_job(base: str, limit: int) -> tuple[list[str], list[str], float]:
             statuses.append(poll.json()["status"])
             if statuses[-1] == "Succeeded":
                 break
-            advertised.append(poll.headers["Retry-After"])
-            time.sleep(float(advertised[-1]))
+            assert "Retry-After" not in poll.headers  # 0.01 is no valid Retry-After: it comes in ms
+            advertised.append(poll.headers["retry-after-ms"])
+            time.sleep(float(advertised[-1]) / 1000)
     return statuses, advertised, time.monotonic() - started
 
 
@@ -670,7 +671,7 @@ def test_virtual_clock_plays_300_seconds_in_30_polls(tmp_path: Path, confdir: Pa
         statuses, advertised, elapsed = _poll_slow_job(proxy.url, 100)
     print(f"virtual clock: 300 s of Running in {len(statuses)} polls, {elapsed:.3f} s of wall time")
     assert statuses == ["Running"] * 30 + ["Succeeded"]
-    assert set(advertised) == {"0.01"}  # the client is told 10 ms; the operation's clock moves 10 s
+    assert set(advertised) == {"10"}  # the client is told 10 ms; the operation's clock moves 10 s
     assert elapsed < 5
 
 
@@ -731,7 +732,7 @@ def _assert_layered_run(job: Job, proxy: ReplayProxy) -> None:
     assert [s.status for s in job.seen] == [202, 200, 503, 200, 200, 201, 200]
     assert job.statuses == ["NotStarted", "Running", "Running", "Succeeded"]
     assert job.seen[2].json()["error"]["message"] == "Injected by replay-proxy."
-    assert job.seen[2].headers["retry-after"] == "0.01"
+    assert (job.seen[2].headers["retry-after"], job.seen[2].headers["retry-after-ms"]) == ("1", "10")
     assert job.status_url.startswith(proxy.url + "/tilesets/operations/")
     assert job.final is not None and job.final.headers["location"].startswith(proxy.url + "/tilesets/")
     assert job.resource is not None and job.resource.json()["datasetId"] == DATASET_ID
@@ -888,6 +889,72 @@ def test_play_ready_line_and_one_console_line_per_exchange(cli: Any) -> None:
     ]
 
 
+# -- no match: the closest rules, where they are and what differed ----------------------------------------
+
+NO_MATCH = """\
+name: jobs
+routes:
+  - name: cancel
+    match: {method: POST, path: "/jobs/{id}/cancel", headers: {if-match: {present: true}}}
+    respond: {status: 202}
+operations:
+  - name: job
+    start: {method: POST, path: /jobs, json: {kind: build}}
+    status-path: /jobs/operations/{operationId}
+    steps: [{status: Succeeded}]
+"""
+
+
+def test_play_no_match_names_the_closest_rules_and_what_differed(tmp_path: Path, cli: Any) -> None:
+    scenario = tmp_path / "jobs.yaml"
+    scenario.write_text(NO_MATCH)
+    proc = cli(["play", str(scenario), "--port", "0"])
+    with httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
+        wrong_kind = http.post(f"{proc.url}/jobs", json={"kind": "test"})
+        no_header = http.post(f"{proc.url}/jobs/7/cancel")
+        unknown = http.get(f"{proc.url}/jobs/operations/nope")
+    assert proc.stop() == 0
+    assert (wrong_kind.status_code, wrong_kind.headers["x-replay-proxy"]) == (599, "no-match")
+    start = f"operation \"job\" (start) at {scenario}:8:12 (json field kind: 'test', expected 'build')"
+    assert wrong_kind.json()["error"] == {
+        "code": "ReplayProxyNoMatch",
+        "message": "replay-proxy: no scenario rule matches this request: POST /jobs "
+        f"(in scenarios {scenario}); closest rule is {start}",
+        "request": {"method": "POST", "uri": f"{proc.url}/jobs"},
+        "closest": [],
+        "hint": "play answers only what its scenarios match, offline. Add a route for this request, or layer "
+        "the scenarios over --cassette CASSETTE or --upstream URL.",
+        "closest_rules": [
+            {
+                "rule": 'operation "job" (start)',
+                "at": f"{scenario}:8:12",
+                "differences": ["json field kind: 'test', expected 'build'"],
+            },
+            {
+                "rule": 'route "cancel"',
+                "at": f"{scenario}:3:5",
+                "differences": [
+                    "path: '/jobs' does not fit /jobs/{id}/cancel",
+                    "header if-match: absent, expected present",
+                ],
+            },
+        ],
+    }
+    cancel = f'route "cancel" at {scenario}:3:5 (header if-match: absent, expected present)'
+    status = (
+        f'operation "job" (status) at {scenario}:9:18 '
+        "(no operation 'nope' was started by this rule since the last reset)"
+    )
+    assert f"closest rule is {cancel}" in no_header.json()["error"]["message"]
+    assert f"closest rule is {status}" in unknown.json()["error"]["message"]
+    nothing = "NO MATCH: no scenario rule matches this request; closest rule"
+    assert [line for line in proc.stderr_lines if " -> " in line] == [
+        f"POST /jobs -> 599 ({nothing} {start})",
+        f"POST /jobs/7/cancel -> 599 ({nothing} {cancel})",
+        f"GET /jobs/operations/nope -> 599 ({nothing} {status})",
+    ]
+
+
 # -- template errors at render time ---------------------------------------------------------------------
 
 TEMPLATE_ERROR = """\
@@ -904,21 +971,71 @@ routes:
 """
 
 
-def test_template_error_answers_599_and_the_proxy_keeps_serving(tmp_path: Path, confdir: Path) -> None:
+def test_template_error_is_a_scenario_error_and_the_proxy_keeps_serving(
+    tmp_path: Path, confdir: Path
+) -> None:
+    from proxy.verdict import check
+
     scenario = tmp_path / "broken.yaml"
     scenario.write_text(TEMPLATE_ERROR)
+    problem = f"{scenario}:7:17: template error: 'dict object' has no attribute 'missing'"
     with playing(scenario, confdir=confdir) as proxy, httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
         for _ in range(2):
-            r = http.post(f"{proxy.url}/echo", json={"present": 1})
-            assert r.status_code == 599
-            message = r.json()["error"]["message"]
-            assert "scenario error: " in message
-            assert f"{scenario}:7:17: template error: " in message, message
-            assert "missing" in message
+            r = http.post(f"{proxy.url}/echo?x=1", json={"present": 1})
+            assert (r.status_code, r.reason_phrase) == (599, "Scenario Error (replay-proxy)")
+            assert r.headers["x-replay-proxy"] == "scenario-error"
+            assert r.json() == {
+                "error": {
+                    "code": "ReplayProxyScenarioError",
+                    "message": f"replay-proxy: scenario error: {problem} (answering POST /echo?x=1)",
+                    "request": {"method": "POST", "uri": f"{proxy.url}/echo?x=1"},
+                    "hint": "The scenario rule that matched this request could not render its answer. "
+                    "Fix the template at the file:line:column above (replay-proxy check finds syntax errors, "
+                    "not values that are missing at request time: use default(...) or 'is defined'); the "
+                    "proxy keeps serving.",
+                }
+            }
         fine = http.get(f"{proxy.url}/fine")
         assert (fine.status_code, fine.json()) == (200, {"fine": True})
-        assert [(e.status, e.source) for e in proxy.journal.entries] == [
-            (599, "no-match"),
-            (599, "no-match"),
-            (200, "scenario"),
+        entries = proxy.journal.entries
+        assert [(e.status, e.source, e.detail) for e in entries] == [
+            (599, "scenario-error", problem),
+            (599, "scenario-error", problem),
+            (200, "scenario", 'broken.yaml: route "fine"'),
+        ]
+        assert entries[0].line() == f"POST /echo?x=1 -> 599 (SCENARIO ERROR: {problem})"
+        assert [(v.rule, v.message) for v in check(entries)] == [
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}; fix the scenario, not the client"),
+            ("scenario-error", f"POST /echo?x=1 got 599: {problem}; fix the scenario, not the client"),
+        ]
+
+
+# -- form bodies (docs/scenarios.md, "Form bodies (AWS query protocol)") -----------------------------------
+
+
+def test_the_documented_form_example_answers_aws_query_calls(tmp_path: Path, confdir: Path) -> None:
+    section = (ROOT / "docs" / "scenarios.md").read_text().split("### Form bodies (AWS query protocol)")[1]
+    yaml_block = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)
+    curl_body = re.search(r"curl -s -d '([^']*)' http://127\.0\.0\.1:8080/", section)
+    assert yaml_block is not None and curl_body is not None
+    scenario = tmp_path / "cloudformation.yaml"
+    scenario.write_text(yaml_block[1])
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}  # what botocore sends
+    with playing(scenario, confdir=confdir) as proxy, requests.Session() as http:
+        http.trust_env = False
+        r = http.post(f"{proxy.url}/", data=curl_body[1], headers=form, timeout=TIMEOUT)
+        assert (r.status_code, r.headers["content-type"]) == (200, "text/xml")
+        assert "<StackName>my-stack</StackName> <StackStatus>CREATE_IN_PROGRESS</StackStatus>" in r.text
+        other = http.post(
+            f"{proxy.url}/", data={"Action": "ListStacks", "Version": "2010-05-15"}, timeout=TIMEOUT
+        )
+        assert (other.status_code, other.text) == (
+            400,
+            "<ErrorResponse><Error><Code>InvalidAction</Code></Error></ErrorResponse>",
+        )
+        as_json = http.post(f"{proxy.url}/", json={"Action": "DescribeStacks"}, timeout=TIMEOUT)
+        assert as_json.status_code == 599  # a JSON body has no form fields
+        assert [e.detail for e in proxy.journal.entries][:2] == [
+            'cloudformation.yaml: route "stack in progress"',
+            'cloudformation.yaml: route "any other action"',
         ]

@@ -531,10 +531,11 @@ def test_the_verdict_fails_a_naive_client_at_teardown(inner: pytest.Pytester) ->
     assert "ERROR at teardown of test_naive _" in out
     assert "ERROR test_verdict.py::test_naive - AssertionError: replay-proxy verdict" in out
     section = out.split("ERROR at teardown of test_naive _", 1)[1].split("short test summary", 1)[0]
-    # The violation, readable at a glance: the rule, the early poll, the Retry-After it ignored.
+    # The violation, readable at a glance: the rule, the early poll, the delay it ignored, what to do.
     assert "AssertionError: replay-proxy verdict: 1 violation" in section, section
     assert "1. retry-after: GET /tilesets/operations/" in section, section
-    assert "Retry-After: 1" in section, section
+    assert "which said to wait 1 s" in section, section
+    assert "the client should wait at least the Retry-After" in section, section
     assert "pytest_plugin.py" not in section  # the message alone, no traceback through the plugin
 
     # The automatic check is off; an explicit verify() still judges.

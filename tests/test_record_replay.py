@@ -426,7 +426,9 @@ def test_retry_after_is_rewritten_for_the_client_while_recording_but_saved_as_se
     with ReplayProxy(path, creator.url, confdir=confdir, retry_after=0.01) as proxy:
         seen = run_with("httpx", lambda send: creator_flow(send, proxy.url))
     assert_creator_flow(seen, proxy.url)
-    assert [s.headers.get("retry-after") for s in seen] == ["0.01", "0.01", "0.01", "0.01", None, None]
+    # 0.01 is no valid Retry-After (RFC 9110: whole seconds): the 202 and the polls carry it in milliseconds
+    assert [s.headers.get("retry-after") for s in seen] == [None] * 6
+    assert [s.headers.get("retry-after-ms") for s in seen] == ["10", "10", "10", "10", None, None]
     items = interactions(path)
     assert [header(i["response"]["headers"], "Retry-After") for i in items] == [["1"]] * 4 + [None, None]
 
@@ -460,7 +462,7 @@ def test_retry_after_api_option_rewrites_seconds_and_milliseconds(tmp_path: Path
     with ReplayProxy(path, confdir=confdir, retry_after=0.01) as proxy:
         r = get(proxy.url + "/ops/1")
     assert r.status_code == 200
-    assert r.headers["Retry-After"] == "0.01"
+    assert "Retry-After" not in r.headers  # a fraction is no valid Retry-After: the ms headers carry it
     assert r.headers["retry-after-ms"] == "10"
     assert r.headers["x-ms-retry-after-ms"] == "10"
     assert path.read_bytes() == before
@@ -620,11 +622,11 @@ def test_compressed_bodies_are_saved_decoded_and_binary_as_binary(
 
 
 def _ids(path: Path) -> list[tuple[str, str | None]]:
-    """(query of each interaction, its X-Session request header) in file order."""
+    """(query of each interaction, its X-Run request header) in file order."""
     out = []
     for i in interactions(path):
         uri = i["request"]["uri"]
-        session = header(i["request"]["headers"], "X-Session")
+        session = header(i["request"]["headers"], "X-Run")
         out.append((uri.split("?", 1)[1], session[0] if session else None))
     return out
 
@@ -632,7 +634,7 @@ def _ids(path: Path) -> list[tuple[str, str | None]]:
 def _record_base(upstream: Upstream, path: Path, confdir: Path) -> None:
     with ReplayProxy(path, upstream.url, confdir=confdir) as proxy:
         for q in ("a=1", "b=2"):
-            assert get(f"{proxy.url}/json?{q}", headers={"X-Session": "1"}).status_code == 200
+            assert get(f"{proxy.url}/json?{q}", headers={"X-Run": "1"}).status_code == 200
     assert _ids(path) == [("a=1", "1"), ("b=2", "1")]
 
 
@@ -644,7 +646,7 @@ def test_record_mode_all_rerecords_matching_and_keeps_the_rest(
     seen = len(upstream.requests)
     with ReplayProxy(path, upstream.url, confdir=confdir, record_mode="all") as proxy:
         for q in ("a=1", "c=3"):
-            assert get(f"{proxy.url}/json?{q}", headers={"X-Session": "2"}).status_code == 200
+            assert get(f"{proxy.url}/json?{q}", headers={"X-Run": "2"}).status_code == 200
     assert [r["path"] for r in upstream.requests[seen:]] == ["/json?a=1", "/json?c=3"]
     assert _ids(path) == [("b=2", "1"), ("a=1", "2"), ("c=3", "2")]
 
@@ -657,9 +659,7 @@ def test_record_mode_new_episodes_replays_matches_and_records_the_rest(
     old = interactions(path)
     seen = len(upstream.requests)
     with ReplayProxy(path, upstream.url, confdir=confdir, record_mode="new_episodes") as proxy:
-        answers = [
-            get(f"{proxy.url}/json?{q}", headers={"X-Session": "2"}) for q in ("a=1", "c=3", "b=2", "d=4")
-        ]
+        answers = [get(f"{proxy.url}/json?{q}", headers={"X-Run": "2"}) for q in ("a=1", "c=3", "b=2", "d=4")]
         entries = proxy.journal.entries
     assert [r.status_code for r in answers] == [200] * 4
     assert [r.json()["query"] for r in answers] == [{"a": ["1"]}, {"c": ["3"]}, {"b": ["2"]}, {"d": ["4"]}]
@@ -693,8 +693,8 @@ def test_record_mode_once_on_a_missing_cassette_records(
 ) -> None:
     path = tmp_path / "new" / "c.yaml"
     with ReplayProxy(path, upstream.url, confdir=confdir, record_mode="once") as proxy:
-        assert get(proxy.url + "/json?a=1", headers={"X-Session": "1"}).status_code == 200
-        assert get(proxy.url + "/json?b=2", headers={"X-Session": "1"}).status_code == 200
+        assert get(proxy.url + "/json?a=1", headers={"X-Run": "1"}).status_code == 200
+        assert get(proxy.url + "/json?b=2", headers={"X-Run": "1"}).status_code == 200
     assert [r["path"] for r in upstream.requests] == ["/json?a=1", "/json?b=2"]
     assert _ids(path) == [("a=1", "1"), ("b=2", "1")]
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.model import Interaction, Request, Response, header_value
-from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, MATCH_PLACEHOLDER, Redactor
+from proxy.redact import (
+    DEFAULT_HEADERS,
+    DEFAULT_JSON_FIELDS,
+    DEFAULT_QUERY,
+    MATCH_PLACEHOLDER,
+    Redactor,
+    is_secret_name,
+    shown_url,
+)
 
 API = "https://api.example.com"
 JSON_CT = ("Content-Type", "application/json")
@@ -653,3 +662,211 @@ def test_property_redaction_never_raises_and_never_leaks(
     assert red.for_matching(saved.request) == red.for_matching(original.request)
     # and what was saved is a fixed point
     assert Redactor(json_fields=(*DEFAULT_JSON_FIELDS, "password")).interaction(saved) == saved
+
+
+# ------------------------------------------------ issue 16: names by pattern, values by shape, encodings
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "accessToken",
+        "refresh_token",
+        "sessionJwt",
+        "X-Vault-Token",
+        "Private-Token",
+        "x-access-token",
+        "db_password",
+        "client-secret",
+        "X-Hub-Signature-256",
+        "apikey",
+        "APIKey",
+        "sessionId",
+        "PHPSESSID",
+        "primaryConnectionString",
+        "code_verifier",
+        "key1",
+    ],
+)
+def test_secret_names_in_any_case_style(name: str) -> None:
+    assert is_secret_name(name, "json")
+    assert is_secret_name(name, "header")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "operationId",
+        "status",
+        "nextLink",
+        "Retry-After",
+        "Content-Length",
+        "keyword",
+        "token_type",
+        "max_tokens",
+        "keyId",
+        "signatureVersion",
+        "partitionKey",
+        "Idempotency-Key",
+        "Sec-WebSocket-Key",
+        "passwordPolicy",
+        "authMethod",
+        "Access-Control-Allow-Credentials",
+        "author",
+        "monkey",
+        "continuationToken",
+        "nextPageToken",
+        "$skiptoken",
+        "NextToken",
+        "syncToken",
+    ],
+)
+def test_names_that_are_no_secrets(name: str) -> None:
+    assert not is_secret_name(name, "json")
+    assert not is_secret_name(name, "header")
+
+
+def test_bare_key_is_a_secret_in_a_query_not_as_a_json_key() -> None:
+    assert is_secret_name("key", "query") and not is_secret_name("key", "json")
+    red = Redactor()
+    saved = red.request(Request("GET", f"{API}/geocode?address=x&key=AIzaSyAbc"))
+    assert saved.url == f"{API}/geocode?address=x&key=<REDACTED-1>"
+    body = b'[{"key":"color","value":"red"}]'
+    assert red.response(Response(200, headers=(JSON_CT,), body=body)).body == body
+
+
+def test_redact_except_keeps_a_name_the_patterns_would_take() -> None:
+    red = Redactor(keep=("key",))
+    request = Request("GET", f"{API}/kv?key=app:color")
+    assert red.request(request) is request
+    assert (
+        Redactor(keep=("x-session",))
+        .request(Request("GET", API, headers=(("X-Session", "1"),)))
+        .header("x-session")
+        == "1"
+    )
+
+
+def test_camel_case_tokens_in_json_only_strings_hidden() -> None:
+    body = json.dumps(
+        {"accessToken": "at-secret-1", "tokenCount": 5, "usage": {"max_tokens": 9}, "auth": {"pwd": "p-2"}}
+    ).encode()
+    saved = Redactor().response(Response(200, headers=(JSON_CT,), body=body))
+    assert json.loads(saved.body) == {
+        "accessToken": "<REDACTED-1>",
+        "tokenCount": 5,
+        "usage": {"max_tokens": 9},
+        "auth": {"pwd": "<REDACTED-2>"},
+    }
+
+
+def test_token_shaped_values_anywhere_and_in_the_path() -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    bot = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+    red = Redactor()
+    live = Request(
+        "POST",
+        f"{API}/bot{bot}/sendMessage",
+        headers=(JSON_CT, ("X-Custom", jwt)),
+        body=json.dumps({"proof": jwt, "text": "hi"}).encode(),
+    )
+    saved = red.request(live)
+    assert_no_secret(exchange(saved), jwt, bot)
+    assert saved.url == f"{API}/bot<REDACTED-1>/sendMessage"
+    other = Request(
+        "POST", f"{API}/bot987654321:AAZZZTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage", live.headers, live.body
+    )
+    assert red.for_matching(saved) == red.for_matching(live) == red.for_matching(other)
+
+
+def test_gzip_request_body_saved_decoded_and_redacted() -> None:
+    import gzip
+
+    plain = b'{"client_id":"app","client_secret":"gz-secret-123"}'
+    live = Request(
+        "POST",
+        API,
+        headers=(JSON_CT, ("Content-Encoding", "gzip"), ("Content-Length", "9")),
+        body=gzip.compress(plain),
+    )
+    saved = Redactor().request(live)
+    assert saved.body == b'{"client_id":"app","client_secret":"<REDACTED-1>"}'
+    assert saved.header("content-encoding") is None and saved.header("content-length") == str(len(plain))
+    assert Redactor().for_matching(live) == Redactor().for_matching(saved)
+
+
+def test_every_encoded_form_of_an_echoed_secret_is_swept() -> None:
+    import base64
+
+    token = "tok+en/With=Chars42"
+    echoes = [
+        base64.b64encode(token.encode()).decode(),
+        base64.urlsafe_b64encode(token.encode()).decode(),
+        base64.b64encode(f"Bearer {token}".encode()).decode(),  # shifted alignment
+        token.replace("/", "\\/"),
+        "tok\\u002ben\\u002fWith\\u003dChars42",
+        "tok%2Ben%2FWith%3DChars42",
+        "tok%252Ben%252FWith%253DChars42",
+    ]
+    body = json.dumps({"e": echoes}).encode().replace(b"\\\\", b"\\")
+    saved = Redactor().interaction(
+        exchange(
+            Request("GET", f"{API}/me", headers=(("Authorization", f"Bearer {token}"),)),
+            Response(200, headers=(("Content-Type", "text/plain"),), body=body),
+        )
+    )
+    for echo in echoes:
+        assert echo.encode() not in saved.response.body, echo
+    assert saved.response.body.count(b"<REDACTED-1>") == len(echoes)
+
+
+def test_percent_encoded_pair_inside_a_url_and_set_cookie_attributes() -> None:
+    inner = "/b?sv=1&sig=Nested%2BSig%3D"
+    body = json.dumps({"next": f"https://h/login?return={quote(inner, safe='')}"}).encode()
+    saved = Redactor().response(
+        Response(
+            200,
+            headers=(
+                JSON_CT,
+                (
+                    "Set-Cookie",
+                    "pref=dark; Path=/; X-Csrf-Token=attr-secret-1; Expires=Wed, 21 Oct 2026 07:28:00 GMT",
+                ),
+                ("Set-Cookie", "a=1; Path=/, sid=folded-secret-2; HttpOnly"),
+            ),
+            body=body,
+        )
+    )
+    assert b"Nested" not in saved.body and b"sig%253D%3CREDACTED" not in saved.body
+    assert json.loads(saved.body)["next"] == "https://h/login?return=%2Fb%3Fsv%3D1%26sig%3D<REDACTED-5>"
+    cookies = [v for k, v in saved.headers if k == "Set-Cookie"]
+    assert cookies == [
+        "pref=<REDACTED-1>; Path=/; X-Csrf-Token=<REDACTED-2>; Expires=Wed, 21 Oct 2026 07:28:00 GMT",
+        "a=<REDACTED-3>; Path=/, sid=<REDACTED-4>; HttpOnly",
+    ]
+
+
+def test_multipart_secret_field_hidden_file_part_kept() -> None:
+    b = "bnd"
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="user"\r\n\r\nbob\r\n'
+        f'--{b}\r\nContent-Disposition: form-data; name="password"\r\n\r\nmp-secret-9\r\n'
+        f'--{b}\r\nContent-Disposition: form-data; name="token"; filename="t.txt"\r\n\r\nfile bytes\r\n'
+        f"--{b}--\r\n"
+    ).encode()
+    live = Request("POST", API, headers=(("Content-Type", f"multipart/form-data; boundary={b}"),), body=body)
+    saved = Redactor().request(live)
+    assert saved.body == body.replace(b"mp-secret-9", b"<REDACTED-1>")
+    assert Redactor().for_matching(live) == Redactor().for_matching(saved)
+
+
+def test_scrub_hides_what_a_console_line_would_show() -> None:
+    red = Redactor()
+    line = "GET /bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/getMe?key=k-1&sig=s%2B1&page=2 -> 200"
+    assert red.scrub(line) == "GET /bot<REDACTED-3>/getMe?key=<REDACTED-1>&sig=<REDACTED-2>&page=2 -> 200"
+    assert (
+        red.scrub("closest #1 GET /x (query: missing key=abc)")
+        == "closest #1 GET /x (query: missing key=<REDACTED-4>)"
+    )
+    assert Redactor(enabled=False).scrub(line) == line
+    assert shown_url("https://bob:pw-1@h.example") == "https://bob:<REDACTED>@h.example"

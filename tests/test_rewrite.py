@@ -189,11 +189,69 @@ def test_rewrite_retry_after_every_form() -> None:
         ("x-ms-retry-after-ms", "0"),
         ("Location", "/op"),
     )
-    fractional = rewrite_retry_after(response, 0.05)
-    assert fractional.header("retry-after") == "0.05"
-    assert fractional.header("retry-after-ms") == "50"
+    # a fraction of a second is no valid Retry-After (RFC 9110: 1*DIGIT): on a 202 it goes in ms only, so
+    # azure-core (which reads Retry-After first) sleeps the milliseconds
+    assert rewrite_retry_after(response, 0.05).headers == (
+        ("retry-after-ms", "50"),
+        ("x-ms-retry-after-ms", "50"),
+        ("Location", "/op"),
+    )
     assert rewrite_retry_after(response, 2.0).header("retry-after") == "2"
     assert rewrite_retry_after(response, 1.25).header("x-ms-retry-after-ms") == "1250"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "seconds", "expected"),
+    [
+        (200, (("Retry-After", "30"),), 0.05, (("retry-after-ms", "50"),)),
+        (
+            202,
+            (("Retry-After", "30"), ("Location", "/op")),
+            0.01,
+            (("retry-after-ms", "10"), ("Location", "/op")),
+        ),
+        (200, (("Retry-After", "30"),), 1.5, (("retry-after-ms", "1500"),)),
+        (200, (("Retry-After", "30"),), 0.0004, (("retry-after-ms", "1"),)),  # never 0: azure-core's "none"
+        (200, (("Retry-After", "30"),), 0.07, (("retry-after-ms", "70"),)),  # 70.00000000000001 is 70
+        # an error answer keeps Retry-After, rounded up: its presence is what makes clients retry
+        (429, (("Retry-After", "30"),), 0.05, (("Retry-After", "1"), ("retry-after-ms", "50"))),
+        (
+            503,
+            (("Retry-After", "3"), ("x-ms-retry-after-ms", "3000")),
+            0.05,
+            (("Retry-After", "1"), ("x-ms-retry-after-ms", "50")),
+        ),
+        (503, (("Retry-After", "3"),), 2.5, (("Retry-After", "3"), ("retry-after-ms", "2500"))),
+        (429, (("Retry-After", "30"),), 0, (("Retry-After", "0"),)),
+        (429, (("Retry-After", "30"),), 2, (("Retry-After", "2"),)),
+        (200, (("x-ms-retry-after-ms", "5000"),), 0.05, (("x-ms-retry-after-ms", "50"),)),
+    ],
+)
+def test_rewrite_retry_after_sends_only_valid_headers(
+    status: int, headers: Headers, seconds: float, expected: Headers
+) -> None:
+    out = rewrite_retry_after(Response(status, headers=headers), seconds)
+    assert out.headers == expected
+    for name, value in out.headers:
+        if name.lower() == "retry-after":
+            assert value.isdigit()  # RFC 9110 delay-seconds
+    told = parse_retry_after(out.headers)
+    assert told is not None and seconds <= told < seconds + 0.001  # the shortest: what was asked, in ms
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([200, 201, 202, 204, 301, 400, 429, 500, 503]),
+    st.floats(min_value=0, max_value=100_000, allow_nan=False, allow_infinity=False),
+)
+def test_property_rewritten_retry_after_is_valid_http(status: int, seconds: float) -> None:
+    out = rewrite_retry_after(
+        Response(status, headers=(("Retry-After", "9"), ("x-ms-retry-after-ms", "9"))), seconds
+    )
+    for name, value in out.headers:
+        assert value.isdigit(), (name, value)
+    told = parse_retry_after(out.headers)
+    assert told is not None and told >= seconds - 1e-9 and told - seconds < 0.001 + 1e-9
 
 
 def test_rewrite_retry_after_http_date_becomes_seconds() -> None:
@@ -232,7 +290,8 @@ NOW = 1_445_412_480.0  # Wed, 21 Oct 2015 07:28:00 GMT
         ((("retry-after-ms", "1500"),), 1.5),
         ((("x-ms-retry-after-ms", "250"),), 0.25),
         ((("Retry-After", "junk"), ("retry-after-ms", "100")), 0.1),
-        ((("Retry-After", "7"), ("retry-after-ms", "100")), 7.0),
+        ((("Retry-After", "7"), ("retry-after-ms", "100")), 0.1),  # the shortest counts
+        ((("Retry-After", "1"), ("x-ms-retry-after-ms", "2000")), 1.0),
         ((), None),
         ((("Content-Type", "text/plain"),), None),
         ((("Retry-After", "soon"),), None),

@@ -548,7 +548,7 @@ YAML_SYNTAX = {
     "tab": (
         "name: x\n\tdescription: y\n",
         "F:2:1: invalid YAML: found a tab character that violates indentation "
-        "(while scanning a plain scalar)",
+        "(while scanning a plain scalar); indent with spaces: YAML does not allow tabs in indentation",
     ),
     "nul": ("name: a\x00b\n", "F:1:8: invalid YAML: control characters are not allowed (#x0000)"),
     "nul-after-non-ascii": (
@@ -561,6 +561,95 @@ YAML_SYNTAX = {
 @pytest.mark.parametrize(("text", "expected"), list(YAML_SYNTAX.values()), ids=list(YAML_SYNTAX))
 def test_yaml_syntax_problems(tmp_path: Path, text: str, expected: str) -> None:
     assert problems_of(tmp_path, text) == [expected]
+
+
+FLOW_HINT = (
+    "a '{{' inside an unquoted value of {{...}} or [...] starts a new mapping or list: quote the value, "
+    "e.g. {example}, or write it in block style (one key per line)"
+)
+YAML_HINTS = {
+    "flow-mapping-placeholder": (
+        "routes:\n  - match: {path: /jobs/{id}}\n    respond: {status: 200}\n",
+        "F:2:25: invalid YAML: did not find expected ',' or '}' (while parsing a flow mapping); "
+        + FLOW_HINT.format(example="path: '/jobs/{id}'"),
+        "F:2:25: invalid YAML: expected ',' or '}', but got '{' (while parsing a flow mapping); "
+        + FLOW_HINT.format(example="path: '/jobs/{id}'"),
+    ),
+    "flow-mapping-placeholder-mid-value": (
+        "routes:\n  - match: {method: GET, path: /jobs/{id}/x, query: {a: b}}\n    respond: {status: 200}\n",
+        "F:2:38: invalid YAML: did not find expected ',' or '}' (while parsing a flow mapping); "
+        + FLOW_HINT.format(example="path: '/jobs/{id}/x'"),
+        "F:2:38: invalid YAML: expected ',' or '}', but got '{' (while parsing a flow mapping); "
+        + FLOW_HINT.format(example="path: '/jobs/{id}/x'"),
+    ),
+    "key-indented-between-two-mappings": (
+        "routes:\n  - match:\n      path: /jobs\n     method: GET\n    respond: {status: 200}\n",
+        "F:4:6: invalid YAML: did not find expected key (while parsing a block mapping); check the "
+        "indentation: line 4 starts in column 6, but the keys of the mapping that begins at line 2 start in "
+        "column 5: indent each line with spaces, exactly like the other keys or items of the mapping or list "
+        "it belongs to",
+        "F:4:6: invalid YAML: expected <block end>, but found '<block mapping start>' (while parsing a block "
+        "mapping); check the indentation: line 4 starts in column 6, but the keys of the mapping that begins "
+        "at line 2 start in column 5: indent each line with spaces, exactly like the other keys or items of "
+        "the mapping or list it belongs to",
+    ),
+    "list-item-indented-too-far": (
+        "routes:\n  - match: {path: /a}\n    respond: {status: 200}\n   - match: {path: /b}\n",
+        "F:4:4: invalid YAML: did not find expected '-' indicator (while parsing a block collection); check "
+        "the indentation: line 4 starts in column 4, but the items ('- ') of the list that begins at line 2 "
+        "start in column 3: indent each line with spaces, exactly like the other keys or items of the "
+        "mapping or list it belongs to",
+        "F:4:4: invalid YAML: expected <block end>, but found '<block sequence start>' (while parsing a "
+        "block collection); check the indentation: line 4 starts in column 4, but the items ('- ') of the "
+        "list that begins at line 2 start in column 3: indent each line with spaces, exactly like the other "
+        "keys or items of the mapping or list it belongs to",
+    ),
+    "key-in-a-list-without-dash": (
+        "routes:\n  - match: {path: /a}\n    respond: {status: 200}\n  name: x\n",
+        "F:4:3: invalid YAML: did not find expected '-' indicator (while parsing a block collection); line 4 "
+        "starts in column 3 like the items of the list that begins at line 2, but without '- ': start it "
+        "with '- ' to make it an item, or indent it under the item it belongs to",
+        "F:4:3: invalid YAML: expected <block end>, but found '?' (while parsing a block collection); line 4 "
+        "starts in column 3 like the items of the list that begins at line 2, but without '- ': start it "
+        "with '- ' to make it an item, or indent it under the item it belongs to",
+    ),
+    "key-indented-into-a-value": (
+        "routes:\n  - match:\n      path: /x\n        method: GET\n    respond: {status: 200}\n",
+        "F:4:15: invalid YAML: mapping values are not allowed in this context; a ': ' starts a key here: if "
+        "this line is a key of the mapping above, indent it like the other keys; if the value itself "
+        "contains ': ', quote it",
+        "F:4:15: invalid YAML: mapping values are not allowed here; a ': ' starts a key here: if this line "
+        "is a key of the mapping above, indent it like the other keys; if the value itself contains ': ', "
+        "quote it",
+    ),
+}
+
+
+@pytest.mark.parametrize("libyaml", [True, False], ids=["libyaml", "pure-pyyaml"])
+@pytest.mark.parametrize(("text", "with_libyaml", "pure"), list(YAML_HINTS.values()), ids=list(YAML_HINTS))
+def test_yaml_syntax_problems_say_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, with_libyaml: str, pure: str, libyaml: bool
+) -> None:
+    if not libyaml:
+        monkeypatch.delattr(yaml, "CSafeLoader")
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml")
+    assert problems_of(tmp_path, text) == [with_libyaml if libyaml else pure]
+
+
+def test_a_step_status_that_is_a_number_points_at_http_status(tmp_path: Path) -> None:
+    text = """
+    operations:
+      - start: {method: POST, path: /jobs}
+        steps:
+          - status: 202
+          - status: Succeeded
+    """
+    assert problems_of(tmp_path, text) == [
+        "F:4:17: status: an operation step's status is the operation's state in the body (NotStarted, "
+        "Running, Succeeded, Failed...), not an HTTP code (got 202): for the HTTP status code of the poll's "
+        "answer write http-status: 202 next to a status such as Running"
+    ]
 
 
 def test_file_level_problems(tmp_path: Path) -> None:
@@ -844,6 +933,33 @@ def test_check_and_schema_commands_through_the_cli(
     assert capsys.readouterr() == (f"ok: {len(shipped)} scenario files valid\n", "")
     assert cli_main(["schema"]) == 0
     assert capsys.readouterr() == (schema_text(), "")
+
+
+def test_check_says_what_to_do_about_a_placeholder_in_flow_style_and_a_numeric_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flow = write(
+        tmp_path, "flow.yaml", "routes:\n  - match: {path: /jobs/{id}}\n    respond: {status: 200}\n"
+    )
+    numeric = write(
+        tmp_path,
+        "numeric.yaml",
+        "operations:\n  - start: {path: /jobs}\n    steps: [{status: 202}, {status: Done}]\n",
+    )
+    assert cli_main(["check", str(flow), str(numeric)]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"{flow}:2:25: invalid YAML: did not find expected ',' or '}}' (while parsing a flow mapping); "
+        "a '{' inside an unquoted value of {...} or [...] starts a new mapping or list: quote the value, "
+        "e.g. path: '/jobs/{id}', or write it in block style (one key per line)",
+        f"{numeric}:3:22: status: an operation step's status is the operation's state in the body "
+        "(NotStarted, Running, Succeeded, Failed...), not an HTTP code (got 202): for the HTTP status code "
+        "of the poll's answer write http-status: 202 next to a status such as Running",
+    ]
+    assert out == "invalid: 2 problems in 2 of 2 scenario files\n"
+    # the fix the hint gives is valid
+    flow.write_text("routes:\n  - match: {path: '/jobs/{id}'}\n    respond: {status: 200}\n")
+    assert cli_main(["check", str(flow)]) == 0
 
 
 # -- property: any input gives models or located problems, never another exception --------------------

@@ -303,6 +303,40 @@ def test_header_conditions_ignore_name_case() -> None:
     assert handle(m, "GET", "/h", headers={"X-MS-VERSION": "2.0", "Authorization": "Basic x"}) is None
 
 
+def test_form_conditions_match_url_encoded_bodies_only() -> None:
+    m, _ = machine("""
+        routes:
+          - name: describe
+            match:
+              method: POST
+              path: /
+              form: {Action: DescribeStacks, StackName: {regex: "^my-"}, NextToken: null}
+            respond: {text: "{{ request.form.StackName }} {{ request.form.Version | default('-') }}"}
+          - name: empty-version
+            match: {path: /, form: {Version: ""}}
+            respond: {text: empty}
+        """)
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    answer = ask(
+        m, "POST", "/", headers=form, body=b"Action=DescribeStacks&StackName=my-stack&Version=2010-05-15"
+    )
+    assert (answer.source, answer.response.body) == ('t.yaml: route "describe"', b"my-stack 2010-05-15")
+    # %-escapes and + are decoded; the first of repeated fields counts; the media type is case-insensitive
+    upper = {"Content-Type": "Application/X-WWW-Form-URLEncoded"}
+    encoded = b"Action=DescribeStacks&Action=ListStacks&StackName=my-%C3%A9+stack"
+    assert ask(m, "POST", "/", headers=upper, body=encoded).response.body == "my-é stack -".encode()
+    assert ask(m, "POST", "/", headers=form, body=b"Version=").source == 't.yaml: route "empty-version"'
+    for headers_, data in [
+        (form, b"Action=ListStacks&StackName=my-stack"),  # another action
+        (form, b"Action=DescribeStacks&StackName=your-stack"),  # regex fails
+        (form, b"Action=DescribeStacks&StackName=my-stack&NextToken=x"),  # must be absent
+        ({}, b"Action=DescribeStacks&StackName=my-stack"),  # no Content-Type: not a form
+        ({"Content-Type": "text/plain"}, b"Action=DescribeStacks&StackName=my-stack"),
+        ({"Content-Type": "application/json"}, b'{"Action": "DescribeStacks", "StackName": "my-stack"}'),
+    ]:
+        assert handle(m, "POST", "/", headers=headers_, body=data) is None, (headers_, data)
+
+
 def test_json_conditions_by_dotted_path() -> None:
     m, _ = machine("""
         routes:
@@ -1129,9 +1163,9 @@ def test_step_overrides() -> None:
     op_id = start.operation
     url = start.response.header("Location") or ""
     first = ask(m, "GET", url)
-    assert headers(first) == {
+    assert headers(first) == {  # a fraction of a second travels as valid HTTP: in milliseconds
         "Content-Type": "application/json",
-        "Retry-After": "0.5",
+        "retry-after-ms": "500",
         "Location": f"{BASE}/jobs/operations/{op_id}?attempt=2",
         "X-Poll": "1",
     }
@@ -1194,12 +1228,14 @@ def retry_after_of(spec: str) -> Answer:
     [
         ("1", ("Retry-After", "1"), 1.0),
         ("2.0", ("Retry-After", "2"), 2.0),
-        ("0.5", ("Retry-After", "0.5"), 0.5),
+        # on this 429 a fraction keeps Retry-After (rounded up: retrying clients need it) beside the ms
+        ("0.5", (("Retry-After", "1"), ("retry-after-ms", "500")), 0.5),
         ("0", ("Retry-After", "0"), 0.0),
         ("soon", ("Retry-After", "soon"), None),
         ('"5"', ("Retry-After", "5"), 5.0),
         ('"Wed, 21 Oct 2015 07:28:00 GMT"', ("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT"), 0.0),
-        ("{seconds: 2.5}", ("Retry-After", "2.5"), 2.5),
+        ("{seconds: 2.5}", (("Retry-After", "3"), ("retry-after-ms", "2500")), 2.5),
+        ("{raw: '0.5'}", ("Retry-After", "0.5"), 0.5),  # invalid on purpose: verbatim
         ("{seconds: 3}", ("Retry-After", "3"), 3.0),
         ("{date: 30s}", ("Retry-After", formatdate(EPOCH + 30, usegmt=True)), 30.0),
         ("{date: 2m}", ("Retry-After", formatdate(EPOCH + 120, usegmt=True)), 120.0),
@@ -1209,9 +1245,11 @@ def retry_after_of(spec: str) -> Answer:
         ("{x-ms: 250}", ("x-ms-retry-after-ms", "250"), 0.25),
     ],
 )
-def test_retry_after_forms(spec: str, header: tuple[str, str], advertised: float | None) -> None:
+def test_retry_after_forms(
+    spec: str, header: tuple[str, str] | tuple[tuple[str, str], ...], advertised: float | None
+) -> None:
     answer = retry_after_of(spec)
-    assert answer.response.headers == (header,)
+    assert answer.response.headers == (header if isinstance(header[0], tuple) else (header,))
     assert answer.retry_after == advertised
 
 
@@ -1621,3 +1659,108 @@ def test_shipped_operations_play_through(path: Path) -> None:
         if operation.resource_path is not None and last.status == "Succeeded":
             resource = handle(m, "GET", operation.resource_path.replace("{resourceId}", state.resource_id))
             assert isinstance(resource, Answer) and resource.response.status == 200
+
+
+# -- the rules closest to answering (the no-match diagnostic) ----------------------------------------------
+
+NEAREST = """\
+routes:
+  - name: describe
+    match:
+      method: POST
+      path: /
+      query: {Version: "2010-05-15"}
+      headers: {x-amz-target: {regex: "^CloudFormation"}}
+      form: {Action: DescribeStacks, StackName: {present: true}}
+    respond: {text: ok}
+  - name: create
+    match: {method: PUT, path: "/jobs/{id}", json: {spec.kind: {one-of: [a, b]}, dry: null}}
+    respond: {status: 201}
+  - name: passes
+    match: {path: /pass}
+    sequence: [{pass: true}]
+  - name: authorized
+    match: {path: /pass, headers: {authorization: Bearer good}}
+    respond: {text: ok}
+operations:
+  - name: job
+    start: {method: POST, path: /jobs}
+    status-path: /jobs/operations/{operationId}
+    resource-path: /jobs/done/{resourceId}
+    steps: [{status: Succeeded}]
+"""
+
+
+def test_nearest_rules_say_where_and_what_differed(tmp_path: Path) -> None:
+    from proxy.scenario.loader import load_scenarios
+
+    path = tmp_path / "near.yaml"
+    path.write_text(NEAREST)
+    m = ScenarioMachine(load_scenarios([path]))
+
+    def nearest(method: str, target: str, **kwargs: Any) -> list[tuple[str, str, tuple[str, ...]]]:
+        r = request(method, target, **kwargs)
+        assert m.handle(r, BASE) is None
+        return [(n.rule, n.where.replace(str(path), "F"), n.differences) for n in m.nearest(r)]
+
+    json_form = {"Content-Type": "application/json"}
+    assert nearest("POST", "/?Version=2", headers=json_form, body=b'{"Action": "DescribeStacks"}') == [
+        (
+            'route "describe"',
+            "F:2:5",
+            (
+                "query Version: '2', expected '2010-05-15'",
+                "header x-amz-target: absent, expected matching regex '^CloudFormation'",
+                "form field Action: absent (the body is not application/x-www-form-urlencoded), "
+                "expected 'DescribeStacks'",
+                "form field StackName: absent (the body is not application/x-www-form-urlencoded), "
+                "expected present",
+            ),
+        ),
+        ('route "passes"', "F:13:5", ("path: '/' does not fit /pass",)),
+        ('operation "job" (start)', "F:21:12", ("path: '/' does not fit /jobs",)),
+    ]
+    form = {"Content-Type": "application/x-www-form-urlencoded", "X-Amz-Target": "CloudFormation.X"}
+    [first, *_] = nearest("POST", "/?Version=2010-05-15", headers=form, body=b"Action=ListStacks")
+    assert first == (
+        'route "describe"',
+        "F:2:5",
+        (
+            "form field Action: 'ListStacks', expected 'DescribeStacks'",
+            "form field StackName: absent, expected present",
+        ),
+    )
+    [first, *_] = nearest("PUT", "/jobs/7", json_body={"spec": {"kind": "c"}, "dry": True})
+    assert first == (
+        'route "create"',
+        "F:10:5",
+        ("json field spec.kind: 'c', expected one of 'a', 'b'", "json field dry: 'true', expected absent"),
+    )
+    rules = nearest("GET", "/pass", headers={"Authorization": "Bearer secret-token"})
+    assert rules[:2] == [
+        (
+            'route "passes"',
+            "F:13:5",
+            ("it matches, but its current step has pass: true (the next rules answer)",),
+        ),
+        (
+            'route "authorized"',
+            "F:16:5",
+            ("header authorization: '<not shown: a secret>', expected 'Bearer good'",),
+        ),
+    ]
+    [first, *_] = nearest("GET", "/jobs/operations/nope")
+    assert first == (
+        'operation "job" (status)',
+        "F:22:18",
+        ("no operation 'nope' was started by this rule since the last reset",),
+    )
+    [first, *_] = nearest("DELETE", "/jobs/done/nope")
+    assert first == (
+        'operation "job" (resource)',
+        "F:23:20",
+        (
+            "method: DELETE, expected GET",
+            "no operation of this rule created a resource 'nope' since the last reset",
+        ),
+    )

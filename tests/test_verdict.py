@@ -93,6 +93,16 @@ def good_journal() -> list[Exchange]:
     ]
 
 
+WAIT = (
+    "the client should wait at least the Retry-After (or retry-after-ms / x-ms-retry-after-ms) the answer "
+    "gave before sending the next request"
+)
+UNFINISHED = (
+    "; the client should keep polling (as the delays say) until Succeeded, Failed or Canceled (or a "
+    "200/201/204 after 202s), or fail the call with a timeout it reports"
+)
+
+
 def rules(violations: list[Violation]) -> list[str]:
     return [v.rule for v in violations]
 
@@ -107,9 +117,21 @@ def test_a_well_behaved_client_has_no_violations() -> None:
 
 
 def test_polls_within_the_tolerance_are_not_early() -> None:
-    # 1 s advertised: 0.96 s is within 5 %; 0.05 s advertised: 0.031 s is within 20 ms
-    entries = [start(0.0), poll(0.96, "Running", retry_after=0.05), poll(0.991, "Succeeded")]
+    # 1 s advertised: 0.96 s is within 5 %; 0.05 s advertised: 0.048 s is within 5 %; 0.01: 0.0091 within 1 ms
+    entries = [start(0.0), poll(0.96, "Running", retry_after=0.05), poll(1.008, "Succeeded")]
+    assert rules(check(entries)) == []
+    entries = [start(0.0, retry_after=None), poll(0.5, "Running", retry_after=0.01)]
+    entries.append(poll(0.5091, "Succeeded"))
     assert check(entries) == []
+
+
+@pytest.mark.parametrize("delay", [0.01, 0.05])
+def test_the_retry_after_check_fires_at_the_fast_settings(delay: float) -> None:
+    # a client that ignores a 10 ms or 50 ms delay (its polls come 3 ms apart) is caught: the check is not
+    # blind at the --retry-after values the README recommends
+    entries = [start(0.0, retry_after=None), poll(0.1, "Running", retry_after=delay)]
+    entries.append(poll(0.103, "Succeeded"))
+    assert rules(check(entries)) == ["retry-after"]
 
 
 def test_a_poll_with_an_extra_query_parameter_follows_the_given_url() -> None:
@@ -147,8 +169,26 @@ def test_unmatched_names_method_path_and_reason() -> None:
         ex("GET", "/mapData?api-version=2.0", 599, 0.0, source="no-match", detail="no recorded interaction")
     ]
     assert check(entries) == [
-        Violation("unmatched", "GET /mapData?api-version=2.0 got 599: no recorded interaction", 0)
+        Violation(
+            "unmatched",
+            "GET /mapData?api-version=2.0 got 599: no recorded interaction; the client should send only "
+            "requests the service answers (if this one is right, record it again or add a route)",
+            0,
+        )
     ]
+
+
+def test_a_scenario_error_is_its_own_check_not_unmatched() -> None:
+    problem = "s.yaml:7:17: template error: 'dict object' has no attribute 'missing'"
+    entries = [ex("POST", "/echo", 599, 0.0, source="scenario-error", detail=problem)]
+    violations = check(entries)
+    assert violations == [
+        Violation("scenario-error", f"POST /echo got 599: {problem}; fix the scenario, not the client", 0)
+    ]
+    assert check(entries, disabled=["scenario-error"]) == []
+    assert (
+        "  POST /echo -> 599, SCENARIO ERROR  <- scenario-error" in report(entries, violations).splitlines()
+    )
 
 
 # -- retry-after ----------------------------------------------------------------------------------------
@@ -158,12 +198,17 @@ def test_ignoring_the_retry_after_on_the_202_is_named() -> None:
     entries = [start(0.0), poll(0.02, "Running"), poll(1.03, "Succeeded")]
     assert check(entries) == [
         Violation(
-            "retry-after",
-            "ignored the Retry-After on the 202: GET /tilesets/operations/4f1c2d3e… came 0.020 s after "
-            "the 202 that started operation /tilesets/operations/4f1c2d3e…, which said Retry-After: 1",
+            "retry-after-202",
+            "ignored the delay on the 202: GET /tilesets/operations/4f1c2d3e… came 0.020 s after "
+            "the 202 that started operation /tilesets/operations/4f1c2d3e…, which said to wait 1 s; the "
+            "client should wait that long before the first poll (azure-core polls once immediately by "
+            "design: turn this check off for it)",
             1,
         )
     ]
+    # its own name: a team can turn it off (azure-core) and keep the poll and throttling checks
+    assert check(entries, disabled=["retry-after-202"]) == []
+    assert rules(check(entries, disabled=["retry-after"])) == ["retry-after-202"]
 
 
 def test_an_early_poll_names_the_gap_and_the_advertised_delay() -> None:
@@ -171,8 +216,8 @@ def test_an_early_poll_names_the_gap_and_the_advertised_delay() -> None:
     assert check(entries) == [
         Violation(
             "retry-after",
-            "GET /tilesets/operations/4f1c2d3e… came 0.020 s after the previous answer, which said "
-            "Retry-After: 1",
+            "GET /tilesets/operations/4f1c2d3e… came 0.020 s after the previous answer, which said to wait "
+            "1 s; " + WAIT,
             2,
         )
     ]
@@ -184,7 +229,7 @@ def test_many_early_polls_of_one_operation_are_one_violation() -> None:
     found = check(entries)
     assert rules(found) == ["retry-after"]
     assert found[0].index == 2
-    assert found[0].message.endswith("(and 4 more early polls of this operation)")
+    assert "(and 4 more early polls of this operation); the client should wait" in found[0].message
 
 
 def test_an_http_date_retry_after_is_held_to_its_seconds() -> None:
@@ -201,11 +246,11 @@ def test_an_http_date_retry_after_is_held_to_its_seconds() -> None:
         poll(2.0, "Succeeded"),
     ]
     found = check(entries)
-    assert rules(found) == ["retry-after"]
-    assert found[0].message.startswith("ignored the Retry-After on the 202: ")
-    assert found[0].message.endswith(
+    assert rules(found) == ["retry-after-202"]
+    assert found[0].message.startswith("ignored the delay on the 202: ")
+    assert (
         "came 1.000 s after the 202 that started operation "
-        "/tilesets/operations/4f1c2d3e…, which said Retry-After: 3"
+        "/tilesets/operations/4f1c2d3e…, which said to wait 3 s; " in found[0].message
     )
 
 
@@ -219,7 +264,7 @@ def test_a_throttled_request_retried_too_soon_is_flagged() -> None:
         Violation(
             "retry-after",
             "POST /tilesets?api-version=2.0&datasetId=ds1 was retried 0.500 s after the 429 it got, "
-            "which said Retry-After: 2",
+            "which said to wait 2 s; " + WAIT,
             1,
         )
     ]
@@ -237,7 +282,8 @@ def test_polling_after_succeeded_is_flagged_once_per_operation() -> None:
         Violation(
             "poll-after-terminal",
             "GET /tilesets/operations/4f1c2d3e… polled operation /tilesets/operations/4f1c2d3e… after it "
-            "answered Succeeded on poll 4 (and 1 more poll after it)",
+            "answered Succeeded on poll 4 (and 1 more poll after it); the client should stop polling at a "
+            "terminal status (Succeeded, Failed, Canceled; or a 200/201/204 after 202s) and use that answer",
             6,
         )
     ]
@@ -246,6 +292,54 @@ def test_polling_after_succeeded_is_flagged_once_per_operation() -> None:
 def test_failed_is_terminal_too() -> None:
     entries = [start(0.0), poll(1.0, "Failed"), poll(2.0, "Failed")]
     assert rules(check(entries)) == ["poll-after-terminal"]
+
+
+def location_poll(at: float, code: int, retry_after: float | None = 0.05) -> Exchange:
+    """A status URL that answers 202 while running, then 200/201/204 with the result: no status field."""
+    running = code == 202
+    return ex(
+        "GET",
+        OP,
+        code,
+        at,
+        retry_after=retry_after if running else None,
+        status_urls=(OP_URL,) if running else (),
+    )
+
+
+@pytest.mark.parametrize("done", [200, 201, 204])
+def test_202_while_running_then_a_result_without_status_is_finished(done: int) -> None:
+    # azure-core LocationPolling, ARM deletes, Azure Maps batch APIs: 202, 202, then the result
+    entries = [start(0.0, retry_after=None), location_poll(0.1, 202), location_poll(0.2, 202)]
+    entries.append(location_poll(0.3, done))
+    assert check(entries) == []
+    assert f"  => {done} (no status field: done) after 3 polls in 0.300 s" in report(entries, [])
+    # and polling on after the result is a poll after the end
+    found = check([*entries, location_poll(0.4, done)])
+    assert rules(found) == ["poll-after-terminal"]
+    assert f"after it answered {done} (no status field: done) on poll 3" in found[0].message
+    # still 202: unfinished
+    assert rules(check(entries[:-1])) == ["unfinished"]
+
+
+def test_a_retried_5xx_is_not_a_poll_after_terminal_even_when_it_says_failed() -> None:
+    failed_500 = poll(2.0, "Failed", code=500)
+    entries = [start(0.0), poll(1.0, "Running"), failed_500, poll(3.0, "Running"), poll(4.0, "Succeeded")]
+    assert check(entries) == []
+    # a 503 or 429 with a terminal status is retriable too; a client that gives up after it saw the end
+    for code in (429, 503):
+        assert check([start(0.0), poll(1.0, "Running"), poll(2.0, "Failed", code=code)]) == []
+    # the same Failed on a 200 is the end: polling on is a poll after the end
+    entries = [start(0.0), poll(1.0, "Failed", code=200), poll(2.0, "Failed", code=200)]
+    assert rules(check(entries)) == ["poll-after-terminal"]
+
+
+def test_a_retried_5xx_is_held_to_its_retry_after() -> None:
+    unavailable = ex("GET", OP, 503, 1.0, retry_after=2.0)
+    entries = [start(0.0), unavailable, poll(1.5, "Running"), poll(3.0, "Succeeded")]
+    found = check(entries)
+    assert rules(found) == ["retry-after"]
+    assert "came 0.500 s after the previous answer, which said to wait 2 s" in found[0].message
 
 
 # -- self-built-url -------------------------------------------------------------------------------------
@@ -264,7 +358,8 @@ def test_a_status_url_built_from_the_id_is_self_built_not_unmatched() -> None:
             "self-built-url",
             "GET /operations/4f1c2d3e… polled operation /tilesets/operations/4f1c2d3e… at a URL the client "
             "was never given; the status URL given was /tilesets/operations/4f1c2d3e… (nothing answered "
-            "it: 599)",
+            "it: 599); the client should poll the latest status URL the service gave (Location, "
+            "Operation-Location, Azure-AsyncOperation) exactly as given, not build one",
             2,
         )
     ]
@@ -286,6 +381,8 @@ def test_ignoring_a_changed_location_is_flagged() -> None:
     assert found[0].message == (
         "GET /tilesets/operations/4f1c2d3e… polled operation /tilesets/operations/4f1c2d3e… at an older "
         "status URL: the latest given is /tilesets/operations/4f1c2d3e…/v2 (a changed Location was ignored)"
+        "; the client should poll the latest status URL the service gave (Location, Operation-Location, "
+        "Azure-AsyncOperation) exactly as given, not build one"
     )
 
 
@@ -297,7 +394,7 @@ def test_dropping_a_query_parameter_of_the_given_url_is_flagged() -> None:
     ]
     found = check(entries)
     assert rules(found) == ["self-built-url"]
-    assert found[0].message.endswith("(and 1 more request like it)")
+    assert "(and 1 more request like it); the client should poll the latest status URL" in found[0].message
 
 
 def test_scenario_polls_at_another_query_are_self_built() -> None:
@@ -331,7 +428,7 @@ def test_an_operation_never_polled_to_the_end_is_unfinished() -> None:
             "unfinished",
             "operation /tilesets/operations/4f1c2d3e… started by POST "
             "/tilesets?api-version=2.0&datasetId=ds1 was polled 1 time and never reached a terminal "
-            "status (last status: Running)",
+            "status (last status: Running)" + UNFINISHED,
             0,
         )
     ]
@@ -359,7 +456,7 @@ def test_scenario_operations_without_a_status_header_are_followed_by_id() -> Non
         Violation(
             "unfinished",
             "operation 7 started by POST /v1/books:import was polled 1 time and never reached a terminal "
-            "status (last status: running)",
+            "status (last status: running)" + UNFINISHED,
             0,
         )
     ]
@@ -390,9 +487,9 @@ def test_a_start_the_client_never_received_starts_nothing() -> None:
 
 def test_checks_can_be_turned_off_by_name_and_unknown_names_are_refused() -> None:
     entries = [start(0.0), poll(0.01, "Running"), poll(0.02, "Running")]
-    assert rules(check(entries)) == ["retry-after", "retry-after", "unfinished"]
-    assert rules(check(entries, disabled=["retry-after"])) == ["unfinished"]
-    assert rules(check(entries, disabled=["unfinished"])) == ["retry-after", "retry-after"]
+    assert rules(check(entries)) == ["retry-after-202", "retry-after", "unfinished"]
+    assert rules(check(entries, disabled=["retry-after"])) == ["retry-after-202", "unfinished"]
+    assert rules(check(entries, disabled=["unfinished"])) == ["retry-after-202", "retry-after"]
     assert check(entries, disabled=RULES) == []
     with pytest.raises(ValueError, match=r"unknown check retry_after; choose from: unmatched, retry-after"):
         check(entries, disabled=["retry_after"])
@@ -450,7 +547,7 @@ def test_report_shows_each_poll_with_offset_gap_and_answer_then_the_violations()
         "Retry-After:",
         "1",
         "<-",
-        "retry-after",
+        "retry-after-202",
     ]
     assert lines[5].split()[:7] == ["poll", "2", "+1.500", "s", "gap", "1.250", "s"]
     assert lines[5].split()[-3:] == ["->", "201", "Succeeded"]
@@ -458,7 +555,7 @@ def test_report_shows_each_poll_with_offset_gap_and_answer_then_the_violations()
     assert "other requests of note:" in lines
     assert "  GET /nope -> 599, NO MATCH  <- unmatched" in lines
     assert lines[-3:] == format_violations(violations).splitlines()
-    assert rules(violations) == ["retry-after", "unmatched"]
+    assert rules(violations) == ["retry-after-202", "unmatched"]
 
 
 # -- what a response tells the client -------------------------------------------------------------------

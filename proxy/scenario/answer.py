@@ -45,3 +45,16 @@ class Refusal:
 
     source: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NearRule:
+    """A scenario rule that did not answer a request, and why: for the no-match diagnostic.
+
+    ``rule`` names it (``route "throttle"``, ``operation "tileset" (start)``), ``where`` is its
+    ``file:line:column``, ``differences`` says what differed (``method: GET, expected POST``).
+    """
+
+    rule: str
+    where: str
+    differences: tuple[str, ...]

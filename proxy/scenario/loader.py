@@ -207,7 +207,7 @@ class _ScenarioFile:
             where = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
             what = e.problem or e.context or "syntax error"
             context = f" ({e.context})" if e.context and e.problem else ""
-            self.problem(where, f"invalid YAML: {what}{context}")
+            self.problem(where, f"invalid YAML: {what}{context}{_yaml_hint(text, e)}")
             raise _Abort from None
         except yaml.reader.ReaderError as e:
             # libyaml counts UTF-8 bytes, PyYAML characters
@@ -236,6 +236,75 @@ class _ScenarioFile:
             if not self.problems:  # never swallow a failure, even one we cannot explain
                 self.problem((1, 1), str(e))
             return None
+
+
+def _yaml_hint(text: str, e: yaml.MarkedYAMLError) -> str:
+    """What to do about a YAML syntax error that the parser's words do not explain ("" when unsure).
+
+    Covers what people write wrong most: a ``{`` in an unquoted value of a flow mapping or list
+    (``match: {path: /jobs/{id}}``), keys or list items that do not line up, and tabs. The tests pin
+    the messages of both libyaml and pure PyYAML.
+    """
+    problem, context = e.problem or "", e.context or ""
+    mark, start = e.problem_mark, e.context_mark
+    lines = re.split("\r\n|[\r\n\x85\u2028\u2029]", text)  # YAML's line breaks (splitlines has more)
+    line = lines[mark.line] if mark is not None and mark.line < len(lines) else ""
+    at_mark = line[mark.column : mark.column + 1] if mark is not None else ""
+    if "tab" in problem or "'\\t'" in problem or at_mark == "\t":
+        return "; indent with spaces: YAML does not allow tabs in indentation"
+    if context.startswith("while parsing a flow") and mark is not None:
+        if at_mark in ("{", "["):
+            key, value = _flow_value(line, mark.column)
+            example = f"{key}: {_quoted(value)}" if key else _quoted(value)
+            return (
+                f"; a '{at_mark}' inside an unquoted value of {{...}} or [...] starts a new mapping or "
+                f"list: quote the value, e.g. {example}, or write it in block style (one key per line)"
+            )
+        return ""
+    if context in ("while parsing a block mapping", "while parsing a block collection") and mark and start:
+        here, there = mark.column + 1, start.column + 1
+        if "collection" in context and here == there:
+            return (
+                f"; line {mark.line + 1} starts in column {here} like the items of the list that begins "
+                f"at line {start.line + 1}, but without '- ': start it with '- ' to make it an item, or "
+                "indent it under the item it belongs to"
+            )
+        what = "keys of the mapping" if "mapping" in context else "items ('- ') of the list"
+        return (
+            f"; check the indentation: line {mark.line + 1} starts in column {here}, but the {what} that "
+            f"begins at line {start.line + 1} start in column {there}: indent each line with spaces, "
+            "exactly like the other keys or items of the mapping or list it belongs to"
+        )
+    if problem.startswith("mapping values are not allowed") and mark is not None:
+        return (
+            "; a ': ' starts a key here: if this line is a key of the mapping above, indent it like the "
+            "other keys; if the value itself contains ': ', quote it"
+        )
+    return ""
+
+
+def _flow_value(line: str, brace: int) -> tuple[str, str]:
+    """The key and the whole unquoted value around the ``{`` at ``brace`` in a flow collection line."""
+    begin = max(line.rfind(": ", 0, brace), line.rfind(", ", 0, brace), line.rfind("[", 0, brace))
+    key = ""
+    if begin >= 0 and line.startswith(": ", begin):
+        head = line[:begin]
+        key = re.split(r"[{,\[\s]", head)[-1]
+    start = begin + (1 if line[begin] == "[" else 2) if begin >= 0 else 0
+    depth, end = 0, len(line)
+    for i in range(brace, len(line)):
+        char = line[i]
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            if depth == 0:
+                end = i
+                break
+            depth -= 1
+        elif char == "," and depth == 0:
+            end = i
+            break
+    return key, line[start:end].strip()
 
 
 def _mark(node: yaml.Node) -> Position:
@@ -637,6 +706,13 @@ def _message(loc: _Located, data: Any, file: _ScenarioFile) -> tuple[Position, s
         return (
             file.value_position(path),
             f"{_subject(path)}: needs at least {n} item{'s' if n != 1 else ''}; got {_got(value)}",
+        )
+    if _is_mismatch(kind) and model is PollStep and path[-1:] == ("status",) and type(value) is int:
+        return (
+            file.value_position(path),
+            f"status: an operation step's status is the operation's state in the body (NotStarted, "
+            f"Running, Succeeded, Failed...), not an HTTP code (got {value}): for the HTTP status code of "
+            f"the poll's answer write http-status: {value} next to a status such as Running",
         )
     if _is_mismatch(kind):
         message = f"{_subject(path)}: expected {_describe(loc.final)}; got {_got(value)}"

@@ -12,14 +12,16 @@ What a scenario means (the semantics of the language, in order of evaluation):
 2. **Matching.** Every given part of a ``match`` must hold. ``method``: one or a list, case-insensitive.
    ``path``: exact, except ``{name}`` (one segment, ``[^/]+``) and ``{name*}`` (the rest, possibly
    empty, slashes included); the values are ``request.params`` in templates. The request's host is
-   ignored: only its path and query count. ``query``/``headers``/``json`` conditions: a scalar means
-   "present and equal to its text" (``true``/``false`` for booleans, ``1`` for the integer 1, ``2.0``
-   for the float 2.0); ``null`` means the field must be absent; a condition mapping holds when all of its
-   given parts hold (``present``, ``equals``, ``regex`` searched, ``one-of``). Header names are
-   case-insensitive; a repeated header or query parameter counts by its first value. ``json`` keys are
-   dotted paths into the parsed body (``a.b.0.c``: a digit part indexes a list); a body that is not JSON
-   has no fields. The ``?query`` part of a ``status-path`` is only written into status URLs, never
-   matched: polls match on the path alone (clients may change ``api-version``).
+   ignored: only its path and query count. ``query``/``headers``/``json``/``form`` conditions: a scalar
+   means "present and equal to its text" (``true``/``false`` for booleans, ``1`` for the integer 1,
+   ``2.0`` for the float 2.0); ``null`` means the field must be absent; a condition mapping holds when all
+   of its given parts hold (``present``, ``equals``, ``regex`` searched, ``one-of``). Header names are
+   case-insensitive; a repeated header, query parameter or form field counts by its first value. ``json``
+   keys are dotted paths into the parsed body (``a.b.0.c``: a digit part indexes a list); a body that is
+   not JSON has no fields. ``form`` names fields of a body whose Content-Type is
+   ``application/x-www-form-urlencoded`` (parameters ignored); any other body has no form fields. The
+   ``?query`` part of a ``status-path`` is only written into status URLs, never matched: polls match on
+   the path alone (clients may change ``api-version``).
 3. **Routes.** ``respond`` is a one-step sequence. Steps are expanded by ``times``; the route's counter
    advances on every call it matches, and call *n* gets expanded step *n*. A ``pass: true`` step consumes
    the call but does not answer: the next rules are tried. After the last step, ``when-exhausted``:
@@ -72,8 +74,11 @@ What a scenario means (the semantics of the language, in order of evaluation):
      null value removes the key, e.g. ``createdDateTime: null``); its ``headers`` are set last (they
      replace any header of the same name).
    - A HEAD poll gets the same answer without a body.
-7. **Retry-After forms** (status answers and any response's ``retry-after``): a number →
-   ``Retry-After: N`` (``2``, ``0.5``); a text → sent verbatim; ``{seconds: N}`` → as a number;
+7. **Retry-After forms** (status answers and any response's ``retry-after``): a number → valid HTTP
+   by ``proxy.rewrite.delay_headers``: whole seconds → ``Retry-After: N``; a fraction → ``retry-after-ms``
+   (``0.5`` → ``retry-after-ms: 500``), with ``Retry-After`` rounded up to whole seconds beside it when the
+   answer's status is 400 or more (``Retry-After: 1``); a text → sent verbatim (``{raw: "0.5"}`` sends the
+   invalid fraction on purpose); ``{seconds: N}`` → as a number;
    ``{date: D}`` → the HTTP-date D from now; ``{raw: T}`` → verbatim; ``{ms: N}`` → ``retry-after-ms: N``;
    ``{x-ms: N}`` → ``x-ms-retry-after-ms: N``. The *advertised* delay (``Answer.retry_after``, and the
    virtual clock's step) is the seconds, the date's distance, N/1000 for the millisecond forms, and for
@@ -92,10 +97,11 @@ What a scenario means (the semantics of the language, in order of evaluation):
    (shorter still if that half would parse), the answer keeps ``fault="malformed-json"`` for the journal,
    and the proxy delivers it like any response.
 10. **Templates** see ``request`` (``method``, ``url``, ``path``, ``query``: first values, ``headers``:
-    lower-case names, first values, ``json``: the parsed body or None, ``params``: the path template's
-    values), ``operation`` (``id``, ``name``, ``status``, ``poll``, ``created`` in the seed's format,
-    ``created_iso``, ``resource_id``, ``status_url``, ``resource_url``; None outside operations),
-    ``proxy_url`` (the base URL), ``scenario`` (``name``, ``file``), ``now()``, ``now(fmt)``, ``uuid()``.
+    lower-case names, first values, ``json``: the parsed body or None, ``form``: the form body's fields,
+    first values, ``params``: the path template's values), ``operation`` (``id``, ``name``, ``status``,
+    ``poll``, ``created`` in the seed's format, ``created_iso``, ``resource_id``, ``status_url``,
+    ``resource_url``; None outside operations), ``proxy_url`` (the base URL), ``scenario`` (``name``,
+    ``file``), ``now()``, ``now(fmt)``, ``uuid()``.
     A template that fails raises ``TemplateError`` at the template's ``file:line:column``.
 11. ``Answer.source`` names the rule for the console and the journal: ``x.yaml: route "throttle" step
     1/2``, ``x.yaml: start of operation "tileset" (1a2b3c4d…)``, ``x.yaml: operation 1a2b3c4d…, poll 3
@@ -124,8 +130,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from proxy.creator_service import format_created_date_time
 from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
-from proxy.rewrite import parse_retry_after
-from proxy.scenario.answer import Answer, Refusal
+from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
+from proxy.rewrite import delay_headers, parse_retry_after
+from proxy.scenario.answer import Answer, NearRule, Refusal
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
     TERMINAL_STATUSES,
@@ -159,6 +166,7 @@ _DEFAULT_STATUS_HEADERS: dict[str, tuple[str, ...]] = {
     "aip-151": (),
 }
 _JSON = "application/json"
+_FORM = "application/x-www-form-urlencoded"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
 _NO_BODY = object()
 _EMPTY_RESPONSE = ResponseSpec.model_validate({})
@@ -231,6 +239,22 @@ class ScenarioMachine:
                     return result
         return None
 
+    def nearest(self, request: Request, limit: int = 3) -> list[NearRule]:
+        """The rules closest to answering ``request`` (fewest, least important differences first; file order
+        breaks ties), each with what differed: for the diagnostic when no rule answered."""
+        view = _View(request)
+        scored: list[tuple[int, int, _RouteRule | NearRule]] = []
+        with self._lock:
+            for position, route in enumerate(self._routes):  # scored first, explained when among the closest
+                scored.append((route.matcher.differences(view, explain=False)[0], position, route))
+            for position, op_rule in enumerate(self._operation_rules, len(self._routes)):
+                score, near = op_rule.near(view)
+                scored.append((score, position, near))
+            scored.sort(key=lambda item: (item[0], item[1]))
+            return [
+                item.near(view) if isinstance(item, _RouteRule) else item for _, _, item in scored[:limit]
+            ]
+
     def reset(self) -> None:
         """Forget every counter and operation (a new test begins)."""
         with self._lock:
@@ -269,6 +293,7 @@ class ScenarioMachine:
                 "query": dict(view.query),
                 "headers": dict(view.headers),
                 "json": view.json,
+                "form": dict(view.form),
                 "params": dict(params),
             },
             "operation": op.context() if op is not None else None,
@@ -340,7 +365,7 @@ class ScenarioMachine:
             headers = set_header(headers, "Content-Type", spec.content_type)
         elif content_type is not None and header_value(headers, "content-type") is None:
             headers += (("Content-Type", content_type),)
-        retry = self.retry_after(spec.retry_after)
+        retry = self.retry_after(spec.retry_after, status)
         for name, value in retry[0]:
             headers = set_header(headers, name, value)
         if spec.fault == "malformed-json":
@@ -360,16 +385,17 @@ class ScenarioMachine:
             return self._rng.uniform(parse_duration(value.min), parse_duration(value.max))
         return parse_duration(value)
 
-    def retry_after(self, value: float | int | str | RetryAfterSpec | None) -> _RetryAfter:
-        """The header(s) a retry-after value sends, and the seconds it advertises (rule 7)."""
+    def retry_after(self, value: float | int | str | RetryAfterSpec | None, status: int) -> _RetryAfter:
+        """The header(s) a retry-after value sends on an answer with ``status``, and the seconds it
+        advertises (rule 7)."""
         if value is None:
             return (), None
         if isinstance(value, int | float):
-            return (("Retry-After", _number(value)),), float(value)
+            return delay_headers(value, status), float(value)
         if isinstance(value, str):
             return (("Retry-After", value),), parse_retry_after((("Retry-After", value),), now=self._wall())
         if value.seconds is not None:
-            return (("Retry-After", _number(value.seconds)),), float(value.seconds)
+            return delay_headers(value.seconds, status), float(value.seconds)
         if value.date is not None:
             seconds = parse_duration(value.date)
             return (("Retry-After", formatdate(self._wall() + seconds, usegmt=True)),), seconds
@@ -459,6 +485,19 @@ class _View:
         for name, value in request.headers:
             self.headers.setdefault(name.lower(), value)
         self._json: Any = _NO_BODY
+        self._form: dict[str, str] | None = None
+
+    @property
+    def form(self) -> dict[str, str]:
+        """The fields of an ``application/x-www-form-urlencoded`` body (first values); {} for other bodies."""
+        if self._form is None:
+            self._form = {}
+            media_type = self.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media_type == _FORM and self.request.body:
+                text = self.request.body.decode("utf-8", errors="replace")
+                for name, value in parse_qsl(text, keep_blank_values=True):
+                    self._form.setdefault(name, value)
+        return self._form
 
     @property
     def json(self) -> Any:
@@ -536,6 +575,7 @@ class _Matcher:
         self.query = dict(match.query or {})
         self.headers = {name.lower(): cond for name, cond in (match.headers or {}).items()}
         self.json = dict(match.json_ or {})
+        self.form = dict(match.form or {})
 
     def match(self, view: _View) -> dict[str, str] | None:
         """The path parameters when ``view`` matches, else None."""
@@ -559,7 +599,98 @@ class _Matcher:
                 present, value = _lookup(doc, dotted)
                 if not _holds(cond, present, _json_text(value) if present else None):
                     return None
+        for name, cond in self.form.items():
+            if not _holds(cond, name in view.form, view.form.get(name)):
+                return None
         return params
+
+    def differences(self, view: _View, explain: bool = True) -> tuple[int, list[str]]:
+        """What of ``view`` does not match, one line per part (none unless ``explain``: scoring many rules
+        stays cheap), and a score: a different path weighs most, then a different method, then each other
+        condition."""
+        score, out = 0, []
+        if self.methods is not None and view.method not in self.methods:
+            score += _METHOD_WEIGHT
+            if explain:
+                out.append(f"method: {view.method}, expected {' or '.join(sorted(self.methods))}")
+        if self.path is not None and self.path.match(view.path) is None:
+            score += _PATH_WEIGHT
+            if explain:
+                out.append(f"path: {_clip(view.path)} does not fit {self.path.template}")
+        parts: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
+            ("query", self.query, view.query, ""),
+            ("header", self.headers, view.headers, ""),
+        ]
+        for kind, conditions, values, note in parts:
+            for name, cond in conditions.items():
+                if not _holds(cond, name in values, values.get(name)):
+                    score += 1
+                    if not explain:
+                        continue
+                    value = values.get(name)
+                    if kind == "header" and name in SECRET_HEADERS and value is not None:
+                        value = "<not shown: a secret>"  # the console and the 599 body never show secrets
+                    out.append(_difference(kind, name, cond, name in values, value, note))
+        if self.json:
+            doc = view.json
+            note = "" if doc is not None or not view.request.body else " (the body is not JSON)"
+            for dotted, cond in self.json.items():
+                present, value = _lookup(doc, dotted)
+                text = _json_text(value) if present else None
+                if not _holds(cond, present, text):
+                    score += 1
+                    if explain:
+                        out.append(_difference("json field", dotted, cond, present, text, note))
+        if self.form:
+            form = view.form
+            note = ""
+            if not form and view.request.body:
+                note = f" (the body is not {_FORM})"
+            for name, cond in self.form.items():
+                if not _holds(cond, name in form, form.get(name)):
+                    score += 1
+                    if explain:
+                        out.append(_difference("form field", name, cond, name in form, form.get(name), note))
+        return score, out
+
+
+_PATH_WEIGHT = 4
+_METHOD_WEIGHT = 2
+
+
+def _difference(
+    kind: str,
+    name: str,
+    cond: str | int | float | bool | Condition | None,
+    present: bool,
+    value: str | None,
+    note: str,
+) -> str:
+    """``query datasetId: absent, expected present``: one failing condition, the request's side first."""
+    got = _clip(value) if present and value is not None else "absent"
+    return f"{kind} {name}: {got}{note}, expected {_expectation(cond)}"
+
+
+def _expectation(cond: str | int | float | bool | Condition | None) -> str:
+    if cond is None:
+        return "absent"
+    if not isinstance(cond, Condition):
+        return _clip(_scalar_text(cond))
+    parts = []
+    if cond.present is not None:
+        parts.append("present" if cond.present else "absent")
+    if cond.equals is not None:
+        parts.append(f"equal to {_clip(_scalar_text(cond.equals))}")
+    if cond.regex is not None:
+        parts.append(f"matching regex {_clip(cond.regex)}")
+    if cond.one_of is not None:
+        parts.append("one of " + ", ".join(_clip(_scalar_text(v)) for v in cond.one_of))
+    return " and ".join(parts) or "anything"
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
 
 
 def _holds(cond: str | int | float | bool | Condition | None, present: bool, value: str | None) -> bool:
@@ -657,6 +788,13 @@ class _RouteRule:
         else:
             assert route.respond is not None
             self.expanded.append((0, route.respond))
+
+    def near(self, view: _View) -> NearRule:
+        """What keeps this route from answering ``view`` (see ``ScenarioMachine.nearest``)."""
+        _, differences = self.matcher.differences(view)
+        if not differences:  # it matched and did not answer: its step passes
+            differences = ["it matches, but its current step has pass: true (the next rules answer)"]
+        return NearRule(self.label, self.file.loaded.where("routes", self.index), tuple(differences))
 
     def answer(self, view: _View, base: str) -> Answer | Refusal | None:
         params = self.matcher.match(view)
@@ -795,6 +933,49 @@ class _OperationRule:
         rendered = path.render(values)
         return base + rendered if self.operation.url_form == "absolute" else rendered
 
+    def near(self, view: _View) -> tuple[int, NearRule]:
+        """The closest of this operation's rules to answering ``view`` (see ``ScenarioMachine.nearest``)."""
+        score, differences = self.start.differences(view)
+        candidates = [(score, "start", "start", differences)]
+        status = self._near_poll(view, self.status_path, ("GET", "HEAD"))
+        if status[1] is not None and status[1].get("operationId", "") not in self.ops:
+            status[2].append(
+                f"no operation {_clip(status[1].get('operationId', ''))} was started by this rule "
+                "since the last reset"
+            )
+        candidates.append(
+            (status[0] + (1 if status[1] is not None else 0), "status", "status-path", status[2])
+        )
+        if self.resource_path is not None:
+            resource = self._near_poll(view, self.resource_path, ("GET",))
+            unknown = 0
+            if resource[1] is not None:
+                found = self.by_resource.get(resource[1].get("resourceId", ""))
+                if found is None or not found.resource_ready:
+                    unknown = 1
+                    resource[2].append(
+                        f"no operation of this rule created a resource "
+                        f"{_clip(resource[1].get('resourceId', ''))} since the last reset"
+                    )
+            candidates.append((resource[0] + unknown, "resource", "resource-path", resource[2]))
+        score, what, key, differences = min(candidates, key=lambda c: c[0])
+        where = self.file.loaded.where("operations", self.index, key)
+        return score, NearRule(f"{self.label} ({what})", where, tuple(differences))
+
+    def _near_poll(
+        self, view: _View, pattern: _PathPattern, methods: tuple[str, ...]
+    ) -> tuple[int, dict[str, str] | None, list[str]]:
+        """A poll or resource rule's score, the path values when the path fits, and the differences."""
+        score, differences = 0, []
+        if view.method not in methods:
+            score += _METHOD_WEIGHT
+            differences.append(f"method: {view.method}, expected {' or '.join(methods)}")
+        params = pattern.match(view.path)
+        if params is None:
+            score += _PATH_WEIGHT
+            differences.append(f"path: {_clip(view.path)} does not fit {pattern.template.partition('?')[0]}")
+        return score, params, differences
+
     # -- start
 
     def answer_start(self, view: _View, base: str) -> Answer | None:
@@ -814,6 +995,7 @@ class _OperationRule:
             "query": dict(view.query),
             "headers": dict(view.headers),
             "json": view.json,
+            "form": dict(view.form),
             "params": dict(params),
         }
         values = {**params, "operationId": op_id, "resourceId": resource_id}
@@ -964,9 +1146,9 @@ class _OperationRule:
                     body[key] = value
         retry: _RetryAfter
         if "retry_after" in step.model_fields_set:
-            retry = self.machine.retry_after(step.retry_after)
+            retry = self.machine.retry_after(step.retry_after, code)
         elif not op.terminal:
-            retry = self.machine.retry_after(operation.retry_after)
+            retry = self.machine.retry_after(operation.retry_after, code)
         else:
             retry = ((), None)
         for name, value in retry[0]:
@@ -1043,12 +1225,6 @@ def _rpc_status(error: dict[str, Any] | None, *, cancelled: bool) -> dict[str, A
 
 def _json_bytes(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
-
-
-def _number(value: float) -> str:
-    """``2`` for 2 and 2.0, ``0.5`` for 0.5 (the shortest text that reads back the same)."""
-    number = float(value)
-    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def _malformed(body: bytes) -> bytes:

@@ -131,6 +131,11 @@ class Match(Model):
     json_: dict[str, ValueCondition] | None = Field(
         None, alias="json", description="JSON body fields by dotted path, e.g. properties.name or items.0.id."
     )
+    form: dict[str, ValueCondition] | None = Field(
+        None,
+        description="Fields of an application/x-www-form-urlencoded body, by name, e.g. Action: DescribeStacks "
+        "(AWS query protocol).",
+    )
 
     @field_validator("path")
     @classmethod
@@ -147,7 +152,9 @@ class RetryAfterSpec(Model):
     """Retry-After in any form clients must survive (use one key)."""
 
     seconds: float | None = Field(
-        None, ge=0, description="Retry-After: <seconds> (fractions allowed, e.g. 0.5)."
+        None,
+        ge=0,
+        description="Retry-After: <seconds>; a fraction (0.5) goes out valid, as retry-after-ms: 500 (plus Retry-After rounded up on 400+ answers).",
     )
     date: Duration | None = Field(
         None,
@@ -168,7 +175,8 @@ class RetryAfterSpec(Model):
 RetryAfter = Annotated[
     float | int | str | RetryAfterSpec | None,
     Field(
-        description="Seconds (1, 0.5), a raw header text ('soon'), a mapping {seconds|date|raw|ms|x-ms: ...}, "
+        description="Seconds (1; a fraction such as 0.5 goes out as retry-after-ms: 500), a raw header text "
+        "('soon', '0.5' to send an invalid fraction on purpose), a mapping {seconds|date|raw|ms|x-ms: ...}, "
         "or null for no Retry-After."
     ),
 ]

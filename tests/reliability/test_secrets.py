@@ -9,6 +9,7 @@ same search runs over the whole session's tmp directory at the end (tests/confte
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 from http.server import BaseHTTPRequestHandler
@@ -21,12 +22,16 @@ import pytest
 import requests
 import yaml
 
+from proxy import ReplayProxy
 from tests.conftest import (
     PLACEHOLDER,
     SUITE_SECRETS,
     Canaries,
+    HardCanaries,
     leaks_in,
     redacted_files_with_leaks,
+    run_cli,
+    secret_forms,
 )
 from tests.upstream import Upstream
 
@@ -229,6 +234,208 @@ def test_no_secret_reaches_the_cassette_end_to_end(mode: str, cli: Any, tmp_path
     echoed = json.loads(echo1["response"]["body"]["string"])["headers"]
     assert echoed["Authorization"] == f"Bearer {owner['bearer']}"
     assert echoed["Ocp-Apim-Subscription-Key"] == owner["subscription key, header then query"]
+
+
+# ------------------------------------------------- issue 16: secrets where real clients put them
+
+H = HardCanaries
+UP = HardCanaries.UPSTREAM
+BOUNDARY = "hardcanaryboundary7f"
+
+
+class HardSecretUpstream(Upstream):
+    """Answers as real services do: camelCase tokens, a %-encoded SAS inside a URL in the body, secrets in
+    Set-Cookie attributes and folded cookies, and an echo of the bearer token base64-encoded and
+    JSON-escaped (``\\/``)."""
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        with self._lock:
+            self.requests.append(
+                {"method": h.command, "path": h.path, "headers": dict(h.headers.items()), "body": body}
+            )
+        path = urlsplit(h.path).path
+        headers = [("Content-Type", "application/json")]
+        if path == "/oauth/token":
+            inner = f"/blobs/b1?sv=1&sig={quote(UP['NESTED_SIG'], safe='')}"
+            out = json.dumps(
+                {
+                    "token_type": "Bearer",
+                    "accessToken": UP["CAMEL_ACCESS"],
+                    "refreshToken": UP["CAMEL_REFRESH"],
+                    "sessionJwt": UP["SESSION_JWT"],
+                    "next": f"{self.url}/login?return={quote(inner, safe='')}",
+                }
+            )
+            headers += [
+                ("Set-Cookie", f"pref=dark; Path=/; X-Csrf-Token={UP['SET_COOKIE_ATTRIBUTE']}; Secure"),
+                ("Set-Cookie", f"a=1; Path=/, sid={UP['SET_COOKIE_FOLDED']}; Path=/; HttpOnly"),
+            ]
+        elif path == "/whoami":  # the bearer token echoed: base64, base64url, and JSON with \/
+            auth = h.headers.get("Authorization") or ""
+            token = auth.removeprefix("Bearer ")
+            b64 = base64.b64encode(token.encode()).decode()
+            b64url = base64.urlsafe_b64encode(token.encode()).decode()
+            escaped = token.replace("/", "\\/")
+            out = f'{{"seen_b64": "{b64}", "seen_b64url": "{b64url}", "seen": "{escaped}"}}'
+            headers.append(("X-Seen", base64.b64encode(auth.encode()).decode()))
+        else:
+            out = json.dumps({"ok": True, "path": urlsplit(h.path).path.split("/")[1][:3]})
+        data = out.encode()
+        h.send_response(200)
+        for name, value in [*headers, ("Content-Length", str(len(data)))]:
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(data)
+
+
+def multipart(fields: dict[str, str]) -> bytes:
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+        for k, v in fields.items()
+    ]
+    return ("".join(parts) + f"--{BOUNDARY}--\r\n").encode()
+
+
+def send_hard_secrets(base: str, s: dict[str, str]) -> list[int]:
+    """Each case of issue 16, sent by requests as a real client would; returns the statuses."""
+    statuses = []
+    with requests.Session() as c:
+        c.trust_env = False
+
+        def call(method: str, path: str, **kw: Any) -> None:
+            statuses.append(c.request(method, base + path, timeout=TIMEOUT, **kw).status_code)
+
+        token_request = json.dumps({"client_id": "app", "client_secret": s["GZIP_CLIENT_SECRET"]})
+        call(
+            "POST",
+            "/oauth/token",
+            data=gzip.compress(token_request.encode(), mtime=0),
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        call("GET", "/whoami", headers={"Authorization": f"Bearer {s['ECHO_BEARER']}"})
+        login = {"user": "bob", "password": s["JSON_PASSWORD"], "proof": s["JSON_JWT"]}
+        call("POST", "/login", json=login)
+        call(
+            "POST",
+            "/upload",
+            data=multipart({"username": "bob", "password": s["MULTIPART_PASSWORD"]}),
+            headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        call("GET", f"/maps/api/geocode/json?address=Main+St&key={s['GOOGLE_KEY']}")
+        call(
+            "GET",
+            "/api/v4/projects?per_page=2",
+            headers={
+                "Private-Token": s["PRIVATE_TOKEN"],
+                "X-Vault-Token": s["VAULT_TOKEN"],
+                "X-Access-Token": s["ACCESS_TOKEN_HEADER"],
+            },
+        )
+        call("GET", f"/bot{s['BOT_TOKEN']}/getMe")
+        call("GET", f"/blobs/b1?sv=2022-11-02&sr=b&sp=r&sig={quote(s['SAS_SIG'], safe='')}")
+    return statuses
+
+
+def yaml_values(node: object) -> list[bytes]:
+    """Every string and binary value of a YAML document; gzip-compressed bodies also decompressed."""
+    if isinstance(node, dict):
+        return [b for item in node.items() for b in yaml_values(list(item))]
+    if isinstance(node, list):
+        return [b for item in node for b in yaml_values(item)]
+    if isinstance(node, bytes):
+        return [node, gzip.decompress(node)] if node.startswith(b"\x1f\x8b") else [node]
+    return [str(node).encode("utf-8", "surrogateescape")]
+
+
+def found_in(streams: dict[str, bytes], secrets: dict[str, str]) -> dict[str, list[str]]:
+    """{stream: the names of the secrets found in it, in any form}."""
+    found = {}
+    for name, data in streams.items():
+        hits = [k for k, v in secrets.items() if any(f in data for f in secret_forms(v))]
+        if hits:
+            found[name] = hits
+    return found
+
+
+def test_hard_secrets_leak_nowhere_the_proxy_writes(cli: Any, tmp_path: Path, confdir: Path) -> None:
+    """Issue 16: every case planted, then every file and stream the proxy writes is searched: the cassette,
+    the console (stdout, stderr), the --report, the journal (ReplayProxy.journal) while recording and
+    while replaying with different live secrets, which must still match, and the 599 diagnostic."""
+    recorded, live = H.of("R"), H.of("L")
+    secrets = {**recorded, **{f"{k} (live)": v for k, v in live.items()}, **UP}
+    secrets["USERINFO_PASSWORD"] = H.USERINFO_PASSWORD
+    cassette = tmp_path / "recorded" / "hard.yaml"
+    streams: dict[str, bytes] = {}
+    with HardSecretUpstream() as upstream:
+        proc = cli(["record", upstream.url, "-o", str(cassette), "--port", "0", "--report"])
+        try:
+            statuses = send_hard_secrets(proc.url, recorded)
+        finally:
+            assert proc.stop() == 0, proc.stderr
+        assert proc.proc.stdout is not None
+        streams["record stdout (ready line, --report)"] = (proc.ready_line + proc.proc.stdout.read()).encode()
+        streams["record stderr (console)"] = proc.stderr.encode()
+        sent = upstream.requests
+
+        # the journal while recording (in-process), then replay offline with different live secrets
+        journal_cassette = tmp_path / "recorded" / "journal.yaml"
+        with ReplayProxy(journal_cassette, upstream=upstream.url, confdir=confdir) as p:
+            assert send_hard_secrets(p.url, recorded) == [200] * 8
+            streams["journal (record)"] = repr(p.journal.entries).encode()
+    match_on = ["method", "path", "query", "body"]
+    with ReplayProxy(cassette, confdir=confdir, match_on=match_on) as p:
+        replayed = send_hard_secrets(p.url, live)
+        sources = [e.source for e in p.journal.entries]
+        # a request nothing recorded matches: its diagnostic (which SDKs print) names it, secrets hidden
+        stray = f"/bot{live['BOT_TOKEN']}/getUpdates?key={live['GOOGLE_KEY']}&sig={quote(live['SAS_SIG'])}"
+        diagnostic = requests.get(p.url + stray, timeout=TIMEOUT)
+        streams["diagnostic (599 answer)"] = diagnostic.content
+        streams["journal (replay, live secrets)"] = repr(p.journal.entries).encode()
+    for f in sorted((tmp_path / "recorded").iterdir()):
+        streams[f"file {f.name}"] = f.read_bytes()
+        streams[f"file {f.name} (YAML values, bodies decompressed)"] = b"\n".join(
+            yaml_values(yaml.safe_load(f.read_text()))
+        )
+    userinfo = run_cli(
+        ["record", f"http://bob:{H.USERINFO_PASSWORD}@127.0.0.1:9", "-o", str(tmp_path / "u.yaml")], confdir
+    )
+    streams["`record http://user:PASSWORD@host` stderr"] = (userinfo.stdout + userinfo.stderr).encode()
+
+    leaks = found_in(streams, secrets)
+    forms = sum(len(secret_forms(v)) for v in secrets.values())
+    print(f"\n{len(secrets)} secrets in {forms} forms searched in {len(streams)} files and streams: {leaks}")
+    unmatched = [e.line() for e in p.journal.entries[:8] if e.source != "cassette"]
+    print(f"replay with other live secrets: {len(unmatched)} of 8 requests unmatched: {unmatched}")
+    # The secrets travelled, untouched (the scan is not vacuous)
+    assert statuses == [200] * 8, proc.stderr
+    assert json.loads(gzip.decompress(sent[0]["body"]))["client_secret"] == recorded["GZIP_CLIENT_SECRET"]
+    assert sent[5]["headers"]["X-Vault-Token"] == recorded["VAULT_TOKEN"]
+    assert recorded["BOT_TOKEN"] in sent[6]["path"]
+    assert userinfo.returncode == 2 and "bob" in userinfo.stderr
+    # and a replay with other live secrets matches every request
+    assert replayed == [200] * 8 and sources == ["cassette"] * 8, p.journal.entries
+    assert diagnostic.status_code == 599 and b"/getUpdates?key=<REDACTED-" in diagnostic.content
+
+    assert leaks == {}
+
+
+def test_redact_except_keeps_a_false_positive_through_the_command(
+    cli: Any, tmp_path: Path, upstream: Upstream
+) -> None:
+    """`key=` names a setting in some APIs (Azure App Configuration): --redact-except key keeps it, while
+    the other rules still apply."""
+    cassette = tmp_path / "kv.yaml"
+    proc = cli(["record", upstream.url, "-o", str(cassette), "--port", "0", "--redact-except", "key"])
+    try:
+        r = requests.get(f"{proc.url}/json?key=app:color&sig=kv-secret-sig-1", timeout=TIMEOUT)
+    finally:
+        assert proc.stop() == 0, proc.stderr
+    assert r.status_code == 200
+    (item,) = saved(cassette)
+    assert item["request"]["uri"].endswith("/json?key=app:color&sig=<REDACTED-1>")
+    assert "key=app:color&sig=<REDACTED-1>" in proc.stderr  # the console line, the same way
 
 
 # ----------------------------------------------------------------------------- the scan itself
