@@ -327,6 +327,7 @@ def test_the_render_budget_stops_only_the_render_over_it() -> None:
                     pass
     finally:
         templates.RENDER_SECONDS = original
+    assert not templates._watchdog.active  # every render, however it ended, left the watchdog
 
 
 def test_ordinary_arithmetic_is_untouched() -> None:

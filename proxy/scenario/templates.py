@@ -498,7 +498,8 @@ def _render_bounded(template: jinja2.Template, context: Mapping[str, Any]) -> st
             return _join_bounded(template.generate(context))
         finally:
             _watchdog.disarm(budget)
-    except RenderOverBudget:  # raised by the watchdog, maybe as late as in disarm: said the same way
+    except RenderOverBudget:  # raised by the watchdog, at most once, maybe in the finally before disarm
+        _watchdog.disarm(budget)
         raise RenderOverBudget() from None
     finally:
         _rendering.budget = None
