@@ -829,6 +829,9 @@ def test_headers_that_would_write_other_headers_are_refused(tmp_path: Path) -> N
         status-path: "/ops/{operationId}\r\nSet-Cookie: a=b"
         steps:
           - {status: Running, headers: {"X\u202eY": z}, retry-after: "2\r\n"}
+      - start: {method: POST, path: /d}
+        header: [Location, "Operation Location"]
+        steps: [{status: Running}]
     """
     name = "is not a valid HTTP field name (letters, digits, !#$%&'*+-.^_`|~)"
     assert problems_of(tmp_path, text) == [
@@ -840,6 +843,7 @@ def test_headers_that_would_write_other_headers_are_refused(tmp_path: Path) -> N
         "F:8:18: status-path: '/ops/{operationId}\\r\\nSet-Cookie: a=b' has a CR, LF or control character",
         f"F:10:49: header name 'X\\u202eY' {name}",
         "F:10:66: header 'Retry-After' has a CR in its value ('2\\r\\n'): it would write other headers",
+        f"F:12:24: header name 'Operation Location' {name}",
     ]
 
 

@@ -883,6 +883,12 @@ class _Semantics:
             for key in ("status-path", "resource-path"):
                 if isinstance(op.get(key), str):
                     self.path_template(op[key], (*at, key))
+            names = op.get("header")
+            for j, name in enumerate(names if isinstance(names, list) else [names]):
+                if isinstance(name, str) and name.strip().lower() != "none":  # the status URL's header(s)
+                    self.header_field(
+                        name, "", (*at, "header", j) if isinstance(names, list) else (*at, "header")
+                    )
             for key in ("accepted", "resource"):
                 if op.get(key) is not None:
                     self.response(op[key], (*at, key))
