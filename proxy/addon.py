@@ -23,6 +23,7 @@ from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
     faults,
     gateway,
+    request_head,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
 from proxy.diagnostic import (
@@ -112,7 +113,10 @@ class ReplayAddon:
 
     def load(self, loader: Any) -> None:
         loader.add_option(
-            "replay_cassette", str | None, None, "Cassette file (vcrpy YAML) to replay and record."
+            "replay_cassette",
+            str | None,
+            None,
+            "Cassette file (vcrpy YAML, or JSON for .json) to replay and record.",
         )
         loader.add_option(
             "replay_record_mode", str, "none", "Record mode: rewrite, all, new_episodes, once or none."
@@ -124,6 +128,18 @@ class ReplayAddon:
             "vcrpy matcher names used to match requests.",
         )
         loader.add_option("replay_match_headers", Sequence[str], [], "Request headers that must also match.")
+        loader.add_option(
+            "replay_filter_query_parameters",
+            Sequence[str],
+            [],
+            "vcrpy's filter_query_parameters (NAME or NAME=VALUE), applied before matching and saving.",
+        )
+        loader.add_option(
+            "replay_filter_headers",
+            Sequence[str],
+            [],
+            "vcrpy's filter_headers (NAME or NAME=VALUE), applied before matching and saving.",
+        )
         loader.add_option(
             "replay_when_exhausted",
             str,
@@ -160,6 +176,7 @@ class ReplayAddon:
             "Seconds to wait for the upstream's complete answer before answering 504 (0: no limit).",
         )
         gateway.install()
+        request_head.install()
 
     def configure(self, updated: set[str]) -> None:
         if not any(name.startswith("replay_") for name in updated):
@@ -197,6 +214,25 @@ class ReplayAddon:
         client = nextlayer.context.client
         if not client.tls and client.alpn is None and nextlayer.data_client().startswith(H2_PREFACE_START):
             client.alpn = b"h2"
+
+    def tls_start_client(self, tls_start: Any) -> None:
+        """Give HTTP/2 to a TLS client that offers it, whatever its order of preference.
+
+        mitmproxy takes the client's first ALPN choice, and httpx offers http/1.1 before h2: with
+        ``http2=True`` it got HTTP/1.1, and with ``http1=False`` it spoke h2 on the http/1.1 it got (its
+        preface became a request ``PRI *``). This runs after mitmproxy's TlsConfig built the connection;
+        its ALPN callback selects ``client_alpn`` when the client offers it (mitmproxy 11 and 12).
+        """
+        ssl_conn = getattr(tls_start, "ssl_conn", None)
+        app = ssl_conn.get_app_data() if ssl_conn is not None else None
+        if (
+            isinstance(app, dict)
+            and app.get("http2")
+            and app.get("client_alpn") is None
+            and app.get("server_alpn") is None  # no upstream connection whose protocol must be mirrored
+            and b"h2" in (tls_start.context.client.alpn_offers or ())
+        ):
+            app["client_alpn"] = b"h2"
 
     def server_connect(self, data: Any) -> None:
         """Offline means offline: a session that forwards nothing opens no upstream connection.
@@ -260,8 +296,10 @@ class ReplayAddon:
             served = self._served_for(flow, session, played.interaction.response)
             flow.response = served.wire.flow_response()
             sent = served.response
-            exchange = _exchange(flow, sent.status, "cassette", detail, sent, body=served.body_status)
-            self._journal(flow, exchange)
+            kind = "cassette"
+            if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
+                kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
+            self._journal(flow, _exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
             flow.response = _flow_response(scenario_error_response(decision))
@@ -408,7 +446,12 @@ def _build_session(options: Any) -> Session:
                 f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
             )
     upstream_timeout = _upstream_timeout(options.replay_upstream_timeout)
-    matcher = Matcher(options.replay_match_on, options.replay_match_headers)
+    matcher = Matcher(
+        options.replay_match_on,
+        options.replay_match_headers,
+        options.replay_filter_query_parameters,
+        options.replay_filter_headers,
+    )
     redactor = Redactor(
         headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
         query=(*DEFAULT_QUERY, *options.replay_redact_query),
@@ -418,15 +461,17 @@ def _build_session(options: Any) -> Session:
     )
     path = Path(options.replay_cassette) if options.replay_cassette else None
     loaded: list[Interaction] = []
+    extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            loaded = cassette.load(path)
+            read = cassette.read(path)
+            loaded, extra = read.interactions, read.extra
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
         Playback(
-            [Interaction(redactor.for_matching(i.request), i.response) for i in loaded],
+            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
             matcher,
             options.replay_when_exhausted,
         )
@@ -453,7 +498,9 @@ def _build_session(options: Any) -> Session:
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
     recorder = (
-        Recorder(path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor)
+        Recorder(
+            path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor, extra=extra
+        )
         if records and path is not None
         else None
     )

@@ -1,5 +1,11 @@
 """vcrpy-format cassettes: load, canonical dump, atomic save, append-as-you-go writing, ordered playback.
 
+Whatever vcrpy's current release loads loads here, YAML or JSON (``proxy/jsonfile.py``), including the
+shapes its stubs write besides the usual one (aiohttp's value bodies and ``body: {}``, the old httpx
+format, tornado's header pairs); a response no stub can replay is reported and answered with a
+diagnostic, as vcrpy fails only when it plays it. Such items, and top-level keys besides ``version``
+and ``interactions``, are written back as they were when a cassette is rewritten.
+
 YAML goes through vcrpy's own serializer (``vcr.serialize`` + ``vcr.serializers.yamlserializer``), so a
 cassette we write is byte-identical to one vcrpy writes, and vcrpy / pytest-recording load ours. Files are
 written and parsed as streams and ``!!binary`` is encoded in slices, so a 50 MB body is not also held as
@@ -13,13 +19,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
+import json
 import logging
 import os
+import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Container, Hashable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -30,7 +40,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
 from vcr.serializers import yamlserializer
 
-from . import yamlfast
+from . import jsonfile, yamlfast
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
@@ -154,11 +164,15 @@ def _headers_cost(headers: dict[Any, Any], allow_empty: bool) -> int:
 def _check_headers(
     path: Path, at: DataPath, label: str, headers: Any, allow_empty: bool, budget: _Budget
 ) -> None:
+    """Request headers as vcrpy's ``HeadersDict`` takes them: a mapping (or null) of name to a list of
+    values (it keeps the first; an empty list is an error) or to one value."""
     if headers.__class__ is dict:  # the common case at once: valid, within the budget
         cost = _headers_cost(headers, allow_empty)
         if 0 <= cost <= budget.left:
             budget.left -= cost
             return
+    if headers is None:
+        return
     where = f"interaction {at[1]}: {label}"
     if not isinstance(headers, dict):
         raise _Invalid(path, at, f"{where}: headers must be a mapping of name to list of values")
@@ -167,18 +181,52 @@ def _check_headers(
         if not isinstance(name, str):
             raise _Invalid(path, at, f"{where}: header name {_shown(name)} is not a string")
         if not isinstance(values, list):
-            raise _Invalid(
-                path, here, f"{where}: header {_shown(name)} must be a list of values, not {_shown(values)}"
-            )
+            values = [values]  # one value, as HeadersDict keeps it
         if not values and not allow_empty:
             raise _Invalid(path, here, f"{where}: header {_shown(name)} has no value")
         budget.spend(here, _size(name))
         for i, v in enumerate(values):
-            if not isinstance(v, str | bytes) and (not isinstance(v, int) or isinstance(v, bool)):
+            if not _is_header_value(v):
                 raise _Invalid(
                     path, (*here, i), f"{where}: header {_shown(name)} has a non-text value {_shown(v)}"
                 )
             budget.spend(here, _size(v))
+
+
+def _is_header_value(v: object) -> bool:
+    return isinstance(v, str | bytes) or (isinstance(v, int) and not isinstance(v, bool))
+
+
+_STRUCTURED = (dict, list, int, float, bool)
+"""Request body types vcrpy's aiohttp stub stores as they were given (``json=``, ``data=``): YAML
+writes them as a mapping, list or number."""
+
+
+def _canonical_response(resp: Any, budget: _Budget, at: DataPath) -> bool:
+    """Whether ``resp`` has the shape the proxy writes (``status: {code, message}``, headers a mapping
+    of name to list of values, ``body: {string}``); then its texts are spent from ``budget`` (which
+    raises, at the header that overdraws it, when they are too many)."""
+    if resp.__class__ is not dict:
+        return False
+    status, headers, body = resp.get("status"), resp.get("headers"), resp.get("body")
+    if status.__class__ is not dict or headers.__class__ is not dict or body.__class__ is not dict:
+        return False
+    code, message = status.get("code"), status.get("message")
+    if code.__class__ is not int or not 100 <= code <= 999 or message.__class__ is not str:
+        return False
+    string = body.get("string", _MISSING)
+    if not (string is None or string.__class__ is str or string.__class__ is bytes):
+        return False
+    cost = _headers_cost(headers, True)
+    if cost < 0:
+        return False
+    if cost > budget.left:
+        _check_headers(budget.path, (*at, "response", "headers"), "response", headers, True, budget)
+    budget.left -= cost + _size(message) + _size(string)
+    return True
+
+
+_MISSING: Any = object()
 
 
 def _check_wire(path: Path, at: DataPath, resp: dict[str, Any]) -> None:
@@ -197,32 +245,30 @@ def _check_wire(path: Path, at: DataPath, resp: dict[str, Any]) -> None:
                 raise _Invalid(path, (*at, "response", "headers", name, i), f"interaction {at[1]}: {problem}")
 
 
-def _check(path: Path, data: Any, size: int) -> None:
-    """Reject what vcrpy would choke on later (or replay wrongly), naming the file and interaction;
-    ``size`` is the file's, for the budget of alias expansion."""
+def _check(path: Path, data: Any, size: int) -> list[int]:
+    """Reject what vcrpy refuses to load, naming the file and interaction; ``size`` is the file's, for the
+    budget of alias expansion. Returns the indices of interactions whose shape is not the one the proxy
+    writes (``_read_odd`` reads them): vcrpy loads any response; only its stubs look at it, when played."""
     if isinstance(data, list):
         raise _Invalid(path, (), "old pre-1.0 vcrpy cassette format (a list); re-record it")
     if not isinstance(data, dict):
         raise _Invalid(path, (), "not a vcrpy cassette (top level must be a mapping)")
-    if "version" in data and data["version"] != CASSETTE_FORMAT_VERSION:
-        raise _Invalid(
-            path, ("version",), f"unsupported cassette version {_shown(data['version'])} (expected 1)"
-        )
     if "interactions" not in data:
         raise _Invalid(path, (), "no 'interactions' key")
     items = data["interactions"]
     if not isinstance(items, list):
         raise _Invalid(path, ("interactions",), "'interactions' must be a list")
     budget = _Budget(path, size)
+    odd: list[int] = []
     for i, item in enumerate(items):
         at: DataPath = ("interactions", i)
         where = f"interaction {i}"
         budget.spend(at, _ITEM_COST)
         if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
             raise _Invalid(path, at, f"{where}: needs a 'request' mapping")
-        if not isinstance(item.get("response"), dict):
+        if "response" not in item:
             raise _Invalid(path, at, f"{where}: needs a 'response' mapping")
-        req, resp = item["request"], item["response"]
+        req = item["request"]
         if missing := sorted(_REQUEST_KEYS - req.keys()):
             raise _Invalid(path, (*at, "request"), f"{where}: request is missing {', '.join(missing)}")
         if extra := sorted(str(k) for k in req.keys() - _REQUEST_KEYS):
@@ -232,44 +278,113 @@ def _check(path: Path, data: Any, size: int) -> None:
         if not isinstance(req["method"], str) or not isinstance(req["uri"], str):
             bad = "method" if not isinstance(req["method"], str) else "uri"
             raise _Invalid(path, (*at, "request", bad), f"{where}: request method and uri must be strings")
-        if isinstance(req["body"], dict | list | int | float):
-            raise _Invalid(
-                path, (*at, "request", "body"), f"{where}: request body must be null, text or !!binary"
-            )
-        budget.spend(at, _size(req["method"]) + _size(req["uri"]) + _size(req["body"]))
+        body = req["body"]
+        if isinstance(body, _STRUCTURED):
+            odd.append(i)
+            body = _structured_body(body)
+        budget.spend(at, _size(req["method"]) + _size(req["uri"]) + _size(body))
         _check_headers(path, (*at, "request", "headers"), "request", req["headers"], False, budget)
-        status = resp.get("status")
-        if not isinstance(status, dict) or "code" not in status:
-            raise _Invalid(
-                path, (*at, "response", "status"), f"{where}: response needs status: {{code, message}}"
-            )
-        code = status["code"]
+        if _canonical_response(item["response"], budget, at):
+            _check_wire(path, at, item["response"])
+        elif not odd or odd[-1] != i:
+            odd.append(i)
+        if budget.left < 0:
+            budget.spend(at, 0)
+    return odd
+
+
+def _structured_body(value: Any) -> bytes:
+    """A request body stored as a mapping, list or number, as aiohttp sends ``json=``: ``json.dumps``."""
+    return json.dumps(value, default=str).encode("utf-8")
+
+
+class _Unplayable(Exception):
+    """A recorded response no vcrpy stub can replay (vcrpy loads the file, and fails when playing it)."""
+
+    def __init__(self, at: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.at, self.message = at, message
+
+
+def _header_pairs(headers: Any, budget: _Budget, at: DataPath) -> Headers:
+    """Response headers in any shape a vcrpy stub replays: a mapping of name to list of values, with a
+    single value for a list (aiohttp's stub), or tornado's list of ``(name, values)`` pairs."""
+    if isinstance(headers, dict):
+        items: Any = headers.items()
+    elif isinstance(headers, list | tuple) and all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in headers
+    ):
+        items = headers
+    else:
+        raise _Unplayable(("headers",), "response headers must be a mapping of name to list of values")
+    out: list[tuple[str, str]] = []
+    for name, values in items:
+        if not isinstance(name, str):
+            raise _Unplayable(("headers",), f"response header name {_shown(name)} is not a string")
+        for v in values if isinstance(values, list | tuple) else [values]:
+            if not _is_header_value(v):
+                raise _Unplayable(("headers", name), f"response header {_shown(name)} has a non-text value")
+            budget.spend(at, _size(name) + _size(v))
+            out.append((name, _text(v)))
+    return tuple(out)
+
+
+def _reason_for(code: int) -> str:
+    """The standard reason phrase: what httpx shows for a recorded response without one."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
+def _odd_response(resp: Any, budget: _Budget, at: DataPath) -> Response:
+    """A recorded response in another shape some vcrpy stub replays, as that stub replays it; raises
+    ``_Unplayable`` (with where and why) for one no stub can (a status without code or message, no body)."""
+    if not isinstance(resp, dict):
+        raise _Unplayable((), "response must be a mapping")
+    if "status_code" in resp and "status" not in resp:
+        # vcrpy's httpx stub before 5.x: status_code, http_version, headers, content (the decoded text).
+        # vcrpy's httpx stub replays it through decode_response (encoding header dropped, length fixed).
+        code, content = resp["status_code"], resp.get("content")
         if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 999:
-            raise _Invalid(
-                path,
-                (*at, "response", "status", "code"),
-                f"{where}: response status code {_shown(code)} is not an HTTP status",
-            )
-        if not isinstance(status.get("message"), str):
-            raise _Invalid(
-                path,
-                (*at, "response", "status"),
-                f"{where}: response status has no message (vcrpy needs one)",
-            )
-        _check_headers(path, (*at, "response", "headers"), "response", resp.get("headers"), True, budget)
-        _check_wire(path, at, resp)
-        body = resp.get("body")
-        if not isinstance(body, dict) or "string" not in body:
-            raise _Invalid(
-                path, (*at, "response", "body"), f"{where}: response body must be a mapping with 'string'"
-            )
-        if not isinstance(body["string"], str | bytes | None):
-            raise _Invalid(
-                path,
-                (*at, "response", "body", "string"),
-                f"{where}: response body string must be text or !!binary",
-            )
-        budget.spend(at, _size(status["message"]) + _size(body["string"]))
+            raise _Unplayable(("status_code",), f"response status code {_shown(code)} is not an HTTP status")
+        if not isinstance(content, str | bytes):
+            raise _Unplayable(("content",), "response content must be text or !!binary")
+        headers = _header_pairs(resp.get("headers"), budget, at)
+        budget.spend(at, _size(content))
+        named: dict[str, list[str]] = {}
+        for name, value in headers:
+            named.setdefault(name, []).append(value)
+        from vcr.filters import decode_response
+
+        body = content.encode("utf-8") if isinstance(content, str) else content
+        done = decode_response({"status": {"code": code}, "headers": named, "body": {"string": body}})
+        pairs = tuple((str(k), _text(v)) for k, vs in done["headers"].items() for v in vs)
+        return Response(code, _reason_for(code), pairs, done["body"]["string"])
+    status = resp.get("status")
+    if not isinstance(status, dict) or "code" not in status:
+        raise _Unplayable(("status",), "response needs status: {code, message}")
+    code = status["code"]
+    if not isinstance(code, int) or isinstance(code, bool) or not 100 <= code <= 999:
+        raise _Unplayable(("status", "code"), f"response status code {_shown(code)} is not an HTTP status")
+    if "message" not in status:
+        raise _Unplayable(("status",), "response status has no message (vcrpy's stubs need one)")
+    message = status["message"]
+    if message is None or message == "":
+        message = _reason_for(code)  # httpx's stub: the phrase of the code
+    elif not isinstance(message, str):
+        raise _Unplayable(("status", "message"), "response status message must be text")
+    headers = _header_pairs(resp.get("headers"), budget, at)
+    stored = resp.get("body")
+    if not isinstance(stored, dict):
+        raise _Unplayable(("body",), "response body must be a mapping with 'string'")
+    string = stored.get("string")  # aiohttp's stub writes body: {} for no body, and replays it empty
+    if not isinstance(string, str | bytes | None):
+        raise _Unplayable(("body", "string"), "response body string must be text or !!binary")
+    budget.spend(at, _size(message) + _size(string))
+    raw = b"" if string is None else string.encode("utf-8") if isinstance(string, str) else string
+    headers, raw = _decoded(headers, raw)
+    return Response(status=code, reason=message, headers=headers, body=raw)
 
 
 def _located(error: _Invalid, text: str) -> CassetteError:
@@ -348,12 +463,15 @@ def _without_torn_tail(text: str) -> Any:
     Each exchange is appended in one write, but a write can in principle stop part-way when the
     process is killed; such a tail is dropped instead of making the whole recording unreadable.
     """
-    if not text.startswith(HEADER):
+    if not text.startswith(HEADER[: HEADER.index("\n") + 1]):
+        return None
+    start = text.find("\ninteractions:\n") + len("\ninteractions:\n")  # other keys come before it
+    if start < len("\ninteractions:\n"):
         return None
     cut = len(text)
     for _ in range(2):  # the torn item starts at the last line that begins with "-" (maybe cut itself)
         cut = text.rfind("\n-", 0, cut)
-        if cut < len(HEADER) - 1:
+        if cut < start - 1:
             return None
         try:
             return _deserialize(text[: cut + 1])
@@ -387,8 +505,9 @@ def _construct_binary(loader: Any, node: Any) -> bytes:
 _Loader.add_constructor("tag:yaml.org,2002:binary", _construct_binary)
 
 
-def _parse_streamed(path: Path) -> Any:
-    """The cassette's data parsed straight from the file (no copy of its text: large bodies), or None.
+def _parse_streamed(path: Path) -> tuple[Any, list[int], int] | None:
+    """The cassette's data parsed straight from the file (no copy of its text: large bodies), the
+    indices ``_check`` found odd and the file's size; or None.
 
     None when it does not parse or is not a cassette: ``load`` then reads the text with vcrpy's own
     loader, to say why or to recover a torn tail.
@@ -401,49 +520,188 @@ def _parse_streamed(path: Path) -> Any:
                 f.seek(0)
                 data = yaml.load(f, Loader=_Loader)
             size = os.fstat(f.fileno()).st_size
-        _check(path, data, size)
+        odd = _check(path, data, size)
     except FileNotFoundError:
         raise CassetteNotFoundError(f"{path}: cassette not found") from None
     except OSError as e:
         raise CassetteError(f"{path}: cannot read cassette: {e.strerror or e}") from None
     except Exception:
         return None
-    return data
+    return data, odd, size
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A cassette as read: its interactions, and its top-level keys other than ``version`` and
+    ``interactions`` (vcrpy's ``metadata``, anyone's own), which a rewrite of the file keeps."""
+
+    interactions: list[Interaction]
+    extra: dict[str, Any]
+
+
+def is_json(path: Path) -> bool:
+    """Whether ``path`` is a cassette in vcrpy's JSON format: by its name (``.json``) when it exists or
+    is to be written, else by its first character (``{``)."""
+    if Path(path).suffix.lower() == ".json":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{")
 
 
 def load(path: Path) -> list[Interaction]:
     """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
+    return read(path).interactions
+
+
+def read(path: Path) -> Loaded:
+    """A vcrpy cassette, YAML or JSON (``is_json``); CassetteNotFoundError when missing or empty.
+
+    Whatever vcrpy loads loads here. A response in a shape no vcrpy stub replays does not make the file
+    unreadable (vcrpy loads it too, and fails only when it plays it): it is warned about, with its
+    line, and a request it matches is answered with a diagnostic.
+    """
     path = Path(path)
     with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
-        data = _parse_streamed(path)
-        if data is None:
-            data = _parse_text(path)
+        parsed = _parse_json(path) if is_json(path) else None
+        if parsed is None:
+            parsed = _parse_streamed(path)
+        if parsed is None:
+            parsed = _parse_text(path)
+        data, odd, size = parsed
+        items = data["interactions"]
+        raws = {i: copy.deepcopy(items[i]) for i in odd}  # before vcrpy's deserialize changes them
         try:
-            out = _direct(data["interactions"])
+            out = _direct(items, raws)
         except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
-            out = _through_vcrpy(path, data)
-        del data  # before the collector resumes: it would walk all of it once more
-    return out
+            out = _through_vcrpy(path, data, raws)
+        if raws and _read_odd(path, out, raws, size):
+            out.pop()
+            logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
+        extra = {k: v for k, v in data.items() if k not in ("version", "interactions")}
+        del data, items, parsed  # before the collector resumes: it would walk all of it once more
+    return Loaded(out, extra)
+
+
+def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: int) -> bool:
+    """Give each interaction in ``raws`` (index: the item as the file held it) its response as a vcrpy
+    stub replays it, or a diagnostic answer when none can, and keep the item for rewriting.
+
+    True when the last interaction has an odd response in a file in the recording layout (``version: 1``
+    first, which vcrpy never writes; the proxy writes odd shapes only before new exchanges): an exchange
+    cut short by a kill, for the caller to drop.
+    """
+    last = len(out) - 1
+    if (
+        last in raws
+        and not _canonical_response(raws[last]["response"], _Budget(path, size), ("interactions", last))
+        and _in_append_layout(path)
+    ):
+        del raws[last]
+        torn = True
+    else:
+        torn = False
+    budget = _Budget(path, size)
+    problems: list[tuple[int, DataPath, str]] = []
+    for i, raw in raws.items():
+        at: DataPath = ("interactions", i)
+        if _canonical_response(raw["response"], _Budget(path, size), at):
+            response = _response_from_dict(raw["response"])
+        else:
+            try:
+                response = _odd_response(raw["response"], budget, at)
+            except _Unplayable as u:
+                problems.append((i, (*at, "response", *u.at), u.message))
+                response = _PENDING
+            else:  # what a canonical response is refused for at load (see _check_wire)
+                from .model import headers_problem, reason_problem
+
+                unsafe = headers_problem(response.headers) or reason_problem(response.reason)
+                if unsafe is not None:
+                    problems.append((i, (*at, "response"), unsafe))
+                    response = _PENDING
+        out[i] = Interaction(out[i].request, response, raw)
+    text = _composable(path) if problems else None
+    for i, at, message in problems:
+        error = _Invalid(path, at, f"interaction {i} cannot be replayed (vcrpy could not either): {message}")
+        where = str(_located(error, text) if text is not None else error)
+        logger.warning("%s; a request it matches is answered with status 599", where)
+        out[i] = Interaction(out[i].request, _unplayable(where), out[i].raw)
+    return torn
+
+
+def _in_append_layout(path: Path) -> bool:
+    """Whether ``path`` is in the recording layout (``version: 1`` first, which vcrpy never writes) and
+    its last item is in the block style the proxy writes (``- request:`` alone on its line)."""
+    try:
+        with open(path, "rb") as f:
+            if not f.read(len(HEADER)).startswith(HEADER[: HEADER.index("\n") + 1].encode()):
+                return False
+            end = f.seek(0, os.SEEK_END)
+            chunk = 1 << 16
+            tail = b""
+            while end > 0:  # back to the start of the last item, a chunk at a time
+                start = max(0, end - chunk)
+                f.seek(start)
+                tail = f.read(end - start) + tail[:16]
+                at = tail.rfind(b"\n- ")
+                if at >= 0:
+                    return tail[at:].startswith(b"\n- request:\n")
+                end = start
+    except OSError:
+        pass
+    return False
+
+
+def is_unplayable(response: Response) -> bool:
+    """Whether ``response`` is the diagnostic standing in for a recorded one no vcrpy stub replays."""
+    return response.status == 599 and response.header("X-Replay-Proxy") == "unplayable"
+
+
+def _unplayable(why: str) -> Response:
+    from proxy.diagnostic import unplayable_response  # diagnostic imports router, which imports us
+
+    return unplayable_response(why)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _composable(path: Path) -> str | None:
+    """The file's text as YAML can compose it, to find lines: JSON's surrogate escapes (``\\ud83d``,
+    which YAML refuses) replaced by escapes of the same length."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _SURROGATE_ESCAPE.sub(r"\\u0020", text) if "\\u" in text else text
 
 
 def _request_from_dict(d: dict[str, Any]) -> Request:
     """What vcrpy's ``Request._from_dict`` then ``from_vcr_request`` make of a checked request, for a body
-    that is null, text or bytes (others raise ``TypeError``: they go through vcrpy).
+    that is null, text, bytes or a ``_STRUCTURED`` value (others raise ``TypeError``: they go through
+    vcrpy).
 
-    vcrpy's ``HeadersDict`` keeps the first value of each header's list, one entry per name ignoring
-    case: the first spelling, the last value. vcrpy parses the URI: one it refuses raises here too.
+    vcrpy's ``HeadersDict`` keeps the first value of each header's list (or a single value), one entry
+    per name ignoring case: the first spelling, the last value. vcrpy parses the URI: one it refuses
+    raises here too.
     """
     body = d["body"]
     if body is None:
         body = b""
     elif body.__class__ is str:
         body = body.encode("utf-8")
+    elif isinstance(body, _STRUCTURED):
+        body = _structured_body(body)
     elif body.__class__ is not bytes:
         raise TypeError("request body for vcrpy")
     uri = d["uri"]
     urlsplit(uri)
-    named = d["headers"]
-    pairs: Any = [(name, values[0]) for name, values in named.items()]
+    named = d["headers"] or {}
+    pairs: Any = [(name, v[0] if v.__class__ is list else v) for name, v in named.items()]
     if len({name.lower() for name in named}) < len(pairs):  # the same name in two spellings
         merged: dict[str, tuple[str, Any]] = {}
         for name, value in pairs:
@@ -454,17 +712,28 @@ def _request_from_dict(d: dict[str, Any]) -> Request:
     return Request(method=d["method"], url=uri, headers=headers, body=body)
 
 
-def _direct(items: list[Any]) -> list[Interaction]:
+_PENDING = Response(0)
+"""The response of an odd interaction until ``_read_odd`` gives it its own."""
+
+
+def _direct(items: list[Any], odd: Container[int]) -> list[Interaction]:
     """Checked items as ``_through_vcrpy`` makes them, without building vcrpy's objects on the way (a
     third of a large load); anything it would refuse or treat specially raises, to be done that way."""
     requests = [_request_from_dict(item["request"]) for item in items]  # vcrpy makes them all first
+    if not odd:
+        return [
+            Interaction(r, _response_from_dict(item["response"]))
+            for r, item in zip(requests, items, strict=True)
+        ]
     return [
-        Interaction(r, _response_from_dict(item["response"])) for r, item in zip(requests, items, strict=True)
+        Interaction(r, _PENDING if i in odd else _response_from_dict(item["response"]))
+        for i, (r, item) in enumerate(zip(requests, items, strict=True))
     ]
 
 
-def _through_vcrpy(path: Path, data: Any) -> list[Interaction]:
-    """The interactions of checked cassette data through vcrpy's ``deserialize`` and its ``Request``."""
+def _through_vcrpy(path: Path, data: Any, raws: dict[int, Any]) -> list[Interaction]:
+    """The interactions of checked cassette data through vcrpy's ``deserialize`` and its ``Request``
+    (``raws``: the odd items, as they were before it)."""
     try:
         requests, responses = deserialize("", _Parsed(data))[:2]
     except Exception as e:
@@ -472,14 +741,20 @@ def _through_vcrpy(path: Path, data: Any) -> list[Interaction]:
     out: list[Interaction] = []
     for i, (vreq, vresp) in enumerate(zip(requests, responses, strict=True)):
         try:
-            out.append(Interaction(from_vcr_request(vreq), _response_from_dict(vresp)))
+            raw = raws.get(i)
+            if raw is not None and isinstance(raw["request"]["body"], _STRUCTURED):
+                vreq.body = None
+                request = from_vcr_request(vreq).replace(body=_structured_body(raw["request"]["body"]))
+            else:
+                request = from_vcr_request(vreq)
+            out.append(Interaction(request, _PENDING if raw is not None else _response_from_dict(vresp)))
         except Exception as e:
             raise CassetteError(f"{path}: interaction {i}: {type(e).__name__}: {e}") from None
     return out
 
 
-def _parse_text(path: Path) -> Any:
-    """The cassette's data from its text: the error, with a location, when it is not a cassette."""
+def _read_bytes(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and text; the errors, with a location for bad UTF-8, when it cannot be read."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -493,26 +768,55 @@ def _parse_text(path: Path) -> Any:
         line, column = before.count(b"\n") + 1, e.start - before.rfind(b"\n")
         raise CassetteError(
             f"{path}:{line}:{column}: not UTF-8 text (bad byte at offset {e.start}): "
-            "a cassette is UTF-8 YAML, binary bodies are written as !!binary"
+            "a cassette is UTF-8 YAML or JSON, binary bodies are written as !!binary (YAML only)"
         ) from None
     if not text.strip():
         raise CassetteNotFoundError(f"{path}: cassette not found (the file is empty)")
+    return raw, text
+
+
+def _parse_json(path: Path) -> tuple[Any, list[int], int] | None:
+    """A cassette in vcrpy's JSON format: data, odd indices, size; None when a file not named ``.json``
+    turns out not to be JSON (then it is YAML: a flow mapping)."""
+    raw, text = _read_bytes(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        data = jsonfile.without_torn_tail(text)
+        if data is None:
+            if path.suffix.lower() != ".json":
+                return None
+            raise CassetteError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+        logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
+    except RecursionError:
+        raise CassetteError(f"{path}: cannot parse cassette: nested too deeply") from None
+    try:
+        odd = _check(path, data, len(raw))
+    except _Invalid as e:
+        text_for_lines = _composable(path)
+        raise (_located(e, text_for_lines) if text_for_lines is not None else e) from None
+    return data, odd, len(raw)
+
+
+def _parse_text(path: Path) -> tuple[Any, list[int], int]:
+    """The cassette's data from its text: the error, with a location, when it is not a cassette."""
+    raw, text = _read_bytes(path)
     try:
         data = _deserialize(text)
-        _check(path, data, len(raw))
+        odd = _check(path, data, len(raw))
     except (yaml.YAMLError, CassetteError) as e:
         original = _yaml_error(path, e, text) if isinstance(e, yaml.YAMLError) else e
         data = _without_torn_tail(text)
         if data is None:
             raise (_located(original, text) if isinstance(original, _Invalid) else original) from None
         try:
-            _check(path, data, len(raw))
+            odd = _check(path, data, len(raw))
         except CassetteError:
             raise (_located(original, text) if isinstance(original, _Invalid) else original) from None
         logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
     except Exception as e:  # e.g. RecursionError on absurd nesting: still one line, no traceback
         raise CassetteError(f"{path}: cannot parse cassette: {type(e).__name__}: {e}") from None
-    return data
+    return data, odd, len(raw)
 
 
 # ---------------------------------------------------------------- writing
@@ -564,48 +868,73 @@ def _represent_binary(dumper: Any, data: bytes) -> Any:
 _Dumper.add_representer(bytes, _represent_binary)
 
 
-class _Yaml:
-    """A vcrpy "serializer" with that dumper: returns the text, or writes it (UTF-8) to ``stream``.
+class _Capture:
+    """A vcrpy "serializer" that keeps the data ``vcr.serialize.serialize`` hands it."""
 
-    Writing to the file as it is produced keeps a large cassette from being held as text, then as bytes.
-    ``items_only`` dumps only the interactions list: the ``- request: ...`` items under ``interactions:``.
-    """
-
-    def __init__(self, stream: BinaryIO | None = None, items_only: bool = False) -> None:
-        self.stream = stream
-        self.items_only = items_only
+    data: dict[str, Any]
 
     def serialize(self, data: dict[str, Any]) -> str:
-        value = data["interactions"] if self.items_only else data
-        if self.stream is None:
-            return str(yaml.dump(value, Dumper=_Dumper))
-        yaml.dump(value, self.stream, Dumper=_Dumper, encoding="utf-8")
+        self.data = data
         return ""
 
 
-def _serialize(interactions: Sequence[Interaction], serializer: _Yaml) -> str:
+def _item_dicts(interactions: Sequence[Interaction]) -> list[Any]:
+    """The ``interactions`` items as vcrpy's ``serialize`` makes them; an interaction read in another
+    shape (``Interaction.raw``) as the file held it."""
+    plain = [i for i in interactions if i.raw is None]
+    capture = _Capture()
+    serialize(_vcr_dict(plain), capture)
+    made = iter(capture.data["interactions"])
+    return [i.raw if i.raw is not None else next(made) for i in interactions]
+
+
+def _dump_yaml(value: Any, stream: BinaryIO | None = None) -> str:
+    """``value`` in vcrpy's YAML; written (UTF-8) to ``stream`` as it is produced when given, so a large
+    cassette is not held as text, then as bytes."""
     try:
-        return str(serialize(_vcr_dict(interactions), serializer))
+        if stream is None:
+            return str(yaml.dump(value, Dumper=_Dumper))
+        yaml.dump(value, stream, Dumper=_Dumper, encoding="utf-8")
+        return ""
     except yaml.YAMLError as e:
         raise CassetteError(f"cannot serialize interactions: {e}") from None
 
 
-def dumps(interactions: Sequence[Interaction]) -> str:
-    """The canonical vcrpy YAML for ``interactions`` (what vcrpy itself writes; never ``metadata``)."""
-    return _serialize(interactions, _Yaml())
+def dumps(interactions: Sequence[Interaction], extra: dict[str, Any] | None = None) -> str:
+    """The canonical vcrpy YAML for ``interactions`` (what vcrpy itself writes), with the other top-level
+    keys ``extra`` (never ``metadata`` of our own)."""
+    data = {"version": CASSETTE_FORMAT_VERSION, "interactions": _item_dicts(interactions), **(extra or {})}
+    return _dump_yaml(data)
 
 
 def dump_items(interactions: Sequence[Interaction]) -> str:
     """The ``- request: ...`` items alone, exactly as they appear under ``interactions:`` in ``dumps``."""
     if not interactions:
         return ""
-    return _serialize(interactions, _Yaml(items_only=True))
+    return _dump_yaml(_item_dicts(interactions))
 
 
 def _write_items(stream: BinaryIO, interactions: Sequence[Interaction]) -> None:
     """``dump_items(interactions)`` in UTF-8, written to ``stream`` as it is produced."""
     if interactions:
-        _serialize(interactions, _Yaml(stream, items_only=True))
+        _dump_yaml(_item_dicts(interactions), stream)
+
+
+def _json_items(path: Path, interactions: Sequence[Interaction]) -> list[str]:
+    """Each interaction as an item of a vcrpy JSON cassette (``jsonfile.item``)."""
+    out = []
+    for interaction, item in zip(interactions, _item_dicts(interactions), strict=True):
+        try:
+            out.append(jsonfile.item(item))
+        except jsonfile.BinaryBody as e:
+            request = interaction.request
+            raise CassetteError(f"{path}: {request.method} {request.url}: {e}") from None
+    return out
+
+
+def writes_json(path: Path) -> bool:
+    """Whether a cassette written to ``path`` is in vcrpy's JSON format: a ``.json`` name."""
+    return Path(path).suffix.lower() == ".json"
 
 
 def _reason(e: OSError) -> str:
@@ -648,38 +977,59 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     _fsync_dir(path.parent)
 
 
-def save(path: Path, interactions: Sequence[Interaction]) -> None:
-    """Write ``interactions`` to ``path`` atomically in canonical form (parents created).
+def save(path: Path, interactions: Sequence[Interaction], extra: dict[str, Any] | None = None) -> None:
+    """Write ``interactions`` (and the other top-level keys ``extra``) to ``path`` atomically in canonical
+    form, vcrpy's JSON for a ``.json`` path and its YAML otherwise (parents created).
 
-    The same text as ``dumps``, written one item at a time: PyYAML builds a whole document in memory
-    before writing it, which for a cassette of large bodies means all of them again at once.
+    The YAML is the same text as ``dumps``, written one item at a time: PyYAML builds a whole document in
+    memory before writing it, which for a cassette of large bodies means all of them again at once.
     """
+    path = Path(path)
+    extra = extra or {}
+    if writes_json(path):
+        try:
+            text = jsonfile.dumps(_item_dicts(interactions), extra)
+        except jsonfile.BinaryBody as e:
+            _json_items(path, interactions)  # names the exchange
+            raise CassetteError(f"{path}: {e}") from None  # in the other top-level keys
+        _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        return
 
     def write(f: BinaryIO) -> None:
-        if not interactions:
-            f.write(dumps(()).encode("utf-8"))
-            return
-        f.write(b"interactions:\n")
-        for interaction in interactions:
-            _write_items(f, [interaction])
-        f.write(f"version: {CASSETTE_FORMAT_VERSION}\n".encode())
+        for key in sorted(["interactions", "version", *extra], key=str):  # PyYAML sorts the keys
+            if key == "version":
+                f.write(f"version: {CASSETTE_FORMAT_VERSION}\n".encode())
+            elif key != "interactions":
+                _dump_yaml({key: extra[key]}, f)
+            elif not interactions:
+                f.write(b"interactions: []\n")
+            else:
+                f.write(b"interactions:\n")
+                for interaction in interactions:
+                    _write_items(f, [interaction])
 
-    _atomic_write(Path(path), write)
+    _atomic_write(path, write)
 
 
 class CassetteWriter:
     """Saves exchanges as they happen without rewriting the whole file per exchange.
 
-    The file is laid out as ``version: 1`` then ``interactions:``; PyYAML does not indent a block
-    sequence under a mapping key, so each appended ``- request: ...`` item (one ``os.write`` on an
-    ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. An item larger than
-    ``_WRITE_BUFFER`` (a large body) is written as it is serialized, in several writes: a kill in between
-    leaves a torn last item, which ``load`` drops. ``close(final)`` rewrites the file in vcrpy's canonical
-    order. Nothing is created until there is something to write.
+    The file is laid out as ``version: 1``, the other top-level keys (``extra``), then ``interactions:``;
+    PyYAML does not indent a block sequence under a mapping key, so each appended ``- request: ...`` item
+    (one ``os.write`` on an ``O_APPEND`` fd, then fsync) leaves a complete cassette that vcrpy loads. An
+    item larger than ``_WRITE_BUFFER`` (a large body) is written as it is serialized, in several writes: a
+    kill in between leaves a torn last item, which ``load`` drops. A ``.json`` path is vcrpy's JSON
+    instead, appended to as ``proxy/jsonfile.py`` describes. ``close(final)`` rewrites the file in vcrpy's
+    canonical order. Nothing is created until there is something to write.
     """
 
-    def __init__(self, path: Path, initial: Sequence[Interaction] = ()) -> None:
+    def __init__(
+        self, path: Path, initial: Sequence[Interaction] = (), extra: dict[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
+        self.extra = dict(extra or {})
+        """Top-level keys besides ``version`` and ``interactions``, written before ``interactions``."""
+        self._json = writes_json(self.path)
         self._fd: int | None = None
         self._count = 0
         self._closed = False
@@ -707,13 +1057,22 @@ class CassetteWriter:
         """Replace the file atomically with ``interactions`` (append layout) and reopen it for appending."""
         self._close_fd()
 
-        def write(f: BinaryIO) -> None:
-            f.write(HEADER.encode("utf-8"))
-            _write_items(f, interactions)
+        if self._json:
+            items = _json_items(self.path, interactions)
+            text = jsonfile.head(self.extra) + ",\n".join(items) + jsonfile.TAIL
+            _atomic_write(self.path, lambda f: f.write(text.encode("utf-8")))
+        else:
 
-        _atomic_write(self.path, write)
+            def write(f: BinaryIO) -> None:
+                f.write(HEADER[: HEADER.index("\n") + 1].encode())
+                if self.extra:
+                    _dump_yaml(self.extra, f)
+                f.write(b"interactions:\n")
+                _write_items(f, interactions)
+
+            _atomic_write(self.path, write)
         try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self.path, os.O_WRONLY | (0 if self._json else os.O_APPEND))
         except OSError as e:
             raise CassetteError(f"{self.path}: cannot open cassette for appending: {_reason(e)}") from None
         self._count = len(interactions)
@@ -746,6 +1105,10 @@ class CassetteWriter:
                 size = os.fstat(fd).st_size
             except OSError as e:
                 raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
+            if self._json:
+                self._append_json(fd, size, interaction)
+                self._count += 1
+                return
             try:
                 with open(fd, "wb", buffering=_WRITE_BUFFER, closefd=False) as f:
                     _write_items(f, [interaction])
@@ -757,6 +1120,23 @@ class CassetteWriter:
                     raise
                 raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
             self._count += 1
+
+    def _append_json(self, fd: int, size: int, interaction: Interaction) -> None:
+        """Overwrite the closing ``jsonfile.TAIL`` with the item and the tail (a complete file again); on
+        a failed write, put the tail back where it was."""
+        (item,) = _json_items(self.path, [interaction])
+        chunk = jsonfile.append_chunk(self._count == 0, item).encode("utf-8")
+        offset = size - len(jsonfile.TAIL)
+        try:
+            written = 0
+            while written < len(chunk):
+                written += os.pwrite(fd, chunk[written:], offset + written)
+            os.fsync(fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, offset)
+                os.pwrite(fd, jsonfile.TAIL.encode(), offset)
+            raise CassetteError(f"{self.path}: cannot append to cassette: {_reason(e)}") from None
 
     def close(self, final: Sequence[Interaction] | None = None) -> None:
         """Flush and close; with ``final``, rewrite the file atomically in canonical ``dumps`` form.
@@ -770,7 +1150,7 @@ class CassetteWriter:
             wrote = self._fd is not None
             self._close_fd()
             if final is not None and (final or wrote):
-                save(self.path, final)
+                save(self.path, final, self.extra)
                 self._count = len(final)
 
     def __enter__(self) -> CassetteWriter:
@@ -864,7 +1244,10 @@ class Playback:
     def _vcr_request(self, idx: int) -> VcrRequest:
         cached = self._vcr[idx]
         if cached is None:
-            cached = self._vcr[idx] = to_vcr_request(self._items[idx].request)
+            item = self._items[idx]
+            cached = self._vcr[idx] = self.matcher.vcr_request(item.request)
+            if item.raw is not None and isinstance(item.raw["request"]["body"], _STRUCTURED):
+                cached.body = item.raw["request"]["body"]  # as vcrpy loads it: the body matcher sees a value
         return cached
 
     @property
@@ -906,7 +1289,7 @@ class Playback:
                 matches: Sequence[int] = bucket
                 state: Hashable = key
             else:
-                incoming = to_vcr_request(request)
+                incoming = self.matcher.vcr_request(request)
                 for idx in bucket:
                     if not counts[idx] and self.matcher.confirm(self._vcr_request(idx), incoming):
                         return self._answer(idx, extra=False)

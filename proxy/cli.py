@@ -154,6 +154,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="a request header that must also match (repeatable, e.g. --match-header x-ms-version)",
     )
     m.add_argument(
+        "--filter-query-parameter",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="vcrpy's filter_query_parameters: remove this query parameter (or set it to VALUE) in live "
+        "requests before matching and in what is recorded; replays a cassette recorded with that vcrpy "
+        "option (repeatable, e.g. --filter-query-parameter api_key)",
+    )
+    m.add_argument(
+        "--filter-header",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="vcrpy's filter_headers: remove this request header (or set it to VALUE) before matching "
+        "and in what is recorded (repeatable, e.g. --filter-header authorization)",
+    )
+    m.add_argument(
         "--when-exhausted",
         choices=WHEN_EXHAUSTED,
         default="repeat-last",
@@ -259,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         type=Path,
         metavar="CASSETTE",
-        help="cassette file to write (vcrpy YAML), e.g. -o cassettes/tileset.yaml",
+        help="cassette file to write (vcrpy YAML; its JSON for a .json name), e.g. -o cassettes/tileset.yaml",
     )
     rec.add_argument(
         "--record-mode",
@@ -283,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cassette",
         type=Path,
         metavar="CASSETTE",
-        help="cassette file (vcrpy YAML), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
+        help="cassette file (vcrpy YAML or JSON), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
     )
     _add_common(rep)
 
@@ -433,6 +450,8 @@ def _serve(args: argparse.Namespace) -> int:
         confdir=args.confdir,
         match_on=args.match_on,
         match_headers=args.match_header,
+        filter_query_parameters=args.filter_query_parameter,
+        filter_headers=args.filter_header,
         when_exhausted=args.when_exhausted,
         retry_after=args.retry_after,
         redact=not args.no_redact,

@@ -1,6 +1,7 @@
 """replay-proxy's own answers: to a request nothing recorded matches (599), to a request whose scenario rule
-failed to render (599, a scenario error), to an exchange that could not be saved (500), to a request that
-arrives while the proxy stops (503). Each has a JSON body saying why."""
+failed to render (599, a scenario error), to one that matches a recorded interaction that cannot be replayed
+(599), to an exchange that could not be saved (500), to a request that arrives while the proxy stops (503).
+Each has a JSON body saying why."""
 
 from __future__ import annotations
 
@@ -47,12 +48,17 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
             message += f" ({'; '.join(diffs)})"
     if decision.rules:
         message += f"; closest rule is {closest_rule(decision)}"
+    hint = _hint(source)
+    if decision.unrecorded:
+        filtered = _filter_hint(decision.unrecorded)
+        message += f". {filtered}"
+        hint = f"{filtered} {hint}"
     error = {
         "code": "ReplayProxyNoMatch",
         "message": message,
         "request": {"method": request.method, "uri": request.url},
         "closest": closest,
-        "hint": _hint(source),
+        "hint": hint,
     }
     if decision.rules:
         error["closest_rules"] = [
@@ -60,6 +66,31 @@ def no_match_response(decision: NoMatch, source: str) -> Response:
             for near in decision.rules
         ]
     return _own_answer(NO_MATCH_STATUS, NO_MATCH_REASON, "no-match", error)
+
+
+_FILTER_OPTIONS = {
+    "query": ("query parameter", "filter_query_parameters", "--filter-query-parameter"),
+    "header": ("header", "filter_headers", "--filter-header"),
+}
+
+
+def _filter_hint(unrecorded: tuple[tuple[str, str], ...]) -> str:
+    """Says that only what vcrpy's filters drop differs, and which option filters live requests alike."""
+    parts = []
+    for kind in ("query", "header"):
+        names = [name for k, name in unrecorded if k == kind]
+        if not names:
+            continue
+        what, vcrpy_name, option = _FILTER_OPTIONS[kind]
+        shown = ", ".join(names)
+        flags = " ".join(f"{option} {name}" for name in names)
+        parts.append(
+            f"The only difference is the {what}{'s' if len(names) > 1 else ''} {shown}, which the "
+            f"recording does not have: a cassette recorded with vcrpy's {vcrpy_name} drops it. "
+            f"Filter live requests the same way: {flags} (ReplayProxy({vcrpy_name}=[...]), "
+            f"pytest --replay{option[1:]} NAME)."
+        )
+    return " ".join(parts)
 
 
 def closest_rule(decision: NoMatch) -> str:
@@ -99,6 +130,18 @@ def _own_answer(status: int, reason: str, kind: str, error: Mapping[str, object]
 
 def _own_error(status: int, reason: str, kind: str, code: str, message: str) -> Response:
     return _own_answer(status, reason, kind, {"code": code, "message": message})
+
+
+def unplayable_response(message: str) -> Response:
+    """What a recorded interaction whose response no vcrpy stub can replay answers (a status without a
+    message, no body...): where it is and why, as vcrpy's own replay would fail there."""
+    return _own_error(
+        NO_MATCH_STATUS,
+        "Unplayable Interaction (replay-proxy)",
+        "unplayable",
+        "ReplayProxyUnplayable",
+        f"replay-proxy: {message}. Fix or re-record that interaction.",
+    )
 
 
 def record_failed_response(cause: str) -> Response:

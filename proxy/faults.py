@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import secrets
 import socket
@@ -48,6 +49,8 @@ STREAM = "replay_proxy_stream"
 
 ORIGINAL_URL = "replay_proxy_original_url"
 """flow.metadata key: the URL the client asked for, before a dribbled flow was pointed at the backend."""
+
+logger = logging.getLogger("proxy")
 
 DRIBBLE_TICK = 0.25
 """Seconds between two chunks of a dribbled body (fewer chunks when the body is short)."""
@@ -233,9 +236,14 @@ async def _retarget(flow: http.HTTPFlow, job: _Job) -> None:
     backend = _backend
     try:
         port = await backend.port()
-    except OSError:
+    except OSError as e:
+        # Out of file descriptors, say: the next dribbled answer starts a backend afresh.
+        if _backend is backend:
+            _backend = None
+        backend.close()
+        logger.warning("replay-proxy: error: a dribbled answer could not be served: %s", e)
         _kill(flow)  # never forward a scripted request because the backend could not listen
-        raise
+        return
     token = backend.register(job, flow.client_conn.id)
     flow.metadata[ORIGINAL_URL] = flow.request.url
     flow.metadata[STREAM] = True
@@ -259,6 +267,11 @@ class _FaultBackend:
 
     async def _start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        if not self.server.sockets:
+            # asyncio skips an address whose socket() fails (EMFILE when out of file descriptors) and
+            # returns a server listening nowhere.
+            self.server.close()
+            raise OSError("its local server could not open a socket (out of file descriptors?)")
         if self.closed:
             self.server.close()
         port: int = self.server.sockets[0].getsockname()[1]

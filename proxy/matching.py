@@ -6,11 +6,12 @@ interactions; body and full-header matchers run vcrpy's own functions on ``vcr.r
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from io import BytesIO
-from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from typing import Any, cast
+from urllib.parse import SplitResult, parse_qsl, urlparse, urlsplit
 
 from vcr.request import Request as VcrRequest
 
@@ -37,15 +38,50 @@ def _vcr_matchers() -> Any:
     return matchers
 
 
+STRUCTURED = (dict, list, int, float, bool)
+"""Request bodies vcrpy's aiohttp stub records as the values given to ``json=`` / ``data=`` (a mapping,
+a list, a number in the cassette), not as the bytes sent."""
+
+
 def _body(r1: Any, r2: Any) -> Any:
     """vcrpy's body matcher, except that byte-identical bodies match without being parsed.
 
     vcrpy parses JSON (and form) bodies to compare them: a 50 MB JSON upload became ~1 GB of Python
     objects, twice, for every candidate. Equal bytes parse to equal values, so the answer is the same.
+    A body recorded as a value (``STRUCTURED``) matches the bytes a client sends for it: JSON of an
+    equal value, or a form of the same fields, as in-process vcrpy compares aiohttp's value to value.
     """
     if r1.body == r2.body:
         return None
+    if isinstance(r2.body, STRUCTURED) or isinstance(r1.body, STRUCTURED):
+        value, sent = (r2.body, r1.body) if isinstance(r2.body, STRUCTURED) else (r1.body, r2.body)
+        if _sent_as(value, body_bytes(sent)):
+            return None
+        r1, r2 = _as_json(r1), _as_json(r2)
     return _vcr_matchers().body(r1, r2)
+
+
+def _sent_as(value: Any, sent: bytes) -> bool:
+    """Whether ``sent`` is what aiohttp sends for ``json=value`` or ``data=value`` (a mapping)."""
+    try:
+        if json.loads(sent) == value:
+            return True
+    except ValueError:
+        pass
+    if not isinstance(value, dict):
+        return False
+    try:
+        form = parse_qsl(sent.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return len(form) == len(value) and dict(form) == {str(k): str(v) for k, v in value.items()}
+
+
+def _as_json(r: Any) -> Any:
+    """``r`` with a value body as its JSON text (for vcrpy's diff of the two bodies)."""
+    if not isinstance(r.body, STRUCTURED):
+        return r
+    return VcrRequest(r.method, r.uri, json.dumps(r.body), {**r.headers, "Content-Type": "application/json"})
 
 
 def _raw_body(r1: Any, r2: Any) -> Any:
@@ -151,9 +187,18 @@ def _port(r: Request, parts: SplitResult) -> Hashable:
 
 
 def _query(r: Request, parts: SplitResult) -> Hashable:
-    """Sorted pairs, order-insensitive like vcrpy's (blank values kept: ``?a=`` differs from ``?``)."""
+    """vcrpy's ``Request.query``: sorted pairs, so order-insensitive, and without the pairs whose value is
+    blank (``?a=&b=1`` is ``?b=1``), as ``parse_qsl`` leaves them out by default."""
     query = parts.query
-    return tuple(sorted(parse_qsl(query, keep_blank_values=True))) if query else ()
+    return tuple(sorted(parse_qsl(query))) if query else ()
+
+
+def _path(r: Request, parts: SplitResult) -> Hashable:
+    """vcrpy's path: ``urlparse``'s, which leaves out the last segment's ``;params``; empty is ``/``."""
+    path = parts.path
+    if ";" in path:
+        path = urlparse(r.url).path
+    return path or "/"
 
 
 _PARTS: dict[str, Callable[[Request, SplitResult], Hashable]] = {
@@ -163,7 +208,7 @@ _PARTS: dict[str, Callable[[Request, SplitResult], Hashable]] = {
     "scheme": lambda r, parts: parts.scheme.lower(),
     "host": lambda r, parts: (parts.hostname or "").lower(),
     "port": _port,
-    "path": lambda r, parts: parts.path or "/",
+    "path": _path,
     "query": _query,
 }
 """How each indexable matcher reads its value from a request (and its split URL)."""
@@ -174,9 +219,20 @@ class Matcher:
 
     ``headers`` names request headers whose values must be equal (names case-insensitive): a lighter
     alternative to vcrpy's ``headers`` matcher, which compares every header.
+
+    ``filter_query_parameters`` and ``filter_headers`` are vcrpy's options of those names, each entry
+    ``NAME`` (removed) or ``NAME=VALUE`` (its value replaced): applied with vcrpy's own filters to both
+    requests before they are compared (``prepare``), so a cassette recorded with them matches live
+    requests that still carry what they removed.
     """
 
-    def __init__(self, match_on: Sequence[str] = DEFAULT_MATCH_ON, headers: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        match_on: Sequence[str] = DEFAULT_MATCH_ON,
+        headers: Sequence[str] = (),
+        filter_query_parameters: Sequence[str] = (),
+        filter_headers: Sequence[str] = (),
+    ) -> None:
         if isinstance(match_on, str):
             match_on = (match_on,)
         names: list[str] = []
@@ -197,9 +253,74 @@ class Matcher:
         self._indexed = tuple(n for n in names if n in INDEXABLE)
         self._parts = tuple(_PARTS[n] for n in self._indexed)  # per request: no dispatch on names
         self._confirming = tuple(_VCR_FUNCTIONS[n] for n in names if n in CONFIRMING)
+        self.filter_query_parameters = _filters(filter_query_parameters, "query parameter")
+        self.filter_headers = _filters(filter_headers, "header")
+        self._filtering = bool(self.filter_query_parameters or self.filter_headers)
 
     def __repr__(self) -> str:
         return f"Matcher(match_on={self.match_on!r}, headers={self.headers!r})"
+
+    def prepare(self, request: Request) -> Request:
+        """``request`` as vcrpy's ``filter_query_parameters`` / ``filter_headers`` leave it (vcrpy's own
+        functions: the query is then re-encoded in sorted order, as vcrpy does); itself without filters."""
+        if not self._filtering:
+            return request
+        url, headers = request.url, request.headers
+        if self.filter_query_parameters:
+            filtered = VcrRequest(request.method, url, None, {})
+            _vcr_filters().replace_query_parameters(filtered, self.filter_query_parameters)
+            url = filtered.uri
+        if self.filter_headers and headers:
+            out: list[tuple[str, str]] = []
+            replacements = {name.lower(): value for name, value in self.filter_headers}
+            done: set[str] = set()
+            for name, value in headers:
+                lname = name.lower()
+                if lname not in replacements:
+                    out.append((name, value))
+                elif replacements[lname] is not None and lname not in done:
+                    out.append((name, str(replacements[lname])))
+                done.add(lname)
+            headers = tuple(out)
+        if url == request.url and headers is request.headers:
+            return request
+        return Request(request.method, url, headers, request.body)
+
+    def vcr_request(self, request: Request) -> VcrRequest:
+        """``request``, filtered (``prepare``), as vcrpy's Request for its body and headers matchers."""
+        return to_vcr_request(self.prepare(request))
+
+    def unrecorded(self, recorded: Request, incoming: Request) -> tuple[tuple[str, str], ...]:
+        """When all that keeps ``recorded`` from matching ``incoming`` is query parameters (or chosen
+        headers) ``incoming`` has and ``recorded`` lacks altogether, those as ("query", name) or
+        ("header", name): what vcrpy's filters drop when recording. Otherwise ()."""
+        recorded, incoming = self.prepare(recorded), self.prepare(incoming)
+        rparts, iparts = urlsplit(recorded.url), urlsplit(incoming.url)
+        found: list[tuple[str, str]] = []
+        for name in self._indexed:
+            rv, iv = _PARTS[name](recorded, rparts), _PARTS[name](incoming, iparts)
+            if rv == iv:
+                continue
+            if name != "query":
+                return ()
+            rc: Counter[tuple[str, str]] = Counter(cast("tuple[tuple[str, str], ...]", rv))
+            ic: Counter[tuple[str, str]] = Counter(cast("tuple[tuple[str, str], ...]", iv))
+            recorded_names = {k for k, _ in rc}
+            extra_names = sorted({k for k, _ in (ic - rc)})
+            if rc - ic or any(k in recorded_names for k in extra_names):
+                return ()
+            found.extend(("query", k) for k in extra_names)
+        for h in self.headers:
+            rh, ih = self._header(recorded, h), self._header(incoming, h)
+            if rh != ih:
+                if rh is not None:
+                    return ()
+                found.append(("header", h))
+        if not found or (
+            self._confirming and not self.confirm(to_vcr_request(recorded), to_vcr_request(incoming))
+        ):
+            return ()
+        return tuple(found)
 
     @property
     def needs_confirmation(self) -> bool:
@@ -215,6 +336,8 @@ class Matcher:
 
     def key(self, request: Request) -> Hashable:
         """A hashable summary of the indexable matchers and chosen headers: different keys never match."""
+        if self._filtering:
+            request = self.prepare(request)
         parts = urlsplit(request.url)
         return (
             tuple([part(request, parts) for part in self._parts]),
@@ -238,11 +361,12 @@ class Matcher:
             return False
         if not self._confirming:
             return True
-        return self.confirm(to_vcr_request(recorded), to_vcr_request(incoming))
+        return self.confirm(self.vcr_request(recorded), self.vcr_request(incoming))
 
     def differences(self, recorded: Request, incoming: Request) -> list[str]:
         """One short line per failing matcher (incoming value first, as vcrpy does); [] when they match."""
         out: list[str] = []
+        recorded, incoming = self.prepare(recorded), self.prepare(incoming)
         rparts, iparts = urlsplit(recorded.url), urlsplit(incoming.url)
         for name in self.match_on:
             if name in INDEXABLE:
@@ -266,6 +390,25 @@ class Matcher:
             for name, message in failures:
                 out.append(f"{name}: {_one_line(message or 'differs')}")
         return out
+
+
+def _vcr_filters() -> Any:
+    from vcr import filters
+
+    return filters
+
+
+def _filters(entries: Sequence[str], what: str) -> tuple[tuple[str, str | None], ...]:
+    """``NAME`` or ``NAME=VALUE`` entries as vcrpy's (name, replacement) pairs (None: remove)."""
+    out: list[tuple[str, str | None]] = []
+    for entry in (entries,) if isinstance(entries, str) else entries:
+        name, sep, value = str(entry).partition("=")
+        name = name.strip()
+        bad = "\r\n \t:" if what == "header" else "\r\n"
+        if not name or any(c in name for c in bad):
+            raise ConfigError(f"invalid {what} name {entry!r} to filter (give NAME or NAME=VALUE)")
+        out.append((name, value if sep else None))
+    return tuple(out)
 
 
 def _query_difference(recorded: Sequence[tuple[str, str]], incoming: Sequence[tuple[str, str]]) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 Headers = tuple[tuple[str, str], ...]
@@ -173,7 +174,13 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class Interaction:
-    """One recorded exchange: what was asked and what answered."""
+    """One recorded exchange: what was asked and what answered.
+
+    ``raw`` is the item as a cassette held it when its shape is not the one the proxy writes (a request
+    body stored as a mapping, the old httpx response format, tornado's header pairs, a response no vcrpy
+    stub can play): rewriting the cassette writes it back as it was. None for everything else.
+    """
 
     request: Request
     response: Response
+    raw: Any = field(default=None, compare=False, repr=False)

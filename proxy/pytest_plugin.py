@@ -23,12 +23,15 @@ sequences, cassette playback and the journal. After a test that used the proxy, 
 client behaved (proxy/verdict.py) runs and fails the test's teardown with every violation listed.
 
 Options (the command line wins over the ini file's ``replay_record_mode``, ``replay_upstream``,
-``replay_retry_after``, ``replay_no_verify``, ``replay_disable_checks``):
+``replay_retry_after``, ``replay_no_verify``, ``replay_disable_checks``, ``replay_filter_query_parameters``,
+``replay_filter_headers``):
 ``--replay-record-mode`` none (default: replay only, offline) | once | new_episodes | all | rewrite,
 ``--replay-upstream URL`` (where recording forwards), ``--replay-retry-after SECONDS`` (rewrite every
 advertised delay, e.g. 0.05 for fast polling; always valid HTTP, see proxy.rewrite),
 ``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME`` (one check off, explicit
-``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202).
+``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202),
+``--replay-filter-query-parameter NAME`` / ``--replay-filter-header NAME`` (vcrpy's filters, applied to
+requests before matching and recording).
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
@@ -96,11 +99,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "azure-core, which polls once immediately after the 202), poll-after-terminal, self-built-url, "
         "unfinished.",
     )
+    group.addoption(
+        "--replay-filter-query-parameter",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="vcrpy's filter_query_parameters: remove (or set) this query parameter in requests before "
+        "matching and recording, to replay cassettes vcrpy recorded with it (repeatable).",
+    )
+    group.addoption(
+        "--replay-filter-header",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="vcrpy's filter_headers: remove (or set) this request header before matching and recording "
+        "(repeatable).",
+    )
     parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
     parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
     parser.addini("replay_retry_after", "Default for --replay-retry-after.", default="")
     parser.addini("replay_no_verify", "Default for --replay-no-verify.", type="bool", default=False)
     parser.addini("replay_disable_checks", "Verdict checks turned off.", type="args", default=[])
+    parser.addini(
+        "replay_filter_query_parameters", "Query parameters filtered as vcrpy does.", type="args", default=[]
+    )
+    parser.addini("replay_filter_headers", "Request headers filtered as vcrpy does.", type="args", default=[])
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,8 @@ class Settings:
     retry_after: float | None = None
     verify: bool = True
     disabled_checks: tuple[str, ...] = ()
+    filter_query_parameters: tuple[str, ...] = ()
+    filter_headers: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -146,7 +171,18 @@ class Settings:
             _check_names(disabled)
         except ValueError as e:
             raise pytest.UsageError(f"--replay-disable-check: {e}") from None
-        return cls(record_mode, upstream, retry_after, not no_verify, tuple(disabled))
+        filters: dict[str, tuple[str, ...]] = {}
+        for name in ("filter_query_parameters", "filter_headers"):
+            given = config.getoption(f"replay_{name[:-1]}") or config.getini(f"replay_{name}")
+            filters[name] = tuple(given)
+        from proxy.errors import ConfigError
+        from proxy.matching import Matcher
+
+        try:
+            Matcher(**filters)  # a bad name is a usage error now, not at the first test
+        except ConfigError as e:
+            raise pytest.UsageError(f"replay-proxy: {e}") from None
+        return cls(record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters)
 
     @property
     def records(self) -> bool:
@@ -202,6 +238,8 @@ class _SessionProxy:
             proxy = ReplayProxy(
                 upstream=settings.upstream if settings.records else None,
                 retry_after=settings.retry_after,
+                filter_query_parameters=settings.filter_query_parameters,
+                filter_headers=settings.filter_headers,
                 forward_port=_free_port(),
             )
             try:

@@ -11,6 +11,7 @@ import secrets
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from proxy.cassette import CassetteWriter
 from proxy.errors import CassetteError
@@ -31,9 +32,12 @@ class Recorder:
         record_mode: RecordMode,
         matcher: Matcher,
         redactor: Redactor,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.path = path
         self.loaded = list(loaded)
+        self.extra = extra or {}
+        """The loaded cassette's top-level keys besides version and interactions: kept in the file."""
         self.record_mode = record_mode
         self.matcher = matcher
         self.redactor = redactor
@@ -50,13 +54,15 @@ class Recorder:
         Raises CassetteError when it cannot be saved, and again for every later exchange: a cassette with
         a hole in the middle would replay a session that never happened.
         """
-        saved = self.redactor.interaction(interaction)
+        saved = self.redactor.interaction(
+            Interaction(self.matcher.prepare(interaction.request), interaction.response)
+        )  # vcrpy's filters (--filter-query-parameter, --filter-header) first, as vcrpy records
         with self._lock:
             if self.failure is not None:
                 raise CassetteError(self.failure)
             try:
                 if self._writer is None:
-                    self._writer = CassetteWriter(self.path, self.loaded)
+                    self._writer = CassetteWriter(self.path, self.loaded, self.extra)
                 self._writer.append(saved)
             except CassetteError as e:
                 self.failure = str(e)

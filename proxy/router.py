@@ -66,6 +66,8 @@ class NoMatch:
     nearest: tuple[tuple[int, Interaction, tuple[str, ...]], ...] = ()
     rules: tuple[NearRule, ...] = ()
     """The scenario rules closest to answering (play), with what differed."""
+    unrecorded: tuple[tuple[str, str], ...] = ()
+    """("query" | "header", name): all that the closest recording lacks, as vcrpy's filters leave it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +146,15 @@ class Router:
             what = "scenario rule"
         else:
             what = "scenario rule or recorded interaction"
+        unrecorded = (
+            self.playback.matcher.unrecorded(nearest[0][1].request, matching)
+            if self.playback is not None and nearest
+            else ()
+        )
         return NoMatch(
             request,
             f"no {what} matches this request",
             tuple((i, it, tuple(diffs)) for i, it, diffs in nearest),
             tuple(self.scenarios.nearest(request)) if self.scenarios is not None else (),
+            unrecorded,
         )

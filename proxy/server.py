@@ -21,6 +21,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
+from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
 from proxy.addon import ReplayAddon
@@ -34,6 +35,11 @@ UNREACHABLE = "http://127.0.0.1:9"
 """Reverse target when replaying with no upstream: never dialled (answers come from the cassette)."""
 
 _T = TypeVar("_T")
+
+_running_lock = threading.Lock()
+_running: ReplayProxy | None = None
+"""The proxy whose mitmproxy runs in this process: mitmproxy's context (``ctx.master``) is global, so a
+second master would take over the first one's traffic."""
 
 
 class _Keep:
@@ -137,6 +143,8 @@ class ReplayProxy:
         confdir: str | os.PathLike[str] | None = None,
         match_on: Sequence[str] = DEFAULT_MATCH_ON,
         match_headers: Sequence[str] = (),
+        filter_query_parameters: Sequence[str] = (),
+        filter_headers: Sequence[str] = (),
         when_exhausted: str = "repeat-last",
         retry_after: float | None = None,
         redact: bool = True,
@@ -176,6 +184,8 @@ class ReplayProxy:
             "upstream": self.upstream,
             "match_on": tuple(match_on),
             "match_headers": tuple(match_headers),
+            "filter_query_parameters": tuple(filter_query_parameters),
+            "filter_headers": tuple(filter_headers),
             "when_exhausted": when_exhausted,
             "retry_after": retry_after,
             "redact": redact,
@@ -226,6 +236,7 @@ class ReplayProxy:
             raise ConfigError(
                 f"{self.confdir}: cannot create the configuration directory: {e.strerror or e}"
             ) from e
+        _claim(self)
         self._thread = threading.Thread(target=self._thread_main, name="replay-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -271,6 +282,8 @@ class ReplayProxy:
         clock: str | None = KEEP,
         match_on: Sequence[str] = KEEP,
         match_headers: Sequence[str] = KEEP,
+        filter_query_parameters: Sequence[str] = KEEP,
+        filter_headers: Sequence[str] = KEEP,
         when_exhausted: str = KEEP,
         redact: bool = KEEP,
         redact_headers: Sequence[str] = KEEP,
@@ -302,6 +315,8 @@ class ReplayProxy:
             "clock": clock,
             "match_on": match_on,
             "match_headers": match_headers,
+            "filter_query_parameters": filter_query_parameters,
+            "filter_headers": filter_headers,
             "when_exhausted": when_exhausted,
             "redact": redact,
             "redact_headers": redact_headers,
@@ -371,6 +386,7 @@ class ReplayProxy:
                 self._error = e
         finally:
             _remove_mitmproxy_log_handlers()
+            _release(self)
             self._ready.set()
 
     async def _main(self) -> None:
@@ -391,8 +407,10 @@ class ReplayProxy:
         try:
             try:
                 master.options.update(**self.replay_options)
+                specs = self._mode_specs()
+                _listen_on_tcp_only(specs)
                 master.options.update(
-                    mode=self._mode_specs(),
+                    mode=specs,
                     connection_strategy="lazy",
                     body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
@@ -461,6 +479,42 @@ class ReplayProxy:
         self._ready.set()
 
 
+def _claim(proxy: ReplayProxy) -> None:
+    """Make ``proxy`` this process's one running proxy, or raise StartupError naming the one running."""
+    global _running
+    with _running_lock:
+        if _running is not None:
+            where = _running.url or "still starting"
+            raise StartupError(
+                f"another ReplayProxy is running in this process ({where}): mitmproxy runs one proxy per "
+                "process; stop() that one first, or have it serve something else with use()"
+            )
+        _running = proxy
+
+
+def _release(proxy: ReplayProxy) -> None:
+    """``proxy``'s thread has ended: another proxy may start."""
+    global _running
+    with _running_lock:
+        if _running is proxy:
+            _running = None
+
+
+def _listen_on_tcp_only(specs: Sequence[str]) -> None:
+    """Have mitmproxy listen on TCP alone for these mode specs, not on UDP too.
+
+    For ``reverse:https://...`` mitmproxy also listens on UDP (HTTP/3), with a server in its Rust
+    extension whose worker threads outlive the proxy: at interpreter exit one would take the GIL, be
+    ended by Python's finalization and crash the process (exit 139 after a clean stop, ~1 run in 3).
+    The proxy serves HTTP/1.1 and HTTP/2 over TCP. ``ProxyMode.parse`` caches the mode it returns and
+    the proxy server parses the same spec, so the mode made TCP-only here is the one it listens with.
+    """
+    for spec in specs:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if mode.transport_protocol != "tcp":
+            object.__setattr__(mode, "transport_protocol", "tcp")  # the mode dataclass is frozen
+
+
 def classify(path: str | os.PathLike[str]) -> str:
     """``"scenario"`` or ``"cassette"``, by the top-level keys; a missing file is a cassette to record."""
     p = Path(path)
@@ -471,8 +525,8 @@ def classify(path: str | os.PathLike[str]) -> str:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from e
     keys = set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, re.MULTILINE))
-    if "interactions" in keys:
-        return "cassette"
+    if "interactions" in keys or (text.lstrip().startswith("{") and '"interactions"' in text):
+        return "cassette"  # vcrpy's YAML, or its JSON
     if keys & {"routes", "operations"}:
         return "scenario"
     if not text.strip():
@@ -491,6 +545,8 @@ def _replay_options(
     upstream: str | None,
     match_on: Sequence[str],
     match_headers: Sequence[str],
+    filter_query_parameters: Sequence[str],
+    filter_headers: Sequence[str],
     when_exhausted: str,
     retry_after: float | None,
     redact: bool,
@@ -508,6 +564,8 @@ def _replay_options(
         "replay_record_mode": record_mode or default_mode,
         "replay_match_on": list(match_on),
         "replay_match_headers": list(match_headers),
+        "replay_filter_query_parameters": list(filter_query_parameters),
+        "replay_filter_headers": list(filter_headers),
         "replay_when_exhausted": when_exhausted,
         "replay_retry_after": None if retry_after is None else repr(float(retry_after)),
         "replay_redact": redact,

@@ -210,7 +210,6 @@ MALFORMED = {
     "old_list": ("- request: {}\n  response: {}\n", "pre-1.0"),
     "no_interactions": ("version: 1\n", "no 'interactions'"),
     "interactions_scalar": ("interactions: 3\n", "'interactions' must be a list"),
-    "version_2": ("interactions: []\nversion: 2\n", "unsupported cassette version"),
     "request_missing_uri": (
         "interactions:\n- request: {body: null, headers: {}, method: GET}\n" + GOOD_RESPONSE,
         "interaction 0: request is missing uri",
@@ -220,44 +219,13 @@ MALFORMED = {
         + GOOD_RESPONSE,
         "interaction 0: request has unknown keys recorded_at",
     ),
-    "request_body_mapping": (
-        "interactions:\n- request: {body: {a: 1}, headers: {}, method: GET, uri: u}\n" + GOOD_RESPONSE,
-        "interaction 0: request body must be null, text or !!binary",
-    ),
     "no_response": ("interactions:\n-" + GOOD_REQUEST[1:], "interaction 0: needs a 'response'"),
-    "status_without_message": (
-        "interactions:\n-"
-        + GOOD_REQUEST[1:]
-        + GOOD_RESPONSE
-        + "-"
-        + GOOD_REQUEST[1:]
-        + "  response: {body: {string: ''}, headers: {}, status: {code: 200}}\n",
-        "interaction 1: response status has no message",
-    ),
-    "scalar_response_header": (
-        "interactions:\n-"
-        + GOOD_REQUEST[1:]
-        + "  response: {body: {string: ''}, headers: {Content-Type: text/plain},"
-        + " status: {code: 200, message: OK}}\n",
-        "interaction 0: response: header 'Content-Type' must be a list",
-    ),
-    "scalar_request_header": (
-        "interactions:\n- request: {body: null, headers: {A: b}, method: GET, uri: u}\n" + GOOD_RESPONSE,
-        "interaction 0: request: header 'A' must be a list",
-    ),
-    "body_not_mapping": (
-        "interactions:\n-"
-        + GOOD_REQUEST[1:]
-        + "  response: {body: text, headers: {}, status: {code: 200, message: OK}}\n",
-        "response body must be a mapping",
-    ),
-    "bad_status": (
-        "interactions:\n-"
-        + GOOD_REQUEST[1:]
-        + "  response: {body: {string: ''}, headers: {}, status: {code: abc, message: OK}}\n",
-        "not an HTTP status",
+    "request_header_without_value": (
+        "interactions:\n- request: {body: null, headers: {A: []}, method: GET, uri: u}\n" + GOOD_RESPONSE,
+        "interaction 0: request: header 'A' has no value",
     ),
 }
+"""What vcrpy refuses to load too: the whole file is refused, with where."""
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))

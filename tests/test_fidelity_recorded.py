@@ -82,34 +82,8 @@ def proxy_replay(
     return [essence(s, [proxy.url, origin]) for s in seen]
 
 
-# What fails today, and why (each names the shape, what vcrpy does, what the proxy does).
-_SURROGATES = (
-    "JSON serializer: vcrpy writes the cassette with json.dumps (ensure_ascii), so a character outside the "
-    "BMP (an emoji) is stored as a surrogate-pair escape ('\\ud83d\\ude80'), which json.loads joins; "
-    "the proxy "
-    "parses the file as YAML, which refuses a lone surrogate escape: 'found invalid Unicode character "
-    "escape code (while parsing a quoted scalar)'"
-)
-_AIOHTTP_BODY = (
-    "aiohttp stub: a json= request body is recorded as a mapping (request.body: {n: 1, name: ...}); vcrpy "
-    "loads it into its Request as is and replays; the proxy refuses the cassette: 'interaction 0: request "
-    "body must be null, text or !!binary'"
-)
-_TORNADO_HEADERS = (
-    "tornado stub: response headers are recorded as a list of (name, [values]) pairs (YAML: a list of "
-    "!!python/tuple; JSON: a list of lists); vcrpy's tornado stub replays a list or a mapping; the proxy "
-    "refuses the cassette: 'interaction 0: response: headers must be a mapping of name to list of values'"
-)
-KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("aiohttp", "yaml"): _AIOHTTP_BODY,
-    ("tornado", "yaml"): _TORNADO_HEADERS,
-    ("requests", "json"): _SURROGATES,
-    ("urllib3", "json"): _SURROGATES,
-    ("httpx", "json"): _SURROGATES,
-    ("httpx-async", "json"): _SURROGATES,
-    ("aiohttp", "json"): f"{_SURROGATES}; then {_AIOHTTP_BODY}",
-    ("tornado", "json"): f"{_SURROGATES}; then {_TORNADO_HEADERS}",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
+"""What fails today, and why (each names the shape, what vcrpy does, what the proxy does): nothing now."""
 
 
 def _cases() -> list[Any]:
@@ -155,12 +129,14 @@ def _record_requests(path: Path, calls: list[tuple[str, dict[str, str]]], **vcr_
 def _both(
     proxy: ReplayProxy, path: Path, origin: str, calls: list[tuple[str, dict[str, str]]], **vcr_options: Any
 ) -> tuple[list[Essence], list[Essence]]:
-    """(vcrpy's answers, the proxy's) to ``calls`` replayed from ``path`` with the same client."""
+    """(vcrpy's answers, the proxy's) to ``calls`` replayed from ``path`` with the same client; vcrpy's
+    filter options go to the proxy too (it has them under the same names)."""
     client = CLIENTS["requests"]()
     try:
         with vcr.use_cassette(str(path), record_mode="none", **vcr_options):
             expected = [essence(client.send("GET", origin + t, headers=h), [origin]) for t, h in calls]
-        proxy.use(cassette=path)
+        filters = ("filter_query_parameters", "filter_headers")
+        proxy.use(cassette=path, **{k: v for k, v in vcr_options.items() if k in filters})
         got = [essence(client.send("GET", proxy.url + t, headers=h), [proxy.url, origin]) for t, h in calls]
     finally:
         client.close()
@@ -173,15 +149,6 @@ def _both(
         pytest.param("/json?a=&b=1", "/json?b=1", id="recorded-blank"),
         pytest.param("/json?b=1", "/json?a=&b=1", id="replayed-blank"),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "blank query values: vcrpy's query matcher compares urllib.parse.parse_qsl(query), which drops "
-        "blank values, so '?a=&b=1' and '?b=1' are the same request to vcrpy; the proxy keeps 'a=' in its "
-        "query key and answers 599 no-match"
-    ),
 )
 def test_blank_query_value_matches_as_in_vcrpy(
     proxy: ReplayProxy, tmp_path: Path, recorded: str, replayed: str
@@ -196,16 +163,6 @@ def test_blank_query_value_matches_as_in_vcrpy(
 FILTERED = [("/results/r1?api_key=k-live-123&x=1&empty=", {"Authorization": "Bearer live-token-456"})]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "cassettes recorded with vcrpy's filter_query_parameters: vcrpy stores the URI filtered (api_key "
-        "removed, blank 'empty=' dropped, query re-sorted: '?x=1') and, given the same option on replay, "
-        "filters each live request the same way before matching; the proxy has no such option and matches "
-        "the live '?api_key=...&x=1&empty=' against '?x=1': 599 no-match"
-    ),
-)
 def test_recording_made_with_vcrpy_filters_replays(proxy: ReplayProxy, tmp_path: Path) -> None:
     path = tmp_path / "filtered.yaml"
     options: dict[str, Any] = {"filter_query_parameters": ["api_key"], "filter_headers": ["authorization"]}
@@ -235,16 +192,6 @@ def _aiohttp_follow(url: str) -> tuple[list[int], Seen]:
     return asyncio.run(asyncio.wait_for(go(), 10))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CassetteError,
-    reason=(
-        "aiohttp stub, redirect followed by the client: each hop in response.history is recorded with "
-        "'body: {}' (aiohttp has released it, reading raises ClientConnectionError); vcrpy replays it as an "
-        "empty body and follows the Location; the proxy refuses the cassette: 'interaction 0: response "
-        "body must be a mapping with 'string''"
-    ),
-)
 def test_aiohttp_followed_redirect_replays(proxy: ReplayProxy, tmp_path: Path) -> None:
     path = tmp_path / "redirect.yaml"
     with LroUpstream() as up, vcr.use_cassette(str(path), record_mode="all"):

@@ -62,11 +62,107 @@ def test_default_ignores_host_and_query_order() -> None:
     assert m.matches(Request("get", "http://x/items?b=2&a=1"), a)  # method case
 
 
-def test_query_repeats_and_blanks_count() -> None:
+def test_query_repeats_count_and_blank_values_do_not_as_in_vcrpy() -> None:
     m = Matcher()
     assert not m.matches(get("http://x/p?a=1&a=1"), get("http://x/p?a=1"))
-    assert not m.matches(get("http://x/p?a=1&flag="), get("http://x/p?a=1"))
+    assert m.matches(get("http://x/p?a=1&flag="), get("http://x/p?a=1"))  # vcrpy: parse_qsl drops blanks
+    assert m.matches(get("http://x/p?a=1&flag"), get("http://x/p?a=1"))
     assert m.matches(get("http://x/p?a=1&a=2"), get("http://x/p?a=2&a=1"))
+    assert not m.matches(get("http://x/p?a="), get("http://x/p?a=0"))
+
+
+QUERIES = [
+    "",
+    "?",
+    "?a=",
+    "?a",
+    "?a=&b=1",
+    "?b=1",
+    "?b=1&a=",
+    "?a=1&a=1",
+    "?a=1",
+    "?a=%20",
+    "?a=+",
+    "?a=1;b=2",
+    "?a=1&&b=2",
+    "?=1",
+    "?a=1&b=2",
+    "?b=2&a=1",
+    "?a=%3D",
+    "?a==",
+    "?%61=1",
+]
+
+
+@pytest.mark.parametrize("left", QUERIES)
+def test_query_matcher_agrees_with_vcrpys(left: str) -> None:
+    """The query key equal exactly when vcrpy's own query matcher says the two requests match."""
+    m = Matcher(["query"])
+    for right in QUERIES:
+        a, b = get(f"http://x/p{left}"), get(f"http://x/p{right}")
+        try:
+            vcr_matchers.query(to_vcr_request(a), to_vcr_request(b))
+            vcrpy_says = True
+        except AssertionError:
+            vcrpy_says = False
+        assert m.matches(a, b) is vcrpy_says, (left, right)
+
+
+def test_path_matcher_agrees_with_vcrpy_on_params() -> None:
+    m = Matcher(["path"])
+    a, b = get("http://x/a;v=1"), get("http://x/a;v=2")
+    assert m.matches(a, b)
+    assert vcr_matchers.path(to_vcr_request(a), to_vcr_request(b)) is None
+    assert not m.matches(get("http://x/a;v=1/b"), get("http://x/a;v=2/b"))
+
+
+def test_filters_apply_vcrpys_filters_before_matching() -> None:
+    m = Matcher(filter_query_parameters=["api_key"], filter_headers=["Authorization"])
+    recorded = get("http://x/p?a=1")  # as vcrpy's filter_query_parameters=["api_key"] saved it
+    live = get("http://x/p?api_key=s3cr3t&a=1", (("authorization", "Bearer x"), ("Accept", "*/*")))
+    assert m.matches(recorded, live) and m.key(recorded) == m.key(live)
+    assert not Matcher().matches(recorded, live)
+    assert m.prepare(live) == get("http://x/p?a=1", (("Accept", "*/*"),))
+    assert m.prepare(recorded) is recorded
+    # NAME=VALUE replaces, as vcrpy's (name, replacement) pairs do; the query is re-encoded sorted
+    r = Matcher(filter_query_parameters=["token=<T>"], filter_headers=["X-Key=k"])
+    assert r.prepare(get("http://x/p?z=1&token=abc", (("x-key", "v"),))) == get(
+        "http://x/p?token=%3CT%3E&z=1", (("x-key", "k"),)
+    )
+    # chosen headers compare after filtering
+    h = Matcher(headers=["x-tenant"], filter_headers=["x-tenant"])
+    assert h.matches(get("http://x/p"), get("http://x/p", (("X-Tenant", "t"),)))
+    with pytest.raises(ConfigError, match="invalid header name"):
+        Matcher(filter_headers=["bad name"])
+    with pytest.raises(ConfigError, match="invalid query parameter name"):
+        Matcher(filter_query_parameters=["=x"])
+
+
+def test_unrecorded_names_only_what_filters_drop() -> None:
+    m = Matcher(headers=["x-tenant"])
+    recorded = get("http://x/p?a=1", (("X-Other", "1"),))
+    live = get("http://x/p?a=1&api_key=k&sig=s", (("X-Tenant", "t"),))
+    assert m.unrecorded(recorded, live) == (("query", "api_key"), ("query", "sig"), ("header", "x-tenant"))
+    assert m.unrecorded(recorded, get("http://x/p?a=2&api_key=k")) == ()  # a value differs too
+    assert m.unrecorded(recorded, get("http://x/q?a=1&api_key=k")) == ()  # the path differs too
+    assert m.unrecorded(get("http://x/p?a=1&api_key=old"), get("http://x/p?a=1&api_key=k")) == ()
+    assert m.unrecorded(recorded, get("http://x/p?a=1&api_key=k", (("X-Tenant", "t"),))) == (
+        ("query", "api_key"),
+        ("header", "x-tenant"),
+    )
+    assert Matcher(filter_query_parameters=["api_key", "sig"]).unrecorded(recorded, live) == ()  # matches
+
+
+def test_body_recorded_as_a_value_matches_what_the_client_sends() -> None:
+    """vcrpy's aiohttp stub records json= / data= values, not bytes: they match the bytes sent for them."""
+    m = Matcher(["method", "path", "body"])
+    recorded = VcrRequest("POST", "http://x/q", {"b": [1, 2], "a": "x"}, {})
+    sent = m.vcr_request(Request("POST", "http://x/q", JSON, b'{"a": "x", "b": [1, 2]}'))
+    assert m.confirm(recorded, sent)
+    form = m.vcr_request(Request("POST", "http://x/q", (), b"a=x&b=2"))
+    assert m.confirm(VcrRequest("POST", "http://x/q", {"a": "x", "b": 2}, {}), form)
+    assert not m.confirm(recorded, m.vcr_request(Request("POST", "http://x/q", JSON, b'{"a": "y"}')))
+    assert not m.confirm(VcrRequest("POST", "http://x/q", [1, 2], {}), form)
 
 
 def test_uri_is_exact_like_vcrpy_except_bare_host() -> None:

@@ -624,3 +624,39 @@ def test_the_readmes_pytest_example_passes_as_written(inner: pytest.Pytester) ->
     inner.makepyfile(test_readme=readme_pytest_example())
     result = run(inner)
     assert outcomes(result) == {"passed": 3}, result.stdout.str()
+
+
+# ---------------------------------------------------------------------------- vcrpy's filters, JSON
+
+FILTERED = """
+import requests
+
+from lro_client import TIMEOUT
+
+
+def test_a_filtered_cassette_matches_live_requests(replay_proxy):
+    replay_proxy.use("cassettes/thing.json")  # vcrpy's JSON, recorded with filter_query_parameters
+    r = requests.get(replay_proxy.url + "/things/1?api_key=live-key", timeout=TIMEOUT)
+    assert r.status_code == 200, r.json()["error"]["message"]
+    assert r.json()["name"] == "recorded thing"
+"""
+
+
+def test_filter_options_and_a_json_cassette(inner: pytest.Pytester) -> None:
+    """A cassette vcrpy recorded with ``filter_query_parameters=["api_key"]`` (in its JSON format) matches
+    live requests that still carry the key with --replay-filter-query-parameter, or its ini key."""
+    from proxy.cassette import load, save
+
+    save(inner.path / "cassettes" / "thing.json", load(inner.path / "cassettes" / "thing.yaml"))
+    inner.makepyfile(test_filtered=FILTERED)
+    without = run(inner)
+    assert outcomes(without) == {"failed": 1, "errors": 1}, without.stdout.str()  # and the verdict
+    without.stdout.fnmatch_lines(
+        ["*AssertionError: *Filter live requests the same way: --filter-query-parameter api_key*"]
+    )
+    assert outcomes(run(inner, "--replay-filter-query-parameter=api_key")) == {"passed": 1}
+    inner.makeini(f"[pytest]\naddopts = {INNER_ADDOPTS}\nreplay_filter_query_parameters = api_key\n")
+    assert outcomes(run(inner)) == {"passed": 1}
+    bad = run(inner, "--replay-filter-header=bad name")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "invalid header name 'bad name'" in bad.stderr.str()

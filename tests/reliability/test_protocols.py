@@ -227,11 +227,25 @@ def curl(*args: str) -> list[Transfer]:
     ]
 
 
+def httpx_h2(ca: str, urls: list[str], proxy: str | None = None) -> list[tuple[str, int, Any]]:
+    """GET each URL with httpx ``http2=True``, then with ``http1=False`` too: (version, status, JSON)."""
+    answers = []
+    for http1 in (True, False):
+        with httpx.Client(
+            http1=http1, http2=True, verify=ca, proxy=proxy, trust_env=False, timeout=TIMEOUT
+        ) as c:
+            for url in urls:
+                r = c.get(url)
+                answers.append((r.http_version, r.status_code, r.json()))
+    return answers
+
+
 def test_http2_over_tls_in_reverse_mode(
     upstream: Upstream, scenario: Path, tmp_path: Path, confdir: Path
 ) -> None:
-    """A client reaching the reverse proxy over https negotiates h2 (ALPN) with the proxy's certificate:
-    several streams on one connection, the upstream's Location rewritten to the proxy's https URL."""
+    """A client reaching the reverse proxy over https negotiates h2 (ALPN) with the proxy's certificate,
+    curl and httpx (http2=True, and http1=False) alike: several streams on one connection, the upstream's
+    Location rewritten to the proxy's https URL."""
     stages = Stages(tmp_path / "h2-reverse.yaml", scenario, confdir, upstream.url)
     for stage in STAGES:
         with stages.proxy(stage) as proxy:
@@ -240,22 +254,19 @@ def test_http2_over_tls_in_reverse_mode(
             transfers = curl(
                 "--http2", "--cacert", ca, f"{base}/json?n=1", f"{base}/json?n=2", f"{base}/start"
             )
-            # httpx offers ALPN http/1.1 before h2 and mitmproxy takes the client's first choice: httpx
-            # with http2=True gets HTTP/1.1 (and with http1=False it speaks h2 on the http/1.1 it got).
-            with httpx.Client(http2=True, verify=ca, trust_env=False, timeout=TIMEOUT) as c:
-                answers = [c.get(f"{base}/json?n={n}") for n in (3, 4)]
+            # httpx offers ALPN http/1.1 before h2; mitmproxy alone took the client's first choice, so
+            # httpx with http2=True got HTTP/1.1, and with http1=False spoke h2 on it (``PRI *``, a 599).
+            answers = httpx_h2(ca, [f"{base}/json?n={n}" for n in (3, 4)])
             assert sources(proxy) == {SOURCE[stage]}
         assert [(t.version, t.status) for t in transfers] == [("2", 200), ("2", 200), ("2", 202)], stage
         assert [t.connects for t in transfers] == [1, 0, 0]  # one connection, reused
         assert [json.loads(t.body) for t in transfers[:2]] == [answer_to_json(stage, n) for n in (1, 2)]
         assert transfers[2].location == f"{base}/operations/op1", stage
-        assert [(a.http_version, a.status_code, a.json()) for a in answers] == [
-            ("HTTP/1.1", 200, answer_to_json(stage, n)) for n in (3, 4)
-        ]
+        assert answers == [("HTTP/2", 200, answer_to_json(stage, n)) for n in (3, 4)] * 2, stage
         if stage == "record":
             assert [r["path"] for r in upstream.requests] == ["/json?n=1", "/json?n=2", "/start"] + [
                 f"/json?n={n}" for n in (3, 4)
-            ]
+            ] * 2
 
 
 def test_http2_with_prior_knowledge_on_plain_http(
@@ -284,23 +295,29 @@ def test_http2_with_prior_knowledge_on_plain_http(
 def test_http2_through_the_forward_proxy(
     upstream_tls: UpstreamTls, scenario: Path, tmp_path: Path, confdir: Path
 ) -> None:
-    """curl --http2 through the forward proxy to an https origin: h2 with the proxy (CONNECT, then ALPN on
-    the proxy's certificate for the origin), HTTP/1.1 from the proxy to the origin."""
+    """curl --http2 and httpx (http2=True, and http1=False) through the forward proxy to an https origin:
+    h2 with the proxy (CONNECT, then ALPN on the proxy's certificate for the origin), HTTP/1.1 from the
+    proxy to the origin."""
     stages = Stages(tmp_path / "h2.yaml", scenario, confdir, mode="regular", upstream_ca=upstream_tls.ca)
     transfers: dict[str, list[Transfer]] = {}
+    answers: dict[str, list[tuple[str, int, Any]]] = {}
     with https_upstream(upstream_tls) as origin:
         urls = [f"{origin.url}/json?n=1", f"{origin.url}/json?n=2", f"{origin.url}/start"]
         with stages.proxy("record") as proxy:
             transfers["record"] = curl("--http2", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert), *urls)
-        assert recorded_uris(stages.cassette) == urls
+            answers["record"] = httpx_h2(str(proxy.ca_cert), urls[:2], proxy.url)
+        assert recorded_uris(stages.cassette) == urls + urls[:2] * 2
         # (mitmproxy opens an HTTP/1.1 connection to the origin per HTTP/2 stream)
     for stage in ("replay", "play"):  # the origin is gone
         with stages.proxy(stage) as proxy:
             transfers[stage] = curl("--http2", "--proxy", proxy.url, "--cacert", str(proxy.ca_cert), *urls)
+            answers[stage] = httpx_h2(str(proxy.ca_cert), urls[:2], proxy.url)
             assert sources(proxy) == {SOURCE[stage]}
     for stage, seen in transfers.items():
         assert [(t.version, t.status) for t in seen] == [("2", 200), ("2", 200), ("2", 202)], stage
         assert [json.loads(t.body) for t in seen[:2]] == [answer_to_json(stage, n) for n in (1, 2)]
+        # httpx http2=True, then http1=False: h2 as well (it offers http/1.1 first)
+        assert answers[stage] == [("HTTP/2", 200, answer_to_json(stage, n)) for n in (1, 2)] * 2, stage
     # Forward mode keeps the origin's URLs; the scenario's proxy_url is the origin the client named.
     assert {seen[2].location for seen in transfers.values()} == {f"{origin.url}/operations/op1"}
     assert [t.connects for t in transfers["replay"]] == [1, 0, 0]  # one tunnel, its h2 connection reused
