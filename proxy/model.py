@@ -42,6 +42,18 @@ def header_problem(name: str, value: str | bytes) -> str | None:
     return None
 
 
+def fields_are_safe(names: Iterable[str], values: Iterable[str]) -> bool:
+    """Whether every name is a token and no value has a control character, in one pass of each regex over
+    all of them (a cassette of many exchanges loads faster); False means: look at each with
+    header_problem to say which."""
+    names = list(names)
+    return (
+        all(names)
+        and _TOKEN.fullmatch("".join(names) or "x") is not None
+        and _CONTROL.search("".join(values)) is None
+    )
+
+
 def reason_problem(reason: str) -> str | None:
     """Why a status line's reason phrase cannot be sent as it is (CR, LF, control characters), or None."""
     if _CONTROL.search(reason) is None:
