@@ -381,7 +381,7 @@ def _build_session(options: Any) -> Session:
     loaded: list[Interaction] = []
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            loaded = cassette.load(path)
+            loaded = cassette.load(path, _body_limit(options))
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
@@ -440,6 +440,17 @@ def _build_session(options: Any) -> Session:
         served or "nothing",
         upstream_timeout,
     )
+
+
+def _body_limit(options: Any) -> int | None:
+    """What a cassette's compressed body may decode to: mitmproxy's ``body_size_limit``
+    (``--max-body-size``), else ``cassette.DECODED_BODY_LIMIT``; ``0``: no limit."""
+    value = getattr(options, "body_size_limit", None)
+    if value is None:
+        return cassette.DECODED_BODY_LIMIT
+    from mitmproxy.utils import human
+
+    return human.parse_size(value) or None
 
 
 def _upstream_timeout(value: str) -> float | None:

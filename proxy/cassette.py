@@ -30,7 +30,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
 from vcr.serializers import yamlserializer
 
-from . import yamlfast
+from . import decompress, yamlfast
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
@@ -283,31 +283,60 @@ def _text(value: object) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
-def _decoded(headers: Headers, body: bytes) -> tuple[Headers, bytes]:
+DECODED_BODY_LIMIT = 100 << 20
+"""Bytes a cassette's compressed body may decode to unless told otherwise (the default --max-body-size)."""
+
+_MAGIC = {"gzip": b"\x1f\x8b", "x-gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
+"""How a body in these encodings starts: one that does and still fails to decode is corrupt."""
+
+
+class _BodyError(Exception):
+    """A response body that cannot be decoded from its Content-Encoding; ``response`` is its dict in the
+    file's data (to find which interaction, and its line)."""
+
+    def __init__(self, response: dict[str, Any], message: str) -> None:
+        super().__init__(message)
+        self.response, self.message = response, message
+        self.index: int | None = None
+
+
+def _decoded(headers: Headers, body: bytes, limit: int | None) -> tuple[Headers, bytes]:
     """The body decoded when it is still in its Content-Encoding, header dropped and length fixed.
 
     vcrpy's httpx stub saves the raw compressed bytes with ``Content-Encoding`` (unless
     ``decode_compressed_response``); urllib3 (requests) saves them decoded but keeps the header. The proxy
     serves bodies decoded, so the first shape must be decoded here; the second fails to decode and stays.
+    Decoding stops past ``limit`` bytes (a decompression bomb): ``decompress.TooLarge``; a body that has
+    the encoding's signature but does not decode raises ``decompress.Invalid``.
     """
     encoding = (header_value(headers, "content-encoding") or "").strip().lower()
-    if not body or encoding not in ("gzip", "x-gzip", "deflate", "br", "zstd"):
+    if not body or encoding not in decompress.ENCODINGS:
         return headers, body
-    from mitmproxy.net import encoding as codecs  # only for compressed cassettes: keeps `load` light
-
     try:
-        decoded = codecs.decode(body, "gzip" if encoding == "x-gzip" else encoding)
-    except ValueError:  # already decoded
-        return headers, body
-    if not isinstance(decoded, bytes):
-        return headers, body
+        decoded = decompress.decode(body, encoding, limit)
+    except decompress.Invalid:
+        magic = _MAGIC.get(encoding)
+        if magic is not None and body.startswith(magic):
+            raise
+        return headers, body  # already decoded
     headers = without_headers(headers, ["content-encoding"])
     if header_value(headers, "content-length") is not None:
         headers = set_header(headers, "Content-Length", str(len(decoded)))
     return headers, decoded
 
 
-def _response_from_dict(d: dict[str, Any]) -> Response:
+def _body_problem(error: ValueError, encoding: str, limit: int | None) -> str:
+    if isinstance(error, decompress.TooLarge) and limit is None:
+        return f"response body (Content-Encoding: {encoding}) is too large to decode: {error}"
+    if isinstance(error, decompress.TooLarge):
+        return (
+            f"response body (Content-Encoding: {encoding}) decodes to more than {limit:,} bytes "
+            "(--max-body-size): a decompression bomb, or raise --max-body-size"
+        )
+    return f"response body says Content-Encoding: {encoding} but does not decode: {error}"
+
+
+def _response_from_dict(d: dict[str, Any], limit: int | None = DECODED_BODY_LIMIT) -> Response:
     headers: Headers = tuple(
         (name, v) if name.__class__ is str and v.__class__ is str else (str(name), _text(v))
         for name, values in d["headers"].items()
@@ -316,7 +345,11 @@ def _response_from_dict(d: dict[str, Any]) -> Response:
     body = d["body"]["string"]
     if isinstance(body, str):
         body = body.encode("utf-8")
-    headers, body = _decoded(headers, body or b"")
+    try:
+        headers, body = _decoded(headers, body or b"", limit)
+    except (decompress.TooLarge, decompress.Invalid) as e:
+        encoding = (header_value(headers, "content-encoding") or "").strip()
+        raise _BodyError(d, _body_problem(e, encoding, limit)) from None
     return Response(
         status=int(d["status"]["code"]),
         reason=str(d["status"]["message"]),
@@ -394,18 +427,33 @@ def _parse_streamed(path: Path) -> Any:
     return data
 
 
-def load(path: Path) -> list[Interaction]:
-    """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
+def load(path: Path, max_body_size: int | None = DECODED_BODY_LIMIT) -> list[Interaction]:
+    """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty.
+
+    A compressed body may decode to ``max_body_size`` bytes at most (None: no limit); past that, or when
+    it does not decode, a CassetteError says which interaction and where.
+    """
     path = Path(path)
     with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
         data = _parse_streamed(path)
         if data is None:
             data = _parse_text(path)
+        items = data["interactions"]
         try:
-            out = _direct(data["interactions"])
-        except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
-            out = _through_vcrpy(path, data)
-        del data  # before the collector resumes: it would walk all of it once more
+            try:
+                out = _direct(items, max_body_size)
+            except _BodyError:
+                raise
+            except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
+                out = _through_vcrpy(path, data, max_body_size)
+        except _BodyError as e:
+            index = e.index
+            if index is None:
+                index = next((i for i, item in enumerate(items) if item["response"] is e.response), 0)
+            error = _Invalid(path, ("interactions", index, "response", "body"), f"interaction {index}: {e}")
+            del data, items
+            raise _located(error, path.read_text("utf-8")) from None
+        del data, items  # before the collector resumes: it would walk all of it once more
     return out
 
 
@@ -437,16 +485,17 @@ def _request_from_dict(d: dict[str, Any]) -> Request:
     return Request(method=d["method"], url=uri, headers=headers, body=body)
 
 
-def _direct(items: list[Any]) -> list[Interaction]:
+def _direct(items: list[Any], limit: int | None) -> list[Interaction]:
     """Checked items as ``_through_vcrpy`` makes them, without building vcrpy's objects on the way (a
     third of a large load); anything it would refuse or treat specially raises, to be done that way."""
     requests = [_request_from_dict(item["request"]) for item in items]  # vcrpy makes them all first
     return [
-        Interaction(r, _response_from_dict(item["response"])) for r, item in zip(requests, items, strict=True)
+        Interaction(r, _response_from_dict(item["response"], limit))
+        for r, item in zip(requests, items, strict=True)
     ]
 
 
-def _through_vcrpy(path: Path, data: Any) -> list[Interaction]:
+def _through_vcrpy(path: Path, data: Any, limit: int | None) -> list[Interaction]:
     """The interactions of checked cassette data through vcrpy's ``deserialize`` and its ``Request``."""
     try:
         requests, responses = deserialize("", _Parsed(data))[:2]
@@ -455,7 +504,10 @@ def _through_vcrpy(path: Path, data: Any) -> list[Interaction]:
     out: list[Interaction] = []
     for i, (vreq, vresp) in enumerate(zip(requests, responses, strict=True)):
         try:
-            out.append(Interaction(from_vcr_request(vreq), _response_from_dict(vresp)))
+            out.append(Interaction(from_vcr_request(vreq), _response_from_dict(vresp, limit)))
+        except _BodyError as e:
+            e.index = i
+            raise
         except Exception as e:
             raise CassetteError(f"{path}: interaction {i}: {type(e).__name__}: {e}") from None
     return out

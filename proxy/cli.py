@@ -520,3 +520,29 @@ def _configure_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    _show_mitmproxy_errors()
+
+
+class _MitmproxyErrors(logging.Filter):
+    """mitmproxy's own ERROR records worth a console line: not empty, and not the listener's start and
+    stop errors (the proxy reports a failed start itself, saying what to do)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "mitmproxy.addons.proxyserver" and bool(str(record.getMessage()).strip())
+
+
+def _show_mitmproxy_errors() -> None:
+    """mitmproxy's errors (an addon that raised, an internal error) on stderr, with their traceback.
+
+    Without this they are lost: the root logger only has mitmproxy's own handler, which feeds an event
+    log that is not loaded here, so Python's last-resort handler never prints them either.
+    """
+    logger = logging.getLogger("mitmproxy")
+    for handler in list(logger.handlers):
+        if isinstance(handler.filters[0] if handler.filters else None, _MitmproxyErrors):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.ERROR)
+    handler.addFilter(_MitmproxyErrors())
+    handler.setFormatter(logging.Formatter("replay-proxy: mitmproxy error: %(message)s"))
+    logger.addHandler(handler)

@@ -370,11 +370,14 @@ class ReplayProxy:
         logging.getLogger().addHandler(errors)
         try:
             try:
+                # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
+                master.options.update(
+                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
+                )
                 master.options.update(**self.replay_options)
                 master.options.update(
                     mode=self._mode_specs(),
                     connection_strategy="lazy",
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
                 )
             except exceptions.OptionsError as e:
