@@ -627,4 +627,9 @@ def _log_exchange(exchange: Exchange) -> None:
         logger.info(exchange.line())
 
 
+def console_journal(max_entries: int) -> Journal:
+    """A journal that prints each exchange's console line and keeps only the last ``max_entries``."""
+    return Journal(listener=_log_exchange, max_entries=max_entries)
+
+
 addons = [ReplayAddon()]

@@ -18,7 +18,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -358,18 +358,26 @@ def _response_from_dict(d: dict[str, Any], limit: int | None = DECODED_BODY_LIMI
     )
 
 
-def _without_torn_tail(text: str) -> Any:
+def recording_marker(path: Path) -> Path:
+    """The file beside a cassette in vcrpy's layout while new exchanges are appended to it in place:
+    if the proxy is killed, it says the file's last item may be torn (see ``_without_torn_tail``)."""
+    return path.parent / f".{path.name}.recording"
+
+
+def _without_torn_tail(text: str, path: Path) -> Any:
     """A cassette in the append layout whose last item was cut by a kill: the items before it, or None.
 
     Each exchange is appended in one write, but a write can in principle stop part-way when the
     process is killed; such a tail is dropped instead of making the whole recording unreadable.
     """
-    if not text.startswith(HEADER):
+    # ours, or vcrpy's that a killed proxy was extending in place (CassetteWriter.extending)
+    prefix = next((p for p in (HEADER, "interactions:\n") if text.startswith(p)), None)
+    if prefix is None or (prefix != HEADER and not recording_marker(path).exists()):
         return None
     cut = len(text)
     for _ in range(2):  # the torn item starts at the last line that begins with "-" (maybe cut itself)
         cut = text.rfind("\n-", 0, cut)
-        if cut < len(HEADER) - 1:
+        if cut < len(prefix) - 1:
             return None
         try:
             return _deserialize(text[: cut + 1])
@@ -537,7 +545,7 @@ def _parse_text(path: Path) -> Any:
         _check(path, data, len(raw))
     except (yaml.YAMLError, CassetteError) as e:
         original = _yaml_error(path, e, text) if isinstance(e, yaml.YAMLError) else e
-        data = _without_torn_tail(text)
+        data = _without_torn_tail(text, path)
         if data is None:
             raise (_located(original, text) if isinstance(original, _Invalid) else original) from None
         try:
@@ -723,6 +731,63 @@ class CassetteWriter:
             self._rewrite(initial)
         else:
             self._check_writable()
+
+    @classmethod
+    def extending(cls, path: Path, initial: Sequence[Interaction]) -> CassetteWriter:
+        """A writer for the cassette ``path`` that holds ``initial`` (as loaded from it), which new
+        exchanges follow: in place when its layout allows (``cassette_stream.appendable_end``: vcrpy's or
+        ours, last item whole), so none of it is rewritten; otherwise rewritten once in our layout."""
+        from . import cassette_stream
+
+        writer = cls(path)
+        if not initial:
+            return writer  # the first append writes the file
+        end = cassette_stream.appendable_end(writer.path, HEADER.encode())
+        if end is None:
+            writer._rewrite(initial)
+            return writer
+        try:
+            fd = os.open(writer.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise CassetteError(f"{path}: cannot open cassette for appending: {_reason(e)}") from None
+        try:
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)  # vcrpy's closing ``version: 1``: written back by finish()
+                os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            raise CassetteError(f"{path}: cannot append to cassette: {_reason(e)}") from None
+        writer._fd, writer._count = fd, len(initial)
+        try:
+            recording_marker(writer.path).touch()
+        except OSError as e:
+            writer._close_fd()
+            raise CassetteError(f"{path}: cannot write beside the cassette: {_reason(e)}") from None
+        return writer
+
+    def finish(self, drop: Collection[int] = ()) -> bool:
+        """Flush, close and make the file canonical by streaming it from disk, without the items numbered
+        in ``drop``; False when the file is not as this writer left it (nothing done: see ``close``)."""
+        from . import cassette_stream
+
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+            wrote = self._fd is not None
+            self._close_fd()
+            if not wrote:
+                return True
+            try:
+                done = cassette_stream.write_canonical(
+                    self.path, HEADER.encode(), self._count, drop, _atomic_write
+                )
+            except OSError as e:
+                raise CassetteError(f"{self.path}: cannot rewrite cassette: {_reason(e)}") from None
+            if done:
+                with contextlib.suppress(FileNotFoundError):
+                    recording_marker(self.path).unlink()
+            return done
 
     def _check_writable(self) -> None:
         """Fail now, not at the first exchange, when the cassette's directory cannot take a file."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from proxy import __version__
+from proxy.addon import console_journal
 from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -29,6 +30,8 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_VIOLATIONS = 3
+UNREPORTED_JOURNAL = 1000
+"""Exchanges the journal keeps when no --report reads it (with one: journal.MAX_ENTRIES)."""
 """``--strict-report``: the proxy stopped cleanly, and the client broke a rule of the verdict."""
 
 EPILOG = """\
@@ -411,6 +414,8 @@ def _serve(args: argparse.Namespace) -> int:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
     _configure_logging(args.quiet)
+    # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
+    reporting = args.report or args.strict_report
     proxy = ReplayProxy(
         cassette,
         upstream,
@@ -432,6 +437,7 @@ def _serve(args: argparse.Namespace) -> int:
         upstream_ca=args.upstream_ca,
         max_body_size=args.max_body_size,
         upstream_timeout=args.upstream_timeout,
+        journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
     )
     stop = threading.Event()
 
