@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -30,7 +30,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
 from vcr.serializers import yamlserializer
 
-from . import decompress, yamlfast
+from . import decompress, loading, yamlfast
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
@@ -411,7 +411,16 @@ def _construct_binary(loader: Any, node: Any) -> bytes:
 _Loader.add_constructor("tag:yaml.org,2002:binary", _construct_binary)
 
 
-def _parse_streamed(path: Path) -> Any:
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        raise CassetteNotFoundError(f"{path}: cassette not found") from None
+    except OSError as e:
+        raise CassetteError(f"{path}: cannot read cassette: {e.strerror or e}") from None
+
+
+def _parse_streamed(path: Path, progress: loading.Loading) -> Any:
     """The cassette's data parsed straight from the file (no copy of its text: large bodies), or None.
 
     None when it does not parse or is not a cassette: ``load`` then reads the text with vcrpy's own
@@ -420,7 +429,8 @@ def _parse_streamed(path: Path) -> Any:
     try:
         with path.open("rb") as f:
             try:
-                data = yamlfast.load(f, _Loader)  # reads the file in pieces
+                counted = cast(BinaryIO, loading.CountingReader(f, progress))
+                data = yamlfast.load(counted, _Loader)  # reads the file in pieces
             except yamlfast.Unusual:  # merge keys, old Python tags, ...: PyYAML's own constructor
                 f.seek(0)
                 data = yaml.load(f, Loader=_Loader)
@@ -442,11 +452,14 @@ def load(path: Path, max_body_size: int | None = DECODED_BODY_LIMIT) -> list[Int
     it does not decode, a CassetteError says which interaction and where.
     """
     path = Path(path)
-    with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
-        data = _parse_streamed(path)
+    size = _size_of(path)
+    loading.check_fits(path, size)
+    with yamlfast.no_gc(), loading.tracking(path, size) as progress:  # no_gc: a million objects
+        data = _parse_streamed(path, progress)
         if data is None:
             data = _parse_text(path)
         items = data["interactions"]
+        progress.stage = f"building {len(items):,} interactions"
         try:
             try:
                 out = _direct(items, max_body_size)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from proxy import __version__
+from proxy import __version__, loading
 from proxy.addon import console_journal
 from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
@@ -30,6 +30,9 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_VIOLATIONS = 3
+PROGRESS_AFTER = 3.0
+"""Seconds of start-up before the console says how it is going (then every PROGRESS_EVERY)."""
+PROGRESS_EVERY = 5.0
 UNREPORTED_JOURNAL = 1000
 """Exchanges the journal keeps when no --report reads it (with one: journal.MAX_ENTRIES)."""
 """``--strict-report``: the proxy stopped cleanly, and the client broke a rule of the verdict."""
@@ -446,7 +449,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        proxy.start()
+        proxy.start(timeout=None, progress=_StartProgress())  # a large cassette loads for minutes
         print(_ready_line(args, proxy), flush=True)
         warning = exposure_warning(args)
         if warning:
@@ -472,6 +475,24 @@ def _serve(args: argparse.Namespace) -> int:
         if violations and args.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+
+
+class _StartProgress:
+    """Says on stderr how the start is going once it takes more than ``PROGRESS_AFTER`` seconds (a large
+    cassette loading: how much is read, then how many interactions are built), every ``PROGRESS_EVERY``."""
+
+    def __init__(self) -> None:
+        self.next = PROGRESS_AFTER
+
+    def __call__(self, waited: float) -> None:
+        if waited < self.next:
+            return
+        self.next = waited + PROGRESS_EVERY
+        state = loading.current()
+        line = f"replay-proxy: still starting after {waited:.0f} s"
+        if state is not None:
+            line = state.line(waited)
+        print(line, file=sys.stderr, flush=True)
 
 
 def exposure_warning(args: argparse.Namespace) -> str | None:

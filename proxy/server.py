@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +24,7 @@ from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
 from mitmproxy.utils import human
 
+from proxy import loading
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -30,6 +32,8 @@ from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 
 MODES = ("reverse", "regular")
+_START_TICK = 0.5
+"""Seconds between ``progress`` calls while ``start`` waits."""
 UNREACHABLE = "http://127.0.0.1:9"
 """Reverse target when replaying with no upstream: never dialled (answers come from the cassette)."""
 
@@ -198,8 +202,14 @@ class ReplayProxy:
         """The CA certificate a client must trust for HTTPS through the proxy."""
         return self.confdir / "mitmproxy-ca-cert.pem"
 
-    def start(self, timeout: float = 30.0) -> ReplayProxy:
-        """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure."""
+    def start(
+        self, timeout: float | None = 30.0, progress: Callable[[float], None] | None = None
+    ) -> ReplayProxy:
+        """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure.
+
+        ``timeout``: seconds to wait (None: as long as loading the cassette takes; a large one takes
+        minutes). ``progress(seconds)`` is called about twice a second while waiting (see
+        ``proxy.loading.current`` for how far a cassette load got)."""
         if self._thread is not None:
             raise RuntimeError("ReplayProxy already started")
         try:
@@ -210,9 +220,19 @@ class ReplayProxy:
             ) from e
         self._thread = threading.Thread(target=self._thread_main, name="replay-proxy", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise StartupError(f"the proxy did not start within {timeout:g} s")
+        began = time.monotonic()
+        while not self._ready.wait(_START_TICK if timeout is None else min(_START_TICK, timeout)):
+            waited = time.monotonic() - began
+            if timeout is not None and waited >= timeout:
+                still = loading.current()
+                self.stop()
+                why = f" ({still.line(waited).removeprefix('replay-proxy: ')})" if still else ""
+                raise StartupError(
+                    f"the proxy did not start within {timeout:g} s{why}: give start() a longer timeout, "
+                    "or None to wait as long as loading takes"
+                )
+            if progress is not None:
+                progress(waited)
         if self._error is not None:
             self._thread.join(10)
             error = self._error
