@@ -49,17 +49,14 @@ def test_a_slow_start_shows_progress_then_serves(cli: type[Cli], tmp_path: Path)
 
 
 def test_a_cassette_too_large_for_the_memory_left_is_refused_at_once(tmp_path: Path, confdir: Path) -> None:
-    """Under RLIMIT_AS 2 GiB, a 300 MB cassette (valid: its bulk is a comment) would need ~3.6 GB."""
-    path = _slow_cassette(tmp_path / "huge.yaml", items=1)
-    with path.open("a") as f:
-        line = "#" + "x" * ((1 << 20) - 2) + "\n"
-        for _ in range(300):
-            f.write(line)
+    """Under RLIMIT_AS 2 GiB, 300,000 interactions (333 MB) would need several GB: before, the load ran
+    until it failed or was killed."""
+    path = _slow_cassette(tmp_path / "huge.yaml", items=300_000)
     run = run_proxy(["replay", str(path)], tmp_path, confdir)
     mib = run.peak_rss / 2**20
     print(f"\nexit {run.status} in {run.seconds:.1f} s, peak RSS {mib:.0f} MiB: {run.stderr}")
     assert run.status == 2, run.stderr
-    assert run.stderr.startswith(f"{ERROR}{path}: too large to load here: a 300 MB cassette needs about "), (
+    assert run.stderr.startswith(f"{ERROR}{path}: too large to load here: a 333 MB cassette needs about "), (
         run.stderr
     )
     assert "split it into smaller cassettes" in run.stderr
