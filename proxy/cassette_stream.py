@@ -25,6 +25,7 @@ VERSION = b"version: 1\n"
 _COLUMN_ZERO = re.compile(rb"\n[^ \n]")
 """A line that starts in column 0: in an item list, only an item's ``- `` does (its lines are indented)."""
 _SCAN = 1 << 20
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def appendable_end(path: Path, header: bytes) -> int | None:
@@ -58,7 +59,7 @@ def appendable_end(path: Path, header: bytes) -> int | None:
     if not text.endswith(b"\n") or not text.startswith(b"- "):
         return None
     try:
-        item: Any = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        item: Any = yaml.load(text, Loader=_SAFE_LOADER)
     except Exception:
         return None
     whole = isinstance(item, list) and len(item) == 1 and isinstance(item[0], dict)
