@@ -6,16 +6,19 @@ A 2.7 kB brotli body can expand to 1 GiB: each decoder here stops as soon as the
 
 from __future__ import annotations
 
+import importlib
 import zlib
+from typing import Any
 
 _CHUNK = 1 << 20
-"""Output produced per step by zlib (it takes an output bound)."""
+"""Output produced per step by zlib and PEP 784's zstd (both take an output bound)."""
 _BROTLI_STEP = 16
 """Input fed to brotli per step: its Python API takes no output bound, and a byte of a bomb can expand
 to about a megabyte, so one step overshoots the limit by tens of MB at worst, not by gigabytes (16-byte
 steps decode ~20 MB of compressed input a second)."""
 _ZSTD_STEP = 256
-"""Input fed to zstd per step: a block of at most 128 KiB can be written in 4 bytes (32,768 to 1)."""
+"""Input fed to ``zstandard`` per step (it takes no output bound): a block of at most 128 KiB can be
+written in 4 bytes (32,768 to 1)."""
 
 ENCODINGS = ("gzip", "x-gzip", "deflate", "br", "zstd")
 
@@ -86,8 +89,7 @@ def _zlib(body: bytes, wbits: int, cap: int) -> bytes:
 
 
 def _brotli(body: bytes, cap: int) -> bytes:
-    import brotli  # type: ignore[import-untyped]
-
+    brotli: Any = importlib.import_module("brotli")
     d = brotli.Decompressor()
     out: list[bytes] = []
     size = 0
@@ -102,24 +104,47 @@ def _brotli(body: bytes, cap: int) -> bytes:
     return b"".join(out)
 
 
-def _zstd(body: bytes, cap: int) -> bytes:
-    """Every frame in turn, fed in small steps: the decompressor object takes no output bound either."""
-    import zstandard
+def _zstd_module() -> Any:
+    """PEP 784's ``compression.zstd`` (or its backport, which mitmproxy 12 uses), else ``zstandard``."""
+    for name in ("compression.zstd", "backports.zstd"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
 
+
+def _zstd(body: bytes, cap: int) -> bytes:
+    """Every frame in turn, with an output bound (PEP 784) or fed in small steps (``zstandard``)."""
+    pep784 = _zstd_module()
     out: list[bytes] = []
     size = 0
     data = body
     while data:
-        d = zstandard.ZstdDecompressor().decompressobj()
-        i = 0
-        while i < len(data) and not d.eof:
-            piece = d.decompress(data[i : i + _ZSTD_STEP])
-            i += _ZSTD_STEP
-            size += len(piece)
-            if size > cap:
-                raise TooLarge(f"decodes to more than {cap} bytes")
-            out.append(piece)
+        if pep784 is not None:
+            d = pep784.ZstdDecompressor()
+            piece = d.decompress(data, min(_CHUNK, cap - size + 1))
+            while True:
+                size += len(piece)
+                if size > cap:
+                    raise TooLarge(f"decodes to more than {cap} bytes")
+                out.append(piece)
+                if d.eof or d.needs_input:
+                    break
+                piece = d.decompress(b"", min(_CHUNK, cap - size + 1))
+            rest = d.unused_data
+        else:
+            d = importlib.import_module("zstandard").ZstdDecompressor().decompressobj()
+            i = 0
+            while i < len(data) and not d.eof:
+                piece = d.decompress(data[i : i + _ZSTD_STEP])
+                i += _ZSTD_STEP
+                size += len(piece)
+                if size > cap:
+                    raise TooLarge(f"decodes to more than {cap} bytes")
+                out.append(piece)
+            rest = d.unused_data + data[i:]
         if not d.eof:
             raise Invalid("incomplete or truncated stream")
-        data = d.unused_data + data[i:]
+        data = rest
     return b"".join(out)
