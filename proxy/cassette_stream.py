@@ -32,9 +32,10 @@ def appendable_end(path: Path, header: bytes) -> int | None:
     """Where new ``- request: ...`` items can be written to extend ``path`` in place, or None.
 
     The file must start with ``header`` (our append layout) or ``ITEMS_FIRST`` (vcrpy's, ending with
-    ``VERSION``, which the returned offset leaves out), and its last item must be whole: the text from
-    the last line that starts in column 0 to the end parses as one interaction. Anything else (another
-    layout, a top-level key after the items, a torn last item) is None: it is rewritten instead.
+    ``VERSION``, which the returned offset leaves out), its last line that starts in column 0 must start
+    an item (``- ``), and in our layout (which a kill may have left torn) that item must be whole: it
+    parses as one interaction. Anything else (another layout, a top-level key after the items, a torn
+    last item) is None: it is rewritten instead.
     """
     try:
         with path.open("rb") as f:
@@ -53,10 +54,16 @@ def appendable_end(path: Path, header: bytes) -> int | None:
             if last is None:
                 return None
             f.seek(last)
+            if f.read(2) != b"- ":
+                return None
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                return None
+            if start == len(ITEMS_FIRST):
+                return end  # a whole file (it ends with VERSION) that loaded: its last item is whole
+            f.seek(last)
             text = f.read(end - last)
     except OSError:
-        return None
-    if not text.endswith(b"\n") or not text.startswith(b"- "):
         return None
     try:
         item: Any = yaml.load(text, Loader=_SAFE_LOADER)
