@@ -30,12 +30,12 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_VIOLATIONS = 3
+"""``--strict-report``: the proxy stopped cleanly, and the client broke a rule of the verdict."""
 PROGRESS_AFTER = 3.0
 """Seconds of start-up before the console says how it is going (then every PROGRESS_EVERY)."""
 PROGRESS_EVERY = 5.0
 UNREPORTED_JOURNAL = 1000
 """Exchanges the journal keeps when no --report reads it (with one: journal.MAX_ENTRIES)."""
-"""``--strict-report``: the proxy stopped cleanly, and the client broke a rule of the verdict."""
 
 EPILOG = """\
 examples:
@@ -566,7 +566,7 @@ def _show_mitmproxy_errors() -> None:
     """
     logger = logging.getLogger("mitmproxy")
     for handler in list(logger.handlers):
-        if isinstance(handler.filters[0] if handler.filters else None, _MitmproxyErrors):
+        if any(isinstance(f, _MitmproxyErrors) for f in handler.filters):
             logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.ERROR)
