@@ -1,7 +1,8 @@
 """Upstream exchange -> redaction -> cassette on disk, as it happens.
 
 Each exchange is appended to the cassette file in one write, so a killed proxy loses only the exchanges
-in flight; at a clean stop the file is rewritten once in vcrpy's canonical layout.
+in flight; the file is the only copy (memory stays bounded), and at a clean stop it is made canonical
+(vcrpy's layout) by streaming it from disk (proxy/cassette_stream.py).
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ class Recorder:
         """How many exchanges were saved."""
         self.replaced: set[int] = set()
         """``all`` mode: the (0-based) old interactions that a new one matches, left out at the stop."""
-        self._old_keys: dict[Hashable, list[int]] | None = None
+        self._old_keys: dict[Hashable, list[int]] = {}
+        """``all`` mode: the old interactions by matcher key, built now (seconds for 100,000: not at the
+        first exchange, while clients wait)."""
+        if record_mode is RecordMode.ALL:
+            for i, old in enumerate(self.loaded):
+                key = matcher.key(redactor.for_matching(old.request))
+                self._old_keys.setdefault(key, []).append(i)
         self._lock = threading.Lock()
         self._writer: CassetteWriter | None = None  # opened on the first exchange: no exchange, no write
         self.failure: str | None = None
@@ -78,11 +85,6 @@ class Recorder:
 
     def _note_replaced(self, saved: Interaction) -> None:
         """``all`` mode: an old interaction that ``saved`` matches is replaced by it (vcrpy's rule)."""
-        if self._old_keys is None:
-            self._old_keys = {}
-            for i, old in enumerate(self.loaded):
-                key = self.matcher.key(self.redactor.for_matching(old.request))
-                self._old_keys.setdefault(key, []).append(i)
         new = self.redactor.for_matching(saved.request)
         for i in self._old_keys.get(self.matcher.key(new), ()):
             if i not in self.replaced and self.matcher.matches(
