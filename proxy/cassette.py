@@ -687,11 +687,14 @@ def _read_odd(
 
 
 def _in_append_layout(path: Path) -> bool:
-    """Whether ``path`` is in the recording layout (``version: 1`` first, which vcrpy never writes) and
-    its last item is in the block style the proxy writes (``- request:`` alone on its line)."""
+    """Whether ``path`` is in the recording layout (``version: 1`` first, which vcrpy never writes, or
+    vcrpy's that a proxy was extending in place: ``recording_marker``) and its last item is in the block
+    style the proxy writes (``- request:`` alone on its line)."""
     try:
         with open(path, "rb") as f:
-            if not f.read(len(HEADER)).startswith(HEADER[: HEADER.index("\n") + 1].encode()):
+            head = f.read(len(HEADER))
+            ours = head.startswith(HEADER[: HEADER.index("\n") + 1].encode())
+            if not ours and not (head.startswith(b"interactions:\n") and recording_marker(path).exists()):
                 return False
             end = f.seek(0, os.SEEK_END)
             chunk = 1 << 16
@@ -775,7 +778,7 @@ def _direct(items: list[Any], odd: Container[int], limit: int | None) -> list[In
     requests = [_request_from_dict(item["request"]) for item in items]  # vcrpy makes them all first
     if not odd:
         return [
-            Interaction(r, _response_from_dict(item["response"]))
+            Interaction(r, _response_from_dict(item["response"], limit))
             for r, item in zip(requests, items, strict=True)
         ]
     return [
