@@ -23,6 +23,7 @@ from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
     faults,
     gateway,
+    loading,
     request_head,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
@@ -464,17 +465,13 @@ def _build_session(options: Any) -> Session:
     extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            read = cassette.read(path)
+            read = cassette.read(path, _body_limit(options))
             loaded, extra = read.interactions, read.extra
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
-        Playback(
-            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
-            matcher,
-            options.replay_when_exhausted,
-        )
+        _indexed(path, loaded, matcher, redactor, options.replay_when_exhausted)
         if loaded or (path is not None and record_mode is RecordMode.NEW_EPISODES)
         else None
     )
@@ -526,6 +523,30 @@ def _build_session(options: Any) -> Session:
         served or "nothing",
         upstream_timeout,
     )
+
+
+def _indexed(
+    path: Path | None, loaded: list[Interaction], matcher: Matcher, redactor: Redactor, when_exhausted: str
+) -> Playback:
+    """The loaded interactions indexed for matching (seconds for 100,000: shown as start-up progress)."""
+    size = path.stat().st_size if path is not None and path.exists() else 0
+    with loading.tracking(path or Path(), size, f"indexing {len(loaded):,} interactions"):
+        return Playback(
+            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
+            matcher,
+            when_exhausted,
+        )
+
+
+def _body_limit(options: Any) -> int | None:
+    """What a cassette's compressed body may decode to: mitmproxy's ``body_size_limit``
+    (``--max-body-size``), else ``cassette.DECODED_BODY_LIMIT``; ``0``: no limit."""
+    value = getattr(options, "body_size_limit", None)
+    if value is None:
+        return cassette.DECODED_BODY_LIMIT
+    from mitmproxy.utils import human
+
+    return human.parse_size(value) or None
 
 
 def _upstream_timeout(value: str) -> float | None:
@@ -705,6 +726,11 @@ def _exchange(
 def _log_exchange(exchange: Exchange) -> None:
     if logger.isEnabledFor(logging.INFO):  # -q: the line is not even built
         logger.info(exchange.line())
+
+
+def console_journal(max_entries: int) -> Journal:
+    """A journal that prints each exchange's console line and keeps only the last ``max_entries``."""
+    return Journal(listener=_log_exchange, max_entries=max_entries)
 
 
 addons = [ReplayAddon(annotate_flows=True)]

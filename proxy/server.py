@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
+from proxy import loading
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -31,6 +33,8 @@ from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 
 MODES = ("reverse", "regular")
+_START_TICK = 0.5
+"""Seconds between ``progress`` calls while ``start`` waits."""
 UNREACHABLE = "http://127.0.0.1:9"
 """Reverse target when replaying with no upstream: never dialled (answers come from the cassette)."""
 
@@ -226,8 +230,14 @@ class ReplayProxy:
             return ""
         return "https://" + self.url.removeprefix("http://")
 
-    def start(self, timeout: float = 30.0) -> ReplayProxy:
-        """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure."""
+    def start(
+        self, timeout: float | None = 30.0, progress: Callable[[float], None] | None = None
+    ) -> ReplayProxy:
+        """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure.
+
+        ``timeout``: seconds to wait (None: as long as loading the cassette takes; a large one takes
+        minutes). ``progress(seconds)`` is called about twice a second while waiting (see
+        ``proxy.loading.current`` for how far a cassette load got)."""
         if self._thread is not None:
             raise RuntimeError("ReplayProxy already started")
         try:
@@ -239,9 +249,19 @@ class ReplayProxy:
         _claim(self)
         self._thread = threading.Thread(target=self._thread_main, name="replay-proxy", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise StartupError(f"the proxy did not start within {timeout:g} s")
+        began = time.monotonic()
+        while not self._ready.wait(_START_TICK if timeout is None else min(_START_TICK, timeout)):
+            waited = time.monotonic() - began
+            if timeout is not None and waited >= timeout:
+                still = loading.current()
+                self.stop()
+                why = f" ({still.line(waited).removeprefix('replay-proxy: ')})" if still else ""
+                raise StartupError(
+                    f"the proxy did not start within {timeout:g} s{why}: give start() a longer timeout, "
+                    "or None to wait as long as loading takes"
+                )
+            if progress is not None:
+                progress(waited)
         if self._error is not None:
             self._thread.join(10)
             error = self._error
@@ -406,13 +426,16 @@ class ReplayProxy:
         logging.getLogger().addHandler(errors)
         try:
             try:
+                # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
+                master.options.update(
+                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
+                )
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
                 _listen_on_tcp_only(specs)
                 master.options.update(
                     mode=specs,
                     connection_strategy="lazy",
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
                 )
             except exceptions.OptionsError as e:
