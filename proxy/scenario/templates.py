@@ -14,14 +14,16 @@ by ``jinja2.sandbox.ImmutableSandboxedEnvironment`` with ``StrictUndefined`` and
   ``format`` and ``str.format`` widths, ``join``, ``replace``, ``batch``, ``wordwrap``, ``tojson``...);
   ``lipsum``; macros, ``{% set %}`` blocks and the output as they are joined. A lazy sequence (``map``,
   ``select``) given to a filter or a method is read item by item under the same limit;
-* **time**: a render that runs longer than ``RENDER_SECONDS`` is stopped (nested loops, a macro that
-  calls itself twice, a long ``range``). The proxy renders on its event loop, so a render that never
-  ended would freeze every client; rendering in a worker thread would not help, as a Python thread
-  cannot be killed and would keep the CPU and the GIL. A watchdog thread raises ``RenderOverBudget`` in
-  the rendering thread once its deadline has passed (``PyThreadState_SetAsyncExc``: delivered between
-  two bytecodes, so any loop or recursion of the template's code stops); it costs an ordinary render two
-  lock acquisitions, where a trace function (``sys.settrace``) cost 5 to 30 times the render. A C call
-  is not interrupted, which is why the size limits keep every single step short.
+* **time**: a render that runs longer than ``RENDER_SECONDS`` (of its thread's CPU time on Linux, so
+  that a busy machine does not fail renders that merely waited; wall-clock time elsewhere) is stopped
+  (nested loops, a macro that calls itself twice, a long ``range``). The proxy renders on its event
+  loop, so a render that never ended would freeze every client; rendering in a worker thread would not
+  help, as a Python thread cannot be killed and would keep the CPU and the GIL. A watchdog thread raises
+  ``RenderOverBudget`` in the rendering thread once its deadline has passed
+  (``PyThreadState_SetAsyncExc``: delivered between two bytecodes, so any loop or recursion of the
+  template's code stops); it costs an ordinary render two lock acquisitions, where a trace function
+  (``sys.settrace``) cost 5 to 30 times the render. A C call is not interrupted, which is why the size
+  limits keep every single step short.
 
 Every failure (syntax, undefined name, sandbox refusal, over budget, any exception the template raises)
 becomes one ``TemplateError`` line: ``file:line:column: template error: what``. A string without ``{{``
@@ -55,7 +57,7 @@ MAX_BUILT = 16 * MAX_ITEMS
 """Characters one render may build in all (values, written output, macros' output): a loop that writes a
 large value many times into a macro or a ``{% set %}`` block is stopped before it takes the memory."""
 RENDER_SECONDS = 1.0
-"""Seconds one render may take; past them it is stopped with an error (the proxy's clients wait)."""
+"""CPU seconds one render may take; past them it is stopped with an error (the proxy's clients wait)."""
 WATCH_TICK = 0.05
 """Seconds between two looks of the watchdog at the renders running (how late past RENDER_SECONDS)."""
 WATCH_LINGER = 2.0
@@ -401,13 +403,28 @@ def _compile(source: str) -> jinja2.Template:
 
 
 class _Budget:
-    """One render's budget: its deadline and thread (for the watchdog), the characters it has built."""
+    """One render's budget: its thread and its deadline in that thread's CPU time, where the platform has
+    a clock for it (Linux: a render starved of CPU on a busy machine is not stopped for the wait), else
+    in wall-clock time; and the characters it has built."""
 
     def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
         self.thread = threading.get_ident()
+        self.clock: int | None = None
+        try:
+            self.clock = time.pthread_getcpuclockid(self.thread)
+            self.end = time.clock_gettime(self.clock) + seconds
+        except (AttributeError, OSError):  # no per-thread CPU clock here
+            self.end = time.monotonic() + seconds
         self.built = 0
         self.fired = False
+
+    def over(self) -> bool:
+        """Whether the deadline has passed (called by the watchdog, from its own thread)."""
+        try:
+            now = time.clock_gettime(self.clock) if self.clock is not None else time.monotonic()
+        except OSError:  # the thread is gone
+            return False
+        return now > self.end
 
 
 class _Watchdog:
@@ -443,7 +460,7 @@ class _Watchdog:
             while True:
                 now = time.monotonic()
                 for budget in self.active:
-                    if not budget.fired and now > budget.end:
+                    if not budget.fired and budget.over():
                         budget.fired = True
                         _async_raise(budget.thread, RenderOverBudget)
                 if self.active:
