@@ -140,7 +140,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "504 and nothing is recorded; 0 for no limit (default: %(default)g; e.g. --upstream-timeout 300)",
     )
     g.add_argument(
-        "-q", "--quiet", action="store_true", help="do not print a line per exchange (errors still show)"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="do not print a line per exchange nor start-up progress (errors still show)",
     )
 
     m = p.add_argument_group("matching and replay")
@@ -481,7 +484,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        proxy.start(timeout=None, progress=_StartProgress())  # a large cassette loads for minutes
+        # a large cassette loads for minutes: say how it goes (not with -q)
+        proxy.start(timeout=None, progress=None if args.quiet else _StartProgress())
         print(_ready_line(args, proxy), flush=True)
         warning = exposure_warning(args)
         if warning:
