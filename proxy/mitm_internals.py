@@ -49,7 +49,7 @@ VERIFIED_ON = ("11.0.2", "12.3.1")
 http_layers: Any = _http_layers  # HttpStream, ResponseProtocolError
 http1_layer: Any = _http1  # Http1Server, make_error_response
 
-ProtocolErrorRewrite = Callable[[http.HTTPFlow, str], "tuple[str, int | None] | None"]
+ProtocolErrorRewrite = Callable[[http.HTTPFlow, str], tuple[str, int | None] | None]
 """Given a flow and mitmproxy's message for its failed upstream exchange: the message the client gets
 instead and its status (None: mitmproxy's), or None to leave mitmproxy's answer alone."""
 
