@@ -34,11 +34,21 @@ from proxy.diagnostic import (
     record_failed_response,
     scenario_error_response,
     stopping_response,
+    unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
 from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
-from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
+from proxy.model import (
+    Interaction,
+    Request,
+    Response,
+    headers_problem,
+    origin_of,
+    reason_problem,
+    set_header,
+    without_headers,
+)
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
@@ -581,7 +591,12 @@ class _Wire(NamedTuple):
     @classmethod
     def of(cls, response: Response) -> _Wire:
         """The recorded headers minus the wire ones, then ``content-length`` last (as ``Response.make``
-        sets it); the recorded reason, else the standard one."""
+        sets it); the recorded reason, else the standard one. The last guard: an answer with a header
+        that would write others (CR/LF) or a name that is no header is replaced by a 500 saying so."""
+        problem = headers_problem(response.headers) or reason_problem(response.reason or "")
+        if problem is not None:
+            logger.error("replay-proxy: error: refused to send an answer: %s", problem)
+            response = unsafe_response(problem)
         fields = [
             (k.encode(), v.encode("utf-8", "surrogateescape"))
             for k, v in response.headers

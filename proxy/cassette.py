@@ -229,6 +229,28 @@ def _canonical_response(resp: Any, budget: _Budget, at: DataPath) -> bool:
 _MISSING: Any = object()
 
 
+def _check_wire(path: Path, at: DataPath, resp: dict[str, Any]) -> None:
+    """What replay would send that the recording does not hold: a CR/LF in a header value or the reason
+    phrase would write other headers (response splitting); a header name that is not a token is no
+    header. A real upstream's answer never has them, so the file was edited: refused, located."""
+    from .model import fields_are_safe, header_problem, reason_problem
+
+    headers = resp["headers"]
+    values = [v for vs in headers.values() for v in vs if v.__class__ is str]
+    if len(values) == sum(len(vs) for vs in headers.values()) and fields_are_safe(
+        headers, [resp["status"]["message"], *values]
+    ):
+        return
+    problem = reason_problem(resp["status"]["message"])
+    if problem is not None:
+        raise _Invalid(path, (*at, "response", "status", "message"), f"interaction {at[1]}: {problem}")
+    for name, values in resp["headers"].items():
+        for i, value in enumerate(values):
+            problem = header_problem(name, value if isinstance(value, str | bytes) else "")
+            if problem is not None:
+                raise _Invalid(path, (*at, "response", "headers", name, i), f"interaction {at[1]}: {problem}")
+
+
 def _check(path: Path, data: Any, size: int) -> list[int]:
     """Reject what vcrpy refuses to load, naming the file and interaction; ``size`` is the file's, for the
     budget of alias expansion. Returns the indices of interactions whose shape is not the one the proxy
@@ -268,7 +290,9 @@ def _check(path: Path, data: Any, size: int) -> list[int]:
             body = _structured_body(body)
         budget.spend(at, _size(req["method"]) + _size(req["uri"]) + _size(body))
         _check_headers(path, (*at, "request", "headers"), "request", req["headers"], False, budget)
-        if not _canonical_response(item["response"], budget, at) and (not odd or odd[-1] != i):
+        if _canonical_response(item["response"], budget, at):
+            _check_wire(path, at, item["response"])
+        elif not odd or odd[-1] != i:
             odd.append(i)
         if budget.left < 0:
             budget.spend(at, 0)
@@ -651,6 +675,8 @@ def _read_odd(
     first, which vcrpy never writes; the proxy writes odd shapes only before new exchanges): an exchange
     cut short by a kill, for the caller to drop.
     """
+    from .model import headers_problem, reason_problem
+
     last = len(out) - 1
     if (
         last in raws
@@ -670,6 +696,9 @@ def _read_odd(
                 response = _response_from_dict(raw["response"], limit)
             else:
                 response = _odd_response(raw["response"], budget, at, limit)
+                unsafe = headers_problem(response.headers) or reason_problem(response.reason)
+                if unsafe is not None:  # what a canonical response is refused for at load (_check_wire)
+                    raise _Unplayable((), unsafe)
         except _Unplayable as u:
             problems.append((i, (*at, "response", *u.at), u.message))
             response = _PENDING
