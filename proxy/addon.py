@@ -24,6 +24,7 @@ from proxy import (
     faults,
     gateway,
     loading,
+    mitm_internals,
     request_head,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
@@ -212,9 +213,7 @@ class ReplayAddon:
         forwarded and recorded, and the client got no answer. Its HTTP layer speaks HTTP/2 to a client
         whose negotiated protocol is h2, so that is what the preface says; it starts after this hook.
         """
-        client = nextlayer.context.client
-        if not client.tls and client.alpn is None and nextlayer.data_client().startswith(H2_PREFACE_START):
-            client.alpn = b"h2"
+        mitm_internals.speak_h2_without_tls(nextlayer, H2_PREFACE_START)
 
     def tls_start_client(self, tls_start: Any) -> None:
         """Give HTTP/2 to a TLS client that offers it, whatever its order of preference.
@@ -224,16 +223,7 @@ class ReplayAddon:
         preface became a request ``PRI *``). This runs after mitmproxy's TlsConfig built the connection;
         its ALPN callback selects ``client_alpn`` when the client offers it (mitmproxy 11 and 12).
         """
-        ssl_conn = getattr(tls_start, "ssl_conn", None)
-        app = ssl_conn.get_app_data() if ssl_conn is not None else None
-        if (
-            isinstance(app, dict)
-            and app.get("http2")
-            and app.get("client_alpn") is None
-            and app.get("server_alpn") is None  # no upstream connection whose protocol must be mirrored
-            and b"h2" in (tls_start.context.client.alpn_offers or ())
-        ):
-            app["client_alpn"] = b"h2"
+        mitm_internals.prefer_h2(tls_start)
 
     def server_connect(self, data: Any) -> None:
         """Offline means offline: a session that forwards nothing opens no upstream connection.

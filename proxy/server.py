@@ -22,10 +22,9 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
-from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
-from proxy import loading
+from proxy import loading, mitm_internals
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -432,7 +431,7 @@ class ReplayProxy:
                 )
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
-                _listen_on_tcp_only(specs)
+                mitm_internals.listen_on_tcp_only(specs)
                 master.options.update(
                     mode=specs,
                     connection_strategy="lazy",
@@ -449,7 +448,7 @@ class ReplayProxy:
             # Still capturing: stopping a server that never bound logs an empty ERROR, which Python's
             # last-resort handler would print as a blank line on stderr.
             try:
-                await _close_servers(master)
+                await mitm_internals.close_servers(master)
             finally:
                 logging.getLogger().removeHandler(errors)
 
@@ -521,21 +520,6 @@ def _release(proxy: ReplayProxy) -> None:
     with _running_lock:
         if _running is proxy:
             _running = None
-
-
-def _listen_on_tcp_only(specs: Sequence[str]) -> None:
-    """Have mitmproxy listen on TCP alone for these mode specs, not on UDP too.
-
-    For ``reverse:https://...`` mitmproxy also listens on UDP (HTTP/3), with a server in its Rust
-    extension whose worker threads outlive the proxy: at interpreter exit one would take the GIL, be
-    ended by Python's finalization and crash the process (exit 139 after a clean stop, ~1 run in 3).
-    The proxy serves HTTP/1.1 and HTTP/2 over TCP. ``ProxyMode.parse`` caches the mode it returns and
-    the proxy server parses the same spec, so the mode made TCP-only here is the one it listens with.
-    """
-    for spec in specs:
-        mode = mode_specs.ProxyMode.parse(spec)
-        if mode.transport_protocol != "tcp":
-            object.__setattr__(mode, "transport_protocol", "tcp")  # the mode dataclass is frozen
 
 
 def classify(path: str | os.PathLike[str]) -> str:
@@ -630,25 +614,6 @@ class _ErrorCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
-
-
-async def _close_servers(master: Master, timeout: float = 2.0) -> None:
-    """Close listeners and client connections so asyncio.run's teardown has nothing left to cancel."""
-    ps = master.addons.get("proxyserver")
-    if ps is None:
-        return
-    try:
-        await ps.servers.update([])
-        for handler in list(ps.connections.values()):
-            io = handler.transports.get(handler.client)
-            if io is not None and io.handler is not None:
-                io.handler.cancel("proxy shutdown")
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while ps.connections and loop.time() < end:
-            await asyncio.sleep(0.01)
-    except Exception:
-        pass
 
 
 def _remove_mitmproxy_log_handlers() -> None:

@@ -127,12 +127,12 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from proxy.creator_service import format_created_date_time
 from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
 from proxy.rewrite import delay_headers, parse_retry_after
 from proxy.scenario.answer import Answer, NearRule, Refusal
+from proxy.scenario.dates import format_created_date_time
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
     TERMINAL_STATUSES,
