@@ -23,6 +23,8 @@ from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
     faults,
     gateway,
+    loading,
+    mitm_internals,
     request_head,
 )
 from proxy.cassette import WHEN_EXHAUSTED, Playback
@@ -32,11 +34,21 @@ from proxy.diagnostic import (
     record_failed_response,
     scenario_error_response,
     stopping_response,
+    unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
 from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
-from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
+from proxy.model import (
+    Interaction,
+    Request,
+    Response,
+    headers_problem,
+    origin_of,
+    reason_problem,
+    set_header,
+    without_headers,
+)
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
@@ -201,9 +213,7 @@ class ReplayAddon:
         forwarded and recorded, and the client got no answer. Its HTTP layer speaks HTTP/2 to a client
         whose negotiated protocol is h2, so that is what the preface says; it starts after this hook.
         """
-        client = nextlayer.context.client
-        if not client.tls and client.alpn is None and nextlayer.data_client().startswith(H2_PREFACE_START):
-            client.alpn = b"h2"
+        mitm_internals.speak_h2_without_tls(nextlayer, H2_PREFACE_START)
 
     def tls_start_client(self, tls_start: Any) -> None:
         """Give HTTP/2 to a TLS client that offers it, whatever its order of preference.
@@ -213,16 +223,7 @@ class ReplayAddon:
         preface became a request ``PRI *``). This runs after mitmproxy's TlsConfig built the connection;
         its ALPN callback selects ``client_alpn`` when the client offers it (mitmproxy 11 and 12).
         """
-        ssl_conn = getattr(tls_start, "ssl_conn", None)
-        app = ssl_conn.get_app_data() if ssl_conn is not None else None
-        if (
-            isinstance(app, dict)
-            and app.get("http2")
-            and app.get("client_alpn") is None
-            and app.get("server_alpn") is None  # no upstream connection whose protocol must be mirrored
-            and b"h2" in (tls_start.context.client.alpn_offers or ())
-        ):
-            app["client_alpn"] = b"h2"
+        mitm_internals.prefer_h2(tls_start)
 
     def server_connect(self, data: Any) -> None:
         """Offline means offline: a session that forwards nothing opens no upstream connection.
@@ -454,17 +455,13 @@ def _build_session(options: Any) -> Session:
     extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
         try:
-            read = cassette.read(path)
+            read = cassette.read(path, _body_limit(options))
             loaded, extra = read.interactions, read.extra
         except CassetteNotFoundError:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
-        Playback(
-            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
-            matcher,
-            options.replay_when_exhausted,
-        )
+        _indexed(path, loaded, matcher, redactor, options.replay_when_exhausted)
         if loaded or (path is not None and record_mode is RecordMode.NEW_EPISODES)
         else None
     )
@@ -516,6 +513,30 @@ def _build_session(options: Any) -> Session:
         served or "nothing",
         upstream_timeout,
     )
+
+
+def _indexed(
+    path: Path | None, loaded: list[Interaction], matcher: Matcher, redactor: Redactor, when_exhausted: str
+) -> Playback:
+    """The loaded interactions indexed for matching (seconds for 100,000: shown as start-up progress)."""
+    size = path.stat().st_size if path is not None and path.exists() else 0
+    with loading.tracking(path or Path(), size, f"indexing {len(loaded):,} interactions"):
+        return Playback(
+            [Interaction(redactor.for_matching(i.request), i.response, i.raw) for i in loaded],
+            matcher,
+            when_exhausted,
+        )
+
+
+def _body_limit(options: Any) -> int | None:
+    """What a cassette's compressed body may decode to: mitmproxy's ``body_size_limit``
+    (``--max-body-size``), else ``cassette.DECODED_BODY_LIMIT``; ``0``: no limit."""
+    value = getattr(options, "body_size_limit", None)
+    if value is None:
+        return cassette.DECODED_BODY_LIMIT
+    from mitmproxy.utils import human
+
+    return human.parse_size(value) or None
 
 
 def _upstream_timeout(value: str) -> float | None:
@@ -570,7 +591,12 @@ class _Wire(NamedTuple):
     @classmethod
     def of(cls, response: Response) -> _Wire:
         """The recorded headers minus the wire ones, then ``content-length`` last (as ``Response.make``
-        sets it); the recorded reason, else the standard one."""
+        sets it); the recorded reason, else the standard one. The last guard: an answer with a header
+        that would write others (CR/LF) or a name that is no header is replaced by a 500 saying so."""
+        problem = headers_problem(response.headers) or reason_problem(response.reason or "")
+        if problem is not None:
+            logger.error("replay-proxy: error: refused to send an answer: %s", problem)
+            response = unsafe_response(problem)
         fields = [
             (k.encode(), v.encode("utf-8", "surrogateescape"))
             for k, v in response.headers
@@ -690,6 +716,11 @@ def _exchange(
 def _log_exchange(exchange: Exchange) -> None:
     if logger.isEnabledFor(logging.INFO):  # -q: the line is not even built
         logger.info(exchange.line())
+
+
+def console_journal(max_entries: int) -> Journal:
+    """A journal that prints each exchange's console line and keeps only the last ``max_entries``."""
+    return Journal(listener=_log_exchange, max_entries=max_entries)
 
 
 addons = [ReplayAddon(annotate_flows=True)]

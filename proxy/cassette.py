@@ -27,12 +27,12 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Container, Hashable, Sequence
+from collections.abc import Callable, Collection, Container, Hashable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -40,7 +40,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
 from vcr.serializers import yamlserializer
 
-from . import jsonfile, yamlfast
+from . import decompress, jsonfile, loading, yamlfast
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
@@ -229,6 +229,28 @@ def _canonical_response(resp: Any, budget: _Budget, at: DataPath) -> bool:
 _MISSING: Any = object()
 
 
+def _check_wire(path: Path, at: DataPath, resp: dict[str, Any]) -> None:
+    """What replay would send that the recording does not hold: a CR/LF in a header value or the reason
+    phrase would write other headers (response splitting); a header name that is not a token is no
+    header. A real upstream's answer never has them, so the file was edited: refused, located."""
+    from .model import fields_are_safe, header_problem, reason_problem
+
+    headers = resp["headers"]
+    values = [v for vs in headers.values() for v in vs if v.__class__ is str]
+    if len(values) == sum(len(vs) for vs in headers.values()) and fields_are_safe(
+        headers, [resp["status"]["message"], *values]
+    ):
+        return
+    problem = reason_problem(resp["status"]["message"])
+    if problem is not None:
+        raise _Invalid(path, (*at, "response", "status", "message"), f"interaction {at[1]}: {problem}")
+    for name, values in resp["headers"].items():
+        for i, value in enumerate(values):
+            problem = header_problem(name, value if isinstance(value, str | bytes) else "")
+            if problem is not None:
+                raise _Invalid(path, (*at, "response", "headers", name, i), f"interaction {at[1]}: {problem}")
+
+
 def _check(path: Path, data: Any, size: int) -> list[int]:
     """Reject what vcrpy refuses to load, naming the file and interaction; ``size`` is the file's, for the
     budget of alias expansion. Returns the indices of interactions whose shape is not the one the proxy
@@ -268,7 +290,9 @@ def _check(path: Path, data: Any, size: int) -> list[int]:
             body = _structured_body(body)
         budget.spend(at, _size(req["method"]) + _size(req["uri"]) + _size(body))
         _check_headers(path, (*at, "request", "headers"), "request", req["headers"], False, budget)
-        if not _canonical_response(item["response"], budget, at) and (not odd or odd[-1] != i):
+        if _canonical_response(item["response"], budget, at):
+            _check_wire(path, at, item["response"])
+        elif not odd or odd[-1] != i:
             odd.append(i)
         if budget.left < 0:
             budget.spend(at, 0)
@@ -319,7 +343,7 @@ def _reason_for(code: int) -> str:
         return ""
 
 
-def _odd_response(resp: Any, budget: _Budget, at: DataPath) -> Response:
+def _odd_response(resp: Any, budget: _Budget, at: DataPath, limit: int | None) -> Response:
     """A recorded response in another shape some vcrpy stub replays, as that stub replays it; raises
     ``_Unplayable`` (with where and why) for one no stub can (a status without code or message, no body)."""
     if not isinstance(resp, dict):
@@ -365,7 +389,11 @@ def _odd_response(resp: Any, budget: _Budget, at: DataPath) -> Response:
         raise _Unplayable(("body", "string"), "response body string must be text or !!binary")
     budget.spend(at, _size(message) + _size(string))
     raw = b"" if string is None else string.encode("utf-8") if isinstance(string, str) else string
-    headers, raw = _decoded(headers, raw)
+    try:
+        headers, raw = _decoded(headers, raw, limit)
+    except (decompress.TooLarge, decompress.Invalid) as e:
+        encoding = (header_value(headers, "content-encoding") or "").strip()
+        raise _BodyError(resp, _body_problem(e, encoding, limit)) from None
     return Response(status=code, reason=message, headers=headers, body=raw)
 
 
@@ -397,31 +425,60 @@ def _text(value: object) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
-def _decoded(headers: Headers, body: bytes) -> tuple[Headers, bytes]:
+DECODED_BODY_LIMIT = 100 << 20
+"""Bytes a cassette's compressed body may decode to unless told otherwise (the default --max-body-size)."""
+
+_MAGIC = {"gzip": b"\x1f\x8b", "x-gzip": b"\x1f\x8b", "zstd": b"\x28\xb5\x2f\xfd"}
+"""How a body in these encodings starts: one that does and still fails to decode is corrupt."""
+
+
+class _BodyError(Exception):
+    """A response body that cannot be decoded from its Content-Encoding; ``response`` is its dict in the
+    file's data (to find which interaction, and its line)."""
+
+    def __init__(self, response: dict[str, Any], message: str) -> None:
+        super().__init__(message)
+        self.response, self.message = response, message
+        self.index: int | None = None
+
+
+def _decoded(headers: Headers, body: bytes, limit: int | None) -> tuple[Headers, bytes]:
     """The body decoded when it is still in its Content-Encoding, header dropped and length fixed.
 
     vcrpy's httpx stub saves the raw compressed bytes with ``Content-Encoding`` (unless
     ``decode_compressed_response``); urllib3 (requests) saves them decoded but keeps the header. The proxy
     serves bodies decoded, so the first shape must be decoded here; the second fails to decode and stays.
+    Decoding stops past ``limit`` bytes (a decompression bomb): ``decompress.TooLarge``; a body that has
+    the encoding's signature but does not decode raises ``decompress.Invalid``.
     """
     encoding = (header_value(headers, "content-encoding") or "").strip().lower()
-    if not body or encoding not in ("gzip", "x-gzip", "deflate", "br", "zstd"):
+    if not body or encoding not in decompress.ENCODINGS:
         return headers, body
-    from mitmproxy.net import encoding as codecs  # only for compressed cassettes: keeps `load` light
-
     try:
-        decoded = codecs.decode(body, "gzip" if encoding == "x-gzip" else encoding)
-    except ValueError:  # already decoded
-        return headers, body
-    if not isinstance(decoded, bytes):
-        return headers, body
+        decoded = decompress.decode(body, encoding, limit)
+    except decompress.Invalid:
+        magic = _MAGIC.get(encoding)
+        if magic is not None and body.startswith(magic):
+            raise
+        return headers, body  # already decoded
     headers = without_headers(headers, ["content-encoding"])
     if header_value(headers, "content-length") is not None:
         headers = set_header(headers, "Content-Length", str(len(decoded)))
     return headers, decoded
 
 
-def _response_from_dict(d: dict[str, Any]) -> Response:
+def _body_problem(error: ValueError, encoding: str, limit: int | None) -> str:
+    if isinstance(error, decompress.TooLarge) and limit is None:
+        return f"response body (Content-Encoding: {encoding}) is too large to decode: {error}"
+    if isinstance(error, decompress.TooLarge):
+        return (
+            f"response body (Content-Encoding: {encoding}) decodes to more than {limit:,} bytes "
+            "(--max-body-size): a decompression bomb, or raise --max-body-size"
+        )
+    return f"response body says Content-Encoding: {encoding} but does not decode: {error}"
+
+
+def _response_from_dict(d: dict[str, Any], limit: int | None = DECODED_BODY_LIMIT) -> Response:
     headers: Headers = tuple(
         (name, v) if name.__class__ is str and v.__class__ is str else (str(name), _text(v))
         for name, values in d["headers"].items()
@@ -430,7 +487,11 @@ def _response_from_dict(d: dict[str, Any]) -> Response:
     body = d["body"]["string"]
     if isinstance(body, str):
         body = body.encode("utf-8")
-    headers, body = _decoded(headers, body or b"")
+    try:
+        headers, body = _decoded(headers, body or b"", limit)
+    except (decompress.TooLarge, decompress.Invalid) as e:
+        encoding = (header_value(headers, "content-encoding") or "").strip()
+        raise _BodyError(d, _body_problem(e, encoding, limit)) from None
     return Response(
         status=int(d["status"]["code"]),
         reason=str(d["status"]["message"]),
@@ -439,16 +500,25 @@ def _response_from_dict(d: dict[str, Any]) -> Response:
     )
 
 
-def _without_torn_tail(text: str) -> Any:
+def recording_marker(path: Path) -> Path:
+    """The file beside a cassette in vcrpy's layout while new exchanges are appended to it in place:
+    if the proxy is killed, it says the file's last item may be torn (see ``_without_torn_tail``)."""
+    return path.parent / f".{path.name}.recording"
+
+
+def _without_torn_tail(text: str, path: Path) -> Any:
     """A cassette in the append layout whose last item was cut by a kill: the items before it, or None.
 
     Each exchange is appended in one write, but a write can in principle stop part-way when the
     process is killed; such a tail is dropped instead of making the whole recording unreadable.
     """
-    if not text.startswith(HEADER[: HEADER.index("\n") + 1]):
-        return None
-    start = text.find("\ninteractions:\n") + len("\ninteractions:\n")  # other keys come before it
-    if start < len("\ninteractions:\n"):
+    if text.startswith(HEADER[: HEADER.index("\n") + 1]):  # ours (other keys may come before the list)
+        start = text.find("\ninteractions:\n") + len("\ninteractions:\n")
+        if start < len("\ninteractions:\n"):
+            return None
+    elif text.startswith("interactions:\n") and recording_marker(path).exists():
+        start = len("interactions:\n")  # vcrpy's, that a killed proxy was extending in place
+    else:
         return None
     cut = len(text)
     for _ in range(2):  # the torn item starts at the last line that begins with "-" (maybe cut itself)
@@ -487,7 +557,16 @@ def _construct_binary(loader: Any, node: Any) -> bytes:
 _Loader.add_constructor("tag:yaml.org,2002:binary", _construct_binary)
 
 
-def _parse_streamed(path: Path) -> tuple[Any, list[int], int] | None:
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        raise CassetteNotFoundError(f"{path}: cassette not found") from None
+    except OSError as e:
+        raise CassetteError(f"{path}: cannot read cassette: {e.strerror or e}") from None
+
+
+def _parse_streamed(path: Path, progress: loading.Loading) -> tuple[Any, list[int], int] | None:
     """The cassette's data parsed straight from the file (no copy of its text: large bodies), the
     indices ``_check`` found odd and the file's size; or None.
 
@@ -497,7 +576,8 @@ def _parse_streamed(path: Path) -> tuple[Any, list[int], int] | None:
     try:
         with path.open("rb") as f:
             try:
-                data = yamlfast.load(f, _Loader)  # reads the file in pieces
+                counted = cast(BinaryIO, loading.CountingReader(f, progress))
+                data = yamlfast.load(counted, _Loader)  # reads the file in pieces
             except yamlfast.Unusual:  # merge keys, old Python tags, ...: PyYAML's own constructor
                 f.seek(0)
                 data = yaml.load(f, Loader=_Loader)
@@ -534,33 +614,50 @@ def is_json(path: Path) -> bool:
     return head.startswith(b"{")
 
 
-def load(path: Path) -> list[Interaction]:
+def load(path: Path, max_body_size: int | None = DECODED_BODY_LIMIT) -> list[Interaction]:
     """The interactions of a vcrpy cassette; CassetteNotFoundError when missing or empty."""
-    return read(path).interactions
+    return read(path, max_body_size).interactions
 
 
-def read(path: Path) -> Loaded:
+def read(path: Path, max_body_size: int | None = DECODED_BODY_LIMIT) -> Loaded:
     """A vcrpy cassette, YAML or JSON (``is_json``); CassetteNotFoundError when missing or empty.
 
     Whatever vcrpy loads loads here. A response in a shape no vcrpy stub replays does not make the file
     unreadable (vcrpy loads it too, and fails only when it plays it): it is warned about, with its
     line, and a request it matches is answered with a diagnostic.
+
+    A compressed body may decode to ``max_body_size`` bytes at most (None: no limit); past that, or when
+    it does not decode, a CassetteError says which interaction and where.
     """
     path = Path(path)
-    with yamlfast.no_gc():  # a large cassette is a million objects: see no_gc
+    loading.check_fits(path, _size_of(path))
+    with yamlfast.no_gc(), loading.tracking(path, _size_of(path)) as progress:  # no_gc: a million objects
         parsed = _parse_json(path) if is_json(path) else None
         if parsed is None:
-            parsed = _parse_streamed(path)
+            parsed = _parse_streamed(path, progress)
         if parsed is None:
             parsed = _parse_text(path)
         data, odd, size = parsed
         items = data["interactions"]
+        progress.stage = f"building {len(items):,} interactions"
         raws = {i: copy.deepcopy(items[i]) for i in odd}  # before vcrpy's deserialize changes them
         try:
-            out = _direct(items, raws)
-        except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
-            out = _through_vcrpy(path, data, raws)
-        if raws and _read_odd(path, out, raws, size):
+            try:
+                out = _direct(items, raws, max_body_size)
+            except _BodyError:
+                raise
+            except Exception:  # an unusual body, or something vcrpy refuses: its own way says what
+                out = _through_vcrpy(path, data, raws, max_body_size)
+            torn = bool(raws) and _read_odd(path, out, raws, size, max_body_size)
+        except _BodyError as e:
+            index = e.index
+            if index is None:
+                index = next((i for i, item in enumerate(items) if item["response"] is e.response), 0)
+            error = _Invalid(path, ("interactions", index, "response", "body"), f"interaction {index}: {e}")
+            del data, items, parsed
+            text = _composable(path)
+            raise (_located(error, text) if text is not None else error) from None
+        if torn:
             out.pop()
             logger.warning("%s: ignored an incomplete last exchange (the recording proxy was killed)", path)
         extra = {k: v for k, v in data.items() if k not in ("version", "interactions")}
@@ -568,7 +665,9 @@ def read(path: Path) -> Loaded:
     return Loaded(out, extra)
 
 
-def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: int) -> bool:
+def _read_odd(
+    path: Path, out: list[Interaction], raws: dict[int, Any], size: int, limit: int | None
+) -> bool:
     """Give each interaction in ``raws`` (index: the item as the file held it) its response as a vcrpy
     stub replays it, or a diagnostic answer when none can, and keep the item for rewriting.
 
@@ -576,6 +675,8 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
     first, which vcrpy never writes; the proxy writes odd shapes only before new exchanges): an exchange
     cut short by a kill, for the caller to drop.
     """
+    from .model import headers_problem, reason_problem
+
     last = len(out) - 1
     if (
         last in raws
@@ -590,14 +691,20 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
     problems: list[tuple[int, DataPath, str]] = []
     for i, raw in raws.items():
         at: DataPath = ("interactions", i)
-        if _canonical_response(raw["response"], _Budget(path, size), at):
-            response = _response_from_dict(raw["response"])
-        else:
-            try:
-                response = _odd_response(raw["response"], budget, at)
-            except _Unplayable as u:
-                problems.append((i, (*at, "response", *u.at), u.message))
-                response = _PENDING
+        try:
+            if _canonical_response(raw["response"], _Budget(path, size), at):
+                response = _response_from_dict(raw["response"], limit)
+            else:
+                response = _odd_response(raw["response"], budget, at, limit)
+                unsafe = headers_problem(response.headers) or reason_problem(response.reason)
+                if unsafe is not None:  # what a canonical response is refused for at load (_check_wire)
+                    raise _Unplayable((), unsafe)
+        except _Unplayable as u:
+            problems.append((i, (*at, "response", *u.at), u.message))
+            response = _PENDING
+        except _BodyError as e:
+            e.index = i
+            raise
         out[i] = Interaction(out[i].request, response, raw)
     text = _composable(path) if problems else None
     for i, at, message in problems:
@@ -609,11 +716,14 @@ def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: in
 
 
 def _in_append_layout(path: Path) -> bool:
-    """Whether ``path`` is in the recording layout (``version: 1`` first, which vcrpy never writes) and
-    its last item is in the block style the proxy writes (``- request:`` alone on its line)."""
+    """Whether ``path`` is in the recording layout (``version: 1`` first, which vcrpy never writes, or
+    vcrpy's that a proxy was extending in place: ``recording_marker``) and its last item is in the block
+    style the proxy writes (``- request:`` alone on its line)."""
     try:
         with open(path, "rb") as f:
-            if not f.read(len(HEADER)).startswith(HEADER[: HEADER.index("\n") + 1].encode()):
+            head = f.read(len(HEADER))
+            ours = head.startswith(HEADER[: HEADER.index("\n") + 1].encode())
+            if not ours and not (head.startswith(b"interactions:\n") and recording_marker(path).exists()):
                 return False
             end = f.seek(0, os.SEEK_END)
             chunk = 1 << 16
@@ -691,22 +801,22 @@ _PENDING = Response(0)
 """The response of an odd interaction until ``_read_odd`` gives it its own."""
 
 
-def _direct(items: list[Any], odd: Container[int]) -> list[Interaction]:
+def _direct(items: list[Any], odd: Container[int], limit: int | None) -> list[Interaction]:
     """Checked items as ``_through_vcrpy`` makes them, without building vcrpy's objects on the way (a
     third of a large load); anything it would refuse or treat specially raises, to be done that way."""
     requests = [_request_from_dict(item["request"]) for item in items]  # vcrpy makes them all first
     if not odd:
         return [
-            Interaction(r, _response_from_dict(item["response"]))
+            Interaction(r, _response_from_dict(item["response"], limit))
             for r, item in zip(requests, items, strict=True)
         ]
     return [
-        Interaction(r, _PENDING if i in odd else _response_from_dict(item["response"]))
+        Interaction(r, _PENDING if i in odd else _response_from_dict(item["response"], limit))
         for i, (r, item) in enumerate(zip(requests, items, strict=True))
     ]
 
 
-def _through_vcrpy(path: Path, data: Any, raws: dict[int, Any]) -> list[Interaction]:
+def _through_vcrpy(path: Path, data: Any, raws: dict[int, Any], limit: int | None) -> list[Interaction]:
     """The interactions of checked cassette data through vcrpy's ``deserialize`` and its ``Request``
     (``raws``: the odd items, as they were before it)."""
     try:
@@ -722,7 +832,12 @@ def _through_vcrpy(path: Path, data: Any, raws: dict[int, Any]) -> list[Interact
                 request = from_vcr_request(vreq).replace(body=_structured_body(raw["request"]["body"]))
             else:
                 request = from_vcr_request(vreq)
-            out.append(Interaction(request, _PENDING if raw is not None else _response_from_dict(vresp)))
+            out.append(
+                Interaction(request, _PENDING if raw is not None else _response_from_dict(vresp, limit))
+            )
+        except _BodyError as e:
+            e.index = i
+            raise
         except Exception as e:
             raise CassetteError(f"{path}: interaction {i}: {type(e).__name__}: {e}") from None
     return out
@@ -781,7 +896,7 @@ def _parse_text(path: Path) -> tuple[Any, list[int], int]:
         odd = _check(path, data, len(raw))
     except (yaml.YAMLError, CassetteError) as e:
         original = _yaml_error(path, e, text) if isinstance(e, yaml.YAMLError) else e
-        data = _without_torn_tail(text)
+        data = _without_torn_tail(text, path)
         if data is None:
             raise (_located(original, text) if isinstance(original, _Invalid) else original) from None
         try:
@@ -1013,6 +1128,66 @@ class CassetteWriter:
             self._rewrite(initial)
         else:
             self._check_writable()
+
+    @classmethod
+    def extending(
+        cls, path: Path, initial: Sequence[Interaction], extra: dict[str, Any] | None = None
+    ) -> CassetteWriter:
+        """A writer for the cassette ``path`` that holds ``initial`` (as loaded from it, with its other
+        top-level keys ``extra``), which new exchanges follow: in place when its layout allows
+        (``cassette_stream.appendable_end``: vcrpy's YAML or ours, last item whole), so none of it is
+        rewritten; otherwise (JSON, other keys) rewritten once in our layout."""
+        from . import cassette_stream
+
+        writer = cls(path, (), extra)
+        if not initial:
+            return writer  # the first append writes the file
+        end = cassette_stream.appendable_end(writer.path, HEADER.encode())
+        if end is None:
+            writer._rewrite(initial)
+            return writer
+        try:
+            fd = os.open(writer.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise CassetteError(f"{path}: cannot open cassette for appending: {_reason(e)}") from None
+        try:
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)  # vcrpy's closing ``version: 1``: written back by finish()
+                os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            raise CassetteError(f"{path}: cannot append to cassette: {_reason(e)}") from None
+        writer._fd, writer._count = fd, len(initial)
+        try:
+            recording_marker(writer.path).touch()
+        except OSError as e:
+            writer._close_fd()
+            raise CassetteError(f"{path}: cannot write beside the cassette: {_reason(e)}") from None
+        return writer
+
+    def finish(self, drop: Collection[int] = ()) -> bool:
+        """Flush, close and make the file canonical by streaming it from disk, without the items numbered
+        in ``drop``; False when the file is not as this writer left it (nothing done: see ``close``)."""
+        from . import cassette_stream
+
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+            wrote = self._fd is not None
+            self._close_fd()
+            if not wrote:
+                return True
+            try:
+                done = cassette_stream.write_canonical(
+                    self.path, HEADER.encode(), self._count, drop, _atomic_write
+                )
+            except OSError as e:
+                raise CassetteError(f"{self.path}: cannot rewrite cassette: {_reason(e)}") from None
+            if done:
+                with contextlib.suppress(FileNotFoundError):
+                    recording_marker(self.path).unlink()
+            return done
 
     def _check_writable(self) -> None:
         """Fail now, not at the first exchange, when the cassette's directory cannot take a file."""

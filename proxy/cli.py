@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from proxy import __version__
+from proxy import __version__, loading
+from proxy.addon import console_journal
 from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -30,6 +31,11 @@ EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_VIOLATIONS = 3
 """``--strict-report``: the proxy stopped cleanly, and the client broke a rule of the verdict."""
+PROGRESS_AFTER = 3.0
+"""Seconds of start-up before the console says how it is going (then every PROGRESS_EVERY)."""
+PROGRESS_EVERY = 5.0
+UNREPORTED_JOURNAL = 1000
+"""Exchanges the journal keeps when no --report reads it (with one: journal.MAX_ENTRIES)."""
 
 EPILOG = """\
 examples:
@@ -134,7 +140,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "504 and nothing is recorded; 0 for no limit (default: %(default)g; e.g. --upstream-timeout 300)",
     )
     g.add_argument(
-        "-q", "--quiet", action="store_true", help="do not print a line per exchange (errors still show)"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="do not print a line per exchange nor start-up progress (errors still show)",
     )
 
     m = p.add_argument_group("matching and replay")
@@ -440,6 +449,8 @@ def _serve(args: argparse.Namespace) -> int:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
     _configure_logging(args.quiet)
+    # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
+    reporting = args.report or args.strict_report
     proxy = ReplayProxy(
         cassette,
         upstream,
@@ -464,6 +475,7 @@ def _serve(args: argparse.Namespace) -> int:
         upstream_ca=args.upstream_ca,
         max_body_size=args.max_body_size,
         upstream_timeout=args.upstream_timeout,
+        journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
     )
     stop = threading.Event()
 
@@ -472,7 +484,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        proxy.start()
+        # a large cassette loads for minutes: say how it goes (not with -q)
+        proxy.start(timeout=None, progress=None if args.quiet else _StartProgress())
         print(_ready_line(args, proxy), flush=True)
         warning = exposure_warning(args)
         if warning:
@@ -498,6 +511,24 @@ def _serve(args: argparse.Namespace) -> int:
         if violations and args.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+
+
+class _StartProgress:
+    """Says on stderr how the start is going once it takes more than ``PROGRESS_AFTER`` seconds (a large
+    cassette loading: how much is read, then how many interactions are built), every ``PROGRESS_EVERY``."""
+
+    def __init__(self) -> None:
+        self.next = PROGRESS_AFTER
+
+    def __call__(self, waited: float) -> None:
+        if waited < self.next:
+            return
+        self.next = waited + PROGRESS_EVERY
+        state = loading.current()
+        line = f"replay-proxy: still starting after {waited:.0f} s"
+        if state is not None:
+            line = state.line(waited)
+        print(line, file=sys.stderr, flush=True)
 
 
 def exposure_warning(args: argparse.Namespace) -> str | None:
@@ -552,3 +583,29 @@ def _configure_logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    _show_mitmproxy_errors()
+
+
+class _MitmproxyErrors(logging.Filter):
+    """mitmproxy's own ERROR records worth a console line: not empty, and not the listener's start and
+    stop errors (the proxy reports a failed start itself, saying what to do)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "mitmproxy.addons.proxyserver" and bool(str(record.getMessage()).strip())
+
+
+def _show_mitmproxy_errors() -> None:
+    """mitmproxy's errors (an addon that raised, an internal error) on stderr, with their traceback.
+
+    Without this they are lost: the root logger only has mitmproxy's own handler, which feeds an event
+    log that is not loaded here, so Python's last-resort handler never prints them either.
+    """
+    logger = logging.getLogger("mitmproxy")
+    for handler in list(logger.handlers):
+        if any(isinstance(f, _MitmproxyErrors) for f in handler.filters):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.ERROR)
+    handler.addFilter(_MitmproxyErrors())
+    handler.setFormatter(logging.Formatter("replay-proxy: mitmproxy error: %(message)s"))
+    logger.addHandler(handler)

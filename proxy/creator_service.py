@@ -46,6 +46,8 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from proxy.scenario.dates import format_created_date_time
+
 __all__ = ["CreatorService", "format_created_date_time", "main"]
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
@@ -59,23 +61,6 @@ SEED_FAILURE_ERROR: dict[str, Any] = {
         "message": "No geometry was provided with the feature.",
     },
 }
-
-
-def format_created_date_time(moment: datetime) -> str:
-    """Format ``moment`` (converted to UTC) the way the seed writes ``createdDateTime``.
-
-    ``3/11/2020 8:45:13 PM +00:00``: month/day/year without zero padding, 12-hour clock, AM/PM.
-    Built by hand so that it does not depend on the platform's strftime flags.
-    """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(UTC)
-    hour12 = moment.hour % 12 or 12
-    meridiem = "AM" if moment.hour < 12 else "PM"
-    return (
-        f"{moment.month}/{moment.day}/{moment.year} "
-        f"{hour12}:{moment.minute:02d}:{moment.second:02d} {meridiem} +00:00"
-    )
 
 
 def _odata_error(code: str, message: str) -> dict[str, Any]:

@@ -157,6 +157,18 @@ def record_failed_response(cause: str) -> Response:
     )
 
 
+def unsafe_response(problem: str) -> Response:
+    """What the proxy sends instead of an answer with a header that would write others (the last guard:
+    the loaders and the scenario machine refuse them before)."""
+    return _own_error(
+        500,
+        "Unsafe Answer (replay-proxy)",
+        "unsafe-answer",
+        "ReplayProxyUnsafeAnswer",
+        f"replay-proxy: refused to send this answer: {problem}",
+    )
+
+
 def stopping_response() -> Response:
     """A forwarded request that ends after the proxy began to stop: it can no longer be saved."""
     return _own_error(

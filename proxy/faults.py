@@ -41,6 +41,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.net.http.http1 import assemble_response_head
 
+from proxy import mitm_internals
 from proxy.model import Response
 from proxy.scenario.answer import Answer
 
@@ -164,13 +165,7 @@ def _kill(flow: http.HTTPFlow) -> None:
 
 def _client_writer(flow: http.HTTPFlow) -> asyncio.StreamWriter | None:
     """The stream writer of the flow's client connection, found in mitmproxy's proxy server."""
-    from mitmproxy import ctx
-
-    server = ctx.master.addons.get("proxyserver")
-    handler = server.connections.get(flow.client_conn.id) if server is not None else None
-    io = handler.transports.get(handler.client) if handler is not None else None
-    writer = io.writer if io is not None else None
-    return writer if isinstance(writer, asyncio.StreamWriter) else None
+    return mitm_internals.client_writer(flow.client_conn)
 
 
 def close_client_later(flow: http.HTTPFlow, delay: float) -> None:

@@ -10,22 +10,18 @@ ends the client's connection). For the flows the addon forwards:
 * the client's 502 (and the journal's line) names the cause: connection refused, connection reset or
   closed before an answer, TLS certificate not trusted, or mitmproxy's own message for anything else.
 
-Nothing of a failed exchange is recorded: mitmproxy calls the ``error`` hook, never ``response``. Like
-faults.py, this module reaches into mitmproxy: ``HttpStream.handle_protocol_error`` is wrapped (the one
-place where the client's error answer is decided) and the upstream connection is found in the proxy
-server's connection handlers. Verified on mitmproxy 11 and 12.
+Nothing of a failed exchange is recorded: mitmproxy calls the ``error`` hook, never ``response``. The
+reaches into mitmproxy this needs (the wrapped ``HttpStream.handle_protocol_error``, the upstream
+connection found in the proxy server's connection handlers) are in mitm_internals.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
-from typing import Any
 
-from mitmproxy import ctx, http
-from mitmproxy.proxy.layers import http as _http_layers
+from mitmproxy import http
 
-http_layers: Any = _http_layers  # internals: HttpStream, ResponseProtocolError (same on mitmproxy 11 and 12)
+from proxy import mitm_internals
 
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
 """Seconds to wait for an upstream's complete response before answering 504."""
@@ -65,32 +61,9 @@ def _expire(flow: http.HTTPFlow, timeout: float) -> None:
     if flow.error is not None or not flow.live:
         return
     flow.metadata[TIMED_OUT] = timeout
-    io = _connection_io(flow.server_conn)
-    if io is not None and io.handler is not None:
-        io.handler.cancel("upstream timeout")  # the stream fails; handle_protocol_error says why
-    elif flow.killable:
+    # The stream fails; the protocol error's rewrite (``_answer``) says why.
+    if not mitm_internals.cancel_connection(flow.server_conn, "upstream timeout") and flow.killable:
         flow.kill()  # type: ignore[no-untyped-call]  # no connection found: end it rather than wait
-
-
-def _connection_io(server: Any) -> Any:
-    """mitmproxy's ConnectionIO (task, reader, writer) of an upstream connection, if it is open."""
-    master: Any = ctx.master
-    proxyserver = master.addons.get("proxyserver") if master is not None else None
-    if proxyserver is None:
-        return None
-    for handler in list(proxyserver.connections.values()):
-        io = handler.transports.get(server)
-        if io is not None:
-            return io
-    return None
-
-
-def _was_reset(server: Any) -> bool:
-    """The upstream connection ended with a TCP reset (its reader holds the ConnectionResetError)."""
-    io = _connection_io(server)
-    reader = getattr(io, "reader", None)
-    exception = getattr(reader, "exception", None)
-    return callable(exception) and isinstance(exception(), ConnectionResetError)
 
 
 def explain(flow: http.HTTPFlow, message: str) -> str:
@@ -111,41 +84,20 @@ def explain(flow: http.HTTPFlow, message: str) -> str:
             "to trust a private CA, pass --upstream-ca PEM"
         )
     if low.startswith("server closed connection"):
-        if _was_reset(flow.server_conn):
+        if mitm_internals.ended_by_reset(flow.server_conn):
             return f"replay-proxy: the upstream {where} reset the connection (TCP RST) before answering"
         return f"replay-proxy: the upstream {where} closed the connection before answering"
     return f"replay-proxy: the upstream {where} failed: {message}"
 
 
-class _GatewayTimeout:
-    """mitmproxy 12's error code for a 504 (its ErrorCode enum has none); mitmproxy 11 takes the int."""
-
-    def http_status_code(self) -> int:
-        return GATEWAY_TIMEOUT
-
-
-def _timeout_code(code: object) -> object:
-    return GATEWAY_TIMEOUT if isinstance(code, int) else _GatewayTimeout()
+def _answer(flow: http.HTTPFlow, message: str) -> tuple[str, int | None] | None:
+    """What a watched flow's client gets when its upstream exchange fails: our message, 504 on a timeout."""
+    if not flow.metadata.get(WATCHED):
+        return None
+    timed_out = TIMED_OUT in flow.metadata and not (flow.response is not None and flow.response.stream)
+    return explain(flow, message), GATEWAY_TIMEOUT if timed_out else None
 
 
 def install() -> None:
-    """Wrap ``HttpStream.handle_protocol_error`` once, so watched flows fail with our message and status."""
-    stream = http_layers.HttpStream
-    original = stream.handle_protocol_error
-    if getattr(original, "replay_proxy", False):
-        return
-
-    def handle_protocol_error(self: Any, event: Any) -> Generator[Any, Any, None]:
-        flow = getattr(self, "flow", None)
-        if (
-            isinstance(event, http_layers.ResponseProtocolError)
-            and flow is not None
-            and flow.metadata.get(WATCHED)
-        ):
-            event.message = explain(flow, event.message)
-            if TIMED_OUT in flow.metadata and not (flow.response is not None and flow.response.stream):
-                event.code = _timeout_code(event.code)
-        yield from original(self, event)
-
-    handle_protocol_error.replay_proxy = True  # type: ignore[attr-defined]
-    stream.handle_protocol_error = handle_protocol_error
+    """Have watched flows fail with our message and status (``HttpStream.handle_protocol_error``)."""
+    mitm_internals.on_response_protocol_error(_answer)

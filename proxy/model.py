@@ -6,6 +6,7 @@ converts them to and from vcrpy's cassette format.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,6 +16,62 @@ Headers = tuple[tuple[str, str], ...]
 """Header fields in order, names in the case they were sent, repeated names kept."""
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP field name (RFC 9110 5.1: a token)."""
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What no field value or reason phrase may hold (RFC 9110 5.5, RFC 9112 4): control characters, CR and
+LF above all (a tab is allowed)."""
+
+
+def header_problem(name: str, value: str | bytes) -> str | None:
+    """Why header ``name: value`` cannot be sent as it is, or None.
+
+    A CR or LF in a value ends the field on the wire: what follows becomes headers the client believes
+    (``Set-Cookie``: response splitting). A name that is not a token (a space, a colon, U+202E) is not a
+    header at all. Neither is ever sent: the files are refused at load, the rendered answers at render time.
+    """
+    if not _TOKEN.fullmatch(name):
+        return f"header name {name!r} is not a valid HTTP field name (letters, digits, !#$%&'*+-.^_`|~)"
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    found = _CONTROL.search(text)
+    if found is not None:
+        what = {"\r": "a CR", "\n": "an LF", "\x00": "a NUL"}.get(found.group(), "a control character")
+        return f"header {name!r} has {what} in its value ({_clip(text)}): it would write other headers"
+    return None
+
+
+def fields_are_safe(names: Iterable[str], values: Iterable[str]) -> bool:
+    """Whether every name is a token and no value has a control character, in one pass of each regex over
+    all of them (a cassette of many exchanges loads faster); False means: look at each with
+    header_problem to say which."""
+    names = list(names)
+    return (
+        all(names)
+        and _TOKEN.fullmatch("".join(names) or "x") is not None
+        and _CONTROL.search("".join(values)) is None
+    )
+
+
+def reason_problem(reason: str) -> str | None:
+    """Why a status line's reason phrase cannot be sent as it is (CR, LF, control characters), or None."""
+    if _CONTROL.search(reason) is None:
+        return None
+    return f"the reason phrase {_clip(reason)} has a CR, LF or control character"
+
+
+def headers_problem(headers: Headers) -> str | None:
+    """The first header_problem of ``headers``, or None."""
+    for name, value in headers:
+        problem = header_problem(name, value)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def header_values(headers: Headers, name: str) -> list[str]:

@@ -1,19 +1,21 @@
 """Upstream exchange -> redaction -> cassette on disk, as it happens.
 
 Each exchange is appended to the cassette file in one write, so a killed proxy loses only the exchanges
-in flight; at a clean stop the file is rewritten once in vcrpy's canonical layout.
+in flight; the file is the only copy (memory stays bounded), and at a clean stop it is made canonical
+(vcrpy's layout) by streaming it from disk (proxy/cassette_stream.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.cassette import CassetteWriter
+from proxy.cassette import CassetteWriter, load, recording_marker, save
 from proxy.errors import CassetteError
 from proxy.matching import Matcher
 from proxy.model import Interaction
@@ -22,7 +24,12 @@ from proxy.router import RecordMode
 
 
 class Recorder:
-    """Saves recorded interactions to one cassette, following vcrpy's record-mode rules on save."""
+    """Saves recorded interactions to one cassette, following vcrpy's record-mode rules on save.
+
+    The cassette file is the only copy of what was recorded: memory stays bounded however long the
+    recording. In ``all`` mode the old interactions that new ones replace are noted as they are recorded
+    (their numbers, at most one per old interaction) and left out when the file is made canonical.
+    """
 
     def __init__(
         self,
@@ -41,7 +48,17 @@ class Recorder:
         self.record_mode = record_mode
         self.matcher = matcher
         self.redactor = redactor
-        self.recorded: list[Interaction] = []
+        self.count = 0
+        """How many exchanges were saved."""
+        self.replaced: set[int] = set()
+        """``all`` mode: the (0-based) old interactions that a new one matches, left out at the stop."""
+        self._old_keys: dict[Hashable, list[int]] = {}
+        """``all`` mode: the old interactions by matcher key, built now (seconds for 100,000: not at the
+        first exchange, while clients wait)."""
+        if record_mode is RecordMode.ALL:
+            for i, old in enumerate(self.loaded):
+                key = matcher.key(redactor.for_matching(old.request))
+                self._old_keys.setdefault(key, []).append(i)
         self._lock = threading.Lock()
         self._writer: CassetteWriter | None = None  # opened on the first exchange: no exchange, no write
         self.failure: str | None = None
@@ -62,40 +79,37 @@ class Recorder:
                 raise CassetteError(self.failure)
             try:
                 if self._writer is None:
-                    self._writer = CassetteWriter(self.path, self.loaded, self.extra)
+                    self._writer = CassetteWriter.extending(self.path, self.loaded, self.extra)
                 self._writer.append(saved)
             except CassetteError as e:
                 self.failure = str(e)
                 raise
-            self.recorded.append(saved)
-            return len(self.loaded) + len(self.recorded)
+            self.count += 1
+            if self.record_mode is RecordMode.ALL and self.loaded:
+                self._note_replaced(saved)
+            return len(self.loaded) + self.count
 
-    def final(self) -> list[Interaction]:
-        """What the cassette holds at the end; in ``all`` mode new recordings replace old ones they match."""
-        with self._lock:
-            recorded = list(self.recorded)
-        if self.record_mode is not RecordMode.ALL:
-            return self.loaded + recorded
-        keys = {self.matcher.key(self.redactor.for_matching(i.request)) for i in recorded}
-        kept = [
-            old
-            for old in self.loaded
-            if self.matcher.key(self.redactor.for_matching(old.request)) not in keys
-            or not any(
-                self.matcher.matches(
-                    self.redactor.for_matching(old.request), self.redactor.for_matching(new.request)
-                )
-                for new in recorded
-            )
-        ]
-        return kept + recorded
+    def _note_replaced(self, saved: Interaction) -> None:
+        """``all`` mode: an old interaction that ``saved`` matches is replaced by it (vcrpy's rule)."""
+        new = self.redactor.for_matching(saved.request)
+        for i in self._old_keys.get(self.matcher.key(new), ()):
+            if i not in self.replaced and self.matcher.matches(
+                self.redactor.for_matching(self.loaded[i].request), new
+            ):
+                self.replaced.add(i)
 
     def close(self) -> None:
-        """Rewrite the cassette once, canonically (only if anything was recorded)."""
+        """Make the cassette canonical (only if anything was recorded), streaming it from disk."""
         with self._lock:
             writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close(self.final())
+            replaced = set(self.replaced)
+        if writer is None:
+            return
+        if not writer.finish(replaced):  # not a layout it streams (JSON, other top-level keys), or changed
+            kept = [x for i, x in enumerate(load(self.path)) if i not in replaced]
+            save(self.path, kept, self.extra)
+            with contextlib.suppress(FileNotFoundError):
+                recording_marker(self.path).unlink()
 
 
 def _check_writable(path: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -21,9 +22,9 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
-from mitmproxy.proxy import mode_specs
 from mitmproxy.utils import human
 
+from proxy import loading, mitm_internals
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -31,6 +32,8 @@ from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 
 MODES = ("reverse", "regular")
+_START_TICK = 0.5
+"""Seconds between ``progress`` calls while ``start`` waits."""
 UNREACHABLE = "http://127.0.0.1:9"
 """Reverse target when replaying with no upstream: never dialled (answers come from the cassette)."""
 
@@ -226,8 +229,14 @@ class ReplayProxy:
             return ""
         return "https://" + self.url.removeprefix("http://")
 
-    def start(self, timeout: float = 30.0) -> ReplayProxy:
-        """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure."""
+    def start(
+        self, timeout: float | None = 30.0, progress: Callable[[float], None] | None = None
+    ) -> ReplayProxy:
+        """Start serving; returns when the port is bound. Raises ReplayProxyError on a start failure.
+
+        ``timeout``: seconds to wait (None: as long as loading the cassette takes; a large one takes
+        minutes). ``progress(seconds)`` is called about twice a second while waiting (see
+        ``proxy.loading.current`` for how far a cassette load got)."""
         if self._thread is not None:
             raise RuntimeError("ReplayProxy already started")
         try:
@@ -239,9 +248,19 @@ class ReplayProxy:
         _claim(self)
         self._thread = threading.Thread(target=self._thread_main, name="replay-proxy", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise StartupError(f"the proxy did not start within {timeout:g} s")
+        began = time.monotonic()
+        while not self._ready.wait(_START_TICK if timeout is None else min(_START_TICK, timeout)):
+            waited = time.monotonic() - began
+            if timeout is not None and waited >= timeout:
+                still = loading.current()
+                self.stop()
+                why = f" ({still.line(waited).removeprefix('replay-proxy: ')})" if still else ""
+                raise StartupError(
+                    f"the proxy did not start within {timeout:g} s{why}: give start() a longer timeout, "
+                    "or None to wait as long as loading takes"
+                )
+            if progress is not None:
+                progress(waited)
         if self._error is not None:
             self._thread.join(10)
             error = self._error
@@ -406,13 +425,16 @@ class ReplayProxy:
         logging.getLogger().addHandler(errors)
         try:
             try:
+                # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
+                master.options.update(
+                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
+                )
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
-                _listen_on_tcp_only(specs)
+                mitm_internals.listen_on_tcp_only(specs)
                 master.options.update(
                     mode=specs,
                     connection_strategy="lazy",
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None,
                     ssl_verify_upstream_trusted_ca=self.upstream_ca,
                 )
             except exceptions.OptionsError as e:
@@ -426,7 +448,7 @@ class ReplayProxy:
             # Still capturing: stopping a server that never bound logs an empty ERROR, which Python's
             # last-resort handler would print as a blank line on stderr.
             try:
-                await _close_servers(master)
+                await mitm_internals.close_servers(master)
             finally:
                 logging.getLogger().removeHandler(errors)
 
@@ -498,21 +520,6 @@ def _release(proxy: ReplayProxy) -> None:
     with _running_lock:
         if _running is proxy:
             _running = None
-
-
-def _listen_on_tcp_only(specs: Sequence[str]) -> None:
-    """Have mitmproxy listen on TCP alone for these mode specs, not on UDP too.
-
-    For ``reverse:https://...`` mitmproxy also listens on UDP (HTTP/3), with a server in its Rust
-    extension whose worker threads outlive the proxy: at interpreter exit one would take the GIL, be
-    ended by Python's finalization and crash the process (exit 139 after a clean stop, ~1 run in 3).
-    The proxy serves HTTP/1.1 and HTTP/2 over TCP. ``ProxyMode.parse`` caches the mode it returns and
-    the proxy server parses the same spec, so the mode made TCP-only here is the one it listens with.
-    """
-    for spec in specs:
-        mode = mode_specs.ProxyMode.parse(spec)
-        if mode.transport_protocol != "tcp":
-            object.__setattr__(mode, "transport_protocol", "tcp")  # the mode dataclass is frozen
 
 
 def classify(path: str | os.PathLike[str]) -> str:
@@ -607,25 +614,6 @@ class _ErrorCapture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
-
-
-async def _close_servers(master: Master, timeout: float = 2.0) -> None:
-    """Close listeners and client connections so asyncio.run's teardown has nothing left to cancel."""
-    ps = master.addons.get("proxyserver")
-    if ps is None:
-        return
-    try:
-        await ps.servers.update([])
-        for handler in list(ps.connections.values()):
-            io = handler.transports.get(handler.client)
-            if io is not None and io.handler is not None:
-                io.handler.cancel("proxy shutdown")
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while ps.connections and loop.time() < end:
-            await asyncio.sleep(0.01)
-    except Exception:
-        pass
 
 
 def _remove_mitmproxy_log_handlers() -> None:

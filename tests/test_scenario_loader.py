@@ -774,6 +774,79 @@ def test_templates_cannot_escape_the_sandbox(tmp_path: Path) -> None:
     ]
 
 
+def test_regexes_that_need_backtracking_are_refused(tmp_path: Path) -> None:
+    """Issue 16: route regexes run with RE2 (linear time): what only a backtracking engine can do is
+    refused at load, located. The regexes scenarios use (anchors, classes, counts) are accepted."""
+    text = r"""
+    routes:
+      - match: {path: /a, query: {a: {regex: "(a)\\1"}}}
+        respond: {}
+      - match: {path: /b, headers: {x: {regex: "^(?!x)"}}}
+        respond: {}
+      - match: {path: /c, query: {v: {regex: "^(a+)+$"}}, json: {n: {regex: "^[0-9a-f-]{36}$"}}}
+        respond: {}
+    """
+    rest = "Regexes run with RE2 (linear time, so a request cannot freeze the proxy): no "
+    rest += "backreferences, look-around or \\Z (use \\z); see https://github.com/google/re2/wiki/Syntax"
+    assert problems_of(tmp_path, text) == [
+        f"F:2:42: regex: regular expression not supported: invalid escape sequence: \\1. {rest}; "
+        "got '(a)\\\\1'",
+        f"F:4:44: regex: regular expression not supported: invalid perl operator: (?!. {rest}; got '^(?!x)'",
+    ]
+
+
+def test_path_placeholders_that_touch_are_refused(tmp_path: Path) -> None:
+    """Issue 16: ``{a}{b}`` says nothing of where ``a`` ends (and backtracked under Python's re)."""
+    text = """
+    routes:
+      - match: {path: "/r/{a}{b}/end"}
+        respond: {}
+      - match: {path: "/v1/{name*}:export"}
+        respond: {}
+    operations:
+      - start: {path: "/s/{x*}{y}"}
+        steps: [{status: Succeeded}]
+    """
+    assert problems_of(tmp_path, text) == [
+        "F:2:19: path: placeholders {a} and the next one touch, so nothing says where one ends: "
+        "put a literal between them (such as '/' or '-')",
+        "F:7:19: path: placeholders {x*} and the next one touch, so nothing says where one ends: "
+        "put a literal between them (such as '/' or '-')",
+    ]
+
+
+def test_headers_that_would_write_other_headers_are_refused(tmp_path: Path) -> None:
+    """Issue 16: CR/LF in a header value (or anything that becomes one) and names that are no HTTP field
+    names are refused at load, where they are written; templates are checked again when rendered."""
+    text = r"""
+    routes:
+      - match: {path: /a}
+        respond: {headers: {"X A": b, X-Ok: "{{ request.query.v }}"}, content-type: "text/plain\r\nX: y"}
+      - match: {path: /b}
+        respond: {retry-after: {raw: "1\nSet-Cookie: a=b"}}
+    operations:
+      - start: {method: POST, path: /c}
+        status-path: "/ops/{operationId}\r\nSet-Cookie: a=b"
+        steps:
+          - {status: Running, headers: {"X\u202eY": z}, retry-after: "2\r\n"}
+      - start: {method: POST, path: /d}
+        header: [Location, "Operation Location"]
+        steps: [{status: Running}]
+    """
+    name = "is not a valid HTTP field name (letters, digits, !#$%&'*+-.^_`|~)"
+    assert problems_of(tmp_path, text) == [
+        f"F:3:32: header name 'X A' {name}",
+        "F:3:81: header 'Content-Type' has a CR in its value ('text/plain\\r\\nX: y'): "
+        "it would write other headers",
+        "F:5:34: header 'Retry-After' has an LF in its value ('1\\nSet-Cookie: a=b'): "
+        "it would write other headers",
+        "F:8:18: status-path: '/ops/{operationId}\\r\\nSet-Cookie: a=b' has a CR, LF or control character",
+        f"F:10:49: header name 'X\\u202eY' {name}",
+        "F:10:66: header 'Retry-After' has a CR in its value ('2\\r\\n'): it would write other headers",
+        f"F:12:24: header name 'Operation Location' {name}",
+    ]
+
+
 def test_durations_retry_after_and_path_templates(tmp_path: Path) -> None:
     text = """
     routes:

@@ -262,6 +262,31 @@ def test_query_conditions() -> None:
     assert which("?datasetId=") == "present"
 
 
+@pytest.mark.timeout(30)
+def test_regexes_and_path_templates_match_in_linear_time() -> None:
+    """Issue 16: ``^(a+)+$`` and a path template whose segments can split many ways backtracked for
+    minutes on one request, freezing the proxy; RE2 matches them in linear time, as Python's re would."""
+    m, _ = machine("""
+        routes:
+          - match: {path: /redos, query: {v: {regex: "^(a+)+$"}}}
+            respond: {text: matched}
+          - match: {path: "/r/{a}-{b}-{c}-{d}/end"}
+            respond: {text: "{{ request.params.a }}|{{ request.params.d }}"}
+          - match: {path: "/v1/{name*}:export"}
+            respond: {text: "{{ request.params.name }}"}
+        """)
+
+    def text(answer: Answer) -> str:
+        return answer.response.body.decode()
+
+    assert handle(m, "GET", "/redos?v=" + "a" * 100_000 + "!") is None
+    assert text(ask(m, "GET", "/redos?v=" + "a" * 100_000)) == "matched"
+    assert handle(m, "GET", "/r/" + "a-" * 20_000 + "/nope") is None
+    assert text(ask(m, "GET", "/r/w-x-y-z-z/end")) == "w-x|z"  # as Python's re: leftmost greedy
+    assert text(ask(m, "GET", "/v1/a/b:c:export")) == "a/b:c"
+    assert text(ask(m, "GET", "/v1/\udcff\u00e9:export")) == "\ufffd\u00e9"  # bytes that are not UTF-8
+
+
 def test_header_conditions_ignore_name_case() -> None:
     m, _ = machine("""
         routes:
@@ -1470,6 +1495,38 @@ def test_template_errors_name_the_position_of_the_template() -> None:
     assert str(caught.value) == (
         "t.yaml:9:17: template error: access to attribute '__class__' of 'str' object is unsafe."
     )
+
+
+def test_a_header_rendered_with_cr_or_lf_is_refused_where_it_is_written() -> None:
+    """Issue 16: a header template echoing request data wrote the client's CR/LF onto the wire."""
+    loaded = scenario(
+        """
+        routes:
+          - match: {path: /echo}
+            respond: {headers: {X-Echo: "{{ request.query.v }}"}, text: ok}
+        operations:
+          - start: {method: POST, path: /a}
+            steps:
+              - status: Running
+                headers: {X-Step: "{{ request.query.v }}"}
+        """,
+        positions={
+            ("routes", 0, "respond", "headers", "X-Echo"): (3, 38),
+            ("operations", 0, "steps", 0, "headers", "X-Step"): (9, 27),
+        },
+    )
+    m, _ = machine(loaded)
+    assert ask(m, "GET", "/echo?v=fine").response.header("X-Echo") == "fine"
+    with pytest.raises(TemplateError) as caught:
+        handle(m, "GET", "/echo?v=a%0D%0ASet-Cookie:%20pwned=1")
+    assert str(caught.value) == (
+        "t.yaml:3:38: header 'X-Echo' has a CR in its value ('a\\r\\nSet-Cookie: pwned=1'): "
+        "it would write other headers"
+    )
+    url = ask(m, "POST", "/a").response.header("Location") or ""
+    with pytest.raises(TemplateError) as caught:
+        handle(m, "GET", url + "?v=%0Ax")
+    assert str(caught.value).startswith("t.yaml:9:27: header 'X-Step' has an LF in its value")
 
 
 # -- state: reset, snapshots, threads --------------------------------------------------------------------

@@ -62,6 +62,8 @@ def proxy_for(tmp_path: Path, confdir: Path) -> Iterator[Any]:
     started: list[ReplayProxy] = []
 
     def start(text: str, **options: Any) -> ReplayProxy:
+        for earlier in started:  # mitmproxy runs one proxy per process
+            earlier.stop()
         path = _write(tmp_path, f"s{len(started)}.yaml", text)
         proxy = ReplayProxy(scenarios=[path], confdir=confdir, retry_after=RECOMMENDED, **options).start()
         started.append(proxy)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+import time
 from typing import Any
 
 import pytest
@@ -216,6 +218,116 @@ def test_exceptions_raised_while_rendering() -> None:
 )
 def test_templates_cannot_exhaust_the_proxy(source: str, message: str) -> None:
     assert error_of(source) == f"{WHERE}: template error: {message}"
+
+
+TOO_LONG = "the result would be too long (more than 1000000 items)"
+WIDTH = "a width or precision in the format is too large (more than 1000000)"
+BUILT = "the template built more than 16000000 characters in all"
+OVER_TIME = "the template took longer than 1 s (render budget)"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # filters and methods that widen: refused before they take the memory (issue 16: 1 GB renders)
+        ("{{ 'x'|center(10**9) }}", TOO_LONG),
+        ("{{ 'x'.ljust(10**9) }}", TOO_LONG),
+        ("{{ 'x'.rjust(10**9) }}", TOO_LONG),
+        ("{{ 'x'.zfill(10**9) }}", TOO_LONG),
+        ("{{ ('\t' * 1000).expandtabs(10**6) }}", TOO_LONG),
+        ("{{ 'a\nb'|indent(10**9) }}", TOO_LONG),
+        ("{{ 'a\nb\nc'|indent('x' * 900000) }}", TOO_LONG),
+        ("{{ '%999999999s'|format('x') }}", WIDTH),
+        ("{{ '%*s'|format(10**9, 'x') }}", WIDTH),
+        ("{{ '%.999999999f' % 1.5 }}", WIDTH),
+        ("{{ '{:>999999999}'.format('x') }}", WIDTH),
+        (
+            "{{ '{:{}}'.format('x', 10**9) }}",
+            "a format field's width cannot come from the arguments ({:{}}) in templates",
+        ),
+        ("{{ ('x' * 1000000)|replace('x', 'yy') }}", TOO_LONG),
+        ("{{ ('x' * 1000).replace('x', 'y' * 10000) }}", TOO_LONG),
+        ("{{ ['x' * 1000000] * 1000 }}", TOO_LONG),
+        ("{{ (['x' * 100000] * 5) | join('y' * 200000) }}", TOO_LONG),
+        ("{{ range(100000)|map('center', 1000000)|join }}", TOO_LONG),
+        ("{{ ','.join(range(100000)|map('center', 1000)) }}", TOO_LONG),
+        ("{{ [1]|batch(10**9, 0)|list }}", TOO_LONG),
+        ("{{ [[[[1]]]]|tojson(indent=10**9) }}", TOO_LONG),
+        ("{{ ('x ' * 500000)|wordwrap(1, wrapstring='y' * 1000) }}", TOO_LONG),
+        ("{{ ('x' * 100000).translate({120: 'y' * 1000}) }}", TOO_LONG),
+        ("{{ [[1]] * 100000 | sum(start=[]) }}", "sum adds numbers: its start must be a number"),
+        (
+            "{{ lipsum(10**6) }}",
+            "lipsum makes at most 100 paragraphs of at most 1000 words: lipsum(n, html, min, max)",
+        ),
+        # ~ and the output
+        (
+            "{% set n = namespace(x='ab') %}{% for i in range(40) %}{% set n.x = n.x ~ n.x %}{% endfor %}",
+            TOO_LONG,
+        ),
+        ("{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}", TOO_LONG),
+        # many values each under the limit, written into a macro or a block: counted as they are built
+        ("{% set x %}{% for i in range(100000) %}{{ 'y' * 1000000 }}{% endfor %}{% endset %}", BUILT),
+        (
+            "{% macro m() %}{% for i in range(9999) %}{{ 'y' * 999999 }}{% endfor %}{% endmacro %}{{ m() }}",
+            BUILT,
+        ),
+        # CPU: stopped at the render budget
+        ("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}", OVER_TIME),
+        (
+            "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+            OVER_TIME,
+        ),
+    ],
+)
+def test_renders_are_bounded_in_size_and_time(source: str, message: str) -> None:
+    assert error_of(source) == f"{WHERE}: template error: {message}"
+
+
+def test_the_bounds_leave_ordinary_templates_alone() -> None:
+    source = (
+        "{{ 'ab'|center(6) }}|{{ '%5s'|format('x') }}|{{ 'a\nb'|indent(2) }}|"
+        "{{ range(3)|map('string')|join(',') }}|{{ [1, 2]|sum }}|{{ 'a' ~ 1 }}|{{ '{:>4}'.format('z') }}|"
+        "{{ [{'a': [1]}]|tojson(indent=2)|length }}|{{ lipsum(1, false, 5, 6)|length > 0 }}|"
+        "{{ '%-3s|' % 'x' }}{{ 'x-y'.replace('-', '+') }}|"
+        "{{ request.json['items']|map(attribute='id')|list }}|"
+        "{% for i in range(1000) %}{% endfor %}{{ request.query.datasetId|upper }}"
+    )
+    assert render(source, context(), WHERE) == ("  ab  |    x|a\n  b|0,1,2|3|a1|   z|36|True|x  |x+y|[7]|D1")
+
+
+def test_the_render_budget_stops_only_the_render_over_it() -> None:
+    """The watchdog interrupts the render past its deadline, in its own thread, and nothing after it: a
+    render that ends just in time leaves nothing scheduled behind, and other threads render on."""
+    import threading
+
+    results: list[str] = []
+
+    def fine_renders() -> None:
+        for _ in range(200):
+            results.append(render("{% for i in range(300) %}{{ i }}{% endfor %}", {}, WHERE)[-3:])
+
+    other = threading.Thread(target=fine_renders)
+    other.start()
+    assert error_of("{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}") == (
+        f"{WHERE}: template error: the template took longer than 1 s (render budget)"
+    )
+    other.join(60)
+    assert results == ["299"] * 200
+    # Renders ending around their deadline: whatever happens, no exception arrives after render() returns.
+    original = templates.RENDER_SECONDS
+    try:
+        for seconds in (0.0, 0.001, 0.01, 0.05):
+            templates.RENDER_SECONDS = seconds
+            for _ in range(20):
+                with contextlib.suppress(TemplateError):
+                    render("{% for i in range(20000) %}{% endfor %}", {}, WHERE)
+                deadline = time.monotonic() + 0.06  # longer than the watchdog's tick: a late one would land
+                while time.monotonic() < deadline:
+                    pass
+    finally:
+        templates.RENDER_SECONDS = original
+    assert not templates._watchdog.active  # every render, however it ended, left the watchdog
 
 
 def test_ordinary_arithmetic_is_untouched() -> None:

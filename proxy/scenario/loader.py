@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from proxy.errors import ScenarioError
+from proxy.model import header_problem, reason_problem
 from proxy.scenario.schema import (
     Condition,
     DelaySpec,
@@ -882,6 +883,12 @@ class _Semantics:
             for key in ("status-path", "resource-path"):
                 if isinstance(op.get(key), str):
                     self.path_template(op[key], (*at, key))
+            names = op.get("header")
+            for j, name in enumerate(names if isinstance(names, list) else [names]):
+                if isinstance(name, str) and name.strip().lower() != "none":  # the status URL's header(s)
+                    self.header_field(
+                        name, "", (*at, "header", j) if isinstance(names, list) else (*at, "header")
+                    )
             for key in ("accepted", "resource"):
                 if op.get(key) is not None:
                     self.response(op[key], (*at, key))
@@ -894,6 +901,7 @@ class _Semantics:
             self.path_template(match["path"], (*at, "path"))
 
     def poll_step(self, step: dict[str, Any], at: DataPath) -> None:
+        self.header_fields(step.get("headers"), (*at, "headers"))
         self.templates(step.get("headers"), (*at, "headers"))
         self.templates(step.get("json"), (*at, "json"))
         self.duration(step.get("for"), (*at, "for"))
@@ -902,6 +910,9 @@ class _Semantics:
             self.response(step["respond"], (*at, "respond"))
 
     def response(self, spec: dict[str, Any], at: DataPath) -> None:
+        self.header_fields(spec.get("headers"), (*at, "headers"))
+        if isinstance(spec.get("content-type"), str):
+            self.header_field("Content-Type", spec["content-type"], (*at, "content-type"))
         self.templates(spec.get("headers"), (*at, "headers"))
         self.templates(spec.get("json"), (*at, "json"))
         self.templates(spec.get("text"), (*at, "text"))
@@ -927,7 +938,26 @@ class _Semantics:
             self.problem(at, f"{_subject(at)}: {e}")
             return None
 
+    def header_fields(self, headers: Any, at: DataPath) -> None:
+        """Header names that are not HTTP field names, literal values with CR/LF: refused (templates are
+        checked again when rendered)."""
+        if isinstance(headers, dict):
+            for name, value in headers.items():
+                self.header_field(name, value, (*at, name))
+
+    def header_field(self, name: Any, value: Any, at: DataPath) -> None:
+        if not isinstance(name, str):
+            return
+        text = value if isinstance(value, str) and "{{" not in value and "{%" not in value else ""
+        problem = header_problem(name, text)
+        if problem is not None:
+            self.problem(at, problem)
+
     def retry_after(self, value: Any, at: DataPath) -> None:
+        if isinstance(value, str):
+            self.header_field("Retry-After", value, at)
+        if isinstance(value, dict) and isinstance(value.get("raw"), str):
+            self.header_field("Retry-After", value["raw"], (*at, "raw"))
         if isinstance(value, dict):
             self.duration(value.get("date"), (*at, "date"))
         elif isinstance(value, bool):
@@ -977,6 +1007,9 @@ class _Semantics:
             self.problem(at, f"{_subject(at)}: template error: {refused}")
 
     def path_template(self, path: str, at: DataPath) -> None:
+        if reason_problem(path) is not None:  # a status URL goes into a Location header
+            self.problem(at, f"{_subject(at)}: {_clip(path)} has a CR, LF or control character")
+            return
         seen: set[str] = set()
         i = 0
         while i < len(path):
@@ -1003,6 +1036,13 @@ class _Semantics:
                 self.problem(at, f"{_subject(at)}: placeholder {{{name.rstrip('*')}}} appears twice")
             else:
                 seen.add(name.rstrip("*"))
+            if path.startswith("{", end + 1):
+                self.problem(
+                    at,
+                    f"{_subject(at)}: placeholders {_cut('{' + name + '}')} and the next one touch, so "
+                    "nothing says where one ends: put a literal between them (such as '/' or '-')",
+                )
+                return
             i = end + 1
 
     def body_file(self, name: str, at: DataPath) -> None:

@@ -113,6 +113,7 @@ What a scenario means (the semantics of the language, in order of evaluation):
 
 from __future__ import annotations
 
+import functools
 import json
 import mimetypes
 import random
@@ -126,12 +127,12 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from proxy.creator_service import format_created_date_time
-from proxy.errors import ScenarioError
-from proxy.model import Request, Response, header_value, set_header
+from proxy.errors import ScenarioError, TemplateError
+from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
 from proxy.rewrite import delay_headers, parse_retry_after
 from proxy.scenario.answer import Answer, NearRule, Refusal
+from proxy.scenario.dates import format_created_date_time
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
     TERMINAL_STATUSES,
@@ -145,6 +146,7 @@ from proxy.scenario.schema import (
     RetryAfterSpec,
     Route,
     Step,
+    linear_regex,
     parse_duration,
 )
 from proxy.scenario.templates import functions, is_template, new_uuid4, render
@@ -232,6 +234,8 @@ class ScenarioMachine:
             for rule in self._rules:
                 result = rule(view, base)
                 if result is not None:
+                    if isinstance(result, Answer):
+                        _check_wire(result)
                     return result
         return None
 
@@ -305,6 +309,14 @@ class ScenarioMachine:
             return value
         return render(value, ctx.get(), ctx.file.loaded.where(*at))
 
+    def render_header(self, name: str, value: str | float, at: DataPath, ctx: _Ctx) -> str:
+        """A header's value rendered; one that would write other headers (CR/LF) is an error, there."""
+        text = self.render_text(value, at, ctx)
+        problem = header_problem(name, text)
+        if problem is not None:
+            raise TemplateError(f"{ctx.file.loaded.where(*at)}: {problem}")
+        return text
+
     def render_data(self, value: Any, at: DataPath, ctx: _Ctx) -> Any:
         """``value`` with every string in it rendered as a template (keys are not templates)."""
         if isinstance(value, str):
@@ -329,7 +341,7 @@ class ScenarioMachine:
         if default_status is not None and "status" not in spec.model_fields_set:
             status = default_status
         headers: HeaderList = tuple(
-            (name, self.render_text(value, (*at, "headers", name), ctx))
+            (name, self.render_header(name, value, (*at, "headers", name), ctx))
             for name, value in spec.headers.items()
         )
         body = b""
@@ -516,17 +528,30 @@ class _PathPattern:
             self.names.append(m.group(1))
             last = m.end()
         regex += re.escape(path[last:])
-        self.regex = re.compile(regex, re.DOTALL)
+        self.regex = linear_regex("(?s)" + regex)  # RE2: no backtracking, whatever the path
+        # Most rules do not match most requests: their literal ends say so without RE2 (its Python
+        # binding costs ~3-10 us a call, Python's re ~0.4 us).
+        spans = [m.span() for m in _PLACEHOLDER.finditer(path)]
+        self.exact = path if not spans else None
+        self.prefix = path[: spans[0][0]] if spans else path
+        self.suffix = path[spans[-1][1] :] if spans else ""
 
     def match(self, path: str) -> dict[str, str] | None:
-        m = self.regex.fullmatch(path)
-        if m is None:
+        found = self._match(path)
+        if found is None:
             decoded = unquote(path)
-            if decoded == path:
-                return None
-            m = self.regex.fullmatch(decoded)
-            if m is None:
-                return None
+            if decoded != path:
+                found = self._match(decoded)
+        return found
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        if self.exact is not None:
+            return {} if path == self.exact else None
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        m = self.regex.fullmatch(_valid_text(path))
+        if m is None:
+            return None
         return dict(zip(self.names, m.groups(), strict=True))  # the groups are p0, p1... in order
 
     def render(self, values: Mapping[str, str]) -> str:
@@ -679,9 +704,36 @@ def _holds(cond: str | int | float | bool | Condition | None, present: bool, val
         return cond.equals is None and cond.regex is None and cond.one_of is None
     if cond.equals is not None and value != _scalar_text(cond.equals):
         return False
-    if cond.regex is not None and re.search(cond.regex, value) is None:
+    if cond.regex is not None and _regex(cond.regex).search(_valid_text(value)) is None:
         return False
     return cond.one_of is None or value in {_scalar_text(v) for v in cond.one_of}
+
+
+def _check_wire(answer: Answer) -> None:
+    """The last check of a scripted answer: no header that would write others (a status URL made from the
+    request's path, a ``content-type`` or ``retry-after`` text with CR/LF)."""
+    problem = headers_problem(answer.response.headers)
+    if problem is not None:
+        raise TemplateError(f"{answer.source}: {problem}")
+
+
+def _valid_text(value: str) -> str:
+    """``value`` with lone surrogates (request bytes that are not UTF-8) as U+FFFD: RE2 reads UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            data = value.encode("utf-8", "surrogateescape")  # the bytes mitmproxy could not decode
+        except UnicodeEncodeError:
+            data = value.encode("utf-8", "surrogatepass")  # "\ud800" in a JSON body
+        return data.decode("utf-8", "replace")
+    return value
+
+
+@functools.cache
+def _regex(pattern: str) -> Any:
+    """A condition's regex, compiled once by RE2 (linear-time matching; the loader checked it compiles)."""
+    return linear_regex(pattern)
 
 
 def _scalar_text(value: str | int | float | bool) -> str:
@@ -1103,7 +1155,9 @@ class _OperationRule:
             headers = set_header(headers, name, value)
         for name, raw in step.headers.items():
             headers = set_header(
-                headers, name, self.machine.render_text(raw, self.at("steps", j, "headers", name), ctx)
+                headers,
+                name,
+                self.machine.render_header(name, raw, self.at("steps", j, "headers", name), ctx),
             )
         response = Response(status=code, headers=headers, body=_json_bytes(body))
         return response, self.machine.advertised(headers, retry)

@@ -73,7 +73,37 @@ class Condition(Model):
                 re.compile(v)
             except (re.error, OverflowError, RecursionError) as e:  # huge repeats, deep nesting
                 raise ValueError(f"invalid regular expression: {e}") from None
+            problem = linear_regex_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
         return v
+
+
+def linear_regex(pattern: str) -> Any:
+    """``pattern`` compiled by RE2 (google-re2), which matches in time linear in the text: a request cannot
+    make it backtrack (``^(a+)+$`` on n ``a`` then ``!`` takes Python's ``re`` 2**n steps: hours for 40).
+    Raises ``re2.error`` for what RE2 does not support (backreferences, look-around, ``\\Z``)."""
+    import re2  # imported on first use: start-up time
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print each refusal on stderr
+    return re2.compile(pattern, options)
+
+
+def linear_regex_problem(pattern: str) -> str | None:
+    """Why RE2 refuses ``pattern``, in words, or None."""
+    import re2
+
+    try:
+        linear_regex(pattern)
+    except re2.error as e:
+        why = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        return (
+            f"regular expression not supported: {why}. Regexes run with RE2 (linear time, so a request "
+            "cannot freeze the proxy): no backreferences, look-around or \\Z (use \\z); see "
+            "https://github.com/google/re2/wiki/Syntax"
+        )
+    return None
 
 
 Scalar = str | int | float | bool
