@@ -102,8 +102,9 @@ def closest_rule(decision: NoMatch) -> str:
 def scenario_error_response(decision: ScenarioFailed) -> Response:
     """The rule that matched failed to render its answer: the scenario is at fault, not the request.
 
-    599 like a no-match (SDK retry policies retry 500 and 503, not 599, so the error shows at once), but its
-    own reason, ``X-Replay-Proxy: scenario-error`` and code ``ReplayProxyScenarioError``.
+    599 like a no-match (retry policies that retry every 5xx retry it too: azure-core's on GET, the Azure SDK
+    for JavaScript's on any method), but its own reason, ``X-Replay-Proxy: scenario-error`` and code
+    ``ReplayProxyScenarioError``.
     """
     request = decision.request
     error = {

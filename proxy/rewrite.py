@@ -181,8 +181,9 @@ def parse_retry_after(headers: Headers, now: float | None = None) -> float | Non
     ``Retry-After`` as seconds (a fraction is read, as lenient clients do) or an HTTP-date (time left from
     ``now``, never negative), ``retry-after-ms`` and ``x-ms-retry-after-ms`` in milliseconds. When several
     say a delay, the **shortest** counts: clients differ in which one they read (azure-core for Python reads
-    Retry-After first, the Azure SDKs for JavaScript, Java, Go and .NET the millisecond headers first), and a
-    client that obeys any of them is within its rights.
+    Retry-After first; the Azure SDKs' retry policies for 429/503 read the millisecond headers first; the
+    JavaScript poller, @azure/core-lro, reads only Retry-After), and a client that obeys any of them is
+    within its rights.
     """
     found: list[float] = []
     value = header_value(headers, "retry-after")

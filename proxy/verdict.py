@@ -190,6 +190,17 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
     for v in violations:
         if v.index is not None:
             flagged.setdefault(v.index, []).append(v.rule)
+    for op in analysis.ops:  # a violation names its first request ("and 3 more ..."): mark the others too
+        groups = {
+            "retry-after": [i for i, p in op.early if p != op.start],
+            "poll-after-terminal": op.after_terminal,
+            "self-built-url": op.self_built,
+        }
+        for rule, members in groups.items():
+            if members and rule in flagged.get(members[0], []):
+                for i in members[1:]:
+                    if rule not in flagged.setdefault(i, []):
+                        flagged[i].append(rule)
     n_ops = len(analysis.ops)
     lines = [
         f"replay-proxy report: {len(entries)} request{'s' if len(entries) != 1 else ''}, "

@@ -370,7 +370,8 @@ def test_play_report_prints_the_timeline_and_violations_at_exit(cli: type[Cli]) 
     assert [p[:2] for p in polls] == [["poll", "1"], ["poll", "2"], ["poll", "3"], ["poll", "4"]]
     assert [p[4] for p in polls] == ["gap"] * 4
     assert polls[1][-7:] == ["->", "200", "Running,", "Retry-After:", "1", "<-", "retry-after"]
-    assert polls[3][-3:] == ["->", "201", "Succeeded"]
+    assert polls[2][-7:] == ["->", "200", "Running,", "Retry-After:", "1", "<-", "retry-after"]
+    assert polls[3][-5:] == ["->", "201", "Succeeded", "<-", "retry-after"]  # every early poll is marked
     assert any(line.startswith("  => Succeeded after 4 polls in ") for line in out)
     assert "  GET /nothing-here -> 599, NO MATCH  <- unmatched" in out
     verdict = out[out.index("replay-proxy verdict: 2 violations") :]
