@@ -107,17 +107,18 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
     analysis = _Analysis(entries)
     found: list[Violation] = []
     if "unmatched" not in off:
-        for i in analysis.order:
-            e = entries[i]
-            if e.source != "no-match" or ("self-built-url" not in off and i in analysis.strays):
-                continue
+        for members in _unmatched_groups(entries, analysis, off).values():
+            e = entries[members[0]]
             status = e.status if e.status is not None else "no response"
+            more = len(members) - 1
+            again = f" (and {more} more identical request{'s' if more > 1 else ''})" if more else ""
             found.append(
                 Violation(
                     "unmatched",
-                    f"{e.method} {_show(e.path)} got {status}: {e.detail}; the client should send only "
-                    "requests the service answers (if this one is right, record it again or add a route)",
-                    i,
+                    f"{e.method} {_show(e.path)} got {status}: {e.detail}{again}; the client should "
+                    "send only requests the service answers (if this one is right, record it again or add "
+                    "a route)",
+                    members[0],
                 )
             )
     if "scenario-error" not in off:
@@ -182,6 +183,20 @@ def format_violations(violations: Sequence[Violation]) -> str:
     return "\n".join(lines)
 
 
+def _unmatched_groups(
+    entries: Sequence[Exchange], analysis: _Analysis, off: Collection[str]
+) -> dict[tuple[str, str, str], list[int]]:
+    """The unanswered requests, identical ones together (a client retrying its 599: one violation, not
+    one per retry), in the order their first came; a self-built status URL is that check's, when on."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i in analysis.order:
+        e = entries[i]
+        if e.source != "no-match" or ("self-built-url" not in off and i in analysis.strays):
+            continue
+        groups.setdefault((e.method, e.path, e.detail), []).append(i)
+    return groups
+
+
 def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
     """A per-operation timeline (each poll: offset from the start, the gap before it, what it got), the
     requests outside operations that nothing answered, then the violations."""
@@ -190,6 +205,11 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
     for v in violations:
         if v.index is not None:
             flagged.setdefault(v.index, []).append(v.rule)
+    for members in _unmatched_groups(entries, analysis, ()).values():  # "and 3 more identical requests"
+        if "unmatched" in flagged.get(members[0], []):
+            for i in members[1:]:
+                if "unmatched" not in flagged.setdefault(i, []):
+                    flagged[i].append("unmatched")
     for op in analysis.ops:  # a violation names its first request ("and 3 more ..."): mark the others too
         groups = {
             "retry-after": [i for i, p in op.early if p != op.start],

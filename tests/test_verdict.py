@@ -178,6 +178,33 @@ def test_unmatched_names_method_path_and_reason() -> None:
     ]
 
 
+def test_identical_unmatched_requests_are_one_violation_and_all_marked() -> None:
+    """An SDK that retries the 599 (azure-core GET: 4 requests) gets one violation naming the count."""
+    why = "no recorded interaction"
+    entries = [
+        *(ex("GET", "/mapData", 599, t, source="no-match", detail=why) for t in (0.0, 0.8, 1.6, 3.2)),
+        ex("POST", "/other", 599, 4.0, source="no-match", detail=why),
+    ]
+    violations = check(entries)
+    assert violations == [
+        Violation(
+            "unmatched",
+            "GET /mapData got 599: no recorded interaction (and 3 more identical requests); the client "
+            "should send only requests the service answers (if this one is right, record it again or add "
+            "a route)",
+            0,
+        ),
+        Violation(
+            "unmatched",
+            "POST /other got 599: no recorded interaction; the client should send only requests the "
+            "service answers (if this one is right, record it again or add a route)",
+            4,
+        ),
+    ]
+    marked = [line for line in report(entries, violations).splitlines() if "<- unmatched" in line]
+    assert len(marked) == 5, report(entries, violations)
+
+
 def test_a_scenario_error_is_its_own_check_not_unmatched() -> None:
     problem = "s.yaml:7:17: template error: 'dict object' has no attribute 'missing'"
     entries = [ex("POST", "/echo", 599, 0.0, source="scenario-error", detail=problem)]
