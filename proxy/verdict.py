@@ -110,8 +110,7 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
         for members in _unmatched_groups(entries, analysis, off).values():
             e = entries[members[0]]
             status = e.status if e.status is not None else "no response"
-            more = len(members) - 1
-            again = f" (and {more} more identical request{'s' if more > 1 else ''})" if more else ""
+            again = _and_more(len(members) - 1, "identical request", "identical requests")
             found.append(
                 Violation(
                     "unmatched",
@@ -138,7 +137,7 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
             assert op.terminal_at is not None
             ended = entries[op.terminal_at]
             more = len(op.after_terminal) - 1
-            also = f" (and {more} more poll{'s' if more > 1 else ''} after it)" if more else ""
+            also = _and_more(more, "poll", "polls", " after it")
             found.append(
                 Violation(
                     "poll-after-terminal",
@@ -183,6 +182,11 @@ def format_violations(violations: Sequence[Violation]) -> str:
     return "\n".join(lines)
 
 
+def _and_more(more: int, one: str, many: str, where: str = "") -> str:
+    """`` (and 3 more early polls of this operation)``: the rest of a group one violation stands for."""
+    return f" (and {more} more {one if more == 1 else many}{where})" if more else ""
+
+
 def _unmatched_groups(
     entries: Sequence[Exchange], analysis: _Analysis, off: Collection[str]
 ) -> dict[tuple[str, str, str], list[int]]:
@@ -205,22 +209,19 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
     for v in violations:
         if v.index is not None:
             flagged.setdefault(v.index, []).append(v.rule)
-    for members in _unmatched_groups(entries, analysis, ()).values():  # "and 3 more identical requests"
-        if "unmatched" in flagged.get(members[0], []):
+    # a violation names the first request of its group ("and 3 more ..."): mark the others too
+    groups = [("unmatched", members) for members in _unmatched_groups(entries, analysis, ()).values()]
+    for op in analysis.ops:
+        groups += [
+            ("retry-after", [i for i, p in op.early if p != op.start]),
+            ("poll-after-terminal", op.after_terminal),
+            ("self-built-url", op.self_built),
+        ]
+    for rule, members in groups:
+        if members and rule in flagged.get(members[0], []):
             for i in members[1:]:
-                if "unmatched" not in flagged.setdefault(i, []):
-                    flagged[i].append("unmatched")
-    for op in analysis.ops:  # a violation names its first request ("and 3 more ..."): mark the others too
-        groups = {
-            "retry-after": [i for i, p in op.early if p != op.start],
-            "poll-after-terminal": op.after_terminal,
-            "self-built-url": op.self_built,
-        }
-        for rule, members in groups.items():
-            if members and rule in flagged.get(members[0], []):
-                for i in members[1:]:
-                    if rule not in flagged.setdefault(i, []):
-                        flagged[i].append(rule)
+                if rule not in flagged.setdefault(i, []):
+                    flagged[i].append(rule)
     n_ops = len(analysis.ops)
     lines = [
         f"replay-proxy report: {len(entries)} request{'s' if len(entries) != 1 else ''}, "
@@ -477,7 +478,7 @@ def _early_polls(entries: Sequence[Exchange], op: _Op, off: Collection[str]) -> 
         i, p = rest[0]
         prev = entries[p]
         more = len(rest) - 1
-        also = f" (and {more} more early poll{'s' if more > 1 else ''} of this operation)" if more else ""
+        also = _and_more(more, "early poll", "early polls", " of this operation")
         out.append(
             Violation(
                 "retry-after",
@@ -503,7 +504,7 @@ def _self_built(entries: Sequence[Exchange], op: _Op, analysis: _Analysis) -> li
     if first in analysis.strays:
         why += f" (nothing answered it: {e.status})"
     more = len(op.self_built) - 1
-    also = f" (and {more} more request{'s' if more > 1 else ''} like it)" if more else ""
+    also = _and_more(more, "request", "requests", " like it")
     advice = (
         "; the client should poll the latest status URL the service gave (Location, Operation-Location, "
         "Azure-AsyncOperation) exactly as given, not build one"
