@@ -28,6 +28,7 @@ from proxy import loading, mitm_internals
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
+from proxy.har import HarCapture, is_har
 from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 
@@ -162,6 +163,7 @@ class ReplayProxy:
         forward_port: int | None = None,
         max_body_size: int | str | None = DEFAULT_MAX_BODY_SIZE,
         upstream_timeout: float | None = DEFAULT_UPSTREAM_TIMEOUT,
+        har: str | os.PathLike[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
@@ -182,6 +184,9 @@ class ReplayProxy:
             # A forward proxy serves many hosts: the same path on another host is another resource.
             match_on = ("method", "scheme", "host", "port", "path", "query")
         self.addon = ReplayAddon(journal)
+        self.har = HarCapture(har, self.addon) if har is not None else None
+        """With ``har``: every exchange as the client saw it, written as HAR 1.2 when the proxy stops."""
+        self.addon.annotate_flows = self.har is not None  # each HAR entry's comment says what answered it
         # What use() falls back to for a setting it is not given.
         self._base: dict[str, Any] = {
             "upstream": self.upstream,
@@ -419,6 +424,7 @@ class ReplayProxy:
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             self.addon,
+            *([self.har] if self.har is not None else []),
             _Ready(self),
         )
         errors = _ErrorCapture()
@@ -426,9 +432,7 @@ class ReplayProxy:
         try:
             try:
                 # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
-                master.options.update(
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
-                )
+                master.options.update(body_size_limit=str(self.max_body_size) if self.max_body_size else None)
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
                 mitm_internals.listen_on_tcp_only(specs)
@@ -531,6 +535,8 @@ def classify(path: str | os.PathLike[str]) -> str:
         return "cassette"
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from e
+    if is_har(p):
+        return "cassette"  # a HAR file replays like one
     keys = set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, re.MULTILINE))
     if "interactions" in keys or (text.lstrip().startswith("{") and '"interactions"' in text):
         return "cassette"  # vcrpy's YAML, or its JSON
