@@ -484,6 +484,11 @@ def _build_session(options: Any) -> Session:
         passthrough=options.replay_passthrough,
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
+    if records and path is not None and path.suffix.lower() == ".har":
+        raise ConfigError(
+            f"{path}: a HAR file is replayed, not recorded to: record a .yaml cassette "
+            "(--har FILE also writes HAR)"
+        )
     recorder = (
         Recorder(
             path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor, extra=extra
@@ -710,6 +715,7 @@ def _exchange(
         poll=answer.poll if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
+        virtual=answer.virtual if answer is not None else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""The ``replay-proxy`` command line: record | replay | ca.
+"""The ``replay-proxy`` command line: record | replay | play | check | schema | convert | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
 traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
@@ -247,6 +247,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help=f"as --report, and exit {EXIT_VIOLATIONS} when there are violations (for scripts and CI)",
     )
     v.add_argument(
+        "--report-html",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="at exit, also write the report as one self-contained HTML page: a time axis per operation "
+        "(each poll, the Retry-After window it was given, its status, the end) and the violations "
+        "(e.g. --report-html report.html)",
+    )
+    v.add_argument(
+        "--har",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="at exit, write every exchange as the client saw it (secrets redacted) as HAR 1.2, which "
+        "browsers' devtools and mitmweb open and `replay-proxy replay` replays (e.g. --har session.har)",
+    )
+    v.add_argument(
         "--skip-check",
         action="append",
         default=[],
@@ -386,6 +403,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
+    conv = sub.add_parser(
+        "convert",
+        help="convert a HAR file to a cassette, or a cassette to HAR",
+        description="Write the exchanges of a HAR file (browsers' devtools, mitmproxy, --har) as a vcrpy "
+        "cassette, or a cassette's as HAR 1.2, by the output's name: .har, else YAML (.json: vcrpy's JSON). "
+        "Entries without a response and replay-proxy's own diagnostics (599) are left out, with a warning.",
+        epilog="examples:\n"
+        "  replay-proxy convert session.har -o cassettes/session.yaml\n"
+        "  replay-proxy convert cassettes/azure-maps/tileset-succeeds.yaml -o tileset.har",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument("source", type=Path, metavar="FILE", help="a HAR file or a cassette, e.g. session.har")
+    conv.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the file to write: .har for HAR, else a cassette (e.g. -o cassettes/session.yaml)",
+    )
+
     ca = sub.add_parser(
         "ca",
         help="print the CA certificate path (created on first use)",
@@ -410,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.scenario.check import check_main
 
             return check_main(args.scenarios)
+        if args.command == "convert":
+            return _convert(args.source, args.output)
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 
@@ -450,7 +490,7 @@ def _serve(args: argparse.Namespace) -> int:
         scenarios = []
     _configure_logging(args.quiet)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
-    reporting = args.report or args.strict_report
+    reporting = args.report or args.strict_report or args.report_html is not None
     proxy = ReplayProxy(
         cassette,
         upstream,
@@ -476,6 +516,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size,
         upstream_timeout=args.upstream_timeout,
         journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
+        har=args.har,
     )
     stop = threading.Event()
 
@@ -502,15 +543,34 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
     for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
-    if args.report or args.strict_report:
+    if args.har is not None and not proxy.addon.save_errors and not args.quiet:
+        print(
+            f"replay-proxy: HAR of {proxy.har.count if proxy.har else 0} exchanges: {args.har}",
+            file=sys.stderr,
+        )
+    if reporting:
         from proxy.verdict import check, report
 
         entries = proxy.journal.entries
         violations = check(entries, args.skip_check)
-        print(report(entries, violations), flush=True)
+        if args.report or args.strict_report:
+            print(report(entries, violations), flush=True)
+        if args.report_html is not None:
+            from proxy.report_html import write_report
+
+            print(write_report(args.report_html, entries, violations), file=sys.stderr, flush=True)
         if violations and args.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+
+
+def _convert(source: Path, target: Path) -> int:
+    from proxy.har import convert
+
+    _configure_logging(quiet=False)
+    n = convert(source, target)
+    print(f"replay-proxy: wrote {n} exchange{'s' if n != 1 else ''} to {target}", file=sys.stderr, flush=True)
+    return EXIT_OK
 
 
 class _StartProgress:
