@@ -45,7 +45,8 @@ class Exchange:
     non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
-    ``status`` field / AIP-151 ``done`` of a JSON body).
+    ``status`` field / AIP-151 ``done`` of a JSON body). ``virtual``: for a scenario operation on the
+    virtual clock, its clock reading when it answered (seconds since its start), for the reports.
     """
 
     method: str
@@ -63,6 +64,7 @@ class Exchange:
     poll: int | None = None
     op_status: str | None = None
     terminal: bool = False
+    virtual: float | None = None
 
     @property
     def query(self) -> str:

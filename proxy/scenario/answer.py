@@ -24,7 +24,8 @@ class Answer:
 
     ``source`` names the rule for the console and the journal, e.g. ``tileset-succeeds.yaml: operation
     8e9a..., poll 2 (Running)``. ``retry_after`` is the delay the scenario advertised (before any
-    ``--retry-after`` rewrite), for the journal's polling checks.
+    ``--retry-after`` rewrite), for the journal's polling checks. ``virtual`` is the operation's virtual
+    clock when it answered (seconds since its start; None on the real clock), for the reports.
     """
 
     response: Response
@@ -37,6 +38,7 @@ class Answer:
     status: str | None = None
     terminal: bool = False
     retry_after: float | None = None
+    virtual: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -888,6 +888,10 @@ class _Op:
             resource_id=self.resource_id,
         )
 
+    def reading(self) -> float | None:
+        """The operation's virtual clock (seconds since its start) when it runs on one, else None."""
+        return self.virtual if self.rule.file.clock == "virtual" else None
+
     def advance(self, advertised: float | None) -> None:
         """After an answer of this operation: the virtual clock moves by what it advertised."""
         self.virtual += advertised if advertised is not None else VIRTUAL_STEP_WITHOUT_RETRY_AFTER
@@ -1020,10 +1024,12 @@ class _OperationRule:
         for name in self.headers:
             if response.header(name) is None:
                 response = response.replace(headers=(*response.headers, (name, op.status_url)))
+        virtual = op.reading()
         op.advance(rendered.retry_after)
         return Answer(
             response=response,
             source=f"{self.file.label}: start of {self.label} ({_short(op_id)})",
+            virtual=virtual,
             delay=rendered.delay,
             dribble=rendered.dribble,
             fault=rendered.fault,
@@ -1051,11 +1057,13 @@ class _OperationRule:
         where = f"{self.file.label}: operation {_short(op.id)}, poll {op.polls}"
         if step.respond is not None:
             rendered = self.machine.render_response(step.respond, self.at("steps", j, "respond"), ctx)
+            virtual = op.reading()
             op.advance(rendered.retry_after)
             what = f"fault {rendered.fault}" if rendered.fault else str(rendered.response.status)
             return Answer(
                 response=_for_method(view, rendered.response),
                 source=f"{where} ({what} instead of {op.status})",
+                virtual=virtual,
                 delay=rendered.delay,
                 dribble=rendered.dribble,
                 fault=rendered.fault,
@@ -1068,10 +1076,12 @@ class _OperationRule:
         op.status = step.status
         op.terminal = step.status.lower() in TERMINAL_STATUSES
         response, advertised = self.status_response(op, step, j, ctx)
+        virtual = op.reading()
         op.advance(advertised)
         return Answer(
             response=_for_method(view, response),
             source=f"{where} ({op.status})",
+            virtual=virtual,
             operation=op.id,
             poll=op.polls,
             status=op.status,
@@ -1191,6 +1201,7 @@ class _OperationRule:
         return Answer(
             response=rendered.response,
             source=f"{self.file.label}: resource of operation {_short(op.id)}",
+            virtual=op.reading(),
             delay=rendered.delay,
             dribble=rendered.dribble,
             fault=rendered.fault,
