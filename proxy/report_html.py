@@ -25,9 +25,10 @@ from proxy.verdict import Violation, _show, marks
 
 WIDTH = 960
 """The time axis' width in CSS pixels (the page is as wide as a CI artifact viewer)."""
-_LEFT, _RIGHT, _HEIGHT, _AXIS_Y, _MARK_Y = 48, 24, 96, 64, 44
-_LABEL_GAP = 34
-"""Pixels between two status labels on an axis; closer marks keep their label in the tooltip."""
+_LEFT, _RIGHT, _HEIGHT, _AXIS_Y, _MARK_Y = 48, 112, 96, 64, 44
+_CHAR = 7.0
+"""About the width of a label's character (11 px text): a mark whose label would overlap the previous one
+keeps it in its tooltip only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,15 +319,14 @@ def _axis(op: _Operation, entries: Sequence[Exchange], flagged: dict[int, list[s
                 f'<circle class="{cls}" cx="{cx:.1f}" cy="{_MARK_Y}" r="6"><title>{_e(tip)}</title></circle>'
             )
         svg.append(shape)
-        if cx - labelled >= _LABEL_GAP or p.terminal or p.index in flagged:
-            text = str(e.status) if e.status is not None else "—"
-            if p.terminal and e.op_status:
-                text += f" {e.op_status}"
-            svg.append(
-                f'<text class="label{" red" if p.index in flagged else ""}" x="{cx:.1f}" '
-                f'y="{_MARK_Y - 18}">{_e(text)}</text>'
-            )
-            labelled = cx
+        red = " red" if p.index in flagged else ""
+        text = str(e.status) if e.status is not None else "—"
+        if p.terminal:  # beside the diamond, where no status label goes
+            text += f" {e.op_status}" if e.op_status else ""
+            svg.append(f'<text class="label end{red}" x="{cx + 13:.1f}" y="{_MARK_Y + 4}">{_e(text)}</text>')
+        elif cx - len(text) * _CHAR / 2 >= labelled + 4:  # above the mark when it fits
+            svg.append(f'<text class="label{red}" x="{cx:.1f}" y="{_MARK_Y - 18}">{_e(text)}</text>')
+            labelled = cx + len(text) * _CHAR / 2
     svg.append("</svg>")
     return "".join(svg)
 
@@ -448,7 +448,7 @@ svg.axis{display:block;max-width:100%;height:auto;margin:4px 0 8px}
 .unit{fill:#59636e;font-size:11px;text-anchor:end}
 .mark{stroke:#fff;stroke-width:1.5}.mark.ok{fill:#1a7f37}.mark.retry{fill:#bf8700}.mark.none{fill:#6e7781}
 .mark.end{stroke:#1f2328;stroke-width:1.5}.mark.flagged{fill:#cf222e;stroke:#82071e;stroke-width:2.5}
-.label{font-size:11px;text-anchor:middle;fill:#1f2328}.label.red{fill:#cf222e;font-weight:700}
+.label{font-size:11px;text-anchor:middle;fill:#1f2328}.label.end{text-anchor:start;font-weight:700}.label.red{fill:#cf222e;font-weight:700}
 table{border-collapse:collapse;width:100%;font-size:12.5px}th,td{text-align:left;padding:3px 6px;
 border-bottom:1px solid #eaeef2;vertical-align:top}th{color:#59636e;font-weight:600;white-space:nowrap}
 tr.bad td{background:#fff5f5}tr.end td{background:#f6fff8}.msg{color:#cf222e}
