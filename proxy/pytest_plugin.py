@@ -24,20 +24,22 @@ client behaved (proxy/verdict.py) runs and fails the test's teardown with every 
 
 Options (the command line wins over the ini file's ``replay_record_mode``, ``replay_upstream``,
 ``replay_retry_after``, ``replay_no_verify``, ``replay_disable_checks``, ``replay_filter_query_parameters``,
-``replay_filter_headers``):
+``replay_filter_headers``, ``replay_report_html``):
 ``--replay-record-mode`` none (default: replay only, offline) | once | new_episodes | all | rewrite,
 ``--replay-upstream URL`` (where recording forwards), ``--replay-retry-after SECONDS`` (rewrite every
 advertised delay, e.g. 0.05 for fast polling; always valid HTTP, see proxy.rewrite),
 ``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME`` (one check off, explicit
 ``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202),
 ``--replay-filter-query-parameter NAME`` / ``--replay-filter-header NAME`` (vcrpy's filters, applied to
-requests before matching and recording).
+requests before matching and recording), ``--replay-report-html DIR`` (an HTML report per test that used
+the proxy; the terminal summary links those of failed tests).
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -115,6 +117,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="vcrpy's filter_headers: remove (or set) this request header before matching and recording "
         "(repeatable).",
     )
+    group.addoption(
+        "--replay-report-html",
+        default=None,
+        metavar="DIR",
+        help="Write an HTML report (proxy/report_html.py) into DIR for every test that used the proxy; the "
+        "terminal summary links those of failed tests (e.g. --replay-report-html reports/).",
+    )
     parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
     parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
     parser.addini("replay_retry_after", "Default for --replay-retry-after.", default="")
@@ -124,6 +133,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "replay_filter_query_parameters", "Query parameters filtered as vcrpy does.", type="args", default=[]
     )
     parser.addini("replay_filter_headers", "Request headers filtered as vcrpy does.", type="args", default=[])
+    parser.addini("replay_report_html", "Default for --replay-report-html.", default="")
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,8 @@ class Settings:
     disabled_checks: tuple[str, ...] = ()
     filter_query_parameters: tuple[str, ...] = ()
     filter_headers: tuple[str, ...] = ()
+    report_html: Path | None = None
+    """A directory for an HTML report per test that used the proxy (``--replay-report-html``)."""
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -182,7 +194,17 @@ class Settings:
             Matcher(**filters)  # a bad name is a usage error now, not at the first test
         except ConfigError as e:
             raise pytest.UsageError(f"replay-proxy: {e}") from None
-        return cls(record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters)
+        reports = config.getoption("replay_report_html") or str(config.getini("replay_report_html")) or None
+        report_html = config.invocation_params.dir / reports if reports else None
+        return cls(
+            record_mode,
+            upstream,
+            retry_after,
+            not no_verify,
+            tuple(disabled),
+            **filters,
+            report_html=report_html,
+        )
 
     @property
     def records(self) -> bool:
@@ -440,8 +462,51 @@ def replay_proxy(
         try:
             handle._teardown_verify()
         finally:
-            # Serve nothing until the next test: a cassette being recorded is saved now.
-            handle.proxy.use()
+            try:
+                if settings.report_html is not None:
+                    _write_report(request, handle, settings.report_html)
+            finally:
+                # Serve nothing until the next test: a cassette being recorded is saved now.
+                handle.proxy.use()
+
+
+_reports_key = pytest.StashKey[dict[str, str]]()
+"""Test id -> the line that links its HTML report (``--replay-report-html``)."""
+
+
+def _write_report(request: pytest.FixtureRequest, handle: ReplayProxyFixture, directory: Path) -> None:
+    """This test's HTML report, when it sent the proxy anything; its link kept for the terminal summary."""
+    entries = handle.journal.entries
+    if not entries:
+        return
+    from proxy import verdict
+    from proxy.report_html import write_report
+
+    nodeid = request.node.nodeid
+    name = re.sub(r"[^\w.-]+", "_", nodeid).strip("_")
+    if len(name) > 120:
+        import hashlib
+
+        name = name[:100] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+    violations = verdict.check(entries, disabled=handle.disabled_checks)
+    line = write_report(
+        directory / f"{name}.html", entries, violations, title=f"replay-proxy report: {nodeid}"
+    )
+    request.config.stash.setdefault(_reports_key, {})[nodeid] = line
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Where the HTML reports of failed tests are: one line each, a link a CI log shows."""
+    reports = config.stash.get(_reports_key, {})
+    if not reports:
+        return
+    failed = {r.nodeid for kind in ("failed", "error") for r in terminalreporter.stats.get(kind, [])}
+    shown = [(nodeid, line) for nodeid, line in reports.items() if nodeid in failed]
+    directory = config.stash[_settings_key].report_html if _settings_key in config.stash else None
+    terminalreporter.section("replay-proxy reports")
+    for nodeid, line in shown:
+        terminalreporter.write_line(f"{nodeid}: {line.removeprefix('replay-proxy: ')}")
+    terminalreporter.write_line(f"replay-proxy: {len(reports)} HTML report(s) in {directory}")
 
 
 @pytest.fixture
