@@ -164,6 +164,8 @@ def har_entry(
     if f.error is not None and redactor is not None:
         f.error.msg = redactor.scrub(f.error.msg)
     entry: dict[str, Any] = SaveHar().flow_entry(f, servers if servers is not None else set())
+    if not entry["response"].get("content"):  # no response (a fault, a failed upstream): HAR 1.2 wants these
+        entry["response"]["content"] = {"size": 0, "mimeType": "x-unknown"}
     if flow.comment:
         entry["comment"] = redactor.scrub(flow.comment) if redactor is not None else flow.comment
     return entry

@@ -262,7 +262,7 @@ def _operation(
         parts.append(
             f'<tr id="op{k}-r{p.index + 1}" class="{cls}"><td>{p.index + 1}</td><td>{_e(p.kind)}</td>'
             f"<td>{_secs(p.at)}</td><td>{gap}</td>"
-            f'<td><code title="{_e(e.path)}">{_e(e.method)} {_e(_show(e.path))}</code></td>'
+            f"<td><code>{_e(e.method)} {_e(_show(e.path))}</code></td>"
             f"<td>{_e(_answer(e))}</td><td>{wait}</td>"
             f"<td>{_notes(p.index, flagged, by_index, violations)}</td></tr>"
         )
@@ -289,16 +289,14 @@ def _axis(op: _Operation, entries: Sequence[Exchange], flagged: dict[int, list[s
         if p.window:
             w = max(1.0, p.window * scale)
             svg.append(
-                f'<rect class="window" x="{x(p.at):.1f}" y="{_MARK_Y - 14}" width="{w:.1f}" height="28">'
-                f"<title>{_e(p.kind)}: told to wait {_num(p.window)} s</title></rect>"
+                f'<rect class="window" x="{x(p.at):.1f}" y="{_MARK_Y - 14}" width="{w:.1f}" height="28"/>'
             )
     svg.append(f'<line class="base" x1="{_LEFT}" y1="{_AXIS_Y}" x2="{WIDTH - _RIGHT}" y2="{_AXIS_Y}"/>')
-    ticks = round(span / step)
-    for n in range(ticks + 1):
-        t = n * step
+    ticks = range(round(span / step) + 1)
+    svg.append(f'<path class="tick" d="{"".join(f"M{x(n * step):.1f} {_AXIS_Y}v4" for n in ticks)}"/>')
+    for n in ticks:
         svg.append(
-            f'<line class="tick" x1="{x(t):.1f}" y1="{_AXIS_Y}" x2="{x(t):.1f}" y2="{_AXIS_Y + 4}"/>'
-            f'<text class="tick" x="{x(t):.1f}" y="{_AXIS_Y + 16}">{_tick(t, step)}</text>'
+            f'<text class="tick" x="{x(n * step):.1f}" y="{_AXIS_Y + 16}">{_tick(n * step, step)}</text>'
         )
     svg.append(f'<text class="unit" x="{WIDTH - _RIGHT}" y="{_HEIGHT - 2}">{unit}</text>')
     labelled = -1e9
@@ -306,7 +304,7 @@ def _axis(op: _Operation, entries: Sequence[Exchange], flagged: dict[int, list[s
         e = entries[p.index]
         cx = x(p.at)
         cls = _mark_class(e) + (" flagged" if p.index in flagged else "") + (" end" if p.terminal else "")
-        tip = f"{p.kind} at {_secs(p.at)} s: {e.method} {e.path} -> {_answer(e)}"
+        tip = f"{p.kind} at {_secs(p.at)} s: {_answer(e)}"
         if p.index in flagged:
             tip += " [" + ", ".join(flagged[p.index]) + "]"
         if p.terminal:
@@ -396,8 +394,8 @@ def _answer(e: Exchange) -> str:
 
 
 def _tick_step(span: float) -> float:
-    """1, 2 or 5 times a power of ten: at most 10 ticks over ``span``."""
-    raw = span / 10
+    """1, 2 or 5 times a power of ten: at most 6 ticks over ``span``."""
+    raw = span / 6
     power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
     for m in (1, 2, 5, 10):
         if m * power >= raw:

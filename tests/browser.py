@@ -40,11 +40,15 @@ class Rendered:
 
 
 def render(
-    page: Path, expressions: dict[str, str] | None = None, width: int = 1040, timeout: float = 60
+    page: Path,
+    expressions: dict[str, str] | None = None,
+    width: int = 1040,
+    timeout: float = 60,
+    screenshot: bool = True,
 ) -> Rendered:
     """Open ``page`` (a local file) in headless Chromium; return its ``document.body.innerText`` (the text
     as rendered: hidden elements excluded), the values of ``expressions``, every URL it requested, and a
-    full-page screenshot."""
+    full-page screenshot (unless ``screenshot`` is False: Chromium refuses very tall pages)."""
     browser = find_chromium()
     if browser is None:
         raise RuntimeError("no Chromium found")
@@ -69,7 +73,9 @@ def render(
         )
         try:
             ws = _devtools_url(proc, timeout)
-            return asyncio.run(asyncio.wait_for(_drive(ws, page, expressions or {}, width), timeout))
+            return asyncio.run(
+                asyncio.wait_for(_drive(ws, page, expressions or {}, width, screenshot), timeout)
+            )
         finally:
             proc.kill()
             proc.wait(30)
@@ -97,7 +103,9 @@ def _devtools_url(proc: subprocess.Popen[str], timeout: float) -> str:
     return found[0]
 
 
-async def _drive(ws_url: str, page: Path, expressions: dict[str, str], width: int) -> Rendered:
+async def _drive(
+    ws_url: str, page: Path, expressions: dict[str, str], width: int, screenshot: bool
+) -> Rendered:
     import aiohttp
 
     ids = itertools.count(1)
@@ -143,6 +151,8 @@ async def _drive(ws_url: str, page: Path, expressions: dict[str, str], width: in
 
         text = await value("document.body.innerText")
         values = {name: await value(expr) for name, expr in expressions.items()}
+        if not screenshot:
+            return Rendered(text, values, requested)
         height = await value("Math.ceil(document.documentElement.scrollHeight)")
         await call(
             "Emulation.setDeviceMetricsOverride",

@@ -82,6 +82,45 @@ def test_a_recorded_session_as_har_opens_in_mitmproxy_and_replays_the_same(
     assert "NO MATCH" not in proc.stderr
 
 
+HAR_REQUIRED = {
+    "entry": {"startedDateTime", "time", "request", "response", "cache", "timings"},
+    "request": {
+        "method", "url", "httpVersion", "cookies", "headers", "queryString", "headersSize", "bodySize",
+    },
+    "response": {
+        "status", "statusText", "httpVersion", "cookies", "headers", "content", "redirectURL", "headersSize",
+        "bodySize",
+    },
+    "content": {"size", "mimeType"},
+    "timings": {"send", "wait", "receive"},
+}  # fmt: skip
+"""What HAR 1.2 (http://www.softwareishard.com/blog/har-12-spec/) requires of each entry."""
+
+
+def test_every_entry_has_what_har_1_2_requires_even_without_a_response(tmp_path: Path) -> None:
+    """flaky-polling resets one poll: its entry has no response, and is still a valid HAR entry."""
+    har = tmp_path / "flaky.har"
+    with ReplayProxy(scenarios=["scenarios/azure-maps/flaky-polling.yaml"], retry_after=0, har=har) as p:
+        start = requests.post(f"{p.url}/tilesets?api-version=2.0&datasetId=abc", timeout=TIMEOUT)
+        for _ in range(8):
+            try:
+                if requests.get(start.headers["Location"], timeout=TIMEOUT).status_code == 201:
+                    break
+            except requests.ConnectionError:
+                pass
+    doc = json.loads(har.read_text(encoding="utf-8"))
+    assert {"version", "creator", "entries"} <= set(doc["log"]) and doc["log"]["version"] == "1.2"
+    entries = doc["log"]["entries"]
+    assert [e["response"]["status"] for e in entries] == [202, 200, 200, 503, 0, 200, 201]
+    for e in entries:
+        for part, required in HAR_REQUIRED.items():
+            obj = {"entry": e, "content": e["response"]["content"], "timings": e["timings"]}.get(part) or e[
+                part
+            ]
+            assert required <= set(obj), (part, required - set(obj), e)
+    assert "reset" in entries[4]["comment"]  # what answered: the scripted fault
+
+
 def test_convert_har_to_a_cassette_and_a_cassette_to_har(confdir: Path, tmp_path: Path) -> None:
     source = Path("cassettes/azure-maps/tileset-succeeds.yaml").resolve()
     har, back = tmp_path / "t.har", tmp_path / "t.yaml"
