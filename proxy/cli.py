@@ -543,7 +543,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
     for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
-    if args.har is not None and not proxy.addon.save_errors and not args.quiet:
+    if args.har is not None and not proxy.addon.save_errors:
         print(
             f"replay-proxy: HAR of {proxy.har.count if proxy.har else 0} exchanges: {args.har}",
             file=sys.stderr,
