@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import threading
@@ -488,6 +489,9 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
+    for path, what in ((args.report_html, "--report-html"), (args.har, "--har")):
+        if path is not None:
+            _check_writable(path, what)
     _configure_logging(args.quiet)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
     reporting = args.report or args.strict_report or args.report_html is not None
@@ -562,6 +566,17 @@ def _serve(args: argparse.Namespace) -> int:
         if violations and args.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Say now, not after a long session, that ``path`` cannot be written (a user mistake: exit 2)."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _usage(f"{option} {path}: cannot create {parent}: {e.strerror or e}") from None
+    if path.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise _usage(f"{option} {path}: cannot write there (a directory, or no permission)")
 
 
 def _convert(source: Path, target: Path) -> int:

@@ -214,6 +214,14 @@ def test_a_broken_har_is_refused_saying_where(confdir: Path, tmp_path: Path) -> 
     assert done.returncode == 2
     assert f"{no_url}: log.entries[0].request.url: missing or not a string" in done.stderr
 
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_cli(
+        ["replay", "cassettes/azure-maps/tileset-succeeds.yaml", "--har", str(blocker / "s.har")], confdir
+    )
+    assert done.returncode == 2 and f"--har {blocker / 's.har'}: cannot create {blocker}" in done.stderr
+    assert "replay-proxy on" not in done.stdout  # said at once, before serving
+
     done = run_cli(["record", "http://127.0.0.1:9", "-o", str(tmp_path / "new.har"), "--port", "0"], confdir)
     assert done.returncode == 2
     assert "a HAR file is replayed, not recorded to" in done.stderr
