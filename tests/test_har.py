@@ -45,7 +45,21 @@ def test_a_recorded_session_as_har_opens_in_mitmproxy_and_replays_the_same(
     cli: Any, creator: CreatorService, tmp_path: Path
 ) -> None:
     har, cassette = tmp_path / "session.har", tmp_path / "c.yaml"
-    proc = cli(["record", creator.url, "-o", str(cassette), "--har", str(har), "--port", "0"])
+    page = tmp_path / "record.html"
+    proc = cli(
+        [
+            "record",
+            creator.url,
+            "-o",
+            str(cassette),
+            "--har",
+            str(har),
+            "--report-html",
+            str(page),
+            "--port",
+            "0",
+        ]
+    )
     try:
         recorded = _client_session(proc.url)
         recorded_shape = _shape(recorded, proc.url)
@@ -53,6 +67,9 @@ def test_a_recorded_session_as_har_opens_in_mitmproxy_and_replays_the_same(
         assert proc.stop() == 0, proc.stderr
     assert [r.status_code for r in recorded] == [202, 200, 200, 200, 201, 200, 400]
     assert f"HAR of 7 exchanges: {har}" in proc.stderr
+    html = page.read_text(encoding="utf-8")  # the report of a recording: operations from status URLs
+    assert "<h3>operation <code>/tilesets/operations/" in html and "Succeeded after 4 polls" in html
+    assert ">201 Succeeded</text>" in html  # the terminal answer, marked
 
     text = har.read_text(encoding="utf-8")
     assert SECRET not in text and "<REDACTED-1>" in text  # secrets as the cassette hides them
