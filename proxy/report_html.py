@@ -72,9 +72,11 @@ def write_report(
     return f"replay-proxy: report: {summary(entries, violations)}: {target.resolve().as_uri()}"
 
 
-def summary(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
+def summary(
+    entries: Sequence[Exchange], violations: Sequence[Violation], operations: int | None = None
+) -> str:
     """``12 requests, 2 operations, 3 violations (retry-after x2, unfinished)``: one line for a CI log."""
-    ops = len(_operations(entries))
+    ops = len(_operations(entries)) if operations is None else operations
     text = f"{_count(len(entries), 'request')}, {_count(ops, 'operation')}, "
     if not violations:
         return text + "no violations"
@@ -107,7 +109,7 @@ def render(
     verdict = "pass" if not violations else "fail"
     out.append(
         f'<p id="summary" class="summary {verdict}"><span class="badge">{verdict.upper()}</span> '
-        f"{_e(summary(entries, violations))}</p>"
+        f"{_e(summary(entries, violations, len(operations)))}</p>"
     )
     out.append(
         f'<p class="meta">Written {_e(time.strftime("%Y-%m-%d %H:%M:%S %Z"))}. Times are seconds since '
