@@ -127,6 +127,8 @@ def render(
         out.append("</ol></section>")
     if operations:
         out.append('<section id="operations"><h2>Operations</h2>')
+        if len(operations) > 1:
+            out.append(_overview(operations, flagged))
         for k, op in enumerate(operations, 1):
             out.append(_operation(k, op, entries, flagged, by_index, violations))
         out.append("</section>")
@@ -235,6 +237,22 @@ def _where(operations: Sequence[_Operation], analysis: object) -> dict[int | Non
         for i in analysis.order:
             where.setdefault(i, f"r{i + 1}")
     return where
+
+
+def _overview(operations: Sequence[_Operation], flagged: dict[int, list[str]]) -> str:
+    """One line per operation, linked to its axis: how it ended and how many of its requests broke a rule."""
+    rows = []
+    for k, op in enumerate(operations, 1):
+        bad = sum(1 for p in op.points if p.index in flagged)
+        cls = "bad" if bad or not op.finished else ""
+        rows.append(
+            f'<tr class="{cls}"><td><a href="#op{k}">{k}</a></td><td><code>{_e(op.label)}</code></td>'
+            f"<td>{_e(op.name)}</td><td>{_e(op.outcome)}</td><td>{bad or ''}</td></tr>"
+        )
+    return (
+        '<table class="overview"><thead><tr><th>#</th><th>operation</th><th>rule</th><th>outcome</th>'
+        f"<th>requests in violation</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _operation(
@@ -452,6 +470,7 @@ svg.axis{display:block;max-width:100%;height:auto;margin:4px 0 8px}
 table{border-collapse:collapse;width:100%;font-size:12.5px}th,td{text-align:left;padding:3px 6px;
 border-bottom:1px solid #eaeef2;vertical-align:top}th{color:#59636e;font-weight:600;white-space:nowrap}
 tr.bad td{background:#fff5f5}tr.end td{background:#f6fff8}.msg{color:#cf222e}
+.overview{margin-bottom:8px}
 details summary{cursor:pointer;color:#0969da;margin:16px 0 6px}
 @media print{.op{break-inside:avoid}}
 """
