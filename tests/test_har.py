@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,14 @@ def test_every_entry_has_what_har_1_2_requires_even_without_a_response(tmp_path:
             ]
             assert required <= set(obj), (part, required - set(obj), e)
     assert "reset" in entries[4]["comment"]  # what answered: the scripted fault
+    mitmdump = Path(sys.executable).with_name("mitmdump")  # mitmproxy's own tool reads it (as mitmweb -r)
+    shown = subprocess.run([str(mitmdump), "-n", "-r", str(har)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        shown.stdout.count("<< ") == 7
+        and "<< 202 Accepted" in shown.stdout
+        and "<< 201 Created" in shown.stdout
+    )
 
 
 def test_convert_har_to_a_cassette_and_a_cassette_to_har(confdir: Path, tmp_path: Path) -> None:

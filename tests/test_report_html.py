@@ -78,6 +78,7 @@ def test_the_page_draws_each_poll_its_window_and_the_violations(
     assert "<script" not in page and not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "@import" not in page and "url(" not in page
     assert page.count("<svg") == 2  # two operations, an axis each
+    assert page.count('<td><a href="#op') == 2  # and the overview links to each
     polled = [e for e in entries if e.method == "GET" and "/operations/" in e.path]
     marks = len(re.findall(r'<circle class="mark|<path class="mark', page))
     assert marks == len(polled) + 2  # the starts and every poll
