@@ -448,7 +448,7 @@ def _dump(value: Any) -> str:
 
 def _block(value: Any, indent: int) -> list[str]:
     """A YAML mapping or list in block style, indented."""
-    text = yaml.safe_dump(value, default_flow_style=False, sort_keys=False, allow_unicode=True, width=100)
+    text = yaml.safe_dump(value, default_flow_style=False, sort_keys=False, allow_unicode=True, width=1 << 16)
     pad = " " * indent
     return [pad + line for line in text.rstrip("\n").split("\n")]
 
@@ -797,6 +797,8 @@ class _Writer:
         start = start_ia.request
         path, params = self._generalized(start.path)
         name = next((s for s in reversed(path.split("/")) if s and "{" not in s), "operation")
+        if name in used_names:
+            name = f"{start.method.lower()}-{name}"
         base = name
         k = 2
         while name in used_names:

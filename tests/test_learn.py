@@ -510,3 +510,32 @@ def test_har_and_flow_dumps_read_with_mitmproxy(tmp_path: Path) -> None:
         assert main(["learn", str(source), "-o", str(learned), "--timing", "time"]) == 0
         assert "{status: NotStarted, for: 3s}" in learned.read_text()
         assert not check_scenarios([learned])[1]
+
+
+def test_real_arm_deployments_three_operations(tmp_path: Path, confdir: Path) -> None:
+    """azure-mgmt-resource's deployment test (trimmed, see SOURCES.md): a PUT answered 201 +
+    Azure-AsyncOperation (azure-core with the ARM header), a POST whatIf polled via Location to Failed
+    with the service's error (a polling loop that reads the status), a DELETE polled to 204
+    (LocationPolling)."""
+    cassette = ROOT / "tests/corpus/azure/test_mgmt_resource.test_deployments_basic.yaml"
+    deployment = (
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourcegroups/rgname/providers/"
+        "Microsoft.Resources/deployments/pytestdeployment667e10fe"
+    )
+    query = "?api-version=2020-10-01"
+
+    def client(base: str) -> Any:
+        put = azure_core(base, "PUT", deployment + query, OperationResourcePolling("azure-asyncoperation"))
+        what_if = polling_loop(base, "POST", f"{deployment}/whatIf{query}")
+        delete = azure_core(base, "DELETE", deployment + query, LocationPolling())
+        return put, what_if, delete
+
+    learned, (entries, (put, what_if, delete)) = round_trip(
+        tmp_path, confdir, cassette, client, skip=("retry-after-202",)
+    )
+    assert [e[1] for e in entries] == [201, 200, 200, 202, 200, 202, 204]
+    assert put[0] == "Succeeded" and delete[0] == "Succeeded"
+    assert what_if[0] == "Failed" and what_if[1]["error"]["code"] == "InvalidTemplate"
+    ops = yaml.safe_load(learned.read_text())["operations"]
+    assert [o["header"] for o in ops] == ["Azure-AsyncOperation", "Location", "Location"]
+    assert ops[1]["steps"][0]["error"]["code"] == "InvalidTemplate"
