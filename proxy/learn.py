@@ -398,6 +398,13 @@ class _Templater:
         return value
 
 
+def _query_template(name: str) -> str:
+    """The template that reads the start request's query parameter ``name``."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return "{{ operation.start.query." + name + " }}"
+    return "{{ operation.start.query[" + json.dumps(name) + "] }}"
+
+
 def _iso_tail(value: str) -> str:
     """The zone of an ISO date as recorded (``Z``, ``+00:00``), so templates render the same shape."""
     m = re.search(r"(Z|[+-]\d{2}:\d{2})$", value)
@@ -434,9 +441,17 @@ def learn(
 
 
 def _schema_path(output: Path) -> str:
+    """Where editors find the JSON Schema, relative to the scenario: the nearest ``scenario.schema.json``
+    (or ``scenarios/scenario.schema.json``) up from the output's folder, else the one shipped in this
+    checkout, else a name to write with ``replay-proxy schema > scenario.schema.json``."""
+    folder = output.resolve().parent
+    for parent in (folder, *folder.parents):
+        for candidate in (parent / "scenario.schema.json", parent / "scenarios" / "scenario.schema.json"):
+            if candidate.is_file():
+                return os.path.relpath(candidate, folder)
     shipped = Path(__file__).resolve().parent.parent / "scenarios" / "scenario.schema.json"
     if shipped.is_file():
-        return os.path.relpath(shipped, output.resolve().parent)
+        return os.path.relpath(shipped, folder)
     return "scenario.schema.json"
 
 
@@ -812,11 +827,7 @@ class _Writer:
             resource_url=op.resource_url,
             resource_id=resource[1] if resource else None,
             start_values={
-                **{
-                    v: f"{{{{ operation.start.query['{k}'] }}}}"
-                    for k, v in start.query
-                    if len(v) >= 8 and not v.startswith("<")
-                },
+                **{v: _query_template(k) for k, v in start.query if len(v) >= 8 and not v.startswith("<")},
                 **{v: f"{{{{ operation.start.params.{k} }}}}" for k, v in params.items()},
             },
         )
@@ -846,6 +857,9 @@ class _Writer:
         L.append(
             f"    retry-after: {_dump(default_retry)}   # on every non-terminal answer unless a step says"
         )
+        L.append("    # Edit the story: a step `- respond: {status: 503, retry-after: 1}` answers one poll")
+        L.append("    # with a fault; `for: 10m` instead of `times` makes a stage last that long (with")
+        L.append("    # `clock: virtual` it plays as fast as the client polls).")
         L.append("    steps:")
         for step, comment in steps:
             self._list_item(step, 6, comment)

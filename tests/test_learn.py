@@ -539,3 +539,41 @@ def test_real_arm_deployments_three_operations(tmp_path: Path, confdir: Path) ->
     ops = yaml.safe_load(learned.read_text())["operations"]
     assert [o["header"] for o in ops] == ["Azure-AsyncOperation", "Location", "Location"]
     assert ops[1]["steps"][0]["error"]["code"] == "InvalidTemplate"
+
+
+# -- the README's walk-through -------------------------------------------------------------------------------
+
+SECTION = "README.md#Learn a scenario from a recording"
+
+
+def test_the_readme_shows_what_learn_writes(tmp_path: Path) -> None:
+    from tests.docs_runner import blocks
+
+    shown = [b.text for b in blocks() if b.section == SECTION and b.text.startswith("# yaml-language-server")]
+    assert len(shown) == 1
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "scenario.schema.json").write_text("{}")
+    out = tmp_path / "scenarios" / "learned" / "tileset.yaml"
+    assert main(["learn", str(ROOT / "cassettes/azure-maps/tileset-succeeds.yaml"), "-o", str(out)]) == 0
+    assert out.read_text() == shown[0]
+
+
+def test_the_readme_story_plays_ten_minutes_fast(tmp_path: Path, confdir: Path) -> None:
+    """The edited copy: Running for ten virtual minutes (20 polls), a 503 on the way, then Failed."""
+    from tests.docs_runner import blocks
+
+    story = next(b.text for b in blocks() if b.section == SECTION and b.text.startswith("# tileset-slow"))
+    path = tmp_path / "story.yaml"
+    path.write_text(story)
+    with ReplayProxy(scenarios=[path], confdir=confdir, retry_after=FAST) as p:
+        client = CreatorClient(base_url=p.url, default_interval=FAST)
+        started = time.monotonic()
+        with pytest.raises(CreatorError, match="InvalidFeature"):
+            client.create_tileset("my-dataset")
+        took = time.monotonic() - started
+        entries = list(p.journal.entries)
+        assert not check(entries)
+    polls = [e for e in entries if e.method == "GET"]
+    assert [e.status for e in polls].count(503) == 1
+    assert sum(e.op_status == "Running" and e.status == 200 for e in polls) == 20
+    print(f"ten virtual minutes in {took:.2f} s")
