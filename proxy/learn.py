@@ -184,6 +184,12 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
     """
     claimed: set[int] = set()
     found: list[LearnedOperation] = []
+    starts = [
+        _status_candidates(ia)
+        if ia.request.method in ("POST", "PUT", "PATCH", "DELETE") and 200 <= ia.response.status < 300
+        else []
+        for ia in interactions
+    ]
     for i, ia in enumerate(interactions):
         req, resp = ia.request, ia.response
         if (
@@ -192,9 +198,9 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
             or not 200 <= resp.status < 300
         ):
             continue
-        candidates = _status_candidates(ia)
+        candidates = starts[i]
         for header, given, target in candidates:
-            polls = _polls(interactions, i, header, given, target, claimed)
+            polls = _polls(interactions, starts, i, header, given, target, claimed)
             if not polls:
                 continue
             read = [
@@ -243,6 +249,7 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
 
 def _polls(
     interactions: Sequence[Interaction],
+    starts: Sequence[list[tuple[str | None, str, str]]],
     i: int,
     header: str | None,
     given: str,
@@ -255,9 +262,7 @@ def _polls(
         ia = interactions[j]
         if j in claimed:
             continue
-        if ia.request.method in ("POST", "PUT", "PATCH", "DELETE") and any(
-            (g == given if header is None else t == target) for _, g, t in _status_candidates(ia)
-        ):
+        if any((g == given if header is None else t == target) for _, g, t in starts[j]):
             break
         if ia.request.method not in ("GET", "HEAD"):
             continue
@@ -517,6 +522,11 @@ class _Writer:
             )
         )
         self.lines: list[str] = []
+        self.query_names: dict[tuple[str, str], dict[str, None]] = {}
+        """Query parameter names seen per (method, path), in order."""
+        for ia in self.interactions:
+            names = self.query_names.setdefault((ia.request.method, ia.request.path), {})
+            names.update((name, None) for name, _ in ia.request.query)
 
     # -- whole file
 
@@ -597,7 +607,7 @@ class _Writer:
             if j in used:
                 continue
             req = ia.request
-            key = (req.method, origin_of(req.url), req.path, tuple(sorted(req.query)), req.body)
+            key = (req.method, origin_of(req.url), req.path, tuple(sorted(req.query)))
             groups.setdefault(key, []).append(j)
         return list(groups.values())
 
@@ -608,9 +618,6 @@ class _Writer:
         query = self._query_conditions(first, group)
         if query:
             match["query"] = query
-        body = self._body_conditions(first, group)
-        if body:
-            match["json"] = body
         responses = [self._response(self.interactions[j], _Templater(self.origins)) for j in group]
         steps: list[dict[str, Any]] = []
         for r in responses:
@@ -629,7 +636,10 @@ class _Writer:
             self._response_lines("respond", step, 4)
         else:
             n = len(group)
-            L.append(f"    # {n} identical requests, answered in recorded order; the last answer repeats")
+            L.append(
+                f"    # {n} requests alike (method, path, query): answered in recorded order as replay does; "
+                "the last answer repeats"
+            )
             L.append("    sequence:")
             for step in steps:
                 self._list_item(step, 6)
@@ -640,29 +650,8 @@ class _Writer:
         out: dict[str, Any] = {}
         for name, value in req.query:
             out.setdefault(name, {"present": True} if value.startswith("<REDACTED") else value)
-        for ia in self.interactions:
-            other = ia.request
-            if other.method == req.method and other.path == req.path:
-                for name, _ in other.query:
-                    out.setdefault(name, None)
-        return out
-
-    def _body_conditions(self, req: Request, group: list[int]) -> dict[str, Any]:
-        """Top-level JSON fields that tell this request from others to the same method, path and query."""
-        mine = _json(req.body)
-        if not isinstance(mine, dict):
-            return {}
-        out: dict[str, Any] = {}
-        for ia in self.interactions:
-            other = ia.request
-            if (other.method, other.path, sorted(other.query)) != (req.method, req.path, sorted(req.query)):
-                continue
-            theirs = _json(other.body)
-            if other.body == req.body or not isinstance(theirs, dict):
-                continue
-            for k, v in mine.items():
-                if isinstance(v, str | int | float | bool) and theirs.get(k) != v and "." not in str(k):
-                    out[str(k)] = v
+        for name in self.query_names.get((req.method, req.path), ()):
+            out.setdefault(name, None)
         return out
 
     def _response(self, ia: Interaction, t: _Templater, *, keep_status: bool = True) -> dict[str, Any]:

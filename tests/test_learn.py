@@ -577,3 +577,36 @@ def test_the_readme_story_plays_ten_minutes_fast(tmp_path: Path, confdir: Path) 
     assert [e.status for e in polls].count(503) == 1
     assert sum(e.op_status == "Running" and e.status == 200 for e in polls) == 20
     print(f"ten virtual minutes in {took:.2f} s")
+
+
+def test_repeated_requests_become_a_sequence_and_big_bodies_files(tmp_path: Path, confdir: Path) -> None:
+    """The same GET answered queued twice, 503, done: one route, a sequence with times, as replay answers
+    it; a body over 1 KB goes to a file beside the scenario."""
+    from proxy import cassette
+    from proxy.model import Interaction, Request, Response
+
+    def answer(status: int, body: Any) -> Response:
+        return Response(status, "", (("Content-Type", "application/json"),), json.dumps(body).encode())
+
+    job = Request("GET", "http://api.example.test/jobs/7")
+    big = {"rows": ["x" * 100] * 20}
+    interactions = [
+        Interaction(job, answer(200, {"state": "queued"})),
+        Interaction(job, answer(200, {"state": "queued"})),
+        Interaction(job, answer(503, {"error": "busy"})),
+        Interaction(job, answer(200, {"state": "done"})),
+        Interaction(Request("GET", "http://api.example.test/report"), answer(200, big)),
+    ]
+    recorded = tmp_path / "jobs.yaml"
+    cassette.save(recorded, interactions)
+
+    def client(base: str) -> Any:
+        session = _seeing_session()
+        states = [session.get(f"{base}/jobs/7", timeout=10).json() for _ in range(4)]
+        return states, session.get(f"{base}/report", timeout=10).json() == big
+
+    learned, (_, (states, same_report)) = round_trip(tmp_path, confdir, recorded, client)
+    assert states[-1] == {"state": "done"} and same_report
+    route = yaml.safe_load(learned.read_text())["routes"][0]
+    assert [s.get("times", 1) for s in route["sequence"]] == [2, 1, 1]
+    assert (tmp_path / "learned.files").is_dir() and "file: learned.files/" in learned.read_text()
