@@ -15,6 +15,7 @@ loader before anything is written.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -104,6 +105,8 @@ class LearnedOperation:
     style: Style
     also_headers: tuple[str, ...] = ()
     """Other status headers of the start answer that gave the same URL."""
+    after_terminal: tuple[int, ...] = ()
+    """Polls after the terminal answer (the terminal step answers them again)."""
     resource_url: str | None = None
     resource_get: int | None = None
     """Index of a GET of the created resource after success."""
@@ -152,14 +155,6 @@ def _is_terminal(poll: LearnedPoll) -> bool:
     return poll.status is not None and poll.status.lower() in TERMINAL
 
 
-def _same_resource(url: str, request: Request, target: str) -> bool:
-    """Whether ``request`` asks for ``target`` (path alone: clients change api-version)."""
-    parts = urlsplit(target)
-    return request.path == (parts.path or "/") and (
-        origin_of(request.url) == origin_of(target) or not parts.netloc
-    )
-
-
 def _status_candidates(ia: Interaction) -> list[tuple[str | None, str, str]]:
     """(header, given, absolute) for every status URL a start answer gives."""
     out: list[tuple[str | None, str, str]] = []
@@ -173,6 +168,57 @@ def _status_candidates(ia: Interaction) -> list[tuple[str | None, str, str]]:
     return out
 
 
+class _Index:
+    """Where each path is asked for, and which starts gave which status URL: built once, so that finding
+    the operations of a long recording takes time linear in its length, not quadratic."""
+
+    def __init__(self, interactions: Sequence[Interaction]) -> None:
+        self.count = len(interactions)
+        self.paths: dict[str, list[int]] = {}
+        """GET and HEAD requests by path, in order."""
+        self.by_last: dict[str, list[int]] = {}
+        """GET and HEAD requests by the last segment of their path (AIP-151 names)."""
+        self.origins = [origin_of(ia.request.url) if "://" in ia.request.url else "" for ia in interactions]
+        self.starts = [
+            _status_candidates(ia)
+            if ia.request.method in ("POST", "PUT", "PATCH", "DELETE") and 200 <= ia.response.status < 300
+            else []
+            for ia in interactions
+        ]
+        self.start_keys: dict[str, list[int]] = {}
+        for i, candidates in enumerate(self.starts):
+            for header, given, target in candidates:
+                self.start_keys.setdefault(target if header else "name:" + given, []).append(i)
+        for j, ia in enumerate(interactions):
+            if ia.request.method in ("GET", "HEAD"):
+                path = ia.request.path
+                self.paths.setdefault(path, []).append(j)
+                self.by_last.setdefault(path.rstrip("/").rsplit("/", 1)[-1], []).append(j)
+
+    def asking(self, url: str, after: int, before: int | None = None) -> list[int]:
+        """GETs/HEADs of ``url`` (its path; its origin too when absolute) between two positions."""
+        parts = urlsplit(url)
+        origin = origin_of(url) if parts.netloc else None
+        found = self.paths.get(parts.path or "/", [])
+        lo = bisect.bisect_right(found, after)
+        hi = len(found) if before is None else bisect.bisect_left(found, before)
+        return [j for j in found[lo:hi] if origin is None or self.origins[j] in ("", origin)]
+
+    def polls(
+        self, interactions: Sequence[Interaction], i: int, header: str | None, given: str, target: str
+    ) -> list[int]:
+        """The GETs of this start's status URL, up to the next start that gave the same URL."""
+        later = self.start_keys.get(target if header else "name:" + given, [])
+        k = bisect.bisect_right(later, i)
+        bound = later[k] if k < len(later) else self.count
+        if header is not None:
+            return self.asking(target, i, bound)
+        name = given.strip("/")
+        found = self.by_last.get(name.rsplit("/", 1)[-1], [])
+        lo, hi = bisect.bisect_right(found, i), bisect.bisect_left(found, bound)
+        return [j for j in found[lo:hi] if interactions[j].request.path.endswith("/" + name)]
+
+
 def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperation]:
     """The long-running operations in ``interactions``, in the order they started.
 
@@ -180,27 +226,19 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
     Operation-Location, Location, or an AIP-151 body ``{name, done: false}``) that later GETs ask for;
     it is an operation when the start answered 202, or the polls report a status (``status``,
     ``properties.provisioningState``, ``done``) or answer 202 while running. A 201 with a Location that is
-    fetched once (a created resource) is not one.
+    fetched once (a created resource) is not one. Polls after the terminal answer (up to the next start
+    that gave the same URL) belong to the operation too (``after_terminal``).
     """
+    index = _Index(interactions)
     claimed: set[int] = set()
     found: list[LearnedOperation] = []
-    starts = [
-        _status_candidates(ia)
-        if ia.request.method in ("POST", "PUT", "PATCH", "DELETE") and 200 <= ia.response.status < 300
-        else []
-        for ia in interactions
-    ]
     for i, ia in enumerate(interactions):
-        req, resp = ia.request, ia.response
-        if (
-            i in claimed
-            or req.method not in ("POST", "PUT", "PATCH", "DELETE")
-            or not 200 <= resp.status < 300
-        ):
+        resp = ia.response
+        candidates = index.starts[i]
+        if i in claimed or not candidates:
             continue
-        candidates = starts[i]
         for header, given, target in candidates:
-            polls = _polls(interactions, starts, i, header, given, target, claimed)
+            polls = [j for j in index.polls(interactions, i, header, given, target) if j not in claimed]
             if not polls:
                 continue
             read = [
@@ -221,7 +259,7 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
                 continue
             terminal = next((n for n, p in enumerate(read) if _is_terminal(p)), None)
             keep = read if terminal is None else read[: terminal + 1]
-            after = [p.index for p in read[len(keep) :]]
+            after = tuple(p.index for p in read[len(keep) :])
             status_target = target or interactions[polls[0]].request.url
             op = LearnedOperation(
                 start=i,
@@ -235,8 +273,9 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
                 also_headers=tuple(
                     h for h, g, t in candidates if h is not None and h != header and t == target
                 ),
+                after_terminal=after,
             )
-            op = _with_resource(interactions, op, claimed | set(polls))
+            op = _with_resource(interactions, index, op, claimed.union(polls))
             claimed.update(p.index for p in keep)
             claimed.update(after)
             if op.resource_get is not None:
@@ -245,33 +284,6 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
             found.append(op)
             break
     return found
-
-
-def _polls(
-    interactions: Sequence[Interaction],
-    starts: Sequence[list[tuple[str | None, str, str]]],
-    i: int,
-    header: str | None,
-    given: str,
-    target: str,
-    claimed: set[int],
-) -> list[int]:
-    """The GETs of this start's status URL, up to the next start that gave the same URL."""
-    out: list[int] = []
-    for j in range(i + 1, len(interactions)):
-        ia = interactions[j]
-        if j in claimed:
-            continue
-        if any((g == given if header is None else t == target) for _, g, t in starts[j]):
-            break
-        if ia.request.method not in ("GET", "HEAD"):
-            continue
-        if header is None:
-            if ia.request.path.endswith("/" + given.lstrip("/")):
-                out.append(j)
-        elif _same_resource(given, ia.request, target):
-            out.append(j)
-    return out
 
 
 def _operation_id(path: str) -> str:
@@ -309,7 +321,7 @@ def _style(interactions: Sequence[Interaction], header: str | None, polls: Seque
 
 
 def _with_resource(
-    interactions: Sequence[Interaction], op: LearnedOperation, taken: set[int]
+    interactions: Sequence[Interaction], index: _Index, op: LearnedOperation, taken: set[int]
 ) -> LearnedOperation:
     """The created resource's URL (Resource-Location, resourceLocation, the success's Location), its GET."""
     if op.terminal is None:
@@ -329,16 +341,7 @@ def _with_resource(
     if not url or op.style == "aip-151":
         return op
     target = urljoin(interactions[last.index].request.url, url)
-    get = next(
-        (
-            j
-            for j in range(last.index + 1, len(interactions))
-            if j not in taken
-            and interactions[j].request.method == "GET"
-            and _same_resource(url, interactions[j].request, target)
-        ),
-        None,
-    )
+    get = next((j for j in index.asking(target, last.index) if j not in taken), None)
     return LearnedOperation(**{**op.__dict__, "resource_url": target, "resource_get": get})
 
 
@@ -522,6 +525,7 @@ class _Writer:
             )
         )
         self.lines: list[str] = []
+        self.index = _Index(self.interactions)
         self.query_names: dict[tuple[str, str], dict[str, None]] = {}
         """Query parameter names seen per (method, path), in order."""
         for ia in self.interactions:
@@ -536,7 +540,7 @@ class _Writer:
         for op in self.operations:
             op_used.add(op.start)
             op_used.update(p.index for p in op.polls)
-            op_used.update(self._after(op))
+            op_used.update(op.after_terminal)
             if op.resource_get is not None:
                 op_used.update(self._resource_gets(op))
         entries = self._operation_entries()
@@ -571,32 +575,13 @@ class _Writer:
         text = "\n".join(L) + "\n"
         return Learned(text, self.files, len(entries), len(route_groups))
 
-    def _after(self, op: LearnedOperation) -> list[int]:
-        """Polls after the terminal answer (the scenario answers them with the terminal step)."""
-        if op.terminal is None:
-            return []
-        last = op.polls[-1].index
-        return [
-            j
-            for j in range(last + 1, len(self.interactions))
-            if self.interactions[j].request.method in ("GET", "HEAD")
-            and _same_resource(op.status_url, self.interactions[j].request, op.status_target)
-            and not any(
-                j > o.start
-                and o is not op
-                and _same_resource(o.status_url, self.interactions[j].request, o.status_target)
-                and o.start > op.start
-                for o in self.operations
-            )
-        ]
-
     def _resource_gets(self, op: LearnedOperation) -> list[int]:
+        """Every GET of the created resource from the first one on (the resource route answers them)."""
         assert op.resource_url is not None and op.resource_get is not None
         return [
             j
-            for j in range(op.resource_get, len(self.interactions))
+            for j in self.index.asking(op.resource_url, op.resource_get - 1)
             if self.interactions[j].request.method == "GET"
-            and _same_resource(op.resource_url, self.interactions[j].request, op.resource_url)
         ]
 
     # -- routes
@@ -872,10 +857,11 @@ class _Writer:
         start = self.interactions[op.start].request
         match: dict[str, Any] = {"method": start.method, "path": path}
         starts = [self.interactions[o.start].request for o in group]
+        mine = {o.start for o in group}
         others = [
             self.interactions[o.start].request
             for o in self.operations
-            if o not in group
+            if o.start not in mine
             and self.interactions[o.start].request.method == start.method
             and self._generalized(self.interactions[o.start].request.path)[0] == path
         ]
