@@ -610,3 +610,28 @@ def test_repeated_requests_become_a_sequence_and_big_bodies_files(tmp_path: Path
     route = yaml.safe_load(learned.read_text())["routes"][0]
     assert [s.get("times", 1) for s in route["sequence"]] == [2, 1, 1]
     assert (tmp_path / "learned.files").is_dir() and "file: learned.files/" in learned.read_text()
+
+
+def test_several_sources_learn_one_scenario(tmp_path: Path, confdir: Path) -> None:
+    """The four shipped Creator cassettes together: the 400 route and three operations told apart by the
+    datasetId each recording started with; each story plays for its dataset."""
+    sources = sorted(str(p) for p in (ROOT / "cassettes" / "azure-maps").glob("*.yaml"))
+    learned = tmp_path / "creator.yaml"
+    assert main(["learn", *sources, "-o", str(learned)]) == 0
+    scenario = yaml.safe_load(learned.read_text())
+    assert len(scenario["routes"]) == 1 and len(scenario["operations"]) == 3
+    assert scenario["routes"][0]["match"]["query"] == {"api-version": "2.0", "datasetId": None}
+    datasets = {}
+    for op in scenario["operations"]:
+        datasets[op["steps"][-1]["status"] + ("+resource" if "resource-path" in op else "")] = op["start"][
+            "query"
+        ]["datasetId"]
+    with ReplayProxy(scenarios=[learned], confdir=confdir, retry_after=FAST) as p:
+        client = CreatorClient(base_url=p.url, default_interval=FAST)
+        assert client.create_tileset(datasets["Succeeded+resource"])["tilesetId"]
+        assert client.create_tileset(datasets["Succeeded"])["status"] == "Succeeded"
+        with pytest.raises(CreatorError, match="InvalidFeature"):
+            client.create_tileset(datasets["Failed"])
+        with pytest.raises(CreatorError, match="BadRequest"):
+            client.create_tileset(None)
+        assert not check(list(p.journal.entries))
