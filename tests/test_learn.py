@@ -635,3 +635,34 @@ def test_several_sources_learn_one_scenario(tmp_path: Path, confdir: Path) -> No
         with pytest.raises(CreatorError, match="BadRequest"):
             client.create_tileset(None)
         assert not check(list(p.journal.entries))
+
+
+def test_a_relative_status_url_stays_relative(tmp_path: Path, confdir: Path) -> None:
+    from proxy import cassette
+    from proxy.model import Interaction, Request, Response
+
+    op = "5f0c2d1e-3a4b-4c5d-8e9f-a0b1c2d3e4f5"
+    poll = Request("GET", f"http://api.example.test/jobs/operations/{op}")
+
+    def status(state: str, *headers: tuple[str, str]) -> Response:
+        body = json.dumps({"operationId": op, "status": state}).encode()
+        return Response(200, "OK", (("Content-Type", "application/json"), *headers), body)
+
+    interactions = [
+        Interaction(
+            Request("POST", "http://api.example.test/jobs?kind=build"),
+            Response(202, "Accepted", (("Location", f"/jobs/operations/{op}"), ("Retry-After", "2"))),
+        ),
+        Interaction(poll, status("Running", ("Retry-After", "2"))),
+        Interaction(poll, status("Running", ("Retry-After", "2"))),
+        Interaction(poll, status("Succeeded")),
+    ]
+    recorded = tmp_path / "relative.yaml"
+    cassette.save(recorded, interactions)
+    learned, (entries, outcome) = round_trip(
+        tmp_path, confdir, recorded, lambda base: polling_loop(base, "POST", "/jobs?kind=build")
+    )
+    op_entry = yaml.safe_load(learned.read_text())["operations"][0]
+    assert op_entry["url-form"] == "relative" and op_entry["retry-after"] == 2
+    assert op_entry["start"] == {"method": "POST", "path": "/jobs", "query": {"kind": "build"}}
+    assert [e[2] for e in entries] == [None, "Running", "Running", "Succeeded"] and outcome[0] == "Succeeded"
