@@ -53,7 +53,8 @@ What a scenario means (the semantics of the language, in order of evaluation):
    ends.
 6. **Status answers,** for the status S of the current stage; S is terminal when ``S.lower()`` is in
    ``TERMINAL_STATUSES``, a success when it is ``succeeded``, a failure when it starts with ``fail``
-   (case-insensitive). The body is JSON:
+   (case-insensitive). The dialect table (``proxy/dialects.py``, by the operation's ``style``) renders
+   the answer; the step's overrides below apply on top. The body is JSON:
 
    - ``creator-v1``: ``200 {operationId, createdDateTime (3/11/2020 8:45:13 PM +00:00), status}``. A
      success with a resource (the step's ``resource``; default: when ``resource-path`` is set; never
@@ -127,6 +128,8 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
+from proxy.dialects import OperationFacts, dialect, is_failure, is_success, start_body, status_answer
 from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
@@ -155,16 +158,9 @@ Clock = Literal["real", "virtual"]
 DataPath = tuple[str | int, ...]
 HeaderList = tuple[tuple[str, str], ...]
 
-DEFAULT_ERROR: dict[str, Any] = {"code": "OperationFailed", "message": "The operation failed."}
-"""The error of a failed operation whose step gives none."""
 VIRTUAL_STEP_WITHOUT_RETRY_AFTER = 1.0
 """Seconds the virtual clock advances for an answer that advertised no Retry-After."""
 
-_DEFAULT_STATUS_HEADERS: dict[str, tuple[str, ...]] = {
-    "creator-v1": ("Location",),
-    "creator-v2": ("Operation-Location",),
-    "aip-151": (),
-}
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
@@ -875,6 +871,19 @@ class _Op:
             "start": self.start,
         }
 
+    def facts(self) -> OperationFacts:
+        """What the dialect needs to render an answer for this operation."""
+        return OperationFacts(
+            id=self.id,
+            created=self.created,
+            status=self.status,
+            status_url=self.status_url,
+            resource_id=self.resource_id,
+            resource_url=self.resource_url,
+            start_method=self.start.get("method", ""),
+            start_path=self.start.get("path", ""),
+        )
+
     def snapshot(self) -> OperationState:
         return OperationState(
             id=self.id,
@@ -900,6 +909,7 @@ class _OperationRule:
         self.index = index
         self.operation = operation
         self.label = f'operation "{operation.name}"' if operation.name else f"operation {index + 1}"
+        self.dialect = dialect(operation.style)
         self.start = _Matcher(operation.start)
         self.status_path = _PathPattern(operation.status_path)
         self.resource_path = (
@@ -912,7 +922,7 @@ class _OperationRule:
         header = operation.header
         if header is None:
             names: Sequence[str] = (
-                () if "header" in operation.model_fields_set else _DEFAULT_STATUS_HEADERS[operation.style]
+                () if "header" in operation.model_fields_set else self.dialect.status_headers
             )
         else:
             names = [header] if isinstance(header, str) else header
@@ -1007,14 +1017,14 @@ class _OperationRule:
         self.by_resource[resource_id] = op
         self.machine.register(op)
 
-        aip = operation.style == "aip-151"
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        default_body = start_body(self.dialect, op.facts())
         rendered = self.machine.render_response(
             operation.accepted or _EMPTY_RESPONSE,
             self.at("accepted"),
             ctx,
-            default_status=200 if aip else 202,
-            default_json={"name": f"operations/{op_id}", "done": False} if aip else _NO_BODY,
+            default_status=self.dialect.start_code(view.method),
+            default_json=default_body if default_body is not None else _NO_BODY,
         )
         response = rendered.response
         for name in self.headers:
@@ -1097,48 +1107,35 @@ class _OperationRule:
         return op.stage
 
     def status_response(self, op: _Op, step: PollStep, j: int, ctx: _Ctx) -> tuple[Response, float | None]:
-        """The status answer of ``step`` (rule 6) and the Retry-After seconds it advertises."""
+        """The status answer of ``step`` (rule 6: the dialect's answer, then the step's overrides) and the
+        Retry-After seconds it advertises."""
         operation = self.operation
         status = op.status
-        lowered = status.lower()
-        success = lowered == "succeeded"
-        failure = lowered.startswith("fail")
-        with_resource = success and op.resource_url is not None and step.resource is not False
-        if with_resource:
-            op.resource_ready = True
-        moment = datetime.fromtimestamp(op.created, UTC)
-        code = 200
-        headers: HeaderList = (("Content-Type", _JSON),)
-        body: dict[str, Any]
-        error = self.error(step, j, ctx) if failure or step.error is not None else None
-        if operation.style == "aip-151":
-            body = {"name": f"operations/{op.id}", "done": op.terminal, "metadata": {"status": status}}
-            if success:
-                body["response"] = {"name": op.resource_url if with_resource else op.resource_id}
-            if error is not None or (op.terminal and lowered.startswith("cancel")):
-                body["error"] = _rpc_status(error, cancelled=lowered.startswith("cancel"))
+        success = is_success(status)
+        if self.dialect.name == "location":
+            with_resource = success and step.resource is not False
         else:
-            if operation.style == "creator-v1":
-                body = {
-                    "operationId": op.id,
-                    "createdDateTime": format_created_date_time(moment),
-                    "status": status,
-                }
-                if with_resource:
-                    assert op.resource_url is not None
-                    code = 201
-                    headers += (("Location", op.resource_url),)
-                    body["resourceLocation"] = op.resource_url
-            else:
-                body = {"operationId": op.id, "created": moment.isoformat(), "status": status}
-                if with_resource:
-                    assert op.resource_url is not None
-                    headers += (("Resource-Location", op.resource_url),)
-            if error is not None:
-                body["error"] = error
+            with_resource = success and op.resource_url is not None and step.resource is not False
+        if with_resource and self.dialect.final_get == "resource-path":
+            op.resource_ready = True
+        error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
+        base = status_answer(
+            self.dialect, op.facts(), with_resource=with_resource, error=error, now=self.machine.now()
+        )
+        code, headers, body = base.code, base.headers, base.body
+        if self.dialect.name == "location" and with_resource and code == 200 and operation.resource:
+            rendered = self.machine.render_response(operation.resource, self.at("resource"), ctx)
+            code, headers = rendered.response.status, rendered.response.headers
+            body = _json_object(rendered.response.body) if step.json_ is not None else None
+            result = rendered.response.body
+        else:
+            result = None
         if step.http_status is not None:
             code = step.http_status
         if step.json_ is not None:
+            if body is None:
+                body = {}
+                headers = set_header(headers, "Content-Type", _JSON)
             for key, value in self.machine.render_data(step.json_, self.at("steps", j, "json"), ctx).items():
                 if value is None:
                     body.pop(key, None)
@@ -1159,7 +1156,8 @@ class _OperationRule:
                 name,
                 self.machine.render_header(name, raw, self.at("steps", j, "headers", name), ctx),
             )
-        response = Response(status=code, headers=headers, body=_json_bytes(body))
+        content = _json_bytes(body) if body is not None else result if result is not None else b""
+        response = Response(status=code, headers=headers, body=content)
         return response, self.machine.advertised(headers, retry)
 
     def error(self, step: PollStep, j: int, ctx: _Ctx) -> dict[str, Any]:
@@ -1201,26 +1199,16 @@ class _OperationRule:
         )
 
 
-def _rpc_status(error: dict[str, Any] | None, *, cancelled: bool) -> dict[str, Any]:
-    """An error as a google.rpc.Status: integer code (2 UNKNOWN, 1 CANCELLED), message, details list."""
-    default_code = 1 if cancelled else 2
-    if error is None:
-        message = "The operation was cancelled." if cancelled else DEFAULT_ERROR["message"]
-        return {"code": default_code, "message": message}
-    code = error.get("code")
-    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
-        code = int(code)
-    status: dict[str, Any] = {
-        "code": code if isinstance(code, int) and not isinstance(code, bool) else default_code,
-        "message": error.get("message") or DEFAULT_ERROR["message"],
-    }
-    details = error.get("details")
-    if details is not None:
-        status["details"] = details if isinstance(details, list) else [details]
-    return status
-
-
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body parsed (a step's ``json`` merges into it); {} for anything else."""
+    try:
+        doc = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _json_bytes(data: Any) -> bytes:
