@@ -92,7 +92,10 @@ DIALECTS: dict[str, Dialect] = {
             "status",
             "resource-path",
             200,
-            ("azure-core LROBasePolling with OperationResourcePolling('location')", "the examples' client"),
+            (
+                "the examples' client (examples/creator_client.py)",
+                "@azure/core-lro createHttpPoller (tests/clients/azure_sdk_client.mjs)",
+            ),
         ),
         Dialect(
             "creator-v2",
@@ -102,7 +105,10 @@ DIALECTS: dict[str, Dialect] = {
             "status",
             "resource-path",
             200,
-            ("azure-core LROBasePolling (OperationResourcePolling)",),
+            (
+                "azure-mgmt-core ARMPolling, with header: Azure-AsyncOperation (tests/test_sdk_polling.py)",
+                "plain polling loops (tests/test_play.py)",
+            ),
         ),
         Dialect(
             "aip-151",
@@ -112,7 +118,7 @@ DIALECTS: dict[str, Dialect] = {
             "metadata.status",
             "resource-path",
             200,
-            ("google-api-core operation",),
+            ("plain polling loops on done (tests/test_play.py)",),
         ),
         Dialect(
             "location",
@@ -132,7 +138,7 @@ DIALECTS: dict[str, Dialect] = {
             "status",
             "start-url",
             200,
-            ("azure-mgmt-core ARMPolling (AzureAsyncOperationPolling)", "azure-core LROBasePolling"),
+            ("azure-mgmt-core ARMPolling (AzureAsyncOperationPolling, then the final GET)",),
         ),
     )
 }

@@ -34,7 +34,9 @@ What a scenario means (the semantics of the language, in order of evaluation):
    for ``aip-151``; a given ``accepted`` without ``status`` keeps the style's default status, and in
    ``aip-151`` without a body keeps the default body), rendered with the operation in context, plus the
    status URL in each header named by ``header`` (default by style: creator-v1 ``Location``, creator-v2
-   ``Operation-Location``, aip-151 none; ``none`` or ``null`` for no header; a list for several; a header
+   ``Operation-Location``, aip-151 none, location ``Location``, arm ``Azure-AsyncOperation``; arm's start
+   is ``201``/``200``/``202`` by method, see ``proxy/dialects.py``; ``none`` or ``null`` for no header;
+   a list for several; a header
    the ``accepted`` spec sets itself is left as it is). The status URL is ``status-path`` with the id
    substituted (other placeholders get the start request's path values of the same name), its
    ``?query`` kept, made absolute on the proxy's base URL unless ``url-form: relative``. The resource
@@ -64,6 +66,10 @@ What a scenario means (the semantics of the language, in order of evaluation):
      adds the ``Resource-Location`` header (nothing in the body).
    - ``aip-151``: ``200 {name: operations/<id>, done: <terminal>, metadata: {status: S}}``; a success
      adds ``response: {name: <resource URL, or the resource id when there is no resource>}``.
+   - ``location``: ``202`` without a body while running; a success is ``200`` with the ``resource``
+     answer (``204`` for a DELETE or ``resource: false``); a failure is ``400 {error}``.
+   - ``arm``: ``200 {id, name, status, startTime, endTime (terminal)}``; GET of a PUT/PATCH start's URL
+     answers the ``resource`` (default ``{id, name, properties.provisioningState: <status>}``).
    - A failure, or any status whose step gives ``error``, adds ``error``: the step's error (default
      ``{code: OperationFailed, message: The operation failed.}``; fields that are null are left out,
      ``details`` is kept as given, object or list). In ``aip-151`` the error is a google.rpc.Status: an
@@ -129,7 +135,15 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
-from proxy.dialects import OperationFacts, dialect, is_failure, is_success, start_body, status_answer
+from proxy.dialects import (
+    OperationFacts,
+    dialect,
+    is_failure,
+    is_success,
+    resource_body,
+    start_body,
+    status_answer,
+)
 from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
@@ -929,11 +943,14 @@ class _OperationRule:
         self.headers = [n for n in names if n.strip().lower() != "none"]
         self.ops: dict[str, _Op] = {}
         self.by_resource: dict[str, _Op] = {}
+        self.by_start_path: dict[str, _Op] = {}
+        """arm: the path of each PUT/PATCH start, where the client GETs the resource (latest operation)."""
         self.counter = 0
 
     def reset(self) -> None:
         self.ops.clear()
         self.by_resource.clear()
+        self.by_start_path.clear()
         self.counter = 0
 
     def at(self, *keys: str | int) -> DataPath:
@@ -1015,6 +1032,8 @@ class _OperationRule:
         op.stage_began = self.machine.clock_value(op)
         self.ops[op_id] = op
         self.by_resource[resource_id] = op
+        if self.dialect.final_get == "start-url" and view.method in ("PUT", "PATCH"):
+            self.by_start_path[view.path] = op
         self.machine.register(op)
 
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
@@ -1171,20 +1190,27 @@ class _OperationRule:
     # -- resources
 
     def answer_resource(self, view: _View, base: str) -> Answer | None:
-        if self.resource_path is None or view.method != "GET":
+        if view.method != "GET":
             return None
-        params = self.resource_path.match(view.path)
-        if params is None:
-            return None
-        op = self.by_resource.get(params.get("resourceId", ""))
-        if op is None or not op.resource_ready:
-            return None
+        op = self.by_start_path.get(view.path) if self.by_start_path else None
+        if op is not None:  # arm: the resource at the PUT/PATCH URL, as provisioned so far
+            params: Mapping[str, str] = op.start.get("params", {})
+        else:
+            if self.resource_path is None:
+                return None
+            found = self.resource_path.match(view.path)
+            if found is None:
+                return None
+            params = found
+            op = self.by_resource.get(params.get("resourceId", ""))
+            if op is None or not op.resource_ready:
+                return None
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
         rendered = self.machine.render_response(
             self.operation.resource or _EMPTY_RESPONSE,
             self.at("resource"),
             ctx,
-            default_json={"id": op.resource_id, "operationId": op.id},
+            default_json=resource_body(self.dialect, op.facts()),
         )
         return Answer(
             response=rendered.response,

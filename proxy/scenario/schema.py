@@ -306,7 +306,8 @@ class PollStep(Model):
         return self
 
 
-StatusStyle = Literal["creator-v1", "creator-v2", "aip-151"]
+StatusStyle = Literal["creator-v1", "creator-v2", "aip-151", "location", "arm"]
+"""The dialects of ``proxy/dialects.py``."""
 
 
 class Operation(Model):
@@ -316,8 +317,11 @@ class Operation(Model):
     start: Match
     style: StatusStyle = Field(
         "creator-v1",
-        description="Status body shape: creator-v1 (operationId, createdDateTime, status, resourceLocation), "
-        "creator-v2 (operationId, created, status; Resource-Location header), aip-151 (name, done, error/response).",
+        description="The dialect: creator-v1 (operationId, createdDateTime, status, resourceLocation), "
+        "creator-v2 (operationId, created, status; Resource-Location header), aip-151 (name, done, "
+        "error/response), location (202 while running, then 200 with the result / 204 at the same URL; a "
+        "failure is a 400), arm (Azure-AsyncOperation: {id, name, status, startTime, endTime, error}; after a "
+        "PUT/PATCH the original URL answers the resource with properties.provisioningState).",
     )
     status_path: str = Field(
         "/operations/{operationId}",
@@ -328,14 +332,15 @@ class Operation(Model):
         None,
         description="Header(s) of the accepted response carrying the status URL: Location, Operation-Location, "
         "Azure-AsyncOperation, or none. Default by style: creator-v1 Location, creator-v2 Operation-Location, "
-        "aip-151 none (the operation's name is in the body).",
+        "aip-151 none (the operation's name is in the body), location Location, arm Azure-AsyncOperation.",
     )
     url_form: Literal["absolute", "relative"] = Field(
         "absolute", alias="url-form", description="Status and resource URLs as absolute URLs or paths."
     )
     accepted: ResponseSpec | None = Field(
         None,
-        description="The answer to the start request (default 202, empty body) plus the status URL header.",
+        description="The answer to the start request (default 202, empty body; aip-151 200 with the name; arm "
+        "201 for PUT, 200 for PATCH with the resource) plus the status URL header.",
     )
     retry_after: RetryAfter = Field(
         1, alias="retry-after", description="Retry-After on non-terminal answers."
@@ -345,7 +350,9 @@ class Operation(Model):
         None, alias="resource-path", description="Path of the created resource, e.g. /tilesets/{resourceId}."
     )
     resource: ResponseSpec | None = Field(
-        None, description="The answer to GET resource-path (templates see the operation)."
+        None,
+        description="The answer to GET resource-path (templates see the operation); in location, the "
+        "successful poll's answer; in arm, the answer to GET of a PUT/PATCH start's URL.",
     )
     id_format: Literal["uuid", "counter"] = Field(
         "uuid", alias="id-format", description="How operation ids are made."
