@@ -23,7 +23,8 @@ from azure.core.rest import HttpRequest
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 from azure.mgmt.resource.resources import ResourceManagementClient
 
-from proxy.scenario.answer import Answer
+from proxy.operations import FinalRoute, recognise
+from proxy.scenario.answer import Answer, OperationTag
 from proxy.server import ReplayProxy
 from proxy.verdict import check, format_violations, report
 from tests.conftest import ROOT
@@ -191,6 +192,28 @@ def test_arm_dialect_with_arm_polling_create_and_final_get(play: Any) -> None:
     assert "/asyncoperations/" in entries[1].path
     assert entries[-1].path.split("?")[0] == RESOURCE_ID and entries[-1].poll is None
     assert verdict(proxy) == CLEAN
+    # the journal carries the machine's facts as data (Exchange.tag), and recognise reads them
+    rule = 'arm-azure-async-operation.yaml: operation "create storage account"'
+    assert [e.tag for e in entries] == [
+        OperationTag(rule, "arm", "start"),
+        OperationTag(rule, "arm", "poll", 0),
+        OperationTag(rule, "arm", "poll", 0),
+        OperationTag(rule, "arm", "poll", 1),
+        OperationTag(rule, "arm", "resource"),
+    ]
+    [op] = recognise(entries)
+    assert (op.dialect, op.given_by, op.outcome, op.operation_id) == (
+        "arm",
+        "Azure-AsyncOperation",
+        "succeeded",
+        entries[0].operation,
+    )
+    assert [(s.status, s.http_status, s.count) for s in op.steps] == [
+        ("InProgress", 200, 2),
+        ("Succeeded", 200, 1),
+    ]
+    assert op.final == FinalRoute("GET", RESOURCE_ID, 200, "start-url", 4)
+    assert 'operation "create storage account"' in report(entries, [])
 
 
 def test_arm_dialect_failure_raises_with_the_monitor_error_and_no_final_get(play: Any) -> None:

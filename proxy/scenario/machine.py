@@ -148,7 +148,7 @@ from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
 from proxy.rewrite import delay_headers, parse_retry_after
-from proxy.scenario.answer import Answer, NearRule, Refusal
+from proxy.scenario.answer import Answer, NearRule, OperationTag, Refusal
 from proxy.scenario.dates import format_created_date_time
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
@@ -1059,7 +1059,12 @@ class _OperationRule:
             operation=op_id,
             status=op.status,
             retry_after=rendered.retry_after,
+            tag=self.tag("start"),
         )
+
+    def tag(self, role: Literal["start", "poll", "resource"], step: int | None = None) -> OperationTag:
+        """The structured facts of an answer of this rule (``Answer.tag``)."""
+        return OperationTag(f"{self.file.label}: {self.label}", self.dialect.name, role, step)
 
     # -- polls
 
@@ -1092,6 +1097,7 @@ class _OperationRule:
                 poll=op.polls,
                 status=op.status,
                 retry_after=rendered.retry_after,
+                tag=self.tag("poll", j),
             )
         assert step.status is not None
         op.status = step.status
@@ -1106,6 +1112,7 @@ class _OperationRule:
             status=op.status,
             terminal=op.terminal,
             retry_after=advertised,
+            tag=self.tag("poll", j),
         )
 
     def stage_of(self, op: _Op) -> int:
@@ -1222,6 +1229,7 @@ class _OperationRule:
             status=op.status,
             terminal=op.terminal,
             retry_after=rendered.retry_after,
+            tag=self.tag("resource"),
         )
 
 

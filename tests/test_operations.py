@@ -1,0 +1,200 @@
+"""``proxy.operations.recognise``: every dialect the scenario machine renders is recognised again from the
+traffic (render -> recognise round trip, one per dialect), and the shipped Creator recordings are read as
+the operations they hold. Pure: the machine answers in-process; no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.cassette import load
+from proxy.model import Interaction
+from proxy.operations import FinalRoute, Operation, StepFacts, exchanges_of, recognise
+from tests.conftest import ROOT
+from tests.test_scenario_machine import ask, machine, request
+
+CASSETTES = ROOT / "cassettes" / "azure-maps"
+
+
+def _played(text: str, start: tuple[str, str], final: str | None = None) -> list[Interaction]:
+    """Interactions of one operation played to its end by the machine: the start, the polls until a
+    terminal answer (at most 20), then a GET of ``final`` when given."""
+    m, _ = machine(text)
+    method, path = start
+    out: list[Interaction] = []
+    answer = ask(m, method, path)
+    out.append(Interaction(request(method, path), answer.response))
+    url = None
+    for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
+        url = url or answer.response.header(name)
+    if url is None:  # AIP-151: the name in the body
+        url = "/v1/" + answer.response.body.decode().split('"name": "')[1].split('"')[0]
+    for _ in range(20):
+        answer = ask(m, "GET", url)
+        out.append(Interaction(request("GET", url), answer.response))
+        if answer.terminal:
+            break
+    if final is not None:
+        out.append(Interaction(request("GET", final), ask(m, "GET", final).response))
+    return out
+
+
+CASES = {
+    "creator-v1": (
+        """
+operations:
+  - style: creator-v1
+    start: {method: POST, path: /tilesets}
+    status-path: /tilesets/operations/{operationId}?api-version=2.0
+    resource-path: /tilesets/{resourceId}
+    id-format: counter
+    retry-after: 2
+    steps: [{status: NotStarted}, {status: Running, times: 2}, {status: Succeeded}]
+""",
+        ("POST", "/tilesets?api-version=2.0&datasetId=d1"),
+        "/tilesets/1",
+    ),
+    "creator-v2": (
+        """
+operations:
+  - style: creator-v2
+    start: {method: POST, path: /conversions}
+    status-path: /conversions/operations/{operationId}
+    id-format: counter
+    retry-after: 2
+    steps: [{status: NotStarted}, {status: Running, times: 2}, {status: Failed}]
+""",
+        ("POST", "/conversions?udid=u1"),
+        None,
+    ),
+    "aip-151": (
+        """
+operations:
+  - style: aip-151
+    start: {method: POST, path: "/v1/books:import"}
+    status-path: /v1/operations/{operationId}
+    id-format: counter
+    retry-after: 2
+    steps: [{status: NotStarted}, {status: Running, times: 2}, {status: Succeeded}]
+""",
+        ("POST", "/v1/books:import"),
+        None,
+    ),
+    "location": (
+        """
+operations:
+  - style: location
+    start: {method: POST, path: /batch}
+    status-path: /batch/results/{operationId}
+    id-format: counter
+    retry-after: 2
+    steps: [{status: Running, times: 3}, {status: Succeeded}]
+""",
+        ("POST", "/batch"),
+        None,
+    ),
+    "arm": (
+        """
+operations:
+  - style: arm
+    start: {method: PUT, path: "/subscriptions/{sub}/resourceGroups/rg/providers/P.X/things/{name}"}
+    status-path: /subscriptions/{sub}/providers/P.X/locations/w/asyncoperations/{operationId}
+    id-format: counter
+    retry-after: 2
+    steps: [{status: InProgress, times: 3}, {status: Succeeded}]
+""",
+        ("PUT", "/subscriptions/s1/resourceGroups/rg/providers/P.X/things/t1"),
+        "/subscriptions/s1/resourceGroups/rg/providers/P.X/things/t1",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_each_dialect_rendered_is_recognised_again(name: str) -> None:
+    text, start, final = CASES[name]
+    interactions = _played(text, start, final)
+    [op] = recognise(interactions)
+    assert op.dialect == name
+    assert op.start is not None and (op.start.method, op.start.path) == (start[0], start[1].split("?")[0])
+    assert op.operation_id == "1"
+    assert op.status_template is not None and "{operationId}" in op.status_template
+    assert op.entries == tuple(range(len(interactions) - (1 if final else 0)))
+    running = [s for s in op.steps[:-1]]
+    assert all(s.retry_after == 2.0 for s in running)
+    assert sum(s.count for s in op.steps) == len(op.entries) - 1
+    if final is not None:
+        assert op.final is not None and op.final.path == final and op.final.http_status == 200
+        assert op.final.via == ("start-url" if name == "arm" else "resource")
+    else:
+        assert op.final is None
+
+
+def test_recognised_steps_outcomes_and_how_the_url_was_given() -> None:
+    v1 = recognise(_played(*CASES["creator-v1"][:2], CASES["creator-v1"][2]))[0]
+    assert v1.steps == (
+        StepFacts("NotStarted", 200, 2.0, 1),
+        StepFacts("Running", 200, 2.0, 2),
+        StepFacts("Succeeded", 201, None, 1),
+    )
+    assert (v1.given_by, v1.url_form, v1.outcome) == ("Location", "absolute", "succeeded")
+    assert v1.status_template == "/tilesets/operations/{operationId}?api-version=2.0"
+    v2 = recognise(_played(*CASES["creator-v2"][:2]))[0]
+    assert (v2.given_by, v2.outcome, v2.terminal_status) == ("Operation-Location", "failed", "Failed")
+    assert v2.error == {"code": "OperationFailed", "message": "The operation failed."}
+    aip = recognise(_played(*CASES["aip-151"][:2]))[0]
+    assert (aip.given_by, aip.outcome, aip.status_template) == (
+        "body",
+        "succeeded",
+        "/v1/operations/{operationId}",
+    )
+    location = recognise(_played(*CASES["location"][:2]))[0]
+    assert location.steps == (StepFacts(None, 202, 2.0, 3), StepFacts(None, 200, None, 1))
+    assert (location.given_by, location.outcome) == ("Location", "done")
+    arm = recognise(_played(*CASES["arm"][:2], CASES["arm"][2]))[0]
+    assert (arm.given_by, arm.outcome, arm.start and arm.start.http_status) == (
+        "Azure-AsyncOperation",
+        "succeeded",
+        201,
+    )
+
+
+def test_a_relative_status_url_is_recognised_as_relative() -> None:
+    text = CASES["creator-v2"][0].replace("style: creator-v2", "style: creator-v2\n    url-form: relative")
+    op = recognise(_played(text, CASES["creator-v2"][1]))[0]
+    assert (op.given_by, op.url_form) == ("Operation-Location", "relative")
+
+
+def test_an_operation_that_never_ended_is_unfinished() -> None:
+    text = CASES["creator-v2"][0].replace("{status: Failed}", "{status: Running}")
+    interactions = _played(text, CASES["creator-v2"][1])
+    assert len(interactions) == 21
+    op = recognise(interactions)[0]
+    assert (op.outcome, op.terminal_status, op.final) == ("unfinished", None, None)
+    assert op.steps == (StepFacts("NotStarted", 200, 2.0, 1), StepFacts("Running", 200, 2.0, 19))
+
+
+def test_the_shipped_creator_recordings() -> None:
+    found: dict[str, list[Operation]] = {
+        path.stem: recognise(load(path)) for path in sorted(CASSETTES.glob("*.yaml"))
+    }
+    assert found["missing-dataset-id"] == []  # a 400: no operation
+    ok = found["tileset-succeeds"][0]
+    assert (ok.dialect, ok.given_by, ok.outcome) == ("creator-v1", "Location", "succeeded")
+    assert [(s.status, s.http_status, s.count) for s in ok.steps] == [
+        ("NotStarted", 200, 1),
+        ("Running", 200, 2),
+        ("Succeeded", 201, 1),
+    ]
+    assert ok.final == FinalRoute("GET", "/tilesets/83cb8fc5-c3eb-4128-9365-5b7b7c60a94f", 200, "resource", 5)
+    assert ok.start is not None and ok.start.query["api-version"] == "2.0" and "datasetId" in ok.start.query
+    failed = found["tileset-fails"][0]
+    assert (failed.outcome, failed.error["code"]) == ("failed", "InvalidFeature")
+    assert found["succeeds-without-resource"][0].final is None
+
+
+def test_exchanges_of_a_recording_are_what_the_verdict_reads() -> None:
+    from proxy.verdict import check
+
+    entries = exchanges_of(load(CASSETTES / "tileset-succeeds.yaml"))
+    assert [e.status for e in entries] == [202, 200, 200, 200, 201, 200]
+    assert entries[0].status_urls and entries[4].terminal
+    assert check(entries) == []  # one second apart, as the recording's Retry-After: 1 asked
