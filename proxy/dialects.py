@@ -71,6 +71,8 @@ class Dialect:
     """The status code of a poll answer while the operation runs."""
     status_field: str | None
     """Dotted path of the status in a poll body (``None``: the status code is the status)."""
+    marker: str | None
+    """A status body field only this dialect writes (how ``proxy/operations.py`` tells them apart)."""
     final_get: FinalGet
     failure_code: int
     """The status code of a poll answer that reports a failure."""
@@ -85,60 +87,72 @@ DIALECTS: dict[str, Dialect] = {
     d.name: d
     for d in (
         Dialect(
-            "creator-v1",
-            ("Location",),
-            {"*": 202},
-            200,
-            "status",
-            "resource-path",
-            200,
-            (
+            name="creator-v1",
+            status_headers=("Location",),
+            start_codes={"*": 202},
+            running_code=200,
+            status_field="status",
+            marker="createdDateTime",
+            final_get="resource-path",
+            failure_code=200,
+            tested_with=(
                 "the examples' client (examples/creator_client.py)",
                 "@azure/core-lro createHttpPoller (tests/clients/azure_sdk_client.mjs)",
             ),
         ),
         Dialect(
-            "creator-v2",
-            ("Operation-Location",),
-            {"*": 202},
-            200,
-            "status",
-            "resource-path",
-            200,
-            (
+            name="creator-v2",
+            status_headers=("Operation-Location",),
+            start_codes={"*": 202},
+            running_code=200,
+            status_field="status",
+            marker="created",
+            final_get="resource-path",
+            failure_code=200,
+            tested_with=(
                 "azure-mgmt-core ARMPolling, with header: Azure-AsyncOperation (tests/test_sdk_polling.py)",
                 "plain polling loops (tests/test_play.py)",
             ),
         ),
         Dialect(
-            "aip-151",
-            (),
-            {"*": 200},
-            200,
-            "metadata.status",
-            "resource-path",
-            200,
-            ("plain polling loops on done (tests/test_play.py)",),
+            name="aip-151",
+            status_headers=(),
+            start_codes={"*": 200},
+            running_code=200,
+            status_field="metadata.status",
+            marker="done",
+            final_get="resource-path",
+            failure_code=200,
+            tested_with=("plain polling loops on done (tests/test_play.py)",),
         ),
         Dialect(
-            "location",
-            ("Location",),
-            {"*": 202},
-            202,
-            None,
-            "none",
-            400,
-            ("azure-core LROBasePolling (LocationPolling)", "azure-mgmt-core ARMPolling (LocationPolling)"),
+            name="location",
+            status_headers=("Location",),
+            start_codes={"*": 202},
+            running_code=202,
+            status_field=None,
+            marker=None,
+            final_get="none",
+            failure_code=400,
+            tested_with=(
+                "azure-core LROBasePolling (LocationPolling; tests/test_dialects.py)",
+                "azure-mgmt-core ARMPolling (LocationPolling: resource_groups.begin_delete; "
+                "tests/test_dialects.py)",
+            ),
         ),
         Dialect(
-            "arm",
-            ("Azure-AsyncOperation",),
-            {"PUT": 201, "PATCH": 200, "*": 202},
-            200,
-            "status",
-            "start-url",
-            200,
-            ("azure-mgmt-core ARMPolling (AzureAsyncOperationPolling, then the final GET)",),
+            name="arm",
+            status_headers=("Azure-AsyncOperation",),
+            start_codes={"PUT": 201, "PATCH": 200, "*": 202},
+            running_code=200,
+            status_field="status",
+            marker="startTime",
+            final_get="start-url",
+            failure_code=200,
+            tested_with=(
+                "azure-mgmt-core ARMPolling (AzureAsyncOperationPolling, then the final GET: "
+                "resources.begin_create_or_update_by_id; tests/test_dialects.py)",
+            ),
         ),
     )
 }

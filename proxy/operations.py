@@ -527,10 +527,6 @@ def _template(status_url: str | None, op_id: str | None) -> str | None:
     return "/".join(segments) + sep + query
 
 
-_MARKERS = {"creator-v1": "createdDateTime", "creator-v2": "created", "aip-151": "done", "arm": "startTime"}
-"""A status body field that only one dialect writes (``proxy/dialects.py``'s shapes)."""
-
-
 def _dialect(
     exchanges: Sequence[Exchange], seen: dict[int, _Seen], op: TrackedOperation, given_by: str | None
 ) -> str:
@@ -550,8 +546,7 @@ def _dialect(
             score += 1
         if polls and with_status == (d.status_field is not None):
             score += 1
-        marker = _MARKERS.get(name)
-        if marker is not None and any(marker in b for b in bodies):
+        if d.marker is not None and any(d.marker in b for b in bodies):
             score += 3
         if score > best_score:
             best, best_score = name, score
