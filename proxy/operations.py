@@ -23,8 +23,9 @@ without a status field where running was 202) that a client is not expected to r
 - ``start``: method, path, query, the JSON body's top-level keys, status code and Retry-After
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
-  ``{operationId}``), ``given_by`` (the header name, ``body`` for AIP-151's ``name``, or ``header`` when a
-  journal entry did not keep which) and ``url_form`` (``absolute`` or ``relative``; None when unknown);
+  ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``start-url`` for an
+  ``arm`` resource polled at its own URL; ``header`` when a journal entry of a cassette or upstream answer
+  did not keep which) and ``url_form`` (``absolute`` or ``relative``; None when unknown);
 - ``steps``: consecutive polls with the same (status, HTTP code, Retry-After) as one ``StepFacts`` with a
   ``count``;
 - ``outcome``: ``succeeded``, ``failed``, ``canceled``, ``done`` (ended without a status field) or
@@ -454,8 +455,8 @@ def _summary(
         given_by, raw = seen[first].given_by[0]
         url_form = "absolute" if "://" in raw else "relative"
     elif tag is not None:
-        headers = DIALECTS[tag.dialect].status_headers if tag.dialect in DIALECTS else ()
-        given_by = headers[0] if headers else "body"
+        given_by = tag.headers[0] if tag.headers else "body" if tag.dialect == "aip-151" else "start-url"
+        url_form = tag.url_form
     elif start_e is not None and start_e.status_urls:
         given_by = "header"
     steps: list[StepFacts] = []

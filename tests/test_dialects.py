@@ -67,13 +67,15 @@ def verdict(proxy: ReplayProxy) -> str:
     return format_violations(violations) if not violations else report(entries, violations)
 
 
-def _begin(client: PipelineClient[Any, Any], method: str, url: str) -> LROPoller[Any]:
+def _begin(
+    client: PipelineClient[Any, Any], method: str, url: str, polling: LROBasePolling | None = None
+) -> LROPoller[Any]:
     initial = client.send_request(HttpRequest(method, url), _return_pipeline_response=True)  # type: ignore[call-arg]
     return LROPoller(
         client,
         initial,
         lambda pipeline_response: pipeline_response.http_response.text(),
-        LROBasePolling(timeout=INTERVAL),
+        polling or LROBasePolling(timeout=INTERVAL),
     )
 
 
@@ -194,12 +196,13 @@ def test_arm_dialect_with_arm_polling_create_and_final_get(play: Any) -> None:
     assert verdict(proxy) == CLEAN
     # the journal carries the machine's facts as data (Exchange.tag), and recognise reads them
     rule = 'arm-azure-async-operation.yaml: operation "create storage account"'
+    AAO = ("Azure-AsyncOperation",)
     assert [e.tag for e in entries] == [
-        OperationTag(rule, "arm", "start"),
-        OperationTag(rule, "arm", "poll", 0),
-        OperationTag(rule, "arm", "poll", 0),
-        OperationTag(rule, "arm", "poll", 1),
-        OperationTag(rule, "arm", "resource"),
+        OperationTag(rule, "arm", "start", None, AAO),
+        OperationTag(rule, "arm", "poll", 0, AAO),
+        OperationTag(rule, "arm", "poll", 0, AAO),
+        OperationTag(rule, "arm", "poll", 1, AAO),
+        OperationTag(rule, "arm", "resource", None, AAO),
     ]
     [op] = recognise(entries)
     assert (op.dialect, op.given_by, op.outcome, op.operation_id) == (
@@ -229,6 +232,58 @@ def test_arm_dialect_failure_raises_with_the_monitor_error_and_no_final_get(play
         poller.result(timeout=60)
     assert raised.value.error is not None and raised.value.error.code == "QuotaExceeded"
     assert [(e.method, e.status) for e in proxy.journal.entries] == [("PUT", 201)] + [("GET", 200)] * 3
+    assert verdict(proxy) == CLEAN
+
+
+VNET_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vn1"
+
+
+def test_arm_dialect_without_a_monitor_is_polled_on_the_resource_body_content_polling(play: Any) -> None:
+    proxy = play(ARM, mode="regular")
+    started = time.monotonic()
+    poller = _arm_client(proxy).resources.begin_create_or_update_by_id(
+        VNET_ID, api_version="2024-01-01", parameters={"location": "westeurope"}
+    )
+    assert type(poller.polling_method()._operation).__name__ == "BodyContentPolling"  # type: ignore[attr-defined]
+    resource = poller.result(timeout=60)
+    assert time.monotonic() - started < INTERVAL
+    assert (resource.id, resource.properties["provisioningState"]) == (VNET_ID, "Succeeded")
+    entries = proxy.journal.entries
+    assert [(e.method, e.status, e.op_status, e.poll) for e in entries] == [
+        ("PUT", 201, "Updating", None),
+        ("GET", 200, "Updating", 1),
+        ("GET", 200, "Updating", 2),
+        ("GET", 200, "Succeeded", 3),  # no final GET: the last poll was the resource
+    ]
+    assert {e.path.split("?")[0] for e in entries} == {VNET_ID}
+    assert verdict(proxy) == CLEAN
+    [op] = recognise(entries)
+    assert (op.dialect, op.given_by, op.status_url, op.outcome, op.final) == (
+        "arm",
+        "start-url",
+        entries[1].path,
+        "succeeded",
+        None,
+    )
+
+
+def test_arm_dialect_post_action_final_get_follows_the_location_of_the_start(play: Any) -> None:
+    proxy = play(ARM)
+    account = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa1"
+    with _client(proxy.url) as client:
+        poller = _begin(client, "POST", f"{proxy.url}{account}/listKeys", ARMPolling(timeout=INTERVAL))
+        result = json.loads(poller.result(timeout=60))
+    assert result["keys"][0]["keyName"] == "key1"
+    entries = proxy.journal.entries
+    assert [(e.method, e.status) for e in entries] == [
+        ("POST", 202),
+        ("GET", 200),
+        ("GET", 200),
+        ("GET", 200),
+    ]
+    assert "/asyncoperations/" in entries[1].path and "/operationresults/" in entries[3].path
+    [op] = recognise(entries)
+    assert op.final is not None and (op.final.via, op.final.index) == ("resource", 3)
     assert verdict(proxy) == CLEAN
 
 

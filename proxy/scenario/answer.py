@@ -25,13 +25,17 @@ class OperationTag:
 
     ``rule`` names the operation rule (``tileset.yaml: operation "tileset"``); ``dialect`` its style
     (``proxy/dialects.py``); ``role`` what the request was to it: ``start``, ``poll`` or ``resource`` (the
-    final GET); ``step`` the index of the step (stage) that answered a poll, None otherwise.
+    final GET); ``step`` the index of the step (stage) that answered a poll, None otherwise; ``headers`` the
+    headers the rule gives the status URL in (none: AIP-151's body, or an ``arm`` resource polled at its
+    own URL); ``url_form`` ``absolute`` or ``relative``.
     """
 
     rule: str
     dialect: str
     role: Literal["start", "poll", "resource"]
     step: int | None = None
+    headers: tuple[str, ...] = ()
+    url_form: Literal["absolute", "relative"] = "absolute"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1064,7 +1064,14 @@ class _OperationRule:
 
     def tag(self, role: Literal["start", "poll", "resource"], step: int | None = None) -> OperationTag:
         """The structured facts of an answer of this rule (``Answer.tag``)."""
-        return OperationTag(f"{self.file.label}: {self.label}", self.dialect.name, role, step)
+        return OperationTag(
+            f"{self.file.label}: {self.label}",
+            self.dialect.name,
+            role,
+            step,
+            tuple(self.headers),
+            self.operation.url_form,
+        )
 
     # -- polls
 
@@ -1077,6 +1084,14 @@ class _OperationRule:
         op = self.ops.get(params.get("operationId", ""))
         if op is None:
             return None
+        return self.poll(op, view, base, params)
+
+    def poll(
+        self, op: _Op, view: _View, base: str, params: Mapping[str, str], *, on_resource: bool = False
+    ) -> Answer:
+        """Answer a poll of ``op`` by its current stage (rules 5 and 6). ``on_resource``: an ``arm``
+        operation without a status header, polled at its PUT/PATCH URL (the resource's
+        ``provisioningState`` is the status, as azure-mgmt-core's BodyContentPolling reads it)."""
         j = self.stage_of(op)
         step = self.operation.steps[j]
         op.stage_polls += 1
@@ -1102,7 +1117,7 @@ class _OperationRule:
         assert step.status is not None
         op.status = step.status
         op.terminal = step.status.lower() in TERMINAL_STATUSES
-        response, advertised = self.status_response(op, step, j, ctx)
+        response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
         op.advance(advertised)
         return Answer(
             response=_for_method(view, response),
@@ -1132,7 +1147,9 @@ class _OperationRule:
             op.stage_polls = 0
         return op.stage
 
-    def status_response(self, op: _Op, step: PollStep, j: int, ctx: _Ctx) -> tuple[Response, float | None]:
+    def status_response(
+        self, op: _Op, step: PollStep, j: int, ctx: _Ctx, *, on_resource: bool = False
+    ) -> tuple[Response, float | None]:
         """The status answer of ``step`` (rule 6: the dialect's answer, then the step's overrides) and the
         Retry-After seconds it advertises."""
         operation = self.operation
@@ -1142,14 +1159,18 @@ class _OperationRule:
             with_resource = success and step.resource is not False
         else:
             with_resource = success and op.resource_url is not None and step.resource is not False
-        if with_resource and self.dialect.final_get == "resource-path":
+        if with_resource:
             op.resource_ready = True
         error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
         base = status_answer(
             self.dialect, op.facts(), with_resource=with_resource, error=error, now=self.machine.now()
         )
         code, headers, body = base.code, base.headers, base.body
-        if self.dialect.name == "location" and with_resource and code == 200 and operation.resource:
+        if on_resource:  # the resource itself, its provisioningState the status
+            code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, op.facts())
+        if (on_resource or (self.dialect.name == "location" and with_resource and code == 200)) and (
+            operation.resource
+        ):
             rendered = self.machine.render_response(operation.resource, self.at("resource"), ctx)
             code, headers = rendered.response.status, rendered.response.headers
             body = _json_object(rendered.response.body) if step.json_ is not None else None
@@ -1202,6 +1223,8 @@ class _OperationRule:
         op = self.by_start_path.get(view.path) if self.by_start_path else None
         if op is not None:  # arm: the resource at the PUT/PATCH URL, as provisioned so far
             params: Mapping[str, str] = op.start.get("params", {})
+            if not self.headers:  # no status monitor: the resource's provisioningState is polled
+                return self.poll(op, view, base, params, on_resource=True)
         else:
             if self.resource_path is None:
                 return None
