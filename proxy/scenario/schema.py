@@ -332,7 +332,8 @@ class Operation(Model):
         None,
         description="Header(s) of the accepted response carrying the status URL: Location, Operation-Location, "
         "Azure-AsyncOperation, or none. Default by style: creator-v1 Location, creator-v2 Operation-Location, "
-        "aip-151 none (the operation's name is in the body), location Location, arm Azure-AsyncOperation.",
+        "aip-151 none (the operation's name is in the body), location Location, arm Azure-AsyncOperation (arm "
+        "with none: the PUT/PATCH URL is polled, its provisioningState the status).",
     )
     url_form: Literal["absolute", "relative"] = Field(
         "absolute", alias="url-form", description="Status and resource URLs as absolute URLs or paths."
