@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
@@ -275,12 +275,15 @@ class StartFacts:
 @dataclass(frozen=True, slots=True)
 class StepFacts:
     """Consecutive polls answered alike: the status reported (None: none, e.g. a 202 without a body), the
-    HTTP status code, the Retry-After advertised, and how many polls."""
+    HTTP status code, the Retry-After advertised, and how many polls. ``seconds``: from the step's first
+    poll to the next step's first poll (a journal's arrival times; None for the last step and for a
+    recording, which keeps no times)."""
 
     status: str | None
     http_status: int | None
     retry_after: float | None
     count: int
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +463,7 @@ def _summary(
     elif start_e is not None and start_e.status_urls:
         given_by = "header"
     steps: list[StepFacts] = []
+    began: list[float] = []
     end = op.terminal_at
     for i in op.polls:
         e = exchanges[i]
@@ -467,7 +471,10 @@ def _summary(
         if steps and (steps[-1].status, steps[-1].http_status, steps[-1].retry_after) == key:
             steps[-1] = StepFacts(*key, count=steps[-1].count + 1)
         else:
+            if steps and not seen:  # a journal: real arrival times
+                steps[-1] = replace(steps[-1], seconds=max(0.0, e.monotonic - began[-1]))
             steps.append(StepFacts(*key, count=1))
+            began.append(e.monotonic)
         if i == end:
             break
     finished = op.finished(exchanges)

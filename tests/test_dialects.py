@@ -215,6 +215,9 @@ def test_arm_dialect_with_arm_polling_create_and_final_get(play: Any) -> None:
         ("InProgress", 200, 2),
         ("Succeeded", 200, 1),
     ]
+    # the journal's times: the InProgress step lasted from its first poll to the Succeeded poll
+    assert op.steps[0].seconds == entries[3].monotonic - entries[1].monotonic
+    assert op.steps[1].seconds is None
     assert op.final == FinalRoute("GET", RESOURCE_ID, 200, "start-url", 4)
     assert 'operation "create storage account"' in report(entries, [])
 
