@@ -869,6 +869,7 @@ class _Op:
         self.terminal = False
         self.resource_ready = False
         self.start: dict[str, Any] = {}
+        self._facts: OperationFacts | None = None
 
     def context(self) -> dict[str, Any]:
         moment = datetime.fromtimestamp(self.created, UTC)
@@ -886,8 +887,12 @@ class _Op:
         }
 
     def facts(self) -> OperationFacts:
-        """What the dialect needs to render an answer for this operation."""
-        return OperationFacts(
+        """What the dialect needs to render an answer for this operation (made again when its status
+        changed: polls of one stage share one)."""
+        made = self._facts
+        if made is not None and made.status == self.status and made.status_url == self.status_url:
+            return made
+        made = self._facts = OperationFacts(
             id=self.id,
             created=self.created,
             status=self.status,
@@ -897,6 +902,7 @@ class _Op:
             start_method=self.start.get("method", ""),
             start_path=self.start.get("path", ""),
         )
+        return made
 
     def snapshot(self) -> OperationState:
         return OperationState(
@@ -944,6 +950,7 @@ class _OperationRule:
         self.ops: dict[str, _Op] = {}
         self.by_resource: dict[str, _Op] = {}
         self.by_start_path: dict[str, _Op] = {}
+        self.tags: dict[tuple[str, int | None], OperationTag] = {}
         """arm: the path of each PUT/PATCH start, where the client GETs the resource (latest operation)."""
         self.counter = 0
 
@@ -1063,15 +1070,18 @@ class _OperationRule:
         )
 
     def tag(self, role: Literal["start", "poll", "resource"], step: int | None = None) -> OperationTag:
-        """The structured facts of an answer of this rule (``Answer.tag``)."""
-        return OperationTag(
-            f"{self.file.label}: {self.label}",
-            self.dialect.name,
-            role,
-            step,
-            tuple(self.headers),
-            self.operation.url_form,
-        )
+        """The structured facts of an answer of this rule (``Answer.tag``), made once per role and step."""
+        found = self.tags.get((role, step))
+        if found is None:
+            found = self.tags[(role, step)] = OperationTag(
+                f"{self.file.label}: {self.label}",
+                self.dialect.name,
+                role,
+                step,
+                tuple(self.headers),
+                self.operation.url_form,
+            )
+        return found
 
     # -- polls
 
@@ -1163,7 +1173,7 @@ class _OperationRule:
             op.resource_ready = True
         error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
         base = status_answer(
-            self.dialect, op.facts(), with_resource=with_resource, error=error, now=self.machine.now()
+            self.dialect, op.facts(), with_resource=with_resource, error=error, now=self.machine.now
         )
         code, headers, body = base.code, base.headers, base.body
         if on_resource:  # the resource itself, its provisioningState the status
