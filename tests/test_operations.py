@@ -4,11 +4,18 @@ the operations they hold. Pure: the machine answers in-process; no sockets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
 import pytest
+import requests
 
 from proxy.cassette import load
 from proxy.model import Interaction
 from proxy.operations import FinalRoute, Operation, StepFacts, exchanges_of, recognise
+from proxy.scenario.answer import TERMINAL_STATUSES
+from proxy.server import ReplayProxy
 from tests.conftest import ROOT
 from tests.test_scenario_machine import ask, machine, request
 
@@ -198,3 +205,62 @@ def test_exchanges_of_a_recording_are_what_the_verdict_reads() -> None:
     assert [e.status for e in entries] == [202, 200, 200, 200, 201, 200]
     assert entries[0].status_urls and entries[4].terminal
     assert check(entries) == []  # one second apart, as the recording's Retry-After: 1 asked
+
+
+# -- recordings made in the test run: client -> record proxy -> play (the loopback upstream) -----------------
+
+
+def _poll_to_the_end(base: str, method: str, path: str, final: str | None) -> int:
+    """A plain polling loop (no sleeping: the recording's Retry-After is kept, not obeyed): the start,
+    the status URL from the headers or an AIP-151 name, polls until the end, the final GET. Returns
+    how many requests it sent."""
+    with requests.Session() as http:
+        answer = http.request(method, base + path, timeout=10)
+        sent = 1
+        url = next(
+            (
+                answer.headers[h]
+                for h in ("Azure-AsyncOperation", "Operation-Location", "Location")
+                if h in answer.headers
+            ),
+            None,
+        )
+        url = urljoin(base, url) if url else f"{base}/v1/{answer.json()['name']}"
+        for _ in range(20):
+            answer = http.get(url, timeout=10)
+            sent += 1
+            body = answer.json() if answer.content else {}
+            if "done" in body:
+                end = body["done"] is True
+            elif "status" in body:
+                end = str(body["status"]).lower() in TERMINAL_STATUSES
+            else:
+                end = answer.status_code != 202
+            if end:
+                break
+        if final is not None:
+            http.get(base + final, timeout=10)
+            sent += 1
+    return sent
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_recording_of_each_dialect_through_the_proxy_is_recognised(
+    name: str, cli: Any, confdir: Path, tmp_path: Path
+) -> None:
+    text, (method, path), final = CASES[name]
+    scenario = tmp_path / f"{name}.yaml"
+    scenario.write_text(text)
+    upstream = cli(["play", str(scenario), "--port", "0"])
+    assert upstream.url, upstream.ready_line + upstream.stderr
+    cassette = tmp_path / f"{name}-recorded.yaml"
+    with ReplayProxy(cassette, upstream.url, confdir=confdir, record_mode="all") as recorder:
+        sent = _poll_to_the_end(recorder.url, method, path, final)
+    interactions = load(cassette)
+    assert len(interactions) == sent
+    [op] = recognise(interactions)
+    assert op.dialect == name
+    assert op.outcome == ("failed" if name == "creator-v2" else "done" if name == "location" else "succeeded")
+    assert op.start is not None and op.start.method == method
+    assert [s.retry_after for s in op.steps[:-1]] == [2.0] * (len(op.steps) - 1)
+    assert (op.final is not None) == (final is not None)
