@@ -950,8 +950,8 @@ class _OperationRule:
         self.ops: dict[str, _Op] = {}
         self.by_resource: dict[str, _Op] = {}
         self.by_start_path: dict[str, _Op] = {}
-        self.tags: dict[tuple[str, int | None], OperationTag] = {}
         """arm: the path of each PUT/PATCH start, where the client GETs the resource (latest operation)."""
+        self.tags: dict[tuple[str, int | None], OperationTag] = {}
         self.counter = 0
 
     def reset(self) -> None:
