@@ -355,3 +355,20 @@ def test_location_success_is_204_for_a_delete_and_200_with_the_result_otherwise(
         )
         done = ask(m, "GET", url)
         assert (done.response.status, done.terminal) == (final, True)
+
+
+def test_an_arm_operation_without_a_monitor_must_start_with_put_or_patch(tmp_path: Path) -> None:
+    from proxy.errors import ScenarioError
+    from proxy.scenario.loader import load_scenarios
+
+    path = tmp_path / "arm.yaml"
+    path.write_text(
+        ARM_METHODS.replace("style: arm", "style: arm\n    header: none").replace(
+            "[PUT, PATCH, DELETE, POST]", "POST"
+        )
+    )
+    with pytest.raises(ScenarioError) as raised:
+        load_scenarios([path])
+    assert "arm.yaml:3:" in str(raised.value) and "polled at the URL of its PUT or PATCH" in str(raised.value)
+    path.write_text(ARM_METHODS.replace("style: arm", "style: arm\n    header: none"))
+    assert load_scenarios([path])  # PUT among the methods: fine

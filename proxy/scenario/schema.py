@@ -372,6 +372,15 @@ class Operation(Model):
             raise ValueError("status-path must contain {operationId}, e.g. /operations/{operationId}")
         if self.resource_path is not None and "{resourceId}" not in self.resource_path:
             raise ValueError("resource-path must contain {resourceId}, e.g. /tilesets/{resourceId}")
+        if self.style == "arm" and "header" in self.model_fields_set:
+            names = [self.header] if isinstance(self.header, str) else self.header or []
+            methods = [self.start.method] if isinstance(self.start.method, str) else self.start.method or []
+            no_monitor = all(n.strip().lower() == "none" for n in names)
+            if no_monitor and not {m.upper() for m in methods} & {"PUT", "PATCH"}:
+                raise ValueError(
+                    "an arm operation without a status header is polled at the URL of its PUT or PATCH: "
+                    "give start a method: PUT (or PATCH), or a header such as Azure-AsyncOperation"
+                )
         return self
 
 
