@@ -36,7 +36,7 @@ The dialects (``DIALECTS``, by name):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -179,6 +179,8 @@ class OperationFacts:
     resource_url: str | None
     start_method: str
     start_path: str
+    ended: float | None = None
+    """Wall-clock POSIX seconds of its first terminal answer (ARM's ``endTime``), None before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +240,10 @@ def status_answer(
     *,
     with_resource: bool,
     error: dict[str, Any] | None,
-    now: Callable[[], float],
 ) -> Rendered:
     """The dialect's answer to a poll reporting ``op.status``. ``with_resource``: a success that created a
     resource (at ``op.resource_url``; in ``location`` the result is the body, otherwise 204); ``error``: the
-    error to report (a failure's, or any status given one); ``now``: the wall clock (read for ARM's
-    ``endTime`` only)."""
+    error to report (a failure's, or any status given one)."""
     status = op.status
     terminal, success = is_terminal(status), is_success(status)
     moment = datetime.fromtimestamp(op.created, UTC)
@@ -284,7 +284,7 @@ def status_answer(
             "startTime": moment.isoformat(),
         }
         if terminal:
-            body["endTime"] = datetime.fromtimestamp(now(), UTC).isoformat()
+            body["endTime"] = datetime.fromtimestamp(op.ended or op.created, UTC).isoformat()
     if error is not None:
         body["error"] = error
     return Rendered(code, headers, body)

@@ -302,7 +302,7 @@ operations:
 
 
 def test_arm_start_codes_and_bodies_by_method() -> None:
-    m, _ = machine(ARM_METHODS)
+    m, clock = machine(ARM_METHODS)
     put, patch, delete, post = (
         ask(m, method, f"/things/{n}") for n, method in enumerate(("PUT", "PATCH", "DELETE", "POST"))
     )
@@ -321,6 +321,8 @@ def test_arm_start_codes_and_bodies_by_method() -> None:
     assert (body["status"], body["name"], "endTime" in body) == ("InProgress", running.operation, False)
     done = json.loads(ask(m, "GET", url).response.body)
     assert (done["status"], "endTime" in done) == ("Succeeded", True)
+    clock.advance(5)  # the end time is when it ended, not when it is asked
+    assert json.loads(ask(m, "GET", url).response.body)["endTime"] == done["endTime"]
     final: Answer = ask(m, "GET", "/things/0")
     assert json.loads(final.response.body)["properties"] == {"provisioningState": "Succeeded"}
     assert (final.poll, final.operation) == (None, put.operation)

@@ -870,6 +870,8 @@ class _Op:
         self.resource_ready = False
         self.start: dict[str, Any] = {}
         self._facts: OperationFacts | None = None
+        self.ended: float | None = None
+        """Wall-clock time of its first terminal answer."""
 
     def context(self) -> dict[str, Any]:
         moment = datetime.fromtimestamp(self.created, UTC)
@@ -890,7 +892,12 @@ class _Op:
         """What the dialect needs to render an answer for this operation (made again when its status
         changed: polls of one stage share one)."""
         made = self._facts
-        if made is not None and made.status == self.status and made.status_url == self.status_url:
+        if (
+            made is not None
+            and made.status == self.status
+            and made.status_url == self.status_url
+            and made.ended == self.ended
+        ):
             return made
         made = self._facts = OperationFacts(
             id=self.id,
@@ -901,6 +908,7 @@ class _Op:
             resource_url=self.resource_url,
             start_method=self.start.get("method", ""),
             start_path=self.start.get("path", ""),
+            ended=self.ended,
         )
         return made
 
@@ -1127,6 +1135,8 @@ class _OperationRule:
         assert step.status is not None
         op.status = step.status
         op.terminal = step.status.lower() in TERMINAL_STATUSES
+        if op.terminal and op.ended is None:
+            op.ended = self.machine.now()
         response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
         op.advance(advertised)
         return Answer(
@@ -1172,9 +1182,7 @@ class _OperationRule:
         if with_resource:
             op.resource_ready = True
         error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
-        base = status_answer(
-            self.dialect, op.facts(), with_resource=with_resource, error=error, now=self.machine.now
-        )
+        base = status_answer(self.dialect, op.facts(), with_resource=with_resource, error=error)
         code, headers, body = base.code, base.headers, base.body
         if on_resource:  # the resource itself, its provisioningState the status
             code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, op.facts())
