@@ -41,6 +41,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
@@ -355,7 +356,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
     seen: dict[int, _Seen] = {}
     for i, interaction in enumerate(interactions):
         request, response = interaction.request, interaction.response
-        facts = response_facts(response, request.url)
+        facts = response_facts(response, request.url, now=_date_of(response))
         exchanges.append(
             Exchange(
                 request.method.upper(),
@@ -398,14 +399,20 @@ def _link_aip_polls(exchanges: list[Exchange], seen: dict[int, _Seen]) -> None:
         for j in range(i + 1, len(exchanges)):
             e = exchanges[j]
             if e.method in POLL_METHODS and path_of(e.path).rstrip("/").endswith("/" + name):
-                exchanges[i] = Exchange(
-                    **{**_fields(exchanges[i]), "status_urls": (urljoin(e.client_url, path_query(e.path)),)}
-                )
+                exchanges[i] = replace(exchanges[i], status_urls=(urljoin(e.client_url, path_query(e.path)),))
                 break
 
 
-def _fields(e: Exchange) -> dict[str, Any]:
-    return {name: getattr(e, name) for name in Exchange.__dataclass_fields__}
+def _date_of(response: Response) -> float | None:
+    """The response's ``Date`` (POSIX seconds): an HTTP-date Retry-After counts from it, as the client
+    that recorded it counted; None without one (then from now)."""
+    value = header_value(response.headers, "date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _json(body: bytes) -> Any:

@@ -264,3 +264,27 @@ def test_a_recording_of_each_dialect_through_the_proxy_is_recognised(
     assert op.start is not None and op.start.method == method
     assert [s.retry_after for s in op.steps[:-1]] == [2.0] * (len(op.steps) - 1)
     assert (op.final is not None) == (final is not None)
+
+
+def test_an_http_date_retry_after_in_a_recording_counts_from_the_response_date() -> None:
+    # recorded long ago: the Retry-After date is 30 s after the response's Date, long before now
+    text, start, _ = CASES["creator-v2"]
+    recorded = [
+        Interaction(
+            i.request,
+            i.response.replace(
+                headers=(
+                    *((k, v) for k, v in i.response.headers if k.lower() != "retry-after"),
+                    ("Date", "Sat, 05 Dec 2020 00:00:00 GMT"),
+                    *(
+                        (("Retry-After", "Sat, 05 Dec 2020 00:00:30 GMT"),)
+                        if i.response.header("Retry-After")
+                        else ()
+                    ),
+                )
+            ),
+        )
+        for i in _played(text, start)
+    ]
+    op = recognise(recorded)[0]
+    assert [s.retry_after for s in op.steps] == [30.0, 30.0, None]
