@@ -284,7 +284,9 @@ class PollStep(Model):
         None, alias="http-status", ge=100, le=999, description="Overrides the status code."
     )
     resource: bool | None = Field(
-        None, description="On success: whether a resource was created (201 + Location + resourceLocation)."
+        None,
+        description="On success: whether a resource was created (creator-v1: 201 + Location + "
+        "resourceLocation; location: 200 with the result, false: 204).",
     )
     error: OperationError | None = Field(None, description="On failure: the error in the body.")
     headers: dict[str, str | int | float] = Field(
