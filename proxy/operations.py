@@ -19,7 +19,9 @@ without a status field where running was 202) that a client is not expected to r
 
 - ``dialect``: the ``proxy/dialects.py`` name that fits best (a scenario's own, from ``Exchange.tag``;
   otherwise scored from the table: the header that gave the status URL, the running status code, whether
-  polls carry a status field, the status body's marker field), or ``unknown``;
+  polls carry a status field, the status body's marker field), or ``unknown``. A journal keeps no bodies
+  or header names for cassette and upstream answers: there ``location`` and ``aip-151`` still stand
+  out, but ``creator-v1``, ``creator-v2`` and ``arm`` look alike (the first wins); read the recording;
 - ``start``: method, path, query, the JSON body's top-level keys, status code and Retry-After
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
