@@ -278,9 +278,9 @@ class StartFacts:
 @dataclass(frozen=True, slots=True)
 class StepFacts:
     """Consecutive polls answered alike: the status reported (None: none, e.g. a 202 without a body), the
-    HTTP status code, the Retry-After advertised, and how many polls. ``seconds``: from the step's first
-    poll to the next step's first poll (a journal's arrival times; None for the last step and for a
-    recording, which keeps no times)."""
+    HTTP status code, the Retry-After advertised (seconds, to the millisecond), and how many polls.
+    ``seconds``: from the step's first poll to the next step's first poll (a journal's arrival times;
+    None for the last step and for a recording, which keeps no times)."""
 
     status: str | None
     http_status: int | None
@@ -476,7 +476,8 @@ def _summary(
     end = op.terminal_at
     for i in op.polls:
         e = exchanges[i]
-        key = (e.op_status, e.status, e.retry_after)
+        wait = round(e.retry_after, 3) if e.retry_after is not None else None  # HTTP-dates drift by µs
+        key = (e.op_status, e.status, wait)
         if steps and (steps[-1].status, steps[-1].http_status, steps[-1].retry_after) == key:
             steps[-1] = StepFacts(*key, count=steps[-1].count + 1)
         else:
