@@ -101,9 +101,17 @@ class TrackedOperation:
     early: list[tuple[int, int]] = field(default_factory=list)
     self_built: list[int] = field(default_factory=list)
 
+    speaks_status: bool = False
+    """A poll answer reported a status: from then on only a terminal status ends it (a status-less 200 is
+    a broken answer, not the end: azure-core's OperationResourcePolling raises on it)."""
+
     def finished(self, entries: Sequence[Exchange]) -> bool:
         """Polled to the end: a terminal answer, or a retriable one that carried a terminal status last."""
-        return self.terminal_at is not None or (bool(self.polls) and ends(entries[self.polls[-1]]))
+        return self.terminal_at is not None or (bool(self.polls) and self.ends(entries[self.polls[-1]]))
+
+    def ends(self, e: Exchange) -> bool:
+        """Whether the poll answer ``e`` reports this operation's end (``ends``, within its vocabulary)."""
+        return e.terminal or (not self.speaks_status and ends(e))
 
 
 class Timeline:
@@ -208,8 +216,10 @@ class Timeline:
         op.timeline.append(i)
         op.last = i
         self._give(op, e)
-        if op.terminal_at is None and ends(e) and (e.status is None or e.status not in RETRIABLE):
+        if op.terminal_at is None and op.ends(e) and (e.status is None or e.status not in RETRIABLE):
             op.terminal_at = i
+        if e.op_status is not None:
+            op.speaks_status = True
 
 
 def ends(e: Exchange) -> bool:

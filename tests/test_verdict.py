@@ -674,3 +674,13 @@ def test_the_report_names_an_operation_by_its_tag_never_by_the_console_text() ->
     assert "b.yaml" not in text.split("POST")[0]
     untagged = [replace(e, tag=None) for e in entries]
     assert "operation 7\n" in report(untagged, []) and "a.yaml" not in report(untagged, [])
+
+
+def test_a_status_less_200_mid_poll_does_not_end_an_operation_that_reports_statuses() -> None:
+    # a gateway's HTML 200 (or a truncated body) between Running and Succeeded: azure-core's
+    # OperationResourcePolling raises on it, it is not the end; only a location-style operation (no
+    # status fields at all) ends at its first 200/201/204
+    garbled = ex("GET", OP, 200, 2.0)
+    entries = [start(0.0), poll(1.0, "Running"), garbled, poll(3.0, "Succeeded")]
+    assert check(entries) == []
+    assert rules(check(entries[:3])) == ["unfinished"]
