@@ -22,7 +22,8 @@
     A poll of an operation after it answered a terminal status (Succeeded, Failed, Canceled; AIP-151
     ``done: true``; for an operation polled on a status URL that answers ``202`` while running, its first
     ``200``/``201``/``204`` answer without a ``status`` field: azure-core's LocationPolling, ARM deletes,
-    Azure Maps batch APIs). Fetching the created resource is not a poll. An answer the client is expected
+    Azure Maps batch APIs; not for an operation that reported a status before: a status-less answer there
+    is broken, not the end). Fetching the created resource is not a poll. An answer the client is expected
     to retry (``408``, ``429``, any ``5xx``) never ends an operation, even when its body carries a terminal
     status: polling again after it is a retry, not a poll after the end.
 ``self-built-url``
