@@ -22,7 +22,7 @@ without a status field where running was 202) that a client is not expected to r
   polls carry a status field, the status body's marker field), or ``unknown``. A journal keeps no bodies
   or header names for cassette and upstream answers: there ``location`` and ``aip-151`` still stand
   out, but ``creator-v1``, ``creator-v2`` and ``arm`` look alike (the first wins); read the recording;
-- ``start``: method, path, query, the JSON body's top-level keys, status code and Retry-After
+- ``start``: method, path, query, the JSON body's top-level keys, status code, Retry-After, form fields
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
   ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``start-url`` for an
@@ -49,7 +49,7 @@ from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from proxy.dialects import DIALECTS, is_cancelled, is_failure, is_success
 from proxy.journal import Exchange, response_facts
-from proxy.model import Interaction, Response, header_value
+from proxy.model import Interaction, Request, Response, header_value
 
 TOLERANCE_FRACTION = 0.05
 TOLERANCE_SECONDS = 0.001
@@ -283,6 +283,9 @@ class StartFacts:
     """Top-level keys of a JSON object body (recordings only; () for a journal)."""
     http_status: int | None
     retry_after: float | None
+    form: dict[str, str] = field(default_factory=dict)
+    """Fields of an ``application/x-www-form-urlencoded`` body, first values (recordings only), e.g. the
+    AWS query protocol's ``Action``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +346,7 @@ class _Seen:
     body: Any = None
     """The response's JSON body, None when it has none."""
     request_json: Any = None
+    request_form: dict[str, str] = field(default_factory=dict)
     resource_urls: tuple[str, ...] = ()
     """Absolute URLs a success pointed at (Location on a 201, resourceLocation, Resource-Location,
     AIP-151 ``response.name`` when it is a URL or path)."""
@@ -395,7 +399,13 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
                     given.append((name, value.strip()))
         elif isinstance(body, dict) and body.get("done") is False and isinstance(body.get("name"), str):
             given.append(("body", body["name"]))
-        seen[i] = _Seen(tuple(given), body, _json(request.body), _resource_urls(response, body, request.url))
+        seen[i] = _Seen(
+            tuple(given),
+            body,
+            _json(request.body),
+            _form(request),
+            _resource_urls(response, body, request.url),
+        )
     _link_aip_polls(exchanges, seen)
     return exchanges, seen
 
@@ -425,6 +435,17 @@ def _date_of(response: Response) -> float | None:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def _form(request: Request) -> dict[str, str]:
+    """The first value of each field of a form body; {} for any other body."""
+    media_type = (header_value(request.headers, "content-type") or "").partition(";")[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded" or not request.body:
+        return {}
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True):
+        fields.setdefault(name, value)
+    return fields
 
 
 def _json(body: bytes) -> Any:
@@ -468,6 +489,7 @@ def _summary(
             tuple(request_json) if isinstance(request_json, dict) else (),
             start_e.status,
             start_e.retry_after,
+            dict(seen[op.start].request_form) if op.start in seen else {},
         )
     status_url = op.given[0] if op.given else (path_query(exchanges[op.polls[0]].path) if op.polls else None)
     given_by: str | None = None

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from proxy.cassette import load
-from proxy.model import Interaction
+from proxy.model import Interaction, Request
 from proxy.operations import FinalRoute, Operation, StepFacts, exchanges_of, recognise
 from proxy.scenario.answer import TERMINAL_STATUSES
 from proxy.server import ReplayProxy
@@ -296,3 +296,24 @@ def test_a_journal_of_recorded_answers_keeps_less_than_the_recording() -> None:
         text, start, final = CASES[name]
         [op] = recognise(exchanges_of(_played(text, start, final)))
         assert (op.dialect, op.given_by, op.url_form) == (expected, "header", None)
+
+
+def test_the_start_of_a_recording_keeps_its_query_json_keys_and_form_fields() -> None:
+    text, start, _ = CASES["location"]
+    played = _played(text, start)
+    form = Request(
+        "POST",
+        played[0].request.url,
+        (("Content-Type", "application/x-www-form-urlencoded; charset=utf-8"),),
+        b"Action=CreateStack&StackName=s1&Action=ignored",
+    )
+    op = recognise([Interaction(form, played[0].response), *played[1:]])[0]
+    assert op.start is not None and op.start.form == {"Action": "CreateStack", "StackName": "s1"}
+    as_json = Request("POST", played[0].request.url + "?mode=fast", (), b'{"inputs": [1], "priority": 2}')
+    op = recognise([Interaction(as_json, played[0].response), *played[1:]])[0]
+    assert op.start is not None
+    assert (op.start.query, op.start.json_keys, op.start.form) == (
+        {"mode": "fast"},
+        ("inputs", "priority"),
+        {},
+    )
