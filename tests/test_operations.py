@@ -317,3 +317,40 @@ def test_the_start_of_a_recording_keeps_its_query_json_keys_and_form_fields() ->
         ("inputs", "priority"),
         {},
     )
+
+
+AZURE_CORPUS = ROOT / "tests" / "corpus" / "azure"
+
+
+def test_real_azure_sdk_recordings() -> None:
+    # public azure-sdk-for-python recordings: ARM's Azure-AsyncOperation with the final GET of the PUT's
+    # URL, ARM's Location polling (202 then 200/204), Form Recognizer's Operation-Location
+    deployments = recognise(load(AZURE_CORPUS / "test_mgmt_resource.test_deployments_basic.yaml"))
+    assert [(op.dialect, op.start and op.start.method, op.given_by, op.outcome) for op in deployments] == [
+        ("arm", "PUT", "Azure-AsyncOperation", "succeeded"),
+        ("creator-v1", "POST", "Location", "failed"),  # whatIf: a status body at the Location
+        ("location", "DELETE", "Location", "done"),
+    ]
+    put = deployments[0]
+    assert put.final is not None and put.start is not None
+    assert (put.final.via, put.final.path, put.final.index) == ("start-url", put.start.path, 3)
+    assert put.status_template is not None and put.status_template.endswith(
+        "/operationStatuses/{operationId}?api-version=2020-10-01"
+    )
+    assert deployments[1].error["code"] == "InvalidTemplate"
+    assert [(s.http_status, s.count) for s in deployments[2].steps] == [(204, 1)]
+    [delete] = recognise(load(AZURE_CORPUS / "test_mgmt_resource.test_resource_groups.yaml"))
+    assert (delete.dialect, [(s.status, s.http_status) for s in delete.steps]) == (
+        "location",
+        [(None, 202), (None, 200)],
+    )
+    [copy] = recognise(load(AZURE_CORPUS / "test_copy_model.test_copy_model_successful.yaml"))
+    assert (copy.given_by, copy.outcome, [(s.status, s.count) for s in copy.steps]) == (
+        "Operation-Location",
+        "succeeded",
+        [("notStarted", 4), ("succeeded", 1)],
+    )
+    cards = recognise(load(AZURE_CORPUS / "test_business_card_from_url_async.test_polling_interval.yaml"))
+    assert len(cards) == 2 and {op.status_template for op in cards} == {
+        "/formrecognizer/v2.1-preview.2/prebuilt/businessCard/analyzeResults/{operationId}"
+    }
