@@ -349,7 +349,7 @@ class Spec:
     """pytest: the command line adds to the ini file's list instead of replacing it."""
 
 
-def _setting(default: Any, kind: Kind, help: str, surfaces: Iterable[str], **spec: Any) -> Any:
+def declare(default: Any, kind: Kind, help: str, surfaces: Iterable[str], **spec: Any) -> Any:
     return field(default=default, metadata={"spec": Spec(kind, help, frozenset(surfaces), **spec)})
 
 
@@ -362,13 +362,13 @@ class Settings:
     """The parsed value of every run option (field defaults: ``ReplayProxy``'s)."""
 
     # -- what is served (the CLI's positional arguments and -o/--cassette/--upstream say it per command)
-    cassette: Path | None = _setting(  # noqa: RUF009 (a dataclasses.field)
+    cassette: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
         None,
         FilePath(),
         "Cassette file (vcrpy YAML, or JSON for .json) to replay and record.",
         (KWARG, ADDON),
     )
-    upstream: str | None = _setting(
+    upstream: str | None = declare(
         None,
         Url(),
         "The real service (scheme://host[:port]) recording forwards to, e.g. https://atlas.microsoft.com; "
@@ -376,10 +376,8 @@ class Settings:
         (KWARG, PYTEST, ADDON),
         metavar="URL",
     )
-    scenarios: tuple[str, ...] = _setting(
-        (), Names(), "Scenario files (YAML) answered first.", (KWARG, ADDON)
-    )
-    record_mode: str | None = _setting(
+    scenarios: tuple[str, ...] = declare((), Names(), "Scenario files (YAML) answered first.", (KWARG, ADDON))
+    record_mode: str | None = declare(
         None,
         Choice(RECORD_MODES, optional=True),
         "none: replay and play offline; once / new_episodes / all / rewrite: record through the upstream "
@@ -397,18 +395,18 @@ class Settings:
             "play": "with -o: as for `record` (default rewrite)",
         },
     )
-    passthrough: bool = _setting(
+    passthrough: bool = declare(
         False, Flag(), "Forward what nothing else answers (play over an upstream).", (ADDON,)
     )
     # -- listening
-    host: str = _setting(
+    host: str = declare(
         "127.0.0.1",
         Text(),
         "address to listen on (default: {default}, e.g. 0.0.0.0)",
         (CLI, KWARG),
         group=LISTENING,
     )
-    port: int = _setting(
+    port: int = declare(
         0,
         Port(),
         "port to listen on; 0 picks a free one (default: {default})",
@@ -416,7 +414,7 @@ class Settings:
         group=LISTENING,
         defaults={CLI: 8080},
     )
-    mode: str = _setting(
+    mode: str = declare(
         "reverse",
         Choice(("reverse", "regular")),
         "reverse: clients use the proxy's URL as their base URL (default); regular: clients use it as "
@@ -424,14 +422,14 @@ class Settings:
         (CLI, KWARG),
         group=LISTENING,
     )
-    confdir: Path | None = _setting(  # noqa: RUF009 (a dataclasses.field)
+    confdir: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
         None,
         FilePath(),
         "directory of the proxy's CA (default: $REPLAY_PROXY_CONFDIR or ~/.replay-proxy)",
         (CLI, KWARG),
         group=LISTENING,
     )
-    upstream_ca: Path | None = _setting(  # noqa: RUF009 (a dataclasses.field)
+    upstream_ca: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
         None,
         FilePath(),
         "also trust this CA for the upstream's TLS certificate (e.g. --upstream-ca corp-root.pem)",
@@ -439,7 +437,7 @@ class Settings:
         group=LISTENING,
         metavar="PEM",
     )
-    max_body_size: int | None = _setting(
+    max_body_size: int | None = declare(
         DEFAULT_MAX_BODY_SIZE,
         Size(),
         "refuse a request body larger than this with 413 (an upstream response body with 502) instead of "
@@ -448,7 +446,7 @@ class Settings:
         group=LISTENING,
         metavar="SIZE",
     )
-    upstream_timeout: float | None = _setting(
+    upstream_timeout: float | None = declare(
         DEFAULT_UPSTREAM_TIMEOUT,
         Seconds(optional=True, example="30"),
         "give up on an upstream that has not answered completely after this long: the client gets 504 "
@@ -457,7 +455,7 @@ class Settings:
         group=LISTENING,
         metavar="SECONDS",
     )
-    quiet: bool = _setting(
+    quiet: bool = declare(
         False,
         Flag(),
         "do not print a line per exchange nor start-up progress (errors still show)",
@@ -466,7 +464,7 @@ class Settings:
         short="-q",
     )
     # -- matching and replay
-    match_on: tuple[str, ...] = _setting(
+    match_on: tuple[str, ...] = declare(
         DEFAULT_MATCH_ON,
         Names(csv=True, choices=_matcher_names, noun="matcher", quote=True),
         "comma-separated vcrpy matchers (default: {default}; from: {choices}; "
@@ -474,7 +472,7 @@ class Settings:
         _ALL,
         metavar="NAMES",
     )
-    match_headers: tuple[str, ...] = _setting(
+    match_headers: tuple[str, ...] = declare(
         (),
         Names(),
         "a request header that must also match (repeatable, e.g. --match-header x-ms-version)",
@@ -482,7 +480,7 @@ class Settings:
         flag="match-header",
         metavar="NAME",
     )
-    filter_query_parameters: tuple[str, ...] = _setting(
+    filter_query_parameters: tuple[str, ...] = declare(
         (),
         Names(),
         "vcrpy's filter_query_parameters: remove this query parameter (or set it to VALUE) in live "
@@ -492,7 +490,7 @@ class Settings:
         flag="filter-query-parameter",
         metavar="NAME[=VALUE]",
     )
-    filter_headers: tuple[str, ...] = _setting(
+    filter_headers: tuple[str, ...] = declare(
         (),
         Names(),
         "vcrpy's filter_headers: remove this request header (or set it to VALUE) before matching and in "
@@ -501,14 +499,14 @@ class Settings:
         flag="filter-header",
         metavar="NAME[=VALUE]",
     )
-    when_exhausted: str = _setting(
+    when_exhausted: str = declare(
         "repeat-last",
         Choice(WHEN_EXHAUSTED),
         "when identical requests outnumber the recorded ones: repeat the last answer (default), cycle "
         "from the first, or error (a no-match answer)",
         _ALL,
     )
-    retry_after: float | None = _setting(
+    retry_after: float | None = declare(
         None,
         Seconds(optional=True),
         "rewrite advertised Retry-After, retry-after-ms and x-ms-retry-after-ms to this delay so polling "
@@ -518,7 +516,7 @@ class Settings:
         _ALL,
         metavar="SECONDS",
     )
-    clock: Literal["real", "virtual"] | None = _setting(
+    clock: Literal["real", "virtual"] | None = declare(
         None,
         Choice(("real", "virtual"), optional=True),
         "time for 'for: 30s' steps: real, or virtual (advances by each Retry-After the operation "
@@ -529,7 +527,7 @@ class Settings:
         commands=("play",),
     )
     # -- redaction
-    redact: bool = _setting(
+    redact: bool = declare(
         True,
         Flag(),
         "save secrets as sent (not recommended)",
@@ -537,7 +535,7 @@ class Settings:
         group=REDACTION,
         flag="no-redact",
     )
-    redact_headers: tuple[str, ...] = _setting(
+    redact_headers: tuple[str, ...] = declare(
         (),
         Names(),
         "another header to redact (repeatable, e.g. --redact-header x-my-token)",
@@ -546,7 +544,7 @@ class Settings:
         flag="redact-header",
         metavar="NAME",
     )
-    redact_query: tuple[str, ...] = _setting(
+    redact_query: tuple[str, ...] = declare(
         (),
         Names(),
         "another query parameter to redact (repeatable, e.g. --redact-query key)",
@@ -554,7 +552,7 @@ class Settings:
         group=REDACTION,
         metavar="NAME",
     )
-    redact_json: tuple[str, ...] = _setting(
+    redact_json: tuple[str, ...] = declare(
         (),
         Names(),
         "a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
@@ -563,7 +561,7 @@ class Settings:
         flag="redact-json-field",
         metavar="NAME",
     )
-    redact_except: tuple[str, ...] = _setting(
+    redact_except: tuple[str, ...] = declare(
         (),
         Names(),
         "a name the secret-name rules would redact that holds no secret: keep its values (repeatable, "
@@ -573,7 +571,7 @@ class Settings:
         metavar="NAME",
     )
     # -- the verdict
-    report: bool = _setting(
+    report: bool = declare(
         False,
         Flag(),
         "at exit, print each operation's timeline (every poll, the gap before it, what it got) and the "
@@ -583,14 +581,14 @@ class Settings:
         (CLI,),
         group=VERDICT,
     )
-    strict_report: bool = _setting(
+    strict_report: bool = declare(
         False,
         Flag(),
         "as --report, and exit 3 when there are violations (for scripts and CI)",
         (CLI,),
         group=VERDICT,
     )
-    skip_check: tuple[str, ...] = _setting(
+    skip_check: tuple[str, ...] = declare(
         (),
         Names(choices=_verdict_rules, noun="check"),
         "leave a check out of the report (repeatable; one of: {choices})",
@@ -598,10 +596,10 @@ class Settings:
         group=VERDICT,
         metavar="CHECK",
     )
-    no_verify: bool = _setting(
+    no_verify: bool = declare(
         False, Flag(), "Do not check the client's behaviour at the end of each test.", (PYTEST,)
     )
-    disable_checks: tuple[str, ...] = _setting(
+    disable_checks: tuple[str, ...] = declare(
         (),
         Names(choices=_verdict_rules, noun="check"),
         "Turn one verdict check off (repeatable): {choices} (retry-after-202 is off for azure-core, which "
@@ -614,7 +612,7 @@ class Settings:
 
     def kwargs(self, surface: str = CLI) -> dict[str, Any]:
         """The values of the settings both ``surface`` and ``ReplayProxy`` take, as its keywords."""
-        return {s.name: getattr(self, s.name) for s in on(surface) if KWARG in s.spec.surfaces}
+        return {s.name: getattr(self, s.name) for s in on(surface, type(self)) if KWARG in s.spec.surfaces}
 
 
 @dataclass(frozen=True)
@@ -658,10 +656,10 @@ class Setting:
         return text.format(default=self.kind.show(self.default_on(surface)), choices=", ".join(names))
 
 
-def table(cls: type[Settings] = Settings) -> tuple[Setting, ...]:
-    """The settings ``cls`` declares (``Settings``, or a subclass that adds some), in declaration order."""
+def table(cls: type[Settings] | None = None) -> tuple[Setting, ...]:
+    """The settings ``cls`` declares (default: ``Settings``, looked up at each call), in their order."""
     rows = []
-    for f in fields(cls):
+    for f in fields(cls or Settings):
         spec = f.metadata.get("spec")
         if isinstance(spec, Spec):
             rows.append(Setting(f.name, _default(f), spec))
@@ -672,7 +670,7 @@ def _default(f: Field[Any]) -> Any:
     return f.default
 
 
-def on(surface: str, cls: type[Settings] = Settings, command: str | None = None) -> tuple[Setting, ...]:
+def on(surface: str, cls: type[Settings] | None = None, command: str | None = None) -> tuple[Setting, ...]:
     """The settings that appear on ``surface`` (for the CLI: on ``command`` when given)."""
     rows = [s for s in table(cls) if surface in s.spec.surfaces]
     if command is not None:
@@ -694,7 +692,7 @@ def _parse(setting: Setting, value: Any, where: str) -> Any:
 # -- the CLI --------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser, command: str, cls: type[Settings] = Settings) -> None:
+def add_arguments(parser: argparse.ArgumentParser, command: str, cls: type[Settings] | None = None) -> None:
     """Add the run options of ``command`` to its parser, in their --help groups."""
     groups: dict[str | None, Any] = {None: parser}
     for s in on(CLI, cls, command):
@@ -719,19 +717,19 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, cls: type[Setti
         group.add_argument(*([s.spec.short] if s.spec.short else []), s.flag, **kwargs)
 
 
-def from_namespace(args: argparse.Namespace, command: str, cls: type[Settings] = Settings) -> Settings:
+def from_namespace(args: argparse.Namespace, command: str, cls: type[Settings] | None = None) -> Settings:
     """The settings ``replay-proxy COMMAND`` was given (defaults for what it does not take)."""
     values = {}
     for s in on(CLI, cls, command):
         values[s.name] = _parse(s, getattr(args, s.name), s.flag)
-    return cls(**values)
+    return (cls or Settings)(**values)
 
 
 # -- ReplayProxy's keywords -----------------------------------------------------------------------------
 
 
 def from_kwargs(
-    kwargs: Mapping[str, Any], base: Settings | None = None, cls: type[Settings] = Settings
+    kwargs: Mapping[str, Any], base: Settings | None = None, cls: type[Settings] | None = None
 ) -> Settings:
     """``base`` (default: the defaults) with ``kwargs`` (ReplayProxy's keywords) parsed in."""
     known = {s.name: s for s in on(KWARG, cls)}
@@ -740,13 +738,13 @@ def from_kwargs(
         if name not in known:
             raise TypeError(f"unexpected keyword argument {name!r}")
         values[name] = _parse(known[name], value, name)
-    return replace(base, **values) if base is not None else cls(**values)
+    return replace(base, **values) if base is not None else (cls or Settings)(**values)
 
 
 # -- mitmproxy's options --------------------------------------------------------------------------------
 
 
-def declare_addon_options(loader: Any, cls: type[Settings] = Settings) -> None:
+def declare_addon_options(loader: Any, cls: type[Settings] | None = None) -> None:
     """``loader.add_option`` for each ``replay_*`` option (the addon's ``load`` hook)."""
     for s in on(ADDON, cls):
         default = s.kind.to_addon(s.default_on(ADDON))
@@ -758,18 +756,18 @@ def addon_options(settings: Settings) -> dict[str, Any]:
     return {s.option: s.kind.to_addon(getattr(settings, s.name)) for s in on(ADDON, type(settings))}
 
 
-def from_addon_options(options: Any, cls: type[Settings] = Settings) -> Settings:
+def from_addon_options(options: Any, cls: type[Settings] | None = None) -> Settings:
     """The settings mitmproxy's ``replay_*`` options hold (``--set replay_retry_after=0.05`` included)."""
     values = {}
     for s in on(ADDON, cls):
         values[s.name] = _parse(s, getattr(options, s.option), s.option)
-    return cls(**values)
+    return (cls or Settings)(**values)
 
 
 # -- pytest ---------------------------------------------------------------------------------------------
 
 
-def add_pytest_options(group: Any, parser: Any, cls: type[Settings] = Settings) -> None:
+def add_pytest_options(group: Any, parser: Any, cls: type[Settings] | None = None) -> None:
     """``--replay-NAME`` options on ``group`` and ``replay_NAME`` ini keys on ``parser``."""
     for s in on(PYTEST, cls):
         help = s.help_on(PYTEST)
@@ -792,7 +790,7 @@ def add_pytest_options(group: Any, parser: Any, cls: type[Settings] = Settings) 
         parser.addini(s.option, help, type=kind.ini_type(), default=ini_default)
 
 
-def from_pytest(config: Any, cls: type[Settings] = Settings) -> Settings:
+def from_pytest(config: Any, cls: type[Settings] | None = None) -> Settings:
     """The settings of a pytest run: each ``--replay-NAME`` given, else its ini key, else its default."""
     values = {}
     for s in on(PYTEST, cls):
@@ -808,7 +806,7 @@ def from_pytest(config: Any, cls: type[Settings] = Settings) -> Settings:
         else:
             value = s.default_on(PYTEST)
         values[s.name] = _parse(s, value, where)
-    return cls(**values)
+    return (cls or Settings)(**values)
 
 
 # -- upstream URLs --------------------------------------------------------------------------------------
