@@ -25,7 +25,7 @@ import argparse
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import Field, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,6 +307,8 @@ class Names(Kind):
     def argparse_kwargs(self) -> dict[str, Any]:
         if self.csv:
             return {"type": _cli_type(self.parse)}
+        if self.choices is not None:  # argparse says which choices when one is wrong
+            return {"action": "append", "choices": self.choices() if callable(self.choices) else self.choices}
         return {"action": "append"}
 
 
@@ -662,12 +664,8 @@ def table(cls: type[Settings] | None = None) -> tuple[Setting, ...]:
     for f in fields(cls or Settings):
         spec = f.metadata.get("spec")
         if isinstance(spec, Spec):
-            rows.append(Setting(f.name, _default(f), spec))
+            rows.append(Setting(f.name, f.default, spec))
     return tuple(rows)
-
-
-def _default(f: Field[Any]) -> Any:
-    return f.default
 
 
 def on(surface: str, cls: type[Settings] | None = None, command: str | None = None) -> tuple[Setting, ...]:
@@ -709,10 +707,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, cls: type[Setti
             kwargs["action"] = "store_false" if default else "store_true"
         elif s.spec.metavar:
             kwargs["metavar"] = s.spec.metavar
-        if isinstance(s.kind, Names) and s.spec.metavar is None and s.kind.choices is not None:
-            kwargs["metavar"] = "NAME"
-        if isinstance(s.kind, Names) and not s.kind.csv and s.kind.choices is not None:
-            kwargs["choices"] = s.kind.choices() if callable(s.kind.choices) else s.kind.choices
         kwargs["default"] = list(default) if isinstance(default, tuple) else default
         group.add_argument(*([s.spec.short] if s.spec.short else []), s.flag, **kwargs)
 
