@@ -36,6 +36,10 @@ KWARG = "kwarg"
 PYTEST = "pytest"
 ADDON = "addon"
 SURFACES = (CLI, KWARG, PYTEST, ADDON)
+INI = "ini"
+"""Not a surface of its own: the pytest surface's ini keys, where help texts may differ (``help_on``)."""
+VALUE = "value"
+"""``Spec.helps`` key: the words for an inverted flag's value (ini key, addon option, keyword)."""
 RUN_COMMANDS = ("record", "replay", "play")
 """The CLI subcommands that run a proxy (and take the run options)."""
 
@@ -264,6 +268,9 @@ class Flag(Kind):
     def argparse_kwargs(self) -> dict[str, Any]:
         return {}  # the action is chosen from the default (store_true / store_false)
 
+    def show(self, value: Any) -> str:
+        return "true" if value else "false"
+
     def unset(self, value: Any) -> bool:
         return value is None
 
@@ -397,6 +404,16 @@ class Settings:
             "play": "with -o: as for `record` (default rewrite)",
         },
     )
+    clock: Literal["real", "virtual"] | None = declare(
+        None,
+        Choice(("real", "virtual"), optional=True),
+        "time for 'for: 30s' steps: real, or virtual (advances by each Retry-After the operation "
+        "advertised, so time-based progressions play as fast as the client polls); default: each file's "
+        "own",
+        _ALL,
+        group=None,
+        commands=("play",),
+    )
     passthrough: bool = declare(
         False, Flag(), "Forward what nothing else answers (play over an upstream).", (ADDON,)
     )
@@ -420,7 +437,7 @@ class Settings:
         "reverse",
         Choice(("reverse", "regular")),
         "reverse: clients use the proxy's URL as their base URL (default); regular: clients use it as "
-        "HTTP(S)_PROXY, HTTPS intercepted with the CA of `replay-proxy ca` (e.g. --mode regular)",
+        "HTTP(S)_PROXY, HTTPS intercepted with the CA of `replay-proxy ca` (e.g. {flag}regular)",
         (CLI, KWARG),
         group=LISTENING,
     )
@@ -434,7 +451,7 @@ class Settings:
     upstream_ca: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
         None,
         FilePath(),
-        "also trust this CA for the upstream's TLS certificate (e.g. --upstream-ca corp-root.pem)",
+        "also trust this CA for the upstream's TLS certificate (e.g. {flag}corp-root.pem)",
         _RUN,
         group=LISTENING,
         metavar="PEM",
@@ -443,7 +460,7 @@ class Settings:
         DEFAULT_MAX_BODY_SIZE,
         Size(),
         "refuse a request body larger than this with 413 (an upstream response body with 502) instead of "
-        "buffering it; k, m, g suffixes, 0 for no limit (default: {default}; e.g. --max-body-size 1g)",
+        "buffering it; k, m, g suffixes, 0 for no limit (default: {default}; e.g. {flag}1g)",
         _RUN,
         group=LISTENING,
         metavar="SIZE",
@@ -452,7 +469,7 @@ class Settings:
         DEFAULT_UPSTREAM_TIMEOUT,
         Seconds(optional=True, example="30"),
         "give up on an upstream that has not answered completely after this long: the client gets 504 "
-        "and nothing is recorded; 0 for no limit (default: {default}; e.g. --upstream-timeout 300)",
+        "and nothing is recorded; 0 for no limit (default: {default}; e.g. {flag}300)",
         _ALL,
         group=LISTENING,
         metavar="SECONDS",
@@ -470,14 +487,14 @@ class Settings:
         DEFAULT_MATCH_ON,
         Names(csv=True, choices=_matcher_names, noun="matcher", quote=True),
         "comma-separated vcrpy matchers (default: {default}; from: {choices}; "
-        "e.g. --match-on method,path,query,body)",
+        "e.g. {flag}method,path,query,body)",
         _ALL,
         metavar="NAMES",
     )
     match_headers: tuple[str, ...] = declare(
         (),
         Names(),
-        "a request header that must also match (repeatable, e.g. --match-header x-ms-version)",
+        "a request header that must also match (repeatable, e.g. {flag}x-ms-version)",
         _ALL,
         flag="match-header",
         metavar="NAME",
@@ -487,7 +504,7 @@ class Settings:
         Names(),
         "vcrpy's filter_query_parameters: remove this query parameter (or set it to VALUE) in live "
         "requests before matching and in what is recorded; replays a cassette recorded with that vcrpy "
-        "option (repeatable, e.g. --filter-query-parameter api_key)",
+        "option (repeatable, e.g. {flag}api_key)",
         _ALL,
         flag="filter-query-parameter",
         metavar="NAME[=VALUE]",
@@ -496,7 +513,7 @@ class Settings:
         (),
         Names(),
         "vcrpy's filter_headers: remove this request header (or set it to VALUE) before matching and in "
-        "what is recorded (repeatable, e.g. --filter-header authorization)",
+        "what is recorded (repeatable, e.g. {flag}authorization)",
         _ALL,
         flag="filter-header",
         metavar="NAME[=VALUE]",
@@ -512,21 +529,11 @@ class Settings:
         None,
         Seconds(optional=True),
         "rewrite advertised Retry-After, retry-after-ms and x-ms-retry-after-ms to this delay so polling "
-        "replays fast (e.g. --retry-after 0.05, the recommended value). Always valid HTTP: whole seconds "
+        "replays fast (e.g. {flag}0.05, the recommended value). Always valid HTTP: whole seconds "
         "stay Retry-After; a fraction goes in retry-after-ms (beside Retry-After rounded up on 429/503 and "
         "other 400+ answers). Note azure-core treats Retry-After: 0 as 'use my 30 s default'",
         _ALL,
         metavar="SECONDS",
-    )
-    clock: Literal["real", "virtual"] | None = declare(
-        None,
-        Choice(("real", "virtual"), optional=True),
-        "time for 'for: 30s' steps: real, or virtual (advances by each Retry-After the operation "
-        "advertised, so time-based progressions play as fast as the client polls); default: each file's "
-        "own",
-        _ALL,
-        group=None,
-        commands=("play",),
     )
     # -- redaction
     redact: bool = declare(
@@ -536,11 +543,12 @@ class Settings:
         _ALL,
         group=REDACTION,
         flag="no-redact",
+        helps={VALUE: "redact secrets from what is saved (default: {default}; false saves them as sent)"},
     )
     redact_headers: tuple[str, ...] = declare(
         (),
         Names(),
-        "another header to redact (repeatable, e.g. --redact-header x-my-token)",
+        "another header to redact (repeatable, e.g. {flag}x-my-token)",
         _ALL,
         group=REDACTION,
         flag="redact-header",
@@ -549,7 +557,7 @@ class Settings:
     redact_query: tuple[str, ...] = declare(
         (),
         Names(),
-        "another query parameter to redact (repeatable, e.g. --redact-query key)",
+        "another query parameter to redact (repeatable, e.g. {flag}key)",
         _ALL,
         group=REDACTION,
         metavar="NAME",
@@ -557,7 +565,7 @@ class Settings:
     redact_json: tuple[str, ...] = declare(
         (),
         Names(),
-        "a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
+        "a JSON body field to redact at any depth (repeatable, e.g. {flag}password)",
         _ALL,
         group=REDACTION,
         flag="redact-json-field",
@@ -567,7 +575,7 @@ class Settings:
         (),
         Names(),
         "a name the secret-name rules would redact that holds no secret: keep its values (repeatable, "
-        "e.g. --redact-except key for a `key=` query parameter that is a setting's name)",
+        "e.g. {flag}key for a `key=` query parameter that is a setting's name)",
         _ALL,
         group=REDACTION,
         metavar="NAME",
@@ -650,12 +658,31 @@ class Setting:
             return defaults[surface]
         return defaults.get(CLI if surface in RUN_COMMANDS else surface, self.default)
 
+    def spelled(self, surface: str) -> str:
+        """How a value is given on ``surface``, for examples: ``--retry-after 0.05``,
+        ``--replay-retry-after=0.05``, ``replay_retry_after = 0.05`` (ini), ``retry_after=0.05``."""
+        if surface == PYTEST:
+            return self.pytest_flag + "="
+        if surface == INI:
+            return self.option + " = "
+        if surface == ADDON:
+            return self.option + "="
+        if surface == KWARG:
+            return self.name + "="
+        return self.flag + " "
+
     def help_on(self, surface: str) -> str:
-        """The help text on ``surface`` (or a CLI subcommand's), its default and choices filled in."""
-        text = self.spec.helps.get(surface, self.spec.help)
+        """The help text on ``surface`` (a CLI subcommand, or ``ini``: pytest's ini key), its default,
+        choices and examples filled in. An inverted flag (``--no-redact``) has its own words for the value
+        (``replay_redact``), under ``helps["value"]``."""
+        helps = self.spec.helps
+        text = helps.get(surface) or (helps.get(VALUE) if surface in (INI, ADDON, KWARG) else None)
         choices = getattr(self.kind, "choices", None)
         names = choices() if callable(choices) else choices or ()
-        return text.format(default=self.kind.show(self.default_on(surface)), choices=", ".join(names))
+        default = self.kind.show(self.default_on(PYTEST if surface == INI else surface))
+        return (text or self.spec.help).format(
+            default=default, choices=", ".join(names), flag=self.spelled(surface)
+        )
 
 
 def table(cls: type[Settings] | None = None) -> tuple[Setting, ...]:
@@ -781,7 +808,7 @@ def add_pytest_options(group: Any, parser: Any, cls: type[Settings] | None = Non
             ini_default = list(ini_default)
         elif kind.ini_type() is None:
             ini_default = "" if ini_default is None else kind.show(ini_default)
-        parser.addini(s.option, help, type=kind.ini_type(), default=ini_default)
+        parser.addini(s.option, s.help_on(INI), type=kind.ini_type(), default=ini_default)
 
 
 def from_pytest(config: Any, cls: type[Settings] | None = None) -> Settings:

@@ -17,7 +17,19 @@ from proxy import cli, settings
 from proxy.addon import ReplayAddon
 from proxy.errors import ConfigError
 from proxy.server import ReplayProxy
-from proxy.settings import ADDON, CLI, KWARG, PYTEST, SURFACES, Seconds, SettingError, Settings, declare, on
+from proxy.settings import (
+    ADDON,
+    CLI,
+    INI,
+    KWARG,
+    PYTEST,
+    SURFACES,
+    Seconds,
+    SettingError,
+    Settings,
+    declare,
+    on,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -33,7 +45,7 @@ class More(Settings):
     fuzz_factor: float | None = declare(
         None,
         Seconds(optional=True),
-        "how long to hesitate before answering (default: {default}; e.g. --fuzz-factor 0.5)",
+        "how long to hesitate before answering (default: {default}; e.g. {flag}0.5)",
         SURFACES,
         metavar="SECONDS",
     )
@@ -101,7 +113,10 @@ def test_one_new_entry_is_an_addon_option(more: type[Settings]) -> None:
     with taddons.context(addon) as tctx:
         option = tctx.options._options["replay_fuzz_factor"]
         assert option.default is None
-        assert option.help == "how long to hesitate before answering (default: none; e.g. --fuzz-factor 0.5)"
+        assert (
+            option.help
+            == "how long to hesitate before answering (default: none; e.g. replay_fuzz_factor=0.5)"
+        )
         tctx.options.update(replay_fuzz_factor="0.5")
         assert settings.from_addon_options(tctx.options).fuzz_factor == 0.5  # type: ignore[attr-defined]
         assert settings.addon_options(More(fuzz_factor=0.5))["replay_fuzz_factor"] == "0.5"
@@ -132,10 +147,20 @@ def test_each_setting_has_one_help_and_default_as_an_addon_option() -> None:
             option = tctx.options._options[s.option]
             assert option.help == s.help_on(ADDON)
             assert s.kind.parse(option.default) == s.default_on(ADDON), s.name
-    # the table's help is the same text on every surface but where a spec says otherwise
+
+
+def test_each_help_has_the_same_words_on_every_surface() -> None:
+    """Only the option's spelling in examples and the surface's default differ (and what a spec's
+    ``helps`` gives a CLI subcommand, or an inverted flag's value)."""
     for s in settings.table():
-        if not s.spec.helps and not s.spec.defaults:
-            assert len({s.help_on(surface) for surface in s.spec.surfaces}) == 1, s.name
+        words = set()
+        for surface in (*s.spec.surfaces, *([INI] if PYTEST in s.spec.surfaces else ())):
+            if surface in s.spec.helps or (surface != CLI and settings.VALUE in s.spec.helps):
+                continue
+            text = s.help_on(surface).replace(s.spelled(surface), "<option>")
+            shown = s.kind.show(s.default_on(PYTEST if surface == INI else surface))
+            words.add(text.replace(f"default: {shown}", "default: <default>"))
+        assert len(words) <= 1, (s.name, words)
 
 
 def test_each_setting_has_one_help_and_default_in_pytest(pytester: pytest.Pytester) -> None:
@@ -147,7 +172,7 @@ def test_each_setting_has_one_help_and_default_in_pytest(pytester: pytest.Pytest
         )
         assert option.names() == [s.pytest_flag]
         assert option.attrs()["help"] == s.help_on(PYTEST).replace("%", "%%")
-        assert config._parser._inidict[s.option][0] == s.help_on(PYTEST)
+        assert config._parser._inidict[s.option][0] == s.help_on(INI)
         assert getattr(read, s.name) == s.default_on(PYTEST), s.name
 
 
