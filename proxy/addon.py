@@ -21,6 +21,7 @@ from mitmproxy.proxy import mode_specs
 
 from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
+    control,
     faults,
     gateway,
     loading,
@@ -110,6 +111,8 @@ class ReplayAddon:
         self._served: dict[tuple[int, str | None], _Served] = {}
         """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
         self._served_session: Session | None = None
+        self.control: control.ControlAPI | None = None
+        """Answers requests under ``/__replay-proxy/`` addressed to the proxy (set by ReplayProxy)."""
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -256,6 +259,14 @@ class ReplayAddon:
     # -- the request path ------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        # -- the control API (proxy/control.py): never matched, forwarded, recorded nor journaled ----------
+        if self.control is not None and flow.request.path.startswith(control.PREFIX) and _for_proxy(flow):
+            req = flow.request
+            asked = Request(req.method, req.url, tuple(req.headers.items(multi=True)), req.raw_content or b"")
+            flow.metadata[META] = "control"
+            flow.response = _flow_response(self.control.answer(asked))
+            return
+        # -- end of the control API --------------------------------------------------------------------------
         session = self.session
         if session is None:
             if self.stopping:
@@ -649,6 +660,17 @@ def _aim_at_upstream(flow: http.HTTPFlow) -> None:
     request.host = parts.hostname  # last: updates the Host header from scheme, host and port
 
 
+def _for_proxy(flow: http.HTTPFlow) -> bool:
+    """The request is addressed to the proxy itself: any request in reverse mode; as a forward proxy, one
+    for the proxy's own address and port (``curl -x PROXY PROXY/__replay-proxy/...``, or sent to it
+    directly)."""
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        return True
+    host, port = flow.client_conn.sockname[:2]
+    asked = flow.request.host.strip("[]").lower()
+    return flow.request.port == port and asked in (host.lower(), "localhost", "127.0.0.1", "::1")
+
+
 def _wants_close(flow: http.HTTPFlow) -> bool:
     """The request said ``Connection: close`` (read from the raw fields: ``headers.get`` costs more)."""
     return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in flow.request.headers.fields)
@@ -710,6 +732,8 @@ def _exchange(
         poll=answer.poll if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
+        request_headers=tuple(req.headers.items(multi=True)),
+        body_size=len(req.raw_content) if req.raw_content is not None else None,
     )
 
 

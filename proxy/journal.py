@@ -63,6 +63,11 @@ class Exchange:
     poll: int | None = None
     op_status: str | None = None
     terminal: bool = False
+    request_headers: tuple[tuple[str, str], ...] = ()
+    """The request's headers as sent (secrets included: redact before showing them, as the control API
+    does with the session's redactor)."""
+    body_size: int | None = None
+    """The request body's size in bytes."""
 
     @property
     def query(self) -> str:
