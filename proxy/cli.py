@@ -197,6 +197,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "429/503 and other 400+ answers). Note azure-core treats Retry-After: 0 as 'use my 30 s default'",
     )
 
+    c = p.add_argument_group("control API (/__replay-proxy/ on the proxy's own listener)")
+    c.add_argument(
+        "--control-token",
+        default=None,
+        metavar="TOKEN",
+        help="require this token (header X-Replay-Proxy-Token: TOKEN) on control requests; needed to "
+        "turn the control API on when --host is beyond loopback (e.g. --control-token $(openssl rand -hex 16))",
+    )
+    c.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the directory POST /__replay-proxy/use reads files from (relative paths, and nothing "
+        "outside it; default: the directory the proxy was started in)",
+    )
+
     r = p.add_argument_group("redaction (what is saved; live traffic is untouched)")
     r.add_argument("--no-redact", action="store_true", help="save secrets as sent (not recommended)")
     r.add_argument(
@@ -476,6 +493,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size,
         upstream_timeout=args.upstream_timeout,
         journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
+        control_token=args.control_token,
+        root=args.root,
     )
     stop = threading.Event()
 
