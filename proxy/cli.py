@@ -1,4 +1,4 @@
-"""The ``replay-proxy`` command line: record | replay | ca.
+"""The ``replay-proxy`` command line: record | replay | play | serve | check | schema | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
 traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
@@ -202,8 +202,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--control-token",
         default=None,
         metavar="TOKEN",
-        help="require this token (header X-Replay-Proxy-Token: TOKEN) on control requests; needed to "
-        "turn the control API on when --host is beyond loopback (e.g. --control-token $(openssl rand -hex 16))",
+        help="require this token (header X-Replay-Proxy-Token: TOKEN) on control requests; needed to turn "
+        "the control API on when --host is beyond loopback (e.g. --control-token $(openssl rand -hex 16))",
     )
     c.add_argument(
         "--root",
@@ -384,6 +384,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(play)
 
+    serve = sub.add_parser(
+        "serve",
+        help="start with nothing loaded; tests load scenarios or a cassette through the control API",
+        description="Serve nothing until told: every request gets a 599 saying to load something with "
+        "POST /__replay-proxy/use (see README: Control API). For suites in any language that switch "
+        "scenarios per test and read the journal and the verdict over HTTP.",
+        epilog="examples:\n"
+        "  replay-proxy serve --port 0 --clock virtual --retry-after 0.05\n"
+        "  curl -s -X POST http://127.0.0.1:8080/__replay-proxy/use "
+        "-d '{\"scenarios\": [\"scenarios/azure-maps/tileset-fails.yaml\"]}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--clock",
+        choices=("real", "virtual"),
+        default=None,
+        help="the clock of the scenarios loaded later (use can change it): real, or virtual; default: "
+        "each file's own",
+    )
+    _add_common(serve)
+
     check = sub.add_parser(
         "check",
         help="validate scenario files without serving",
@@ -441,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     if args.command == "record":
-        cassette: Path = args.output
+        cassette: Path | None = args.output
         upstream = args.upstream
         if args.mode == "reverse" and not upstream:
             raise _usage(
@@ -462,12 +483,15 @@ def _serve(args: argparse.Namespace) -> int:
             raise _usage("--record-mode needs -o CASSETTE")
         cassette = args.output if args.output is not None else args.cassette
         record_mode = args.record_mode or (RecordMode.REWRITE.value if args.output else RecordMode.NONE.value)
+    elif args.command == "serve":
+        cassette, upstream, record_mode, scenarios = None, None, RecordMode.NONE.value, []
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
     _configure_logging(args.quiet)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
-    reporting = args.report or args.strict_report
+    # (serve: the control API's journal and verdict read it)
+    reporting = args.report or args.strict_report or args.command == "serve"
     proxy = ReplayProxy(
         cassette,
         upstream,
@@ -563,9 +587,14 @@ def exposure_warning(args: argparse.Namespace) -> str | None:
     if args.command == "record" or (args.command == "play" and args.upstream):
         reach = "any host this machine can reach" if args.mode == "regular" else args.upstream
         risk += f", and reach {reach} through it"
+    control = (
+        "the control API requires --control-token"
+        if getattr(args, "control_token", None)
+        else "the control API is off (give --control-token TOKEN to turn it on)"
+    )
     return (
         f"replay-proxy: warning: listening on {args.host or 'every interface'}, not only on this machine: "
-        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local)"
+        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local); {control}"
     )
 
 
@@ -578,6 +607,8 @@ def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
             what += f" over {args.cassette}"
         elif args.upstream:
             what += f" over {args.upstream}" + (f", recording to {args.output}" if args.output else "")
+    elif args.command == "serve":
+        what = f"serving nothing yet: load scenarios with POST {proxy.url}/__replay-proxy/use"
     else:
         what = f"replaying {args.cassette}"
     # The proxy's URL comes first: it is the first URL on the line even when recording an http upstream.
