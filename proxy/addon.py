@@ -111,6 +111,8 @@ class ReplayAddon:
         self._served: dict[tuple[int, str | None], _Served] = {}
         """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
         self._served_session: Session | None = None
+        self._rolling_back = False
+        """configure failed: the next configure is mitmproxy restoring the options of the current session."""
         self.control: control.ControlAPI | None = None
         """Answers requests under ``/__replay-proxy/`` addressed to the proxy (set by ReplayProxy)."""
 
@@ -188,10 +190,17 @@ class ReplayAddon:
             return
         from mitmproxy import ctx
 
+        if self._rolling_back and self.session is not None:
+            # mitmproxy restores the options the session was built from after a failed update and calls
+            # configure again: keep that session (its operations, sequences, playback) as it is
+            self._rolling_back = False
+            return
         try:
             session = _build_session(ctx.options)
         except ReplayProxyError as e:
+            self._rolling_back = True
             raise exceptions.OptionsError(str(e)) from e
+        self._rolling_back = False
         self._close_session()
         self.session = session
         self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
