@@ -208,7 +208,22 @@ class ControlAPI:
             raise _Refused(
                 400, str(e).splitlines()[0] if str(e) else type(e).__name__, problems=str(e).splitlines()
             ) from None
-        return {"loaded": self.host.loaded()}
+        return {"loaded": self._loaded()}
+
+    def _loaded(self) -> Json:
+        """What is served, its paths relative to the root (as ``use`` takes them) when inside it."""
+        loaded = dict(self.host.loaded())
+
+        def shown(path: str) -> str:
+            p = Path(path)
+            full = (p if p.is_absolute() else Path.cwd() / p).resolve()
+            return str(full.relative_to(self.root)) if full.is_relative_to(self.root) else path
+
+        if isinstance(loaded.get("scenarios"), list):
+            loaded["scenarios"] = [shown(s) for s in loaded["scenarios"]]
+        if isinstance(loaded.get("cassette"), str):
+            loaded["cassette"] = shown(loaded["cassette"])
+        return loaded
 
     def _inside_root(self, given: str, key: str) -> Path:
         """``given`` as the proxy reads it: relative to the root, and inside it (symlinks resolved)."""
@@ -233,7 +248,7 @@ class ControlAPI:
     def _reset(self, query: str, body: bytes) -> Json:
         _json_object(body)
         self.host.reset()
-        return {"loaded": self.host.loaded()}
+        return {"loaded": self._loaded()}
 
     def _journal(self, query: str, body: bytes) -> Json:
         redact = self.host.redact_headers
