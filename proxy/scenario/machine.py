@@ -300,6 +300,8 @@ class ScenarioMachine:
         if action not in STEER_ACTIONS:
             raise ValueError(f"unknown action {action!r}; choose from: {', '.join(STEER_ACTIONS)}")
         forced: PollStep | None = None
+        if action != "fail" and error is not None:
+            raise ValueError(f"{action} takes no error (only fail does)")
         if action in _ENDS:
             body: dict[str, Any] = {"status": _ENDS[action]}
             if action == "fail" and error is not None:
@@ -311,8 +313,6 @@ class ScenarioMachine:
                     "error must be an OData error such as {\"code\": \"InvalidFeature\", \"message\": "
                     f"\"...\"}}: {_first_error(e)}"
                 ) from None
-        elif action != "advance" and error is not None:
-            raise ValueError(f"{action} takes no error (only fail does)")
         if action == "advance" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be a whole number of 1 or more, not {steps!r}")
         with self._lock:
