@@ -199,6 +199,7 @@ def test_journal_entries_carry_what_the_contract_lists_with_secrets_redacted(con
     assert start["time"].endswith("Z") and start["time"][:4].isdigit()
     assert start["request_body_size"] == 5
     assert start["request_headers"]["X-Trace"] == ["t-1"]
+    assert start["request_headers"]["Host"] == [proxy.url.removeprefix("http://")]  # not the upstream's
     assert start["request_headers"]["Ocp-Apim-Subscription-Key"] == ["<REDACTED-1>"]
     assert start["operation"] and start["operation_status"] == "NotStarted" and start["poll"] is None
     assert poll["operation"] == start["operation"] and poll["poll"] == 1

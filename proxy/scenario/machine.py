@@ -7,7 +7,8 @@ What a scenario means (the semantics of the language, in order of evaluation):
    (GET or HEAD on ``status-path`` whose ``{operationId}`` names an operation this rule created; an
    unknown id does not match and falls through), its *resource* rule (GET on ``resource-path`` whose
    ``{resourceId}`` belongs to one of its operations that was reported Succeeded with a resource; an
-   unknown id falls through), its *start* rule (the ``start`` match). The first rule that answers wins;
+   unknown id falls through), its *start* rule (the ``start`` match); an operation with ``cancel`` has a
+   *cancel* rule before these (rule 13). The first rule that answers wins;
    when none does, ``handle`` returns None (the cassette, the upstream or the 599 diagnostic answers).
 2. **Matching.** Every given part of a ``match`` must hold. ``method``: one or a list, case-insensitive.
    ``path``: exact, except ``{name}`` (one segment, ``[^/]+``) and ``{name*}`` (the rest, possibly
@@ -107,8 +108,16 @@ What a scenario means (the semantics of the language, in order of evaluation):
     1/2``, ``x.yaml: start of operation "tileset" (1a2b3c4d…)``, ``x.yaml: operation 1a2b3c4d…, poll 3
     (Running)``; ``operation``, ``poll``, ``status``, ``terminal`` and ``retry_after`` are filled for
     operations.
-12. ``handle``, ``reset`` and ``operations`` are serialised by one lock: concurrent clients are safe,
-    and two operations started by two clients progress independently.
+12. ``handle``, ``reset``, ``operations`` and ``steer`` are serialised by one lock: concurrent clients
+    are safe, and two operations started by two clients progress independently.
+13. **Steering and cancel.** ``steer`` (the control API's verbs) acts on a started operation: ``hold``
+    keeps it at its stage (polls answer it and do not count toward it; the time held does not count
+    toward a ``for`` stage), ``advance`` moves it N stages on, ``succeed``/``fail``/``cancel`` make every
+    later poll answer that terminal status (a status step, rule 6: ``fail``'s error is the given one),
+    ``release`` undoes a hold and an end set so. An operation with ``hold: true`` starts held. Its
+    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``,
+    default the status path) ends an operation that has not ended as Canceled, and answers
+    ``cancel.respond``, else the status answer (aip-151: ``200 {}``).
 """
 
 from __future__ import annotations
