@@ -1,4 +1,4 @@
-"""The ``replay-proxy`` command line: record | replay | play | serve | check | schema | ca.
+"""The ``replay-proxy`` command line: record | replay | play | serve | mcp | check | schema | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
 traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
@@ -405,6 +405,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(serve)
 
+    mcp = sub.add_parser(
+        "mcp",
+        help="a Model Context Protocol server on stdio: coding agents drive a proxy with its tools",
+        description="Serve the control API as Model Context Protocol tools on stdin/stdout (use, reset, "
+        "journal, verdict, operations and the operation verbs), for coding agents. Drives the proxy at "
+        "--url, or starts one of its own with nothing loaded. Needs the mcp package "
+        "(pip install 'replay-proxy[mcp]').",
+        epilog="examples:\n"
+        "  replay-proxy mcp                                  # its own proxy, on a free port\n"
+        "  replay-proxy mcp --url http://127.0.0.1:8080      # a running `replay-proxy serve`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mcp.add_argument("--url", default=None, help="the proxy to drive (default: start one, loopback)")
+    mcp.add_argument(
+        "--control-token", default=None, metavar="TOKEN", help="the proxy's --control-token, if it has one"
+    )
+    mcp.add_argument("--port", type=_port, default=0, help="port of its own proxy (default: a free one)")
+    mcp.add_argument("--root", type=Path, default=None, metavar="DIR", help="its own proxy's --root")
+    mcp.add_argument(
+        "--retry-after", type=_seconds, default=None, metavar="SECONDS", help="its own proxy's --retry-after"
+    )
+
     check = sub.add_parser(
         "check",
         help="validate scenario files without serving",
@@ -448,6 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.scenario.check import check_main
 
             return check_main(args.scenarios)
+        if args.command == "mcp":
+            from proxy.mcp_server import serve_stdio
+
+            return serve_stdio(
+                args.url, args.control_token, port=args.port, root=args.root, retry_after=args.retry_after
+            )
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 
