@@ -31,9 +31,11 @@ INSTRUCTIONS = (
 class ControlClient:
     """The control API of the proxy at ``url``, over HTTP; a refusal raises an error with its message."""
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None = None, error: type[Exception] = RuntimeError) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.error = error
+        """What a refusal raises: the SDK's ToolError, whose message the agent sees."""
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -51,28 +53,37 @@ class ControlClient:
                 detail = json.loads(e.read())
             except ValueError:
                 detail = {"error": e.reason}
-            raise RuntimeError(f"{e.code}: {json.dumps(detail)}") from None
+            raise self.error(f"{e.code}: {json.dumps(detail)}") from None
         except urllib.error.URLError as e:
-            raise RuntimeError(f"cannot reach replay-proxy at {self.url}: {e.reason}") from None
+            raise self.error(f"cannot reach replay-proxy at {self.url}: {e.reason}") from None
+
+
+def _sdk() -> tuple[Any, type[Exception]]:
+    """The SDK's high-level server and its ToolError: ``MCPServer`` (mcp 2) or ``FastMCP`` (mcp 1, the
+    same API). Only a ToolError's message reaches the agent (mcp 2 hides other exceptions')."""
+    import importlib
+
+    for package, name in (("mcp.server.mcpserver", "MCPServer"), ("mcp.server.fastmcp", "FastMCP")):
+        try:
+            server = getattr(importlib.import_module(package), name)
+            error = importlib.import_module(package + ".exceptions").ToolError
+            return server, error
+        except (ImportError, AttributeError):
+            continue
+    raise ConfigError(
+        "replay-proxy mcp needs the mcp package: pip install 'replay-proxy[mcp]' (or pip install mcp)"
+    )
 
 
 def build_server(client: ControlClient, url: str) -> Any:
-    """The FastMCP server whose tools call ``client``."""
-    try:
-        from mcp.server.fastmcp import FastMCP
-    except ImportError:
-        raise ConfigError(
-            "replay-proxy mcp needs the mcp package: pip install 'replay-proxy[mcp]' (or pip install mcp)"
-        ) from None
+    """The MCP server whose tools call ``client`` (its refusals become the SDK's ToolError)."""
+    server_class, client.error = _sdk()
+    server = server_class("replay-proxy", instructions=INSTRUCTIONS)
 
-    server = FastMCP("replay-proxy", instructions=INSTRUCTIONS)
-
-    @server.tool()
     def proxy_url() -> dict[str, Any]:
         """The URL the client under test uses as its base URL (the proxy stands in for the service)."""
         return {"url": url}
 
-    @server.tool()
     def use(
         scenarios: list[str] | None = None,
         cassette: str | None = None,
@@ -90,24 +101,20 @@ def build_server(client: ControlClient, url: str) -> Any:
             body["clock"] = clock
         return client.call("POST", "use", body)
 
-    @server.tool()
     def reset() -> dict[str, Any]:
         """Start afresh on what is served: operation counters, sequences, playback and journal."""
         return client.call("POST", "reset")
 
-    @server.tool()
     def journal() -> dict[str, Any]:
         """Every exchange since the last use/reset: time, method, url, status, what answered, the delay
         sent, the operation and its status, the request's headers (secrets redacted) and body size."""
         return client.call("GET", "journal")
 
-    @server.tool()
     def verdict(skip: list[str] | None = None) -> dict[str, Any]:
         """How the client behaved: ok, and violations (unmatched requests, polls earlier than the
         Retry-After, polls after the end, self-built URLs, unfinished operations...). skip: check names."""
         return client.call("GET", "verdict?skip=" + ",".join(skip or []))
 
-    @server.tool()
     def operations() -> dict[str, Any]:
         """The scenario operations started since the last use/reset: id, status, polls, step, held..."""
         return client.call("GET", "operations")
@@ -117,36 +124,45 @@ def build_server(client: ControlClient, url: str) -> Any:
 
         return client.call("POST", f"operations/{quote(operation_id, safe='')}/{action}", body)
 
-    @server.tool()
     def hold_operation(operation_id: str) -> dict[str, Any]:
         """Keep the operation at its current step (its polls answer it) until released, advanced or ended."""
         return steer(operation_id, "hold")
 
-    @server.tool()
     def advance_operation(operation_id: str, steps: int = 1) -> dict[str, Any]:
         """Move the operation this many steps on (held or not)."""
         return steer(operation_id, "advance", {"steps": steps})
 
-    @server.tool()
     def succeed_operation(operation_id: str) -> dict[str, Any]:
         """End the operation now: its next poll answers Succeeded."""
         return steer(operation_id, "succeed")
 
-    @server.tool()
     def fail_operation(operation_id: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
         """End the operation now: its next poll answers Failed with this error ({code, message, ...})."""
         return steer(operation_id, "fail", {"error": error} if error is not None else None)
 
-    @server.tool()
     def cancel_operation(operation_id: str) -> dict[str, Any]:
         """End the operation now: its next poll answers Canceled."""
         return steer(operation_id, "cancel")
 
-    @server.tool()
     def release_operation(operation_id: str) -> dict[str, Any]:
         """Back to the scripted progression, from the step it is at (undoes a hold or an end set so)."""
         return steer(operation_id, "release")
 
+    for tool in (
+        proxy_url,
+        use,
+        reset,
+        journal,
+        verdict,
+        operations,
+        hold_operation,
+        advance_operation,
+        succeed_operation,
+        fail_operation,
+        cancel_operation,
+        release_operation,
+    ):
+        server.tool()(tool)
     return server
 
 

@@ -53,9 +53,14 @@ def with_session(args: list[str], confdir: Path, body: Callable[[ClientSession],
     asyncio.run(main())
 
 
+def is_error(result: Any) -> bool:
+    """CallToolResult.isError (mcp 1) or .is_error (mcp 2)."""
+    return bool(getattr(result, "is_error", getattr(result, "isError", False)))
+
+
 async def call(session: ClientSession, tool: str, **arguments: Any) -> dict[str, Any]:
     result = await session.call_tool(tool, arguments)
-    assert not result.isError, result.content
+    assert not is_error(result), result.content
     text = result.content[0].text  # type: ignore[union-attr]
     data: dict[str, Any] = json.loads(text)
     return data
@@ -82,9 +87,9 @@ def test_an_agent_loads_runs_steers_and_reads_the_verdict(confdir: Path) -> None
         assert [e["status"] for e in entries] == [202, 200, 200]
         assert await call(session, "verdict") == {"ok": True, "violations": []}
         refused = await session.call_tool("advance_operation", {"operation_id": "nope"})
-        assert refused.isError and "404" in refused.content[0].text  # type: ignore[union-attr]
+        assert is_error(refused) and "404" in refused.content[0].text  # type: ignore[union-attr]
         bad = await session.call_tool("use", {"scenarios": ["/etc/passwd"]})
-        assert bad.isError and "outside the root" in bad.content[0].text  # type: ignore[union-attr]
+        assert is_error(bad) and "outside the root" in bad.content[0].text  # type: ignore[union-attr]
         assert len((await call(session, "journal"))["entries"]) == 3  # nothing changed
         await call(session, "reset")
         assert (await call(session, "journal"))["entries"] == []
