@@ -741,19 +741,9 @@ def _exchange(
         poll=answer.poll if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
-        request_headers=_client_headers(flow, client_url),
+        request_headers=req.headers.fields,
         body_size=len(req.raw_content) if req.raw_content is not None else None,
     )
-
-
-def _client_headers(flow: http.HTTPFlow, client_url: str) -> tuple[tuple[str, str], ...]:
-    """The request's headers for the journal; in reverse mode mitmproxy has set Host to the upstream's:
-    it shows the proxy's address the client used instead."""
-    headers = tuple(flow.request.headers.items(multi=True))
-    if not isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        return headers
-    authority = urlsplit(client_url).netloc
-    return tuple((k, authority) if k.lower() == "host" else (k, v) for k, v in headers)
 
 
 def _log_exchange(exchange: Exchange) -> None:

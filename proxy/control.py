@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.errors import ReplayProxyError, ScenarioError
 from proxy.journal import Exchange
@@ -314,14 +314,21 @@ class ControlAPI:
 
 def entry_json(e: Exchange, redact_headers: Callable[[Headers], Headers] | None = None) -> Json:
     """One journal entry as the control API (and ``--journal``) give it."""
+    url = e.client_url or e.url
+    # In reverse mode mitmproxy set Host to the upstream's: show the address the client used (the same
+    # as the Host it sent, for a forward proxy).
+    authority = urlsplit(url).netloc
+    raw: Headers = tuple(
+        (name, authority if name.lower() == "host" else value)
+        for name, value in ((_text(k), _text(v)) for k, v in e.request_headers)
+    )
     headers: dict[str, list[str]] = {}
-    raw = e.request_headers
     for name, value in redact_headers(raw) if redact_headers is not None and raw else raw:
         headers.setdefault(name, []).append(value)
     return {
         "time": _iso(e.time),
         "method": e.method,
-        "url": e.client_url or e.url,
+        "url": url,
         "status": e.status,
         "source": e.source,
         "detail": e.detail,
@@ -360,6 +367,11 @@ def json_response(status: int, data: Json) -> Response:
         ("Cache-Control", "no-store"),
     )
     return Response(status, "", headers, body)
+
+
+def _text(value: bytes | str) -> str:
+    """A header name or value as text (what is not UTF-8 shows as U+FFFD)."""
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 def _iso(moment: float) -> str:

@@ -63,9 +63,9 @@ class Exchange:
     poll: int | None = None
     op_status: str | None = None
     terminal: bool = False
-    request_headers: tuple[tuple[str, str], ...] = ()
-    """The request's headers as sent (secrets included: redact before showing them, as the control API
-    does with the session's redactor)."""
+    request_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """The request's header fields as received (raw bytes, kept as they are: decoding costs on every
+    request; secrets included: redact before showing them, as the control API does)."""
     body_size: int | None = None
     """The request body's size in bytes."""
 
