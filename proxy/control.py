@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -48,6 +49,8 @@ from proxy.model import Request, Response
 
 if TYPE_CHECKING:
     from proxy.scenario.machine import OperationState, ScenarioMachine
+
+logger = logging.getLogger("proxy")
 
 PREFIX = "/__replay-proxy/"
 TOKEN_HEADER = "X-Replay-Proxy-Token"
@@ -126,6 +129,9 @@ class ControlAPI:
             return 200, self._route(method.upper(), path, query, body)
         except _Refused as e:
             return e.status, e.body
+        except Exception as e:  # a bug of ours: say so in one line, keep serving
+            logger.error("replay-proxy: error: control request %s %s failed: %r", method, path, e)
+            return 500, {"error": f"replay-proxy failed to answer this control request: {e!r}"}
 
     def answer(self, request: Request) -> Response:
         """``handle`` for a whole request, as an HTTP response (for the proxy's engines)."""
@@ -246,7 +252,8 @@ class ControlAPI:
         return resolved
 
     def _reset(self, query: str, body: bytes) -> Json:
-        _json_object(body)
+        if _json_object(body):
+            raise _Refused(400, "reset takes no body")
         self.host.reset()
         return {"loaded": self._loaded()}
 

@@ -597,3 +597,40 @@ def test_serve_help_shows_an_example(confdir: Path) -> None:
         and "__replay-proxy/use" in result.stdout
         and "--control-token" in result.stdout
     )
+
+
+# -- the flow-free module on its own ---------------------------------------------------------------------
+
+
+class BrokenHost:
+    """A Host whose journal fails: a bug of ours must be a 500 with one line, not a dead request."""
+
+    def use(self, scenarios: Any, cassette: Any, settings: Any) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def entries(self) -> list[Any]:
+        raise KeyError("boom")
+
+    def machine(self) -> None:
+        return None
+
+    def loaded(self) -> dict[str, Any]:
+        return {}
+
+    def redact_headers(self, headers: Any) -> Any:
+        return headers
+
+
+def test_handle_is_flow_free_and_a_failure_of_ours_is_a_500() -> None:
+    from proxy.control import ControlAPI
+
+    api = ControlAPI(BrokenHost(), root=ROOT)
+    assert api.handle("GET", C + "journal") == (
+        500,
+        {"error": "replay-proxy failed to answer this control request: KeyError('boom')"},
+    )
+    assert api.handle("GET", C + "operations") == (200, {"operations": []})
+    assert api.handle("POST", C + "reset", body=b'{"x": 1}') == (400, {"error": "reset takes no body"})
+    off = ControlAPI(BrokenHost(), enabled=False, off_reason="off here")
+    assert off.handle("GET", C + "operations") == (403, {"error": "off here"})
