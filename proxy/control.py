@@ -206,14 +206,24 @@ class ControlAPI:
             settings["clock"] = data["clock"]
         paths = [self._inside_root(s, "scenarios") for s in scenarios]
         cassette_path = self._inside_root(cassette, "cassette") if cassette is not None else None
+        # Problems name each file as it was given (as `replay-proxy check` run in the root prints them).
+        given = {str(p): g for p, g in zip(paths, scenarios, strict=True)}
+        if cassette_path is not None and cassette is not None:
+            given[str(cassette_path)] = cassette
+
+        def as_given(line: str) -> str:
+            for passed, name in given.items():
+                if line.startswith(passed + ":") or line.startswith(passed + " "):
+                    return name + line[len(passed) :]
+            return line
+
         try:
             self.host.use(paths, cassette_path, settings)
         except ScenarioError as e:
-            raise _Refused(400, "invalid scenario", problems=list(e.problems)) from None
+            raise _Refused(400, "invalid scenario", problems=[as_given(p) for p in e.problems]) from None
         except ReplayProxyError as e:
-            raise _Refused(
-                400, str(e).splitlines()[0] if str(e) else type(e).__name__, problems=str(e).splitlines()
-            ) from None
+            lines = [as_given(line) for line in str(e).splitlines()] or [type(e).__name__]
+            raise _Refused(400, lines[0], problems=lines) from None
         return {"loaded": self._loaded()}
 
     def _loaded(self) -> Json:

@@ -22,7 +22,7 @@ from proxy import verdict
 from proxy.control import ENDPOINTS
 from proxy.errors import ConfigError
 from proxy.server import ReplayProxy
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 from tests.upstream import Upstream
 
 TILESET = "scenarios/azure-maps/tileset-succeeds.yaml"
@@ -124,26 +124,32 @@ def test_paths_are_relative_to_the_root_and_use_reads_nothing_outside_it(
 def test_a_bad_scenario_is_400_with_the_problems_check_prints_and_changes_nothing(
     confdir: Path, tmp_path: Path
 ) -> None:
-    bad = ROOT / "tests" / ".control-bad-scenario.yaml"  # inside the root, named as `check` is given it
-    bad.write_text("operations:\n  - start: {method: POST, path: /x}\n    steps:\n      - stauts: Running\n")
-    try:
-        relative = str(bad.relative_to(ROOT))
-        printed = run_cli(["check", relative], confdir)
-        assert printed.returncode == 2
-        with running(confdir, scenarios=[ROOT / TILESET]) as (proxy, http):
-            start_tileset(http)
-            before = state(proxy, http)
-            r = http.post(C + "use", json={"scenarios": [relative]})
-            assert r.status_code == 400
-            assert r.json()["problems"] == printed.stderr.splitlines()
-            assert r.json()["problems"][0].startswith(f"{relative}:4:")
-            missing = http.post(C + "use", json={"scenarios": ["tests/no-such.yaml"]})
-            assert missing.status_code == 400 and "not found" in missing.text
-            no_cassette = http.post(C + "use", json={"cassette": "tests/no-such-cassette.yaml"})
-            assert no_cassette.status_code == 400 and "no such file" in no_cassette.json()["error"]
-            assert state(proxy, http) == before
-    finally:
-        bad.unlink()
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "bad.yaml").write_text(
+        "operations:\n  - start: {method: POST, path: /x}\n    steps:\n      - stauts: Running\n"
+    )
+    (tmp_path / "s" / "ok.yaml").write_text((ROOT / TILESET).read_text())
+    printed = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "s/bad.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert printed.returncode == 2
+    with running(confdir, root=tmp_path, scenarios=[tmp_path / "s" / "ok.yaml"]) as (proxy, http):
+        start_tileset(http)
+        before = state(proxy, http)
+        r = http.post(C + "use", json={"scenarios": ["s/bad.yaml"]})
+        assert r.status_code == 400
+        assert r.json()["problems"] == printed.stderr.splitlines()
+        assert r.json()["problems"][0].startswith("s/bad.yaml:4:")
+        missing = http.post(C + "use", json={"scenarios": ["s/no-such.yaml"]})
+        assert missing.status_code == 400 and missing.json()["problems"] == ["s/no-such.yaml: file not found"]
+        no_cassette = http.post(C + "use", json={"cassette": "s/no-such-cassette.yaml"})
+        assert no_cassette.status_code == 400
+        assert no_cassette.json()["error"].startswith("s/no-such-cassette.yaml: no such file")
+        assert state(proxy, http) == before
 
 
 @pytest.mark.parametrize(
