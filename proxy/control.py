@@ -26,7 +26,8 @@ Endpoints (a contract; JSON in and out, errors as ``{"error": TEXT, ...}``):
     ``hold``, ``advance`` (``{"steps": N}``, default 1), ``succeed``, ``fail`` (``{"error": {"code",
     "message", ...}}``, optional), ``cancel``, ``release``: ``ScenarioMachine.steer``.
 
-Safety: the owner of the listener decides whether the API is on (``enabled``; off beyond loopback unless a
+Safety: requests with an ``Origin`` header (browsers: a web page must not drive it) are refused; the owner
+of the listener decides whether the API is on (``enabled``; off beyond loopback unless a
 token is set) and whether it needs a token (``X-Replay-Proxy-Token: TOKEN`` or ``Authorization: Bearer
 TOKEN``). A refused request changes nothing.
 """
@@ -144,6 +145,10 @@ class ControlAPI:
     def _admit(self, headers: Headers) -> None:
         if not self.enabled:
             raise _Refused(403, self.off_reason)
+        if any(name.lower() == "origin" for name, _ in headers):
+            # Browsers send Origin on every cross-site request and every POST: a web page must not drive a
+            # proxy on the developer's loopback (test tools, SDKs and curl send none).
+            raise _Refused(403, "the control API does not answer requests with an Origin header (browsers)")
         if self.token is None:
             return
         given = None
@@ -207,7 +212,7 @@ class ControlAPI:
         paths = [self._inside_root(s, "scenarios") for s in scenarios]
         cassette_path = self._inside_root(cassette, "cassette") if cassette is not None else None
         # Problems name each file as it was given (as `replay-proxy check` run in the root prints them).
-        given = {str(p): g for p, g in zip(paths, scenarios, strict=True)}
+        given: dict[str, str] = {str(p): str(g) for p, g in zip(paths, scenarios, strict=True)}
         if cassette_path is not None and cassette is not None:
             given[str(cassette_path)] = cassette
 

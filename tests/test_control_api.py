@@ -534,6 +534,18 @@ def test_cli_serve_with_a_token_and_a_root(cli: Any, tmp_path: Path) -> None:
     assert proc.stop() == 0
 
 
+def test_browsers_are_refused(confdir: Path) -> None:
+    """A web page the developer opens must not drive the proxy on their loopback (CSRF): browsers send
+    Origin on every cross-site request and every POST."""
+    with running(confdir, scenarios=[ROOT / TILESET]) as (proxy, http):
+        start_tileset(http)
+        before = state(proxy, http)
+        for method, path in [("POST", C + "reset"), ("GET", C + "journal")]:
+            r = http.request(method, path, headers={"Origin": "https://evil.example"})
+            assert r.status_code == 403 and "Origin" in r.json()["error"]
+        assert state(proxy, http) == before
+
+
 def test_control_requests_are_never_forwarded_nor_recorded(confdir: Path, tmp_path: Path) -> None:
     cassette = tmp_path / "rec.yaml"
     with Upstream() as up, running(confdir, cassette=cassette, upstream=up.url) as (_, http):
