@@ -298,6 +298,8 @@ def test_operations_lists_and_every_verb_steers(confdir: Path) -> None:
         op3 = http.get(C + "operations").json()["operations"][-1]["id"]
         failed = op_action(http, op3, "fail", {"error": {"code": "NoGeometry", "message": "No geometry."}})
         assert failed.json()["operation"]["ended_by"] == "fail"
+        assert failed.json()["operation"]["status"] == "Failed"  # what its next poll reports
+        assert failed.json()["operation"]["terminal"] is True
         assert http.get(third).json()["error"] == {"code": "NoGeometry", "message": "No geometry."}
         assert http.get(third).json()["status"] == "Failed"
         conflict = op_action(http, op3, "advance")

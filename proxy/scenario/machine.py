@@ -190,7 +190,8 @@ class OperationState:
     """The operation's ``name``, or ``operation N`` (its position in the file)."""
     file: str
     status: str
-    """The status last answered (before the first poll: the first stage's)."""
+    """The status last answered (before the first poll: the first stage's), or, once steered (``steer``),
+    the status its next poll reports."""
     polls: int
     terminal: bool
     created: float
@@ -346,6 +347,10 @@ class ScenarioMachine:
                 op.stage_polls, op.stage_began, op.held_at = 0, now, now
             elif forced is not None:
                 op.forced, op.ended_by = forced, action
+            if action != "hold":  # what the next poll will report, for whoever lists the operations
+                step = op.forced if op.forced is not None else rule.operation.steps[op.stage]
+                if step.status is not None:
+                    op.status, op.terminal = step.status, step.status.lower() in TERMINAL_STATUSES
             return op.snapshot()
 
     # -- shared by the rules (called with the lock held) ----------------------------------------------
