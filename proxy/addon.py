@@ -38,7 +38,7 @@ from proxy.diagnostic import (
     unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
-from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
+from proxy.journal import BodyStatus, Exchange, Journal, SealedHeaders, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import (
     Interaction,
@@ -741,7 +741,7 @@ def _exchange(
         poll=answer.poll if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
-        request_headers=req.headers.fields,
+        request_headers=SealedHeaders(req.headers.fields),
         body_size=len(req.raw_content) if req.raw_content is not None else None,
     )
 

@@ -334,18 +334,20 @@ class ControlAPI:
 # -- JSON ---------------------------------------------------------------------------------------------------
 
 
-def entry_json(e: Exchange, redact_headers: Callable[[Headers], Headers] | None = None) -> Json:
-    """One journal entry as the control API (and ``--journal``) give it."""
+def entry_json(e: Exchange, redact_headers: Callable[[Headers], Headers]) -> Json:
+    """One journal entry as the control API gives it (``--journal`` FILE may share it); request headers
+    through ``redact_headers`` (the session's redactor, as cassettes are written)."""
     url = e.client_url or e.url
     # In reverse mode mitmproxy set Host to the upstream's: show the address the client used (the same
     # as the Host it sent, for a forward proxy).
     authority = urlsplit(url).netloc
-    raw: Headers = tuple(
-        (name, authority if name.lower() == "host" else value)
-        for name, value in ((_text(k), _text(v)) for k, v in e.request_headers)
-    )
+
+    def redact(fields: tuple[tuple[str, str], ...]) -> Headers:
+        fixed = tuple((k, authority if k.lower() == "host" else v) for k, v in fields)
+        return redact_headers(fixed)
+
     headers: dict[str, list[str]] = {}
-    for name, value in redact_headers(raw) if redact_headers is not None and raw else raw:
+    for name, value in e.request_headers.shown(redact):
         headers.setdefault(name, []).append(value)
     return {
         "time": _iso(e.time),
@@ -389,11 +391,6 @@ def json_response(status: int, data: Json) -> Response:
         ("Cache-Control", "no-store"),
     )
     return Response(status, "", headers, body)
-
-
-def _text(value: bytes | str) -> str:
-    """A header name or value as text (what is not UTF-8 shows as U+FFFD)."""
-    return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
 def _iso(moment: float) -> str:

@@ -199,6 +199,7 @@ def test_journal_entries_carry_what_the_contract_lists_with_secrets_redacted(con
         http.get("/nowhere")
         raw = http.get(C + "journal")
         assert secret not in raw.text
+        assert secret not in repr(proxy.journal.entries)  # sealed: shown only through the redactor
         start, poll, unmatched = raw.json()["entries"]
     assert start["method"] == "POST" and start["status"] == 202 and start["source"] == "scenario"
     assert start["url"] == f"{proxy.url}/tilesets?api-version=2.0&datasetId=d1"
