@@ -166,8 +166,8 @@ class ControlAPI:
     # -- routing --------------------------------------------------------------------------------------
 
     def _route(self, method: str, path: str, query: str, body: bytes) -> Json:
-        rest = unquote(path[len(PREFIX) :]) if path.startswith(PREFIX) else None
-        parts = rest.strip("/").split("/") if rest is not None else []
+        rest = path[len(PREFIX) :] if path.startswith(PREFIX) else None
+        parts = [unquote(part) for part in rest.strip("/").split("/")] if rest is not None else []
         simple: dict[str, tuple[str, Callable[[str, bytes], Json]]] = {
             "use": ("POST", self._use),
             "reset": ("POST", self._reset),
