@@ -655,3 +655,18 @@ def test_handle_is_flow_free_and_a_failure_of_ours_is_a_500() -> None:
     assert api.handle("POST", C + "reset", body=b'{"x": 1}') == (400, {"error": "reset takes no body"})
     off = ControlAPI(BrokenHost(), enabled=False, off_reason="off here")
     assert off.handle("GET", C + "operations") == (403, {"error": "off here"})
+
+
+def test_replay_proxy_use_with_a_bad_file_keeps_its_operations(confdir: Path, tmp_path: Path) -> None:
+    """mitmproxy restores the options after a failed update and calls configure again: that used to
+    rebuild the session, so the operations, sequences and playback of what was served were lost."""
+    from proxy.errors import ScenarioError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("operations: 3\n")
+    with running(confdir, scenarios=[ROOT / TILESET]) as (proxy, http):
+        status_url = start_tileset(http)
+        with pytest.raises(ScenarioError):
+            proxy.use(bad)
+        assert [o.id for o in proxy.operations] == [status_url.rsplit("/", 1)[1]]
+        assert http.get(status_url).json()["status"] == "NotStarted"  # still served, still known
