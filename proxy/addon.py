@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,13 +20,15 @@ from mitmproxy.proxy import mode_specs
 
 from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
+    control,
     faults,
     gateway,
     loading,
     mitm_internals,
     request_head,
+    settings,
 )
-from proxy.cassette import WHEN_EXHAUSTED, Playback
+from proxy.cassette import Playback
 from proxy.diagnostic import (
     closest_rule,
     no_match_response,
@@ -37,8 +38,8 @@ from proxy.diagnostic import (
     unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
-from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
-from proxy.matching import DEFAULT_MATCH_ON, Matcher
+from proxy.journal import BodyStatus, Exchange, Journal, SealedHeaders, body_status, response_facts
+from proxy.matching import Matcher
 from proxy.model import (
     Interaction,
     Request,
@@ -110,73 +111,15 @@ class ReplayAddon:
         self._served: dict[tuple[int, str | None], _Served] = {}
         """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
         self._served_session: Session | None = None
+        self._rolling_back = False
+        """configure failed: the next configure is mitmproxy restoring the options of the current session."""
+        self.control: control.ControlAPI | None = None
+        """Answers requests under ``/__replay-proxy/`` addressed to the proxy (set by ReplayProxy)."""
 
     # -- options ---------------------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "replay_cassette",
-            str | None,
-            None,
-            "Cassette file (vcrpy YAML, or JSON for .json) to replay and record.",
-        )
-        loader.add_option(
-            "replay_record_mode", str, "none", "Record mode: rewrite, all, new_episodes, once or none."
-        )
-        loader.add_option(
-            "replay_match_on",
-            Sequence[str],
-            list(DEFAULT_MATCH_ON),
-            "vcrpy matcher names used to match requests.",
-        )
-        loader.add_option("replay_match_headers", Sequence[str], [], "Request headers that must also match.")
-        loader.add_option(
-            "replay_filter_query_parameters",
-            Sequence[str],
-            [],
-            "vcrpy's filter_query_parameters (NAME or NAME=VALUE), applied before matching and saving.",
-        )
-        loader.add_option(
-            "replay_filter_headers",
-            Sequence[str],
-            [],
-            "vcrpy's filter_headers (NAME or NAME=VALUE), applied before matching and saving.",
-        )
-        loader.add_option(
-            "replay_when_exhausted",
-            str,
-            "repeat-last",
-            "When a recorded sequence runs out: repeat-last, cycle, error.",
-        )
-        loader.add_option(
-            "replay_retry_after", str | None, None, "Rewrite advertised Retry-After to this many seconds."
-        )
-        loader.add_option("replay_redact", bool, True, "Redact secrets from what is saved.")
-        loader.add_option("replay_redact_headers", Sequence[str], [], "More header names to redact.")
-        loader.add_option("replay_redact_query", Sequence[str], [], "More query parameter names to redact.")
-        loader.add_option("replay_redact_json", Sequence[str], [], "JSON body field names to redact.")
-        loader.add_option(
-            "replay_redact_except", Sequence[str], [], "Names the secret-name patterns must not redact."
-        )
-        loader.add_option(
-            "replay_upstream", str | None, None, "Origin recorded requests are rebased on in reverse mode."
-        )
-        loader.add_option("replay_scenarios", Sequence[str], [], "Scenario files (YAML) answered first.")
-        loader.add_option(
-            "replay_clock",
-            str | None,
-            None,
-            "Scenario clock for all files: real or virtual (default: each file's own).",
-        )
-        loader.add_option(
-            "replay_passthrough", bool, False, "Forward what nothing else answers (play over an upstream)."
-        )
-        loader.add_option(
-            "replay_upstream_timeout",
-            str,
-            f"{gateway.DEFAULT_UPSTREAM_TIMEOUT:g}",
-            "Seconds to wait for the upstream's complete answer before answering 504 (0: no limit).",
-        )
+        settings.declare_addon_options(loader)  # replay_cassette, replay_record_mode, ... (proxy/settings.py)
         gateway.install()
         request_head.install()
 
@@ -185,10 +128,17 @@ class ReplayAddon:
             return
         from mitmproxy import ctx
 
+        if self._rolling_back and self.session is not None:
+            # mitmproxy restores the options the session was built from after a failed update and calls
+            # configure again: keep that session (its operations, sequences, playback) as it is
+            self._rolling_back = False
+            return
         try:
             session = _build_session(ctx.options)
         except ReplayProxyError as e:
+            self._rolling_back = True
             raise exceptions.OptionsError(str(e)) from e
+        self._rolling_back = False
         self._close_session()
         self.session = session
         self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
@@ -256,6 +206,14 @@ class ReplayAddon:
     # -- the request path ------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        # -- the control API (proxy/control.py): never matched, forwarded, recorded nor journaled ----------
+        if self.control is not None and flow.request.path.startswith(control.PREFIX) and _for_proxy(flow):
+            req = flow.request
+            asked = Request(req.method, req.url, tuple(req.headers.items(multi=True)), req.raw_content or b"")
+            flow.metadata[META] = "control"
+            flow.response = _flow_response(self.control.answer(asked))
+            return
+        # -- end of the control API --------------------------------------------------------------------------
         session = self.session
         if session is None:
             if self.stopping:
@@ -412,45 +370,21 @@ class ReplayAddon:
 
 def _build_session(options: Any) -> Session:
     """Parse the ``replay_*`` options into a ready session (loads the cassette, opens the recorder)."""
-    try:
-        record_mode = RecordMode(options.replay_record_mode)
-    except ValueError:
-        raise ConfigError(
-            f"unknown record mode {options.replay_record_mode!r}; choose from: "
-            + ", ".join(m.value for m in RecordMode)
-        ) from None
-    if options.replay_when_exhausted not in WHEN_EXHAUSTED:
-        raise ConfigError(
-            f"unknown --when-exhausted policy {options.replay_when_exhausted!r}; choose from: "
-            + ", ".join(WHEN_EXHAUSTED)
-        )
-    retry_after: float | None = None
-    if options.replay_retry_after is not None:
-        try:
-            retry_after = float(options.replay_retry_after)
-        except ValueError:
-            raise ConfigError(
-                f"--retry-after takes seconds (e.g. 0 or 0.05), not {options.replay_retry_after!r}"
-            ) from None
-        if not retry_after >= 0:
-            raise ConfigError(
-                f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
-            )
-    upstream_timeout = _upstream_timeout(options.replay_upstream_timeout)
+    given = settings.from_addon_options(options)  # each replay_* option parsed and checked
+    record_mode = RecordMode(given.record_mode or RecordMode.NONE.value)
+    retry_after = given.retry_after
+    upstream_timeout = given.upstream_timeout or None
     matcher = Matcher(
-        options.replay_match_on,
-        options.replay_match_headers,
-        options.replay_filter_query_parameters,
-        options.replay_filter_headers,
+        given.match_on, given.match_headers, given.filter_query_parameters, given.filter_headers
     )
     redactor = Redactor(
-        headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
-        query=(*DEFAULT_QUERY, *options.replay_redact_query),
-        json_fields=(*DEFAULT_JSON_FIELDS, *options.replay_redact_json),
-        enabled=options.replay_redact,
-        keep=options.replay_redact_except,
+        headers=(*DEFAULT_HEADERS, *given.redact_headers),
+        query=(*DEFAULT_QUERY, *given.redact_query),
+        json_fields=(*DEFAULT_JSON_FIELDS, *given.redact_json),
+        enabled=given.redact,
+        keep=given.redact_except,
     )
-    path = Path(options.replay_cassette) if options.replay_cassette else None
+    path = given.cassette
     loaded: list[Interaction] = []
     extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
@@ -461,27 +395,23 @@ def _build_session(options: Any) -> Session:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
-        _indexed(path, loaded, matcher, redactor, options.replay_when_exhausted)
+        _indexed(path, loaded, matcher, redactor, given.when_exhausted)
         if loaded or (path is not None and record_mode is RecordMode.NEW_EPISODES)
         else None
     )
     scenarios = None
-    if options.replay_scenarios:
+    if given.scenarios:
         from proxy.scenario.loader import load_scenarios
         from proxy.scenario.machine import ScenarioMachine
 
-        if options.replay_clock not in (None, "real", "virtual"):
-            raise ConfigError(f"unknown --clock {options.replay_clock!r}; choose from: real, virtual")
-        scenarios = ScenarioMachine(
-            load_scenarios([Path(p) for p in options.replay_scenarios]), clock=options.replay_clock
-        )
+        scenarios = ScenarioMachine(load_scenarios([Path(p) for p in given.scenarios]), clock=given.clock)
     router = Router(
         playback,
         record_mode,
         cassette_existed=bool(loaded),
         redactor=redactor,
         scenarios=scenarios,
-        passthrough=options.replay_passthrough,
+        passthrough=given.passthrough,
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
     if records and path is not None and path.suffix.lower() == ".har":
@@ -497,13 +427,13 @@ def _build_session(options: Any) -> Session:
         else None
     )
     origins = {origin_of(i.request.url) for i in loaded}
-    upstream = options.replay_upstream
+    upstream = given.upstream
     if upstream:
         origins.add(origin_of(upstream))
     primary = origin_of(upstream) if upstream else (origin_of(loaded[0].request.url) if loaded else None)
     parts = []
-    if options.replay_scenarios:
-        parts.append("scenarios " + ", ".join(options.replay_scenarios))
+    if given.scenarios:
+        parts.append("scenarios " + ", ".join(given.scenarios))
     if path is not None and loaded:
         parts.append(f"cassette {path}")
     served = "; ".join(parts) or "nothing"
@@ -542,17 +472,6 @@ def _body_limit(options: Any) -> int | None:
     from mitmproxy.utils import human
 
     return human.parse_size(value) or None
-
-
-def _upstream_timeout(value: str) -> float | None:
-    """``replay_upstream_timeout`` in seconds; 0 means no limit."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(f"--upstream-timeout takes seconds (e.g. 30, or 0 for no limit), not {value!r}")
-    return seconds or None
 
 
 def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
@@ -654,6 +573,17 @@ def _aim_at_upstream(flow: http.HTTPFlow) -> None:
     request.host = parts.hostname  # last: updates the Host header from scheme, host and port
 
 
+def _for_proxy(flow: http.HTTPFlow) -> bool:
+    """The request is addressed to the proxy itself: any request in reverse mode; as a forward proxy, one
+    for the proxy's own address and port (``curl -x PROXY PROXY/__replay-proxy/...``, or sent to it
+    directly)."""
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        return True
+    host, port = flow.client_conn.sockname[:2]
+    asked = flow.request.host.strip("[]").lower()
+    return flow.request.port == port and asked in (host.lower(), "localhost", "127.0.0.1", "::1")
+
+
 def _wants_close(flow: http.HTTPFlow) -> bool:
     """The request said ``Connection: close`` (read from the raw fields: ``headers.get`` costs more)."""
     return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in flow.request.headers.fields)
@@ -713,9 +643,12 @@ def _exchange(
         status_urls=facts.status_urls if facts is not None else (),
         operation=answer.operation if answer is not None else None,
         poll=answer.poll if answer is not None else None,
+        tag=answer.tag if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
         virtual=answer.virtual if answer is not None else None,
+        request_headers=SealedHeaders(req.headers.fields),
+        body_size=len(req.raw_content) if req.raw_content is not None else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""The ``replay-proxy`` command line: record | replay | play | check | learn | schema | convert | ca.
+"""The ``replay-proxy`` command line: record | replay | play | serve | mcp | check | learn | schema |
+convert | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
 traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
@@ -18,14 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from proxy import __version__, loading
+from proxy import __version__, loading, settings
 from proxy.addon import console_journal
-from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
-from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
-from proxy.matching import DEFAULT_MATCH_ON, MATCHER_NAMES
 from proxy.router import RecordMode
-from proxy.server import DEFAULT_MAX_BODY_SIZE, MODES, ReplayProxy, default_confdir, ensure_ca, parse_size
+from proxy.server import ReplayProxy, default_confdir, ensure_ca
+from proxy.settings import CLI
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -58,220 +57,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"replay-proxy: error: {message} (see --help)\n")
 
 
-def _csv(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one matcher name, e.g. method,path,query")
-    return names
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535; 0 picks a free one)")
-    return port
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be zero or more seconds, e.g. 0.01")
-    return seconds
-
-
-def _size(value: str) -> int:
-    try:
-        return parse_size(value) or 0
-    except ReplayProxyError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("listening")
-    g.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, e.g. 0.0.0.0)"
-    )
-    g.add_argument(
-        "--port",
-        type=_port,
-        default=8080,
-        help="port to listen on; 0 picks a free one (default: %(default)s)",
-    )
-    g.add_argument(
-        "--mode",
-        choices=MODES,
-        default="reverse",
-        help="reverse: clients use the proxy's URL as their base URL (default); regular: clients use it as "
-        "HTTP(S)_PROXY, HTTPS intercepted with the CA of `replay-proxy ca` (e.g. --mode regular)",
-    )
-    g.add_argument(
-        "--confdir",
-        type=Path,
-        default=None,
-        help=f"directory of the proxy's CA (default: $REPLAY_PROXY_CONFDIR or {default_confdir()})",
-    )
-    g.add_argument(
-        "--upstream-ca",
-        type=Path,
-        default=None,
-        metavar="PEM",
-        help="also trust this CA for the upstream's TLS certificate (e.g. --upstream-ca corp-root.pem)",
-    )
-    g.add_argument(
-        "--max-body-size",
-        type=_size,
-        default=DEFAULT_MAX_BODY_SIZE,
-        metavar="SIZE",
-        help="refuse a request body larger than this with 413 (an upstream response body with 502) "
-        "instead of buffering it; k, m, g suffixes, 0 for no limit "
-        f"(default: {DEFAULT_MAX_BODY_SIZE}; e.g. --max-body-size 1g)",
-    )
-    g.add_argument(
-        "--upstream-timeout",
-        type=_seconds,
-        default=DEFAULT_UPSTREAM_TIMEOUT,
-        metavar="SECONDS",
-        help="give up on an upstream that has not answered completely after this long: the client gets "
-        "504 and nothing is recorded; 0 for no limit (default: %(default)g; e.g. --upstream-timeout 300)",
-    )
-    g.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="do not print a line per exchange nor start-up progress (errors still show)",
-    )
-
-    m = p.add_argument_group("matching and replay")
-    m.add_argument(
-        "--match-on",
-        type=_csv,
-        default=list(DEFAULT_MATCH_ON),
-        metavar="NAMES",
-        help=f"comma-separated vcrpy matchers (default: {','.join(DEFAULT_MATCH_ON)}; "
-        f"from: {', '.join(MATCHER_NAMES)}; e.g. --match-on method,path,query,body)",
-    )
-    m.add_argument(
-        "--match-header",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a request header that must also match (repeatable, e.g. --match-header x-ms-version)",
-    )
-    m.add_argument(
-        "--filter-query-parameter",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="vcrpy's filter_query_parameters: remove this query parameter (or set it to VALUE) in live "
-        "requests before matching and in what is recorded; replays a cassette recorded with that vcrpy "
-        "option (repeatable, e.g. --filter-query-parameter api_key)",
-    )
-    m.add_argument(
-        "--filter-header",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="vcrpy's filter_headers: remove this request header (or set it to VALUE) before matching "
-        "and in what is recorded (repeatable, e.g. --filter-header authorization)",
-    )
-    m.add_argument(
-        "--when-exhausted",
-        choices=WHEN_EXHAUSTED,
-        default="repeat-last",
-        help="when identical requests outnumber the recorded ones: repeat the last answer (default), "
-        "cycle from the first, or error (a no-match answer)",
-    )
-    m.add_argument(
-        "--retry-after",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="rewrite advertised Retry-After, retry-after-ms and x-ms-retry-after-ms to this delay so "
-        "polling replays fast (e.g. --retry-after 0.05, the recommended value). Always valid HTTP: whole "
-        "seconds stay Retry-After; a fraction goes in retry-after-ms (beside Retry-After rounded up on "
-        "429/503 and other 400+ answers). Note azure-core treats Retry-After: 0 as 'use my 30 s default'",
-    )
-
-    r = p.add_argument_group("redaction (what is saved; live traffic is untouched)")
-    r.add_argument("--no-redact", action="store_true", help="save secrets as sent (not recommended)")
-    r.add_argument(
-        "--redact-header",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="another header to redact (repeatable, e.g. --redact-header x-my-token)",
-    )
-    r.add_argument(
-        "--redact-query",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="another query parameter to redact (repeatable, e.g. --redact-query key)",
-    )
-    r.add_argument(
-        "--redact-json-field",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
-    )
-    r.add_argument(
-        "--redact-except",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a name the secret-name rules would redact that holds no secret: keep its values (repeatable, "
-        "e.g. --redact-except key for a `key=` query parameter that is a setting's name)",
-    )
-
-    from proxy.verdict import RULES
-
-    v = p.add_argument_group("verdict (how the client behaved)")
-    v.add_argument(
-        "--report",
-        action="store_true",
-        help="at exit, print each operation's timeline (every poll, the gap before it, what it got) and "
-        "the violations: unmatched requests, polls (and 429/503 retries) earlier than the delay sent, a "
-        "first poll earlier than the 202's delay (retry-after-202), polls after a terminal status, "
-        "self-built status URLs, unfinished operations, "
-        "scenario errors (exit status unchanged)",
-    )
-    v.add_argument(
-        "--strict-report",
-        action="store_true",
-        help=f"as --report, and exit {EXIT_VIOLATIONS} when there are violations (for scripts and CI)",
-    )
-    v.add_argument(
-        "--report-html",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="at exit, also write the report as one self-contained HTML page: a time axis per operation "
-        "(each poll, the Retry-After window it was given, its status, the end) and the violations "
-        "(e.g. --report-html report.html)",
-    )
-    v.add_argument(
-        "--har",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="at exit, write every exchange as the client saw it (secrets redacted) as HAR 1.2, which "
-        "browsers' devtools and mitmweb open and `replay-proxy replay` replays (e.g. --har session.har)",
-    )
-    v.add_argument(
-        "--skip-check",
-        action="append",
-        default=[],
-        choices=RULES,
-        metavar="CHECK",
-        help=f"leave a check out of the report (repeatable; one of: {', '.join(RULES)})",
-    )
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    """The run options ``command`` takes, from the table in proxy/settings.py."""
+    settings.add_arguments(p, command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,16 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CASSETTE",
         help="cassette file to write (vcrpy YAML; its JSON for a .json name), e.g. -o cassettes/tileset.yaml",
     )
-    rec.add_argument(
-        "--record-mode",
-        choices=[m.value for m in RecordMode],
-        default=RecordMode.REWRITE.value,
-        help="rewrite = record a fresh cassette, replacing the file at the first exchange (default); "
-        "vcrpy's modes: all = record everything, keeping old exchanges that were not recorded again; "
-        "new_episodes = replay what matches, record the rest; once = record only if the "
-        "cassette does not exist yet, else replay; none = replay only (e.g. --record-mode new_episodes)",
-    )
-    _add_common(rec)
+    _add_common(rec, "record")
 
     rep = sub.add_parser(
         "replay",
@@ -329,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CASSETTE",
         help="cassette file (vcrpy YAML or JSON), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
     )
-    _add_common(rep)
+    _add_common(rep, "replay")
 
     play = sub.add_parser(
         "play",
@@ -370,20 +149,43 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CASSETTE",
         help="with --upstream: record the forwarded exchanges to this cassette (e.g. -o cassettes/real.yaml)",
     )
-    play.add_argument(
-        "--record-mode",
-        choices=[m.value for m in RecordMode],
-        default=None,
-        help="with -o: as for `record` (default rewrite)",
+    _add_common(play, "play")
+
+    serve = sub.add_parser(
+        "serve",
+        help="start with nothing loaded; tests load scenarios or a cassette through the control API",
+        description="Serve nothing until told: every request gets a 599 saying to load something with "
+        "POST /__replay-proxy/use (see README: Control API). For suites in any language that switch "
+        "scenarios per test and read the journal and the verdict over HTTP.",
+        epilog="examples:\n"
+        "  replay-proxy serve --port 0 --clock virtual --retry-after 0.05\n"
+        "  curl -s -X POST http://127.0.0.1:8080/__replay-proxy/use "
+        "-d '{\"scenarios\": [\"scenarios/azure-maps/tileset-fails.yaml\"]}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    play.add_argument(
-        "--clock",
-        choices=("real", "virtual"),
-        default=None,
-        help="time for 'for: 30s' steps: real, or virtual (advances by each Retry-After the operation "
-        "advertised, so time-based progressions play as fast as the client polls); default: each file's own",
+    _add_common(serve, "serve")
+
+    mcp = sub.add_parser(
+        "mcp",
+        help="a Model Context Protocol server on stdio: coding agents drive a proxy with its tools",
+        description="Serve the control API as Model Context Protocol tools on stdin/stdout (use, reset, "
+        "journal, verdict, operations and the operation verbs), for coding agents. Drives the proxy at "
+        "--url, or starts one of its own with nothing loaded. Needs the mcp package "
+        "(pip install 'replay-proxy[mcp]').",
+        epilog="examples:\n"
+        "  replay-proxy mcp                                  # its own proxy, on a free port\n"
+        "  replay-proxy mcp --url http://127.0.0.1:8080      # a running `replay-proxy serve`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common(play)
+    mcp.add_argument("--url", default=None, help="the proxy to drive (default: start one, loopback)")
+    mcp.add_argument(
+        "--control-token", default=None, metavar="TOKEN", help="the proxy's --control-token, if it has one"
+    )
+    mcp.add_argument("--port", type=int, default=0, help="port of its own proxy (default: a free one)")
+    mcp.add_argument("--root", type=Path, default=None, metavar="DIR", help="its own proxy's --root")
+    mcp.add_argument(
+        "--retry-after", type=float, default=None, metavar="SECONDS", help="its own proxy's --retry-after"
+    )
 
     check = sub.add_parser(
         "check",
@@ -472,6 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_main(args.scenarios)
         if args.command == "convert":
             return _convert(args.source, args.output)
+        if args.command == "mcp":
+            from proxy.mcp_server import serve_stdio
+
+            return serve_stdio(
+                args.url, args.control_token, port=args.port, root=args.root, retry_after=args.retry_after
+            )
         if args.command == "learn":
             from proxy.learn import learn_main
 
@@ -489,8 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    given = settings.from_namespace(args, args.command)
     if args.command == "record":
-        cassette: Path = args.output
+        cassette: Path | None = args.output
         upstream = args.upstream
         if args.mode == "reverse" and not upstream:
             raise _usage(
@@ -498,7 +307,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         if args.mode == "regular" and upstream:
             raise _usage("--mode regular takes no UPSTREAM_URL: clients choose the hosts")
-        record_mode = args.record_mode
+        record_mode = given.record_mode
         scenarios: list[Path] = []
     elif args.command == "play":
         scenarios = args.scenarios
@@ -511,41 +320,28 @@ def _serve(args: argparse.Namespace) -> int:
             raise _usage("--record-mode needs -o CASSETTE")
         cassette = args.output if args.output is not None else args.cassette
         record_mode = args.record_mode or (RecordMode.REWRITE.value if args.output else RecordMode.NONE.value)
+    elif args.command == "serve":
+        cassette, upstream, record_mode, scenarios = None, None, RecordMode.NONE.value, []
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
-    for path, what in ((args.report_html, "--report-html"), (args.har, "--har")):
+    for path, what in ((given.report_html, "--report-html"), (given.har, "--har")):
         if path is not None:
             _check_writable(path, what)
-    _configure_logging(args.quiet)
+    _configure_logging(given.quiet)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
-    reporting = args.report or args.strict_report or args.report_html is not None
+    # (serve: the control API's journal and verdict read it)
+    reporting = given.report or given.strict_report or given.report_html is not None
+    keep_journal = reporting or args.command == "serve"
     proxy = ReplayProxy(
-        cassette,
-        upstream,
-        record_mode=record_mode,
-        mode=args.mode,
-        host=args.host,
-        port=args.port,
-        confdir=args.confdir,
-        match_on=args.match_on,
-        match_headers=args.match_header,
-        filter_query_parameters=args.filter_query_parameter,
-        filter_headers=args.filter_header,
-        when_exhausted=args.when_exhausted,
-        retry_after=args.retry_after,
-        redact=not args.no_redact,
-        redact_headers=args.redact_header,
-        redact_query=args.redact_query,
-        redact_json=args.redact_json_field,
-        redact_except=args.redact_except,
-        scenarios=scenarios,
-        clock=getattr(args, "clock", None),
-        upstream_ca=args.upstream_ca,
-        max_body_size=args.max_body_size,
-        upstream_timeout=args.upstream_timeout,
-        journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
-        har=args.har,
+        **{
+            **given.kwargs(CLI),
+            "cassette": cassette,
+            "upstream": upstream,
+            "record_mode": record_mode,
+            "scenarios": scenarios,
+        },
+        journal=None if keep_journal else console_journal(UNREPORTED_JOURNAL),
     )
     stop = threading.Event()
 
@@ -555,7 +351,7 @@ def _serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         # a large cassette loads for minutes: say how it goes (not with -q)
-        proxy.start(timeout=None, progress=None if args.quiet else _StartProgress())
+        proxy.start(timeout=None, progress=None if given.quiet else _StartProgress())
         print(_ready_line(args, proxy), flush=True)
         warning = exposure_warning(args)
         if warning:
@@ -568,27 +364,28 @@ def _serve(args: argparse.Namespace) -> int:
         proxy.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if record_mode != RecordMode.NONE.value and not args.quiet and cassette is not None and cassette.exists():
+    recorded = record_mode != RecordMode.NONE.value and cassette is not None and cassette.exists()
+    if recorded and not given.quiet:
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
     for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
-    if args.har is not None and not proxy.addon.save_errors:
+    if given.har is not None and not proxy.addon.save_errors:
         print(
-            f"replay-proxy: HAR of {proxy.har.count if proxy.har else 0} exchanges: {args.har}",
+            f"replay-proxy: HAR of {proxy.har.count if proxy.har else 0} exchanges: {given.har}",
             file=sys.stderr,
         )
     if reporting:
         from proxy.verdict import check, report
 
         entries = proxy.journal.entries
-        violations = check(entries, args.skip_check)
-        if args.report or args.strict_report:
+        violations = check(entries, given.skip_check)
+        if given.report or given.strict_report:
             print(report(entries, violations), flush=True)
-        if args.report_html is not None:
+        if given.report_html is not None:
             from proxy.report_html import write_report
 
-            print(write_report(args.report_html, entries, violations), file=sys.stderr, flush=True)
-        if violations and args.strict_report and not proxy.addon.save_errors:
+            print(write_report(given.report_html, entries, violations), file=sys.stderr, flush=True)
+        if violations and given.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
 
@@ -644,9 +441,14 @@ def exposure_warning(args: argparse.Namespace) -> str | None:
     if args.command == "record" or (args.command == "play" and args.upstream):
         reach = "any host this machine can reach" if args.mode == "regular" else args.upstream
         risk += f", and reach {reach} through it"
+    control = (
+        "the control API requires --control-token"
+        if getattr(args, "control_token", None)
+        else "the control API is off (give --control-token TOKEN to turn it on)"
+    )
     return (
         f"replay-proxy: warning: listening on {args.host or 'every interface'}, not only on this machine: "
-        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local)"
+        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local); {control}"
     )
 
 
@@ -659,6 +461,8 @@ def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
             what += f" over {args.cassette}"
         elif args.upstream:
             what += f" over {args.upstream}" + (f", recording to {args.output}" if args.output else "")
+    elif args.command == "serve":
+        what = f"serving nothing yet: load scenarios with POST {proxy.url}/__replay-proxy/use"
     else:
         what = f"replaying {args.cassette}"
     # The proxy's URL comes first: it is the first URL on the line even when recording an http upstream.

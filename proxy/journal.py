@@ -10,19 +10,47 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from proxy.model import Response, header_value
 from proxy.rewrite import parse_retry_after
-from proxy.scenario.answer import TERMINAL_STATUSES
+from proxy.scenario.answer import TERMINAL_STATUSES, OperationTag
 
 MAX_ENTRIES = 100_000
 """A journal keeps the most recent entries only (older ones are dropped): memory stays bounded."""
 
 _monotonic = time.monotonic  # the field named ``time`` hides the module in the class body
+
+
+class SealedHeaders:
+    """A request's header fields as received, sealed: they come out only through a redactor (``shown``),
+    and ``repr`` says how many there are, never what. Kept raw because decoding and redacting them on every
+    request would cost the request path ~50 us; the control API redacts them when it shows them."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self._fields = tuple(fields)
+
+    def __repr__(self) -> str:
+        return f"<{len(self._fields)} request header fields, shown redacted>"
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def shown(
+        self, redact: Callable[[tuple[tuple[str, str], ...]], Sequence[tuple[str, str]]]
+    ) -> tuple[tuple[str, str], ...]:
+        """The fields as text (what is not UTF-8 as U+FFFD), through ``redact`` (a session's
+        ``Redactor`` as cassettes are written, or the identity when redaction is off)."""
+        decoded = tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in self._fields)
+        return tuple(redact(decoded)) if decoded else ()
+
+
+NO_HEADERS = SealedHeaders()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +73,10 @@ class Exchange:
     non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
-    ``status`` field / AIP-151 ``done`` of a JSON body). ``virtual``: for a scenario operation on the
-    virtual clock, its clock reading when it answered (seconds since its start), for the reports.
+    ``status`` field / AIP-151 ``done`` of a JSON body). ``tag``: a scenario operation's answer as data
+    (its rule, dialect, role and step: ``proxy.scenario.answer.OperationTag``), None otherwise.
+    ``virtual``: for a scenario operation on the virtual clock, its clock reading when it answered
+    (seconds since its start), for the reports.
     """
 
     method: str
@@ -64,6 +94,11 @@ class Exchange:
     poll: int | None = None
     op_status: str | None = None
     terminal: bool = False
+    tag: OperationTag | None = None
+    request_headers: SealedHeaders = field(default_factory=lambda: NO_HEADERS)
+    """The request's header fields, sealed: read only through a redactor (``SealedHeaders.shown``)."""
+    body_size: int | None = None
+    """The request body's size in bytes."""
     virtual: float | None = None
 
     @property

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from proxy.errors import ReplayProxyError
 from proxy.journal import Exchange
-from proxy.verdict import Violation, _show, marks
+from proxy.operations import Timeline, show
+from proxy.verdict import Violation, _end_status, marks
 
 WIDTH = 960
 """The time axis' width in CSS pixels (the page is as wide as a CI artifact viewer)."""
@@ -89,9 +90,7 @@ def render(
     entries: Sequence[Exchange], violations: Sequence[Violation], *, title: str = "replay-proxy report"
 ) -> str:
     """The page as text."""
-    from proxy.verdict import _Analysis  # the verdict's own grouping of requests into operations
-
-    analysis = _Analysis(entries)
+    analysis = Timeline(entries)  # the verdict's own grouping of requests into operations
     flagged = marks(entries, violations, analysis)
     by_index: dict[int, list[int]] = {}
     for n, v in enumerate(violations, 1):
@@ -162,11 +161,9 @@ def render(
 # -- operations --------------------------------------------------------------------------------------------
 
 
-def _operations(entries: Sequence[Exchange], analysis: object | None = None) -> list[_Operation]:
+def _operations(entries: Sequence[Exchange], analysis: Timeline | None = None) -> list[_Operation]:
     """The verdict's operations, each request placed on the operation's clock."""
-    from proxy.verdict import _Analysis, _end_status
-
-    a = analysis if isinstance(analysis, _Analysis) else _Analysis(entries)
+    a = analysis if analysis is not None else Timeline(entries)
     found: list[_Operation] = []
     for op in a.ops:
         indices = ([op.start] if op.start is not None else []) + list(op.timeline)
@@ -231,9 +228,7 @@ def _where(operations: Sequence[_Operation], analysis: object) -> dict[int | Non
     for k, op in enumerate(operations, 1):
         for p in op.points:
             where[p.index] = f"op{k}-r{p.index + 1}"
-    from proxy.verdict import _Analysis
-
-    if isinstance(analysis, _Analysis):
+    if isinstance(analysis, Timeline):
         for i in analysis.order:
             where.setdefault(i, f"r{i + 1}")
     return where
@@ -282,7 +277,7 @@ def _operation(
         parts.append(
             f'<tr id="op{k}-r{p.index + 1}" class="{cls}"><td>{p.index + 1}</td><td>{_e(p.kind)}</td>'
             f"<td>{_secs(p.at)}</td><td>{gap}</td>"
-            f"<td><code>{_e(e.method)} {_e(_show(e.path))}</code></td>"
+            f"<td><code>{_e(e.method)} {_e(show(e.path))}</code></td>"
             f"<td>{_e(_answer(e))}</td><td>{wait}</td>"
             f"<td>{_notes(p.index, flagged, by_index, violations)}</td></tr>"
         )
@@ -358,9 +353,7 @@ def _mark_class(e: Exchange) -> str:
 
 
 def _all_requests(entries: Sequence[Exchange], analysis: object) -> str:
-    from proxy.verdict import _Analysis
-
-    order = analysis.order if isinstance(analysis, _Analysis) else range(len(entries))
+    order = analysis.order if isinstance(analysis, Timeline) else range(len(entries))
     rows = []
     for i in order:
         e = entries[i]

@@ -7,7 +7,8 @@ What a scenario means (the semantics of the language, in order of evaluation):
    (GET or HEAD on ``status-path`` whose ``{operationId}`` names an operation this rule created; an
    unknown id does not match and falls through), its *resource* rule (GET on ``resource-path`` whose
    ``{resourceId}`` belongs to one of its operations that was reported Succeeded with a resource; an
-   unknown id falls through), its *start* rule (the ``start`` match). The first rule that answers wins;
+   unknown id falls through), its *start* rule (the ``start`` match); an operation with ``cancel`` has a
+   *cancel* rule before these (rule 13). The first rule that answers wins;
    when none does, ``handle`` returns None (the cassette, the upstream or the 599 diagnostic answers).
 2. **Matching.** Every given part of a ``match`` must hold. ``method``: one or a list, case-insensitive.
    ``path``: exact, except ``{name}`` (one segment, ``[^/]+``) and ``{name*}`` (the rest, possibly
@@ -34,7 +35,9 @@ What a scenario means (the semantics of the language, in order of evaluation):
    for ``aip-151``; a given ``accepted`` without ``status`` keeps the style's default status, and in
    ``aip-151`` without a body keeps the default body), rendered with the operation in context, plus the
    status URL in each header named by ``header`` (default by style: creator-v1 ``Location``, creator-v2
-   ``Operation-Location``, aip-151 none; ``none`` or ``null`` for no header; a list for several; a header
+   ``Operation-Location``, aip-151 none, location ``Location``, arm ``Azure-AsyncOperation``; arm's start
+   is ``201``/``200``/``202`` by method, see ``proxy/dialects.py``; ``none`` or ``null`` for no header;
+   a list for several; a header
    the ``accepted`` spec sets itself is left as it is). The status URL is ``status-path`` with the id
    substituted (other placeholders get the start request's path values of the same name), its
    ``?query`` kept, made absolute on the proxy's base URL unless ``url-form: relative``. The resource
@@ -53,7 +56,8 @@ What a scenario means (the semantics of the language, in order of evaluation):
    ends.
 6. **Status answers,** for the status S of the current stage; S is terminal when ``S.lower()`` is in
    ``TERMINAL_STATUSES``, a success when it is ``succeeded``, a failure when it starts with ``fail``
-   (case-insensitive). The body is JSON:
+   (case-insensitive). The dialect table (``proxy/dialects.py``, by the operation's ``style``) renders
+   the answer; the step's overrides below apply on top. The body is JSON:
 
    - ``creator-v1``: ``200 {operationId, createdDateTime (3/11/2020 8:45:13 PM +00:00), status}``. A
      success with a resource (the step's ``resource``; default: when ``resource-path`` is set; never
@@ -63,6 +67,10 @@ What a scenario means (the semantics of the language, in order of evaluation):
      adds the ``Resource-Location`` header (nothing in the body).
    - ``aip-151``: ``200 {name: operations/<id>, done: <terminal>, metadata: {status: S}}``; a success
      adds ``response: {name: <resource URL, or the resource id when there is no resource>}``.
+   - ``location``: ``202`` without a body while running; a success is ``200`` with the ``resource``
+     answer (``204`` for a DELETE or ``resource: false``); a failure is ``400 {error}``.
+   - ``arm``: ``200 {id, name, status, startTime, endTime (terminal)}``; GET of a PUT/PATCH start's URL
+     answers the ``resource`` (default ``{id, name, properties.provisioningState: <status>}``).
    - A failure, or any status whose step gives ``error``, adds ``error``: the step's error (default
      ``{code: OperationFailed, message: The operation failed.}``; fields that are null are left out,
      ``details`` is kept as given, object or list). In ``aip-151`` the error is a google.rpc.Status: an
@@ -107,8 +115,16 @@ What a scenario means (the semantics of the language, in order of evaluation):
     1/2``, ``x.yaml: start of operation "tileset" (1a2b3c4d…)``, ``x.yaml: operation 1a2b3c4d…, poll 3
     (Running)``; ``operation``, ``poll``, ``status``, ``terminal`` and ``retry_after`` are filled for
     operations.
-12. ``handle``, ``reset`` and ``operations`` are serialised by one lock: concurrent clients are safe,
-    and two operations started by two clients progress independently.
+12. ``handle``, ``reset``, ``operations`` and ``steer`` are serialised by one lock: concurrent clients
+    are safe, and two operations started by two clients progress independently.
+13. **Steering and cancel.** ``steer`` (the control API's verbs) acts on a started operation: ``hold``
+    keeps it at its stage (polls answer it and do not count toward it; the time held does not count
+    toward a ``for`` stage), ``advance`` moves it N stages on, ``succeed``/``fail``/``cancel`` make every
+    later poll answer that terminal status (a status step, rule 6: ``fail``'s error is the given one),
+    ``release`` undoes a hold and an end set so. An operation with ``hold: true`` starts held. Its
+    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``,
+    default the status path) ends an operation that has not ended as Canceled, and answers
+    ``cancel.respond``, else the status answer (aip-151: ``200 {}``).
 """
 
 from __future__ import annotations
@@ -127,11 +143,21 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
+from proxy.dialects import (
+    OperationFacts,
+    dialect,
+    is_failure,
+    is_success,
+    resource_body,
+    start_body,
+    status_answer,
+)
 from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
 from proxy.rewrite import delay_headers, parse_retry_after
-from proxy.scenario.answer import Answer, NearRule, Refusal
+from proxy.scenario.answer import Answer, NearRule, OperationTag, Refusal
 from proxy.scenario.dates import format_created_date_time
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
@@ -155,16 +181,9 @@ Clock = Literal["real", "virtual"]
 DataPath = tuple[str | int, ...]
 HeaderList = tuple[tuple[str, str], ...]
 
-DEFAULT_ERROR: dict[str, Any] = {"code": "OperationFailed", "message": "The operation failed."}
-"""The error of a failed operation whose step gives none."""
 VIRTUAL_STEP_WITHOUT_RETRY_AFTER = 1.0
 """Seconds the virtual clock advances for an answer that advertised no Retry-After."""
 
-_DEFAULT_STATUS_HEADERS: dict[str, tuple[str, ...]] = {
-    "creator-v1": ("Location",),
-    "creator-v2": ("Operation-Location",),
-    "aip-151": (),
-}
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
@@ -181,13 +200,30 @@ class OperationState:
     """The operation's ``name``, or ``operation N`` (its position in the file)."""
     file: str
     status: str
-    """The status last answered (before the first poll: the first stage's)."""
+    """The status last answered (before the first poll: the first stage's), or, once steered (``steer``),
+    the status its next poll reports."""
     polls: int
     terminal: bool
     created: float
     """Wall-clock time of the start request (POSIX seconds)."""
     status_url: str
     resource_id: str
+    held: bool = False
+    """Held at its current step (``hold``) until released, advanced or ended."""
+    ended_by: str | None = None
+    """``succeed``, ``fail`` or ``cancel`` when steered to its end (from outside, or by a cancel request)."""
+    stage: int = 0
+    """The step (index into the operation's ``steps``) it is at."""
+
+
+STEER_ACTIONS = ("hold", "advance", "succeed", "fail", "cancel", "release")
+"""What a test can do to a running operation (``ScenarioMachine.steer``)."""
+
+_ENDS = {"succeed": "Succeeded", "fail": "Failed", "cancel": "Canceled"}
+
+
+class UnknownOperation(LookupError):
+    """No operation with this id was started since the last reset."""
 
 
 class ScenarioMachine:
@@ -221,6 +257,8 @@ class ScenarioMachine:
             for i, operation in enumerate(loaded.scenario.operations):
                 op_rule = _OperationRule(self, file, i, operation)
                 self._operation_rules.append(op_rule)
+                if operation.cancel is not None:
+                    self._rules.append(op_rule.answer_cancel)
                 self._rules += [op_rule.answer_status, op_rule.answer_resource, op_rule.answer_start]
 
     def handle(self, request: Request, base_url: str) -> Answer | Refusal | None:
@@ -269,6 +307,61 @@ class ScenarioMachine:
         """Every operation started since the last reset, in the order they were started."""
         with self._lock:
             return [op.snapshot() for op in self._operations]
+
+    def steer(
+        self, op_id: str, action: str, *, steps: int = 1, error: Mapping[str, Any] | None = None
+    ) -> OperationState:
+        """Steer a started operation from outside (a test): ``hold`` it at its current step, ``advance``
+        it ``steps`` steps (held or not), end it now (``succeed``, ``fail`` with ``error`` as its OData
+        error, ``cancel``), or ``release`` it (back to its scripted progression, from the step it is at;
+        an end set by steering is undone). Takes effect from the operation's next poll. Raises
+        UnknownOperation for an id not started since the last reset (the latest one when ids repeat),
+        ValueError for an unknown action or a bad ``steps``/``error``."""
+        if action not in STEER_ACTIONS:
+            raise ValueError(f"unknown action {action!r}; choose from: {', '.join(STEER_ACTIONS)}")
+        forced: PollStep | None = None
+        if action != "fail" and error is not None:
+            raise ValueError(f"{action} takes no error (only fail does)")
+        if action in _ENDS:
+            body: dict[str, Any] = {"status": _ENDS[action]}
+            if action == "fail" and error is not None:
+                body["error"] = error
+            try:
+                forced = PollStep.model_validate(body)
+            except ValueError as e:
+                raise ValueError(
+                    "error must be an OData error such as {\"code\": \"InvalidFeature\", \"message\": "
+                    f"\"...\"}}: {_first_error(e)}"
+                ) from None
+        if action == "advance" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be a whole number of 1 or more, not {steps!r}")
+        with self._lock:
+            op = next((o for o in reversed(self._operations) if o.id == op_id), None)
+            if op is None:
+                raise UnknownOperation(op_id)
+            rule = op.rule
+            now = self.clock_value(op)
+            if action == "hold" and not op.held:
+                rule.stage_of(op)  # catch up with the time that passed before the hold
+                op.held, op.held_at = True, now
+            elif action == "release":
+                if op.held:
+                    op.stage_began += now - op.held_at  # time held does not count toward the step
+                op.held, op.forced, op.ended_by = False, None, None
+            elif action == "advance":
+                if op.forced is not None:
+                    raise ValueError(f"operation {op_id} was ended by {op.ended_by}: release it first")
+                if not op.held:
+                    rule.stage_of(op)
+                op.stage = min(op.stage + steps, len(rule.operation.steps) - 1)
+                op.stage_polls, op.stage_began, op.held_at = 0, now, now
+            elif forced is not None:
+                op.forced, op.ended_by = forced, action
+            if action != "hold":  # what the next poll will report, for whoever lists the operations
+                step = op.forced if op.forced is not None else rule.operation.steps[op.stage]
+                if step.status is not None:
+                    op.status, op.terminal = step.status, step.status.lower() in TERMINAL_STATUSES
+            return op.snapshot()
 
     # -- shared by the rules (called with the lock held) ----------------------------------------------
 
@@ -859,6 +952,15 @@ class _Op:
         self.terminal = False
         self.resource_ready = False
         self.start: dict[str, Any] = {}
+        self._facts: OperationFacts | None = None
+        self.ended: float | None = None
+        """Wall-clock time of its first terminal answer."""
+        self.held = rule.operation.hold
+        self.held_at = 0.0
+        """The operation's clock when it was held (``steer``)."""
+        self.forced: PollStep | None = None
+        """The step that answers every poll from now on: an end set by ``steer`` or a cancel request."""
+        self.ended_by: str | None = None
 
     def context(self) -> dict[str, Any]:
         moment = datetime.fromtimestamp(self.created, UTC)
@@ -875,6 +977,30 @@ class _Op:
             "start": self.start,
         }
 
+    def facts(self) -> OperationFacts:
+        """What the dialect needs to render an answer for this operation (made again when its status
+        changed: polls of one stage share one)."""
+        made = self._facts
+        if (
+            made is not None
+            and made.status == self.status
+            and made.status_url == self.status_url
+            and made.ended == self.ended
+        ):
+            return made
+        made = self._facts = OperationFacts(
+            id=self.id,
+            created=self.created,
+            status=self.status,
+            status_url=self.status_url,
+            resource_id=self.resource_id,
+            resource_url=self.resource_url,
+            start_method=self.start.get("method", ""),
+            start_path=self.start.get("path", ""),
+            ended=self.ended,
+        )
+        return made
+
     def snapshot(self) -> OperationState:
         return OperationState(
             id=self.id,
@@ -886,6 +1012,9 @@ class _Op:
             created=self.created,
             status_url=self.status_url,
             resource_id=self.resource_id,
+            held=self.held,
+            ended_by=self.ended_by,
+            stage=self.stage,
         )
 
     def reading(self) -> float | None:
@@ -904,6 +1033,7 @@ class _OperationRule:
         self.index = index
         self.operation = operation
         self.label = f'operation "{operation.name}"' if operation.name else f"operation {index + 1}"
+        self.dialect = dialect(operation.style)
         self.start = _Matcher(operation.start)
         self.status_path = _PathPattern(operation.status_path)
         self.resource_path = (
@@ -916,18 +1046,29 @@ class _OperationRule:
         header = operation.header
         if header is None:
             names: Sequence[str] = (
-                () if "header" in operation.model_fields_set else _DEFAULT_STATUS_HEADERS[operation.style]
+                () if "header" in operation.model_fields_set else self.dialect.status_headers
             )
         else:
             names = [header] if isinstance(header, str) else header
         self.headers = [n for n in names if n.strip().lower() != "none"]
         self.ops: dict[str, _Op] = {}
         self.by_resource: dict[str, _Op] = {}
+        self.by_start_path: dict[str, _Op] = {}
+        """arm: the path of each PUT/PATCH start, where the client GETs the resource (latest operation)."""
+        self.tags: dict[tuple[str, int | None], OperationTag] = {}
         self.counter = 0
+        cancel = operation.cancel
+        self.cancel_path = _PathPattern(
+            cancel.path if cancel is not None and cancel.path is not None else self.status_path.template
+        )
+        methods = cancel.method if cancel is not None else "DELETE"
+        listed = [methods] if isinstance(methods, str) else methods
+        self.cancel_methods = frozenset(m.upper() for m in listed)
 
     def reset(self) -> None:
         self.ops.clear()
         self.by_resource.clear()
+        self.by_start_path.clear()
         self.counter = 0
 
     def at(self, *keys: str | int) -> DataPath:
@@ -1006,19 +1147,21 @@ class _OperationRule:
         op.status_url = self.url(self.status_path, values, base)
         if self.resource_path is not None:
             op.resource_url = self.url(self.resource_path, values, base)
-        op.stage_began = self.machine.clock_value(op)
+        op.stage_began = op.held_at = self.machine.clock_value(op)
         self.ops[op_id] = op
         self.by_resource[resource_id] = op
+        if self.dialect.final_get == "start-url" and view.method in ("PUT", "PATCH"):
+            self.by_start_path[view.path] = op
         self.machine.register(op)
 
-        aip = operation.style == "aip-151"
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        default_body = start_body(self.dialect, op.facts())
         rendered = self.machine.render_response(
             operation.accepted or _EMPTY_RESPONSE,
             self.at("accepted"),
             ctx,
-            default_status=200 if aip else 202,
-            default_json={"name": f"operations/{op_id}", "done": False} if aip else _NO_BODY,
+            default_status=self.dialect.start_code(view.method),
+            default_json=default_body if default_body is not None else _NO_BODY,
         )
         response = rendered.response
         for name in self.headers:
@@ -1036,7 +1179,22 @@ class _OperationRule:
             operation=op_id,
             status=op.status,
             retry_after=rendered.retry_after,
+            tag=self.tag("start"),
         )
+
+    def tag(self, role: Literal["start", "poll", "resource"], step: int | None = None) -> OperationTag:
+        """The structured facts of an answer of this rule (``Answer.tag``), made once per role and step."""
+        found = self.tags.get((role, step))
+        if found is None:
+            found = self.tags[(role, step)] = OperationTag(
+                f"{self.file.label}: {self.label}",
+                self.dialect.name,
+                role,
+                step,
+                tuple(self.headers),
+                self.operation.url_form,
+            )
+        return found
 
     # -- polls
 
@@ -1049,9 +1207,18 @@ class _OperationRule:
         op = self.ops.get(params.get("operationId", ""))
         if op is None:
             return None
-        j = self.stage_of(op)
-        step = self.operation.steps[j]
-        op.stage_polls += 1
+        return self.poll(op, view, base, params)
+
+    def poll(
+        self, op: _Op, view: _View, base: str, params: Mapping[str, str], *, on_resource: bool = False
+    ) -> Answer:
+        """Answer a poll of ``op`` by its current stage (rules 5 and 6). ``on_resource``: an ``arm``
+        operation without a status header, polled at its PUT/PATCH URL (the resource's
+        ``provisioningState`` is the status, as azure-mgmt-core's BodyContentPolling reads it)."""
+        j = op.stage if op.held else self.stage_of(op)  # held: the step it is at, however long
+        step = op.forced if op.forced is not None else self.operation.steps[j]
+        if not op.held:
+            op.stage_polls += 1
         op.polls += 1
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
         where = f"{self.file.label}: operation {_short(op.id)}, poll {op.polls}"
@@ -1071,11 +1238,14 @@ class _OperationRule:
                 poll=op.polls,
                 status=op.status,
                 retry_after=rendered.retry_after,
+                tag=self.tag("poll", j),
             )
         assert step.status is not None
         op.status = step.status
         op.terminal = step.status.lower() in TERMINAL_STATUSES
-        response, advertised = self.status_response(op, step, j, ctx)
+        if op.terminal and op.ended is None:
+            op.ended = self.machine.now()
+        response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
         virtual = op.reading()
         op.advance(advertised)
         return Answer(
@@ -1087,6 +1257,7 @@ class _OperationRule:
             status=op.status,
             terminal=op.terminal,
             retry_after=advertised,
+            tag=self.tag("poll", j),
         )
 
     def stage_of(self, op: _Op) -> int:
@@ -1106,49 +1277,40 @@ class _OperationRule:
             op.stage_polls = 0
         return op.stage
 
-    def status_response(self, op: _Op, step: PollStep, j: int, ctx: _Ctx) -> tuple[Response, float | None]:
-        """The status answer of ``step`` (rule 6) and the Retry-After seconds it advertises."""
+    def status_response(
+        self, op: _Op, step: PollStep, j: int, ctx: _Ctx, *, on_resource: bool = False
+    ) -> tuple[Response, float | None]:
+        """The status answer of ``step`` (rule 6: the dialect's answer, then the step's overrides) and the
+        Retry-After seconds it advertises."""
         operation = self.operation
         status = op.status
-        lowered = status.lower()
-        success = lowered == "succeeded"
-        failure = lowered.startswith("fail")
-        with_resource = success and op.resource_url is not None and step.resource is not False
+        success = is_success(status)
+        if self.dialect.name == "location":
+            with_resource = success and step.resource is not False
+        else:
+            with_resource = success and op.resource_url is not None and step.resource is not False
         if with_resource:
             op.resource_ready = True
-        moment = datetime.fromtimestamp(op.created, UTC)
-        code = 200
-        headers: HeaderList = (("Content-Type", _JSON),)
-        body: dict[str, Any]
-        error = self.error(step, j, ctx) if failure or step.error is not None else None
-        if operation.style == "aip-151":
-            body = {"name": f"operations/{op.id}", "done": op.terminal, "metadata": {"status": status}}
-            if success:
-                body["response"] = {"name": op.resource_url if with_resource else op.resource_id}
-            if error is not None or (op.terminal and lowered.startswith("cancel")):
-                body["error"] = _rpc_status(error, cancelled=lowered.startswith("cancel"))
+        error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
+        base = status_answer(self.dialect, op.facts(), with_resource=with_resource, error=error)
+        code, headers, body = base.code, base.headers, base.body
+        if on_resource:  # the resource itself, its provisioningState the status
+            code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, op.facts())
+        if (on_resource or (self.dialect.name == "location" and with_resource and code == 200)) and (
+            operation.resource
+        ):
+            rendered = self.machine.render_response(operation.resource, self.at("resource"), ctx)
+            code, headers = rendered.response.status, rendered.response.headers
+            body = _json_object(rendered.response.body) if step.json_ is not None else None
+            result = rendered.response.body
         else:
-            if operation.style == "creator-v1":
-                body = {
-                    "operationId": op.id,
-                    "createdDateTime": format_created_date_time(moment),
-                    "status": status,
-                }
-                if with_resource:
-                    assert op.resource_url is not None
-                    code = 201
-                    headers += (("Location", op.resource_url),)
-                    body["resourceLocation"] = op.resource_url
-            else:
-                body = {"operationId": op.id, "created": moment.isoformat(), "status": status}
-                if with_resource:
-                    assert op.resource_url is not None
-                    headers += (("Resource-Location", op.resource_url),)
-            if error is not None:
-                body["error"] = error
+            result = None
         if step.http_status is not None:
             code = step.http_status
         if step.json_ is not None:
+            if body is None:
+                body = {}
+                headers = set_header(headers, "Content-Type", _JSON)
             for key, value in self.machine.render_data(step.json_, self.at("steps", j, "json"), ctx).items():
                 if value is None:
                     body.pop(key, None)
@@ -1169,7 +1331,8 @@ class _OperationRule:
                 name,
                 self.machine.render_header(name, raw, self.at("steps", j, "headers", name), ctx),
             )
-        response = Response(status=code, headers=headers, body=_json_bytes(body))
+        content = _json_bytes(body) if body is not None else result if result is not None else b""
+        response = Response(status=code, headers=headers, body=content)
         return response, self.machine.advertised(headers, retry)
 
     def error(self, step: PollStep, j: int, ctx: _Ctx) -> dict[str, Any]:
@@ -1180,23 +1343,84 @@ class _OperationRule:
         rendered: dict[str, Any] = self.machine.render_data(error, self.at("steps", j, "error"), ctx)
         return rendered
 
+    # -- cancel requests
+
+    def answer_cancel(self, view: _View, base: str) -> Answer | None:
+        """A cancel request (the operation's ``cancel`` rule): the operation ends Canceled unless it has
+        ended already; the answer is ``cancel.respond``, else its status answer (aip-151: ``{}``)."""
+        cancel = self.operation.cancel
+        if cancel is None or view.method not in self.cancel_methods:
+            return None
+        params = self.cancel_path.match(view.path)
+        if params is None:
+            return None
+        if "operationId" in self.cancel_path.names:
+            op = self.ops.get(params.get("operationId", ""))
+        else:
+            op = self.by_resource.get(params.get("resourceId", ""))
+        if op is None:
+            return None
+        if not op.terminal:
+            op.forced, op.ended_by = PollStep.model_validate({"status": "Canceled"}), "cancel"
+            op.status, op.terminal = "Canceled", True
+        ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        source = f"{self.file.label}: cancel of operation {_short(op.id)} ({op.status})"
+        if cancel.respond is not None:
+            rendered = self.machine.render_response(cancel.respond, self.at("cancel", "respond"), ctx)
+            return Answer(
+                response=rendered.response,
+                source=source,
+                delay=rendered.delay,
+                dribble=rendered.dribble,
+                fault=rendered.fault,
+                operation=op.id,
+                status=op.status,
+                terminal=op.terminal,
+                retry_after=rendered.retry_after,
+            )
+        if self.operation.style == "aip-151":
+            response = Response(status=200, headers=(("Content-Type", _JSON),), body=b"{}")
+            return Answer(response=response, source=source, operation=op.id, status=op.status)
+        j = op.stage
+        step = op.forced if op.forced is not None else self.operation.steps[j]
+        if step.status is None:  # not reachable: an operation ends on a status step
+            step = PollStep.model_validate({"status": op.status})
+        response, advertised = self.status_response(op, step, j, ctx)
+        return Answer(
+            response=response,
+            source=source,
+            operation=op.id,
+            status=op.status,
+            terminal=op.terminal,
+            retry_after=advertised,
+        )
+
     # -- resources
 
     def answer_resource(self, view: _View, base: str) -> Answer | None:
-        if self.resource_path is None or view.method != "GET":
+        if view.method != "GET":
             return None
-        params = self.resource_path.match(view.path)
-        if params is None:
-            return None
-        op = self.by_resource.get(params.get("resourceId", ""))
-        if op is None or not op.resource_ready:
-            return None
+        op = self.by_start_path.get(view.path) if self.by_start_path else None
+        if op is not None:  # arm: the resource at the PUT/PATCH URL, as provisioned so far
+            params: Mapping[str, str] = op.start.get("params", {})
+            if not self.headers:  # no status monitor: the resource's provisioningState is polled
+                return self.poll(op, view, base, params, on_resource=True)
+        else:
+            if self.resource_path is None:
+                return None
+            found = self.resource_path.match(view.path)
+            if found is None:
+                return None
+            params = found
+            op = self.by_resource.get(params.get("resourceId", ""))
+            if op is None or not op.resource_ready:
+                return None
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
         rendered = self.machine.render_response(
             self.operation.resource or _EMPTY_RESPONSE,
             self.at("resource"),
             ctx,
-            default_json={"id": op.resource_id, "operationId": op.id},
+            default_json=resource_body(self.dialect, op.facts()),
         )
         return Answer(
             response=rendered.response,
@@ -1209,29 +1433,20 @@ class _OperationRule:
             status=op.status,
             terminal=op.terminal,
             retry_after=rendered.retry_after,
+            tag=self.tag("resource"),
         )
 
 
-def _rpc_status(error: dict[str, Any] | None, *, cancelled: bool) -> dict[str, Any]:
-    """An error as a google.rpc.Status: integer code (2 UNKNOWN, 1 CANCELLED), message, details list."""
-    default_code = 1 if cancelled else 2
-    if error is None:
-        message = "The operation was cancelled." if cancelled else DEFAULT_ERROR["message"]
-        return {"code": default_code, "message": message}
-    code = error.get("code")
-    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
-        code = int(code)
-    status: dict[str, Any] = {
-        "code": code if isinstance(code, int) and not isinstance(code, bool) else default_code,
-        "message": error.get("message") or DEFAULT_ERROR["message"],
-    }
-    details = error.get("details")
-    if details is not None:
-        status["details"] = details if isinstance(details, list) else [details]
-    return status
-
-
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body parsed (a step's ``json`` merges into it); {} for anything else."""
+    try:
+        doc = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -1248,6 +1463,17 @@ def _malformed(body: bytes) -> bytes:
             break
         cut = cut[:-1]
     return cut
+
+
+def _first_error(error: ValueError) -> str:
+    """The first problem pydantic found, in one line (``error.code: Field required``)."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        found = errors()
+        if found:
+            where = ".".join(str(part) for part in found[0].get("loc", ()))
+            return f"{where}: {found[0].get('msg', '')}" if where else str(found[0].get("msg", ""))
+    return str(error)
 
 
 def _short(op_id: str) -> str:
