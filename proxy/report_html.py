@@ -37,7 +37,7 @@ class _Point:
     """One request of an operation, placed on its axis."""
 
     index: int
-    kind: str  # start, poll N, stray, other
+    kind: str  # start, poll N, final GET (a scenario's resource answer), stray, other
     at: float  # seconds since the operation's first request, on its clock
     gap: float | None  # real seconds since the previous answer of the operation
     window: float | None  # seconds (on its clock) the answer told the client to wait
@@ -52,6 +52,8 @@ class _Operation:
     points: tuple[_Point, ...]
     outcome: str
     finished: bool
+    style: str = ""
+    """A scenario operation's dialect (``aip-151``, ``location``, ``arm``, ...; proxy/dialects.py)."""
 
 
 def write_report(
@@ -188,7 +190,8 @@ def _operations(entries: Sequence[Exchange], analysis: Timeline | None = None) -
                 polls += 1
                 kind = f"poll {polls}"
             else:
-                kind = "stray" if i in a.strays else "other"
+                resource = e.tag is not None and e.tag.role == "resource"
+                kind = "final GET" if resource else "stray" if i in a.strays else "other"
             gap = e.monotonic - previous.monotonic if previous is not None else None
             points.append(_Point(i, kind, at, gap, e.retry_after, i == op.terminal_at))
             if i == op.start or i in op.polls:
@@ -218,7 +221,9 @@ def _operations(entries: Sequence[Exchange], analysis: Timeline | None = None) -
         else:
             last = entries[op.polls[-1]].op_status if op.polls else None
             outcome = f"never finished (last status: {last or 'none'})"
-        found.append(_Operation(op.label, op.name, virtual, tuple(points), outcome, finished))
+        tag = next((entries[i].tag for i in indices if entries[i].tag is not None), None)
+        style = tag.dialect if tag is not None else ""
+        found.append(_Operation(op.label, op.name, virtual, tuple(points), outcome, finished, style))
     return found
 
 
@@ -261,9 +266,10 @@ def _operation(
     bad = any(p.index in flagged for p in op.points) or not op.finished
     name = f' <span class="name">{_e(op.name)}</span>' if op.name else ""
     clock = ' <span class="clock">virtual time</span>' if op.virtual else ""
+    style = f' <span class="style">style {_e(op.style)}</span>' if op.style else ""
     parts = [
         f'<article id="op{k}" class="op{" bad" if bad else ""}">',
-        f"<h3>operation <code>{_e(op.label)}</code>{name}{clock} "
+        f"<h3>operation <code>{_e(op.label)}</code>{name}{style}{clock} "
         f'<span class="outcome">→ {_e(op.outcome)}</span></h3>',
         _axis(op, entries, flagged),
         "<table><thead><tr><th>#</th><th>what</th><th>at s</th><th>gap s</th><th>request</th><th>answer</th>"
@@ -451,7 +457,8 @@ code{font:12.5px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break
 .violations li{margin:6px 0}.violation{color:#cf222e}.rule{font-weight:700}
 .op{border:1px solid #d0d7de;border-radius:6px;padding:12px;margin:14px 0}.op.bad{border-color:#ff8182}
 .name{color:#59636e;font-weight:400}
-.clock{background:#ddf4ff;color:#0969da;border-radius:10px;padding:1px 8px;font-size:12px;font-weight:400}
+.clock,.style{background:#ddf4ff;color:#0969da;border-radius:10px;padding:1px 8px;font-size:12px;
+font-weight:400}
 .outcome{font-weight:400}
 svg.axis{display:block;max-width:100%;height:auto;margin:4px 0 8px}
 .window{fill:#54aeff;fill-opacity:.22;stroke:#54aeff;stroke-opacity:.5}

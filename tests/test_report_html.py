@@ -146,6 +146,46 @@ def test_a_virtual_clock_run_is_drawn_in_virtual_time(tmp_path: Path) -> None:
     assert re.search(r"Succeeded after \d+ polls in 3[01]\d\.\d{3} s", page)
 
 
+def _poll_to_the_end(url: str) -> requests.Response:
+    """Polls a status URL (no waiting: virtual clock) until it stops answering 202 or a running status."""
+    for _ in range(10):
+        r = requests.get(url, timeout=TIMEOUT)
+        if r.status_code != 202 and (not r.content or r.json().get("status") in (None, "Succeeded")):
+            return r
+    raise AssertionError(f"{url} never finished")
+
+
+def test_the_location_and_arm_styles_are_drawn_with_their_final_get() -> None:
+    """A location-style batch and delete (202 until the result) and an ARM PUT (Azure-AsyncOperation, then
+    the final GET of the resource): each an operation with its style, polled to its end; the ARM one's
+    final GET is on its axis."""
+    arm = "/subscriptions/s1/resourceGroups/rg1/providers/Microsoft.Storage/storageAccounts/acct1"
+    with ReplayProxy(
+        scenarios=[
+            ROOT / "scenarios/location-polling.yaml",
+            ROOT / "scenarios/arm-azure-async-operation.yaml",
+        ],
+        clock="virtual",
+        retry_after=0,
+    ) as p:
+        batch = requests.post(f"{p.url}/batch", json={}, timeout=TIMEOUT)
+        assert _poll_to_the_end(batch.headers["Location"]).status_code == 200
+        delete = requests.delete(f"{p.url}/subscriptions/s1/resourcegroups/rg1", timeout=TIMEOUT)
+        assert _poll_to_the_end(delete.headers["Location"]).status_code == 204
+        put = requests.put(f"{p.url}{arm}", json={"location": "westeurope"}, timeout=TIMEOUT)
+        assert _poll_to_the_end(put.headers["Azure-AsyncOperation"]).json()["status"] == "Succeeded"
+        assert requests.get(f"{p.url}{arm}", timeout=TIMEOUT).status_code == 200
+        entries = p.journal.entries
+    violations = check(entries)
+    assert violations == []
+    page = render(entries, violations)
+    assert page.count("<svg") == 3
+    assert page.count('<span class="style">style location</span>') == 2
+    assert page.count('<span class="style">style arm</span>') == 1
+    assert "Succeeded after 3 polls in 15.000 s" in page and "Succeeded after 3 polls in 45.000 s" in page
+    assert re.search(r"<td>final GET</td><td>16\.000</td>.*?<code>GET " + re.escape(arm), page)
+
+
 def _synthetic(operations: int, polls: int = 5) -> list[Exchange]:
     """A journal of ``operations`` LROs, each a start and ``polls`` polls 1 s apart (Retry-After: 1)."""
     entries: list[Exchange] = []
