@@ -74,6 +74,10 @@ class HarCapture:
     def _add(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(_DONE) or flow.websocket is not None:
             return
+        from proxy.addon import META
+
+        if flow.metadata.get(META) == "control":  # the control API: the harness's calls, not the client's
+            return
         flow.metadata[_DONE] = True
         entry = har_entry(flow, self.replay, self._servers)
         if self._spool is None:

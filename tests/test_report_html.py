@@ -125,6 +125,33 @@ def test_play_report_html_on_the_command_line(cli: Any, tmp_path: Path) -> None:
     assert "tileset-succeeds.yaml: operation &quot;tileset&quot;" in page
 
 
+def test_serve_writes_the_html_report_and_the_har_of_what_it_was_told_to_use(
+    cli: Any, tmp_path: Path
+) -> None:
+    """`serve` takes the run options: what the control API loaded is reported and captured at exit."""
+    page, har = tmp_path / "serve.html", tmp_path / "serve.har"
+    proc = cli(["serve", "--port", "0", "--report-html", str(page), "--har", str(har)])
+    try:
+        scenario = str(ROOT / "scenarios/azure-maps/tileset-succeeds.yaml")
+        used = requests.post(
+            f"{proc.url}/__replay-proxy/use",
+            json={"scenarios": [scenario], "retry_after": 0.05},
+            timeout=TIMEOUT,
+        )
+        assert used.status_code == 200, used.text
+        _impatient_client(proc.url)
+    finally:
+        assert proc.stop() == 0, proc.stderr
+    line = next(x for x in proc.stderr_lines if x.startswith("replay-proxy: report: "))
+    assert "1 operation" in line and line.endswith(page.resolve().as_uri())
+    assert "tileset-succeeds.yaml: operation &quot;tileset&quot;" in page.read_text(encoding="utf-8")
+    import json
+
+    urls = [e["request"]["url"] for e in json.loads(har.read_text(encoding="utf-8"))["log"]["entries"]]
+    assert not any("/__replay-proxy/" in u for u in urls)  # the control API is not the client's traffic
+    assert any("/tilesets?" in u for u in urls) and any(u.endswith("/tilesets/not-recorded") for u in urls)
+
+
 def test_a_virtual_clock_run_is_drawn_in_virtual_time(tmp_path: Path) -> None:
     """slow-job runs five minutes of virtual time in a fraction of a second: the axis shows the minutes."""
     with ReplayProxy(
