@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -52,7 +55,9 @@ def render(
     browser = find_chromium()
     if browser is None:
         raise RuntimeError("no Chromium found")
-    with tempfile.TemporaryDirectory(prefix="replay-proxy-chromium-") as profile:
+    # ignore_cleanup_errors: a child process (renderer, crashpad) killed with the group may still be
+    # writing its last file into the profile while the directory is removed (seen under load)
+    with tempfile.TemporaryDirectory(prefix="replay-proxy-chromium-", ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [
                 browser,
@@ -70,6 +75,7 @@ def render(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: its helper processes are ended with it
         )
         try:
             ws = _devtools_url(proc, timeout)
@@ -77,7 +83,8 @@ def render(
                 asyncio.wait_for(_drive(ws, page, expressions or {}, width, screenshot), timeout)
             )
         finally:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group of the Chromium started above, nothing else
             proc.wait(30)
 
 
