@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,12 @@ def render(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the group of the Chromium started above, nothing else
             proc.wait(30)
+            for _ in range(50):  # its helpers are gone (at most 5 s) before the profile is removed
+                try:
+                    os.killpg(proc.pid, 0)
+                except (ProcessLookupError, PermissionError):
+                    break
+                time.sleep(0.1)
 
 
 def _devtools_url(proc: subprocess.Popen[str], timeout: float) -> str:
