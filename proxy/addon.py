@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,7 +38,7 @@ from proxy.diagnostic import (
     unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
-from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
+from proxy.journal import BodyStatus, Exchange, Journal, JournalFile, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import (
     Interaction,
@@ -94,6 +95,11 @@ class Session(NamedTuple):
     """What answers, for diagnostics: "cassette c.yaml", "scenarios a.yaml, b.yaml", ..."""
     upstream_timeout: float | None = None
     """Seconds to wait for a forwarded exchange's complete answer (then 504); None: no limit."""
+
+    @property
+    def cassette_path(self) -> str | None:
+        """The cassette's absolute path, as the journal names it."""
+        return os.path.abspath(self.cassette) if self.cassette is not None else None
 
 
 class ReplayAddon:
@@ -172,6 +178,9 @@ class ReplayAddon:
             "replay_passthrough", bool, False, "Forward what nothing else answers (play over an upstream)."
         )
         loader.add_option(
+            "replay_journal", str | None, None, "Also write each exchange to this file, one JSON line."
+        )
+        loader.add_option(
             "replay_upstream_timeout",
             str,
             f"{gateway.DEFAULT_UPSTREAM_TIMEOUT:g}",
@@ -181,10 +190,12 @@ class ReplayAddon:
         request_head.install()
 
     def configure(self, updated: set[str]) -> None:
-        if not any(name.startswith("replay_") for name in updated):
-            return
         from mitmproxy import ctx
 
+        if "replay_journal" in updated:
+            self._open_journal_file(ctx.options.replay_journal)
+        if not any(name.startswith("replay_") and name != "replay_journal" for name in updated):
+            return
         try:
             session = _build_session(ctx.options)
         except ReplayProxyError as e:
@@ -192,6 +203,18 @@ class ReplayAddon:
         self._close_session()
         self.session = session
         self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
+        self.journal.redact_headers = session.redactor.headers if session.redactor.enabled else None
+        playback = session.router.playback
+        if self.journal.file is not None and session.cassette is not None and playback is not None:
+            self.journal.file.write(
+                {
+                    "event": "load",
+                    "time": round(time.time(), 6),
+                    "cassette": session.cassette_path,
+                    "interactions": len(playback),
+                    "record_mode": session.router.record_mode.value,
+                }
+            )
         if session.router.playback is not None and len(session.router.playback) >= FREEZE_AT:
             # What a large cassette loaded lives as long as the session: keep it out of the cyclic garbage
             # collector's full passes, which otherwise walk all of it (100k interactions: 300 ms pauses).
@@ -202,6 +225,16 @@ class ReplayAddon:
         self.stopping = True  # from now on nothing is forwarded: it could not be saved
         self._close_session()
         faults.release_all()
+        self._open_journal_file(None)
+
+    def _open_journal_file(self, path: str | None) -> None:
+        """Write the journal to ``path`` from now on (appended to), or to no file (None)."""
+        current = self.journal.file
+        if current is not None and path == current.path:
+            return
+        self.journal.file = JournalFile(path) if path else None
+        if current is not None:
+            current.close()
 
     def client_disconnected(self, client: Any) -> None:
         faults.client_disconnected(client)
@@ -290,7 +323,9 @@ class ReplayAddon:
             kind = "cassette"
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
                 kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
-            self._journal(flow, _exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
+            exchange = _exchange(flow, sent.status, kind, detail, sent, body=served.body_status)
+            exchange = replace(exchange, cassette=session.cassette_path, interaction=played.index)
+            self._journal(flow, exchange)
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
             flow.response = _flow_response(scenario_error_response(decision))
@@ -710,6 +745,8 @@ def _exchange(
         poll=answer.poll if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
+        request_headers=tuple(req.headers.items(multi=True)),
+        request_body_size=len(req.raw_content or b""),
     )
 
 

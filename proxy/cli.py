@@ -247,6 +247,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help=f"as --report, and exit {EXIT_VIOLATIONS} when there are violations (for scripts and CI)",
     )
     v.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write each exchange to FILE as it happens, one JSON line (time, method, URL, status, what "
+        "answered, Retry-After sent, operation, redacted request headers, the cassette interaction that "
+        "answered); started afresh, e.g. --journal journal.jsonl (a CI artefact; `prune` reads it)",
+    )
+    v.add_argument(
         "--skip-check",
         action="append",
         default=[],
@@ -449,6 +458,10 @@ def _serve(args: argparse.Namespace) -> int:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
     _configure_logging(args.quiet)
+    if args.journal is not None:
+        from proxy.journal import start_fresh
+
+        start_fresh(args.journal)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
     reporting = args.report or args.strict_report
     proxy = ReplayProxy(
@@ -476,6 +489,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_size=args.max_body_size,
         upstream_timeout=args.upstream_timeout,
         journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
+        journal_file=args.journal,
     )
     stop = threading.Event()
 

@@ -7,15 +7,19 @@ client, the status URLs it handed out, and the state of the long-running operati
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
-from proxy.model import Response, header_value
+from proxy.model import Headers, Response, header_value
 from proxy.rewrite import parse_retry_after
 from proxy.scenario.answer import TERMINAL_STATUSES
 
@@ -46,6 +50,10 @@ class Exchange:
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
     ``status`` field / AIP-151 ``done`` of a JSON body).
+
+    ``request_headers`` are the request's headers redacted as a cassette saves them (``Journal.add``),
+    ``request_body_size`` its body's length as sent; ``cassette``/``interaction`` say which recorded
+    interaction answered (the cassette's path, absolute; the 0-based index in its ``interactions``).
     """
 
     method: str
@@ -63,6 +71,41 @@ class Exchange:
     poll: int | None = None
     op_status: str | None = None
     terminal: bool = False
+    request_headers: Headers = ()
+    request_body_size: int = 0
+    cassette: str | None = None
+    interaction: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as JSON-ready data: what ``--journal FILE`` writes per line and the control API serves.
+
+        Request headers as a cassette holds them (name -> list of values, redacted); ``time`` is when
+        the request arrived (seconds since the epoch) and ``time_iso`` the same in UTC.
+        """
+        headers: dict[str, list[str]] = {}
+        for name, value in self.request_headers:
+            headers.setdefault(name, []).append(value)
+        return {
+            "time": round(self.time, 6),
+            "time_iso": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds"),
+            "method": self.method,
+            "url": self.url,
+            "path": self.path,
+            "client_url": self.client_url,
+            "status": self.status,
+            "source": self.source,
+            "detail": self.detail,
+            "retry_after": self.retry_after,
+            "status_urls": list(self.status_urls),
+            "operation": self.operation,
+            "poll": self.poll,
+            "operation_status": self.op_status,
+            "terminal": self.terminal,
+            "request_headers": headers,
+            "request_body_size": self.request_body_size,
+            "cassette": self.cassette,
+            "interaction": self.interaction,
+        }
 
     @property
     def query(self) -> str:
@@ -185,12 +228,23 @@ class Journal:
         self._lock = threading.Lock()
         self.listener = listener
         self.scrub: Callable[[str], str] | None = None
+        self.redact_headers: Callable[[Headers], Headers] | None = None
+        """The session's ``Redactor.headers``: request headers as a cassette would save them."""
+        self.file: JournalFile | None = None
+        """``--journal FILE``: each entry is also written there, one JSON line, as it is added."""
 
     def add(self, exchange: Exchange) -> None:
         if self.scrub is not None:
             exchange = scrubbed(exchange, self.scrub)
+        if exchange.request_headers:
+            headers = exchange.request_headers
+            if self.redact_headers is not None:
+                headers = self.redact_headers(headers)
+            exchange = replace(exchange, request_headers=_shared(headers))
         with self._lock:
             self._entries.append(exchange)
+        if self.file is not None:
+            self.file.exchange(exchange)
         if self.listener is not None:
             self.listener(exchange)
 
@@ -202,6 +256,24 @@ class Journal:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+_PAIRS_MAX = 4096
+
+
+def _shared(headers: Headers) -> Headers:
+    """``headers`` built from header fields already held (a poller sends the same ones every time): a
+    journal of 100,000 entries keeps one copy of each field, not 100,000."""
+    out = []
+    for pair in headers:
+        found = _PAIRS.get(pair)
+        if found is None:
+            if len(_PAIRS) >= _PAIRS_MAX:
+                _PAIRS.clear()
+            found = _PAIRS[pair] = pair
+        out.append(found)
+    return tuple(out)
 
 
 def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
@@ -224,3 +296,90 @@ def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
     return replace(
         exchange, url=url, path=path, client_url=client_url, detail=detail, status_urls=status_urls
     )
+
+
+class JournalFile:
+    """``--journal FILE``: one JSON object per line, written (one ``write`` to a file opened for appending)
+    the moment each exchange is journaled, so a crashed proxy leaves every line it had written.
+
+    Lines are ``{"event": "exchange", ...Exchange.to_json()}`` and, when a session loads a cassette,
+    ``{"event": "load", "cassette": PATH, "interactions": N, "record_mode": MODE}`` (what ``prune`` needs
+    to tell "loaded, never played" from "not used in this run"). The file is appended to: whoever starts a
+    run decides whether it starts afresh (the command line does; ``start_fresh``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            from proxy.errors import ConfigError
+
+            raise ConfigError(f"{self.path}: cannot write the journal there: {e.strerror or e}") from None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        """Why a line could not be written (a full disk): said once, then lines are dropped."""
+
+    def exchange(self, exchange: Exchange) -> None:
+        self.write({"event": "exchange", **exchange.to_json()})
+
+    def write(self, entry: Mapping[str, Any]) -> None:
+        """Append ``entry`` as one line (one system call: lines from several processes never interleave)."""
+        line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fd < 0 or self.error is not None:
+                return
+            try:
+                os.write(self._fd, line)
+            except OSError as e:
+                self.error = f"{self.path}: journal line not written: {e.strerror or e}"
+                import logging
+
+                logging.getLogger("proxy").error("replay-proxy: error: %s", self.error)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def start_fresh(path: str | os.PathLike[str]) -> None:
+    """Empty (or create) the journal file at ``path``: a run that owns the file starts it afresh."""
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError as e:
+        from proxy.errors import ConfigError
+
+        raise ConfigError(f"{os.fspath(path)}: cannot write the journal there: {e.strerror or e}") from None
+
+
+def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The entries of a ``--journal`` file, in order; a last line cut short by a kill is left out.
+
+    A line that is not a JSON object (other than that last one) is a ConfigError naming ``file:line``.
+    """
+    from proxy.errors import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{os.fspath(path)}: cannot read the journal: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{os.fspath(path)}: not a journal (not UTF-8 text)") from None
+    lines = text.split("\n")
+    out: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+            if number == len(lines):  # no newline after it: torn by a kill
+                continue
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{os.fspath(path)}:{number}: not a journal line (a JSON object expected)")
+        out.append(entry)
+    return out

@@ -115,7 +115,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="vcrpy's filter_headers: remove (or set) this request header before matching and recording "
         "(repeatable).",
     )
+    group.addoption(
+        "--replay-journal",
+        default=None,
+        metavar="FILE",
+        help="Write every exchange of the session to FILE as it happens, one JSON line (started afresh; "
+        "pytest-xdist workers share it). `replay-proxy prune CASSETTE --journal FILE` reads it.",
+    )
     parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
+    parser.addini("replay_journal", "Default for --replay-journal.", default="")
     parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
     parser.addini("replay_retry_after", "Default for --replay-retry-after.", default="")
     parser.addini("replay_no_verify", "Default for --replay-no-verify.", type="bool", default=False)
@@ -137,6 +145,7 @@ class Settings:
     disabled_checks: tuple[str, ...] = ()
     filter_query_parameters: tuple[str, ...] = ()
     filter_headers: tuple[str, ...] = ()
+    journal: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -182,7 +191,12 @@ class Settings:
             Matcher(**filters)  # a bad name is a usage error now, not at the first test
         except ConfigError as e:
             raise pytest.UsageError(f"replay-proxy: {e}") from None
-        return cls(record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters)
+        journal = config.getoption("replay_journal") or str(config.getini("replay_journal")) or None
+        if journal is not None:
+            journal = str(config.invocation_params.dir / journal)
+        return cls(
+            record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters, journal=journal
+        )
 
     @property
     def records(self) -> bool:
@@ -203,7 +217,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # proxy's thread during the test that made the request: not the test's business, and fatal to the
     # handshake under `filterwarnings = error`.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mitmproxy")
-    config.stash[_settings_key] = Settings.from_config(config)
+    settings = config.stash[_settings_key] = Settings.from_config(config)
+    if settings.journal is not None and not hasattr(config, "workerinput"):  # xdist workers append
+        from proxy.errors import ConfigError
+        from proxy.journal import start_fresh
+
+        try:
+            start_fresh(settings.journal)
+        except ConfigError as e:
+            raise pytest.UsageError(f"--replay-journal: {e}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -241,6 +263,7 @@ class _SessionProxy:
                 filter_query_parameters=settings.filter_query_parameters,
                 filter_headers=settings.filter_headers,
                 forward_port=_free_port(),
+                journal_file=settings.journal,
             )
             try:
                 return proxy.start()

@@ -162,12 +162,15 @@ class ReplayProxy:
         forward_port: int | None = None,
         max_body_size: int | str | None = DEFAULT_MAX_BODY_SIZE,
         upstream_timeout: float | None = DEFAULT_UPSTREAM_TIMEOUT,
+        journal_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
         if forward_port is not None and (mode != "reverse" or not 0 < forward_port < 65536):
             raise ConfigError("forward_port adds a forward-proxy listener to reverse mode: give a free port")
         self.forward_port = forward_port
+        self.journal_file = os.fspath(journal_file) if journal_file is not None else None
+        """Each exchange is also appended to this file as one JSON line (``proxy.journal.JournalFile``)."""
         self.max_body_size = parse_size(max_body_size)
         """Bytes; a larger request body gets 413 (None: no limit)."""
         self.upstream = check_upstream(upstream) if upstream else None
@@ -427,7 +430,8 @@ class ReplayProxy:
             try:
                 # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
                 master.options.update(
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
+                    body_size_limit=str(self.max_body_size) if self.max_body_size else None,
+                    replay_journal=self.journal_file,
                 )
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
