@@ -55,6 +55,7 @@ from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Re
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
 from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, ScenarioFailed, Scripted
 from proxy.scenario.answer import Answer
+from proxy.unused import CassetteUse, Usage
 
 logger = logging.getLogger("proxy")
 
@@ -95,6 +96,8 @@ class Session(NamedTuple):
     """What answers, for diagnostics: "cassette c.yaml", "scenarios a.yaml, b.yaml", ..."""
     upstream_timeout: float | None = None
     """Seconds to wait for a forwarded exchange's complete answer (then 504); None: no limit."""
+    loaded: int = 0
+    """How many interactions the cassette held when the session began (more are appended when recording)."""
 
     @property
     def cassette_path(self) -> str | None:
@@ -116,6 +119,8 @@ class ReplayAddon:
         self._served: dict[tuple[int, str | None], _Served] = {}
         """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
         self._served_session: Session | None = None
+        self.usage = Usage()
+        """Which interactions of each cassette loaded for replay were played (``unused()``)."""
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -272,7 +277,28 @@ class ReplayAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         faults.responseheaders(flow)
 
+    def unused(self) -> list[CassetteUse]:
+        """Each cassette loaded for replay so far (this session included) and what of it was played."""
+        if self.session is not None:
+            self._count_plays(self.session)
+        return self.usage.uses()
+
+    def _count_plays(self, session: Session) -> None:
+        playback = session.router.playback
+        replays = session.router.record_mode in (RecordMode.NONE, RecordMode.ONCE, RecordMode.NEW_EPISODES)
+        if session.cassette_path is None or playback is None or not session.loaded or not replays:
+            return
+        counts = playback.play_counts[: session.loaded]
+        self.usage.add(
+            session.cassette_path,
+            session.loaded,
+            lambda: [f"{i.request.method} {i.request.url}" for i in playback.interactions[: session.loaded]],
+            (n for n, count in enumerate(counts) if count),
+        )
+
     def _close_session(self) -> None:
+        if self.session is not None:
+            self._count_plays(self.session)
         if self.session is not None and self.session.recorder is not None:
             try:
                 self.session.recorder.close()
@@ -547,6 +573,7 @@ def _build_session(options: Any) -> Session:
         retry_after,
         served or "nothing",
         upstream_timeout,
+        len(loaded),
     )
 
 

@@ -517,11 +517,15 @@ def _serve(args: argparse.Namespace) -> int:
     for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
     if args.report or args.strict_report:
+        from proxy.unused import format_unused
         from proxy.verdict import check, report
 
         entries = proxy.journal.entries
         violations = check(entries, args.skip_check)
         print(report(entries, violations), flush=True)
+        unused = format_unused(proxy.addon.unused())
+        if unused:
+            print(unused, flush=True)
         if violations and args.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK

@@ -49,6 +49,7 @@ import pytest
 if TYPE_CHECKING:
     from proxy.journal import Journal
     from proxy.server import ReplayProxy
+    from proxy.unused import CassetteUse
 
 RECORD_MODES = ("none", "once", "new_episodes", "all", "rewrite")
 MARKER = "replay_proxy"
@@ -244,6 +245,8 @@ class _SessionProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proxy: ReplayProxy | None = None
+        self.uses: list[CassetteUse] = []
+        """At the end: each cassette loaded for replay and what of it was played."""
 
     def get(self) -> ReplayProxy:
         if self.proxy is None:
@@ -275,6 +278,7 @@ class _SessionProxy:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
+            self.uses = self.proxy.addon.unused()
             self.proxy = None
 
 
@@ -320,6 +324,24 @@ def replay_proxy_server(pytestconfig: pytest.Config) -> Iterator[_SessionProxy]:
         yield holder
     finally:
         holder.stop()
+        pytestconfig.stash[_uses_key] = holder.uses
+
+
+_uses_key = pytest.StashKey["list[CassetteUse]"]()
+UNUSED_SHOWN = 10
+"""Unplayed interactions listed per cassette in the terminal summary (all with -v)."""
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The cassettes' interactions that no test of the session played (pytest-xdist: per worker, not
+    shown; use ``--replay-journal`` and ``replay-proxy prune --dry-run`` there)."""
+    from proxy.unused import format_unused
+
+    uses: list[CassetteUse] = config.stash.get(_uses_key, [])
+    text = format_unused(uses, None if config.option.verbose > 0 else UNUSED_SHOWN)
+    if text:
+        terminalreporter.write_sep("-", "replay-proxy: unused recorded interactions")
+        terminalreporter.write_line(text)
 
 
 # -- what a test sees ------------------------------------------------------------------------------------
