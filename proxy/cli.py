@@ -395,6 +395,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
+    prune = sub.add_parser(
+        "prune",
+        help="drop the interactions of a cassette that no journal line played",
+        description="Drop the interactions of CASSETTE that no line of the journals (--journal FILE of "
+        "play/replay/record, --replay-journal of the pytest plugin) played. The rest of the file stays as "
+        "it was (vcrpy's layout, YAML or JSON; another layout is rewritten in vcrpy's); vcrpy loads the "
+        "result. Refuses, changing nothing, when the journals do not name the cassette or it changed since.",
+        epilog="example: replay-proxy prune cassettes/tileset.yaml --journal journal.jsonl --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prune.add_argument("cassette", type=Path, metavar="CASSETTE", help="the cassette to prune")
+    prune.add_argument(
+        "--journal",
+        action="append",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="a journal of a run that replayed CASSETTE (repeatable: what any of them played is kept)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="list what would be dropped; change nothing")
+
     ca = sub.add_parser(
         "ca",
         help="print the CA certificate path (created on first use)",
@@ -419,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.scenario.check import check_main
 
             return check_main(args.scenarios)
+        if args.command == "prune":
+            from proxy.prune import prune_main
+
+            return prune_main(args.cassette, args.journal, args.dry_run)
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 
