@@ -416,6 +416,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--dry-run", action="store_true", help="list what would be dropped; change nothing")
 
+    lint = sub.add_parser(
+        "lint",
+        help="find secrets left in cassettes (exit 3 with file:line per finding)",
+        description="Scan cassettes for secrets: values the redaction rules would hide if the exchange were "
+        "recorded now (secret names, credential-shaped values), and long random-looking tokens in headers, "
+        "URLs and JSON bodies, requests and responses. One line per finding (file:line, where, the first "
+        "characters and length, never the whole value); exit 3 with findings, 0 when clean.",
+        epilog="example: replay-proxy lint cassettes/*.yaml  (a pre-commit hook: see the README)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lint.add_argument("cassettes", nargs="+", type=Path, metavar="CASSETTE", help="cassette files")
+    lint.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a header, query parameter or JSON key whose random-looking values are no secret "
+        "(repeatable, e.g. --allow x-ms-correlation-request-id)",
+    )
+
     ca = sub.add_parser(
         "ca",
         help="print the CA certificate path (created on first use)",
@@ -444,6 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.prune import prune_main
 
             return prune_main(args.cassette, args.journal, args.dry_run)
+        if args.command == "lint":
+            from proxy.lint import lint_main
+
+            return lint_main(args.cassettes, args.allow)
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 
