@@ -436,6 +436,63 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable, e.g. --allow x-ms-correlation-request-id)",
     )
 
+    drift = sub.add_parser(
+        "drift",
+        help="send a cassette's requests to the real service again and report how its API drifted",
+        description="Send CASSETTE's recorded requests to UPSTREAM again, in order (safe methods only unless "
+        "--unsafe; polls as a client would, following the live status URLs), and report structural drift "
+        "by severity: status codes, LRO headers (Location, Operation-Location, Azure-AsyncOperation, "
+        "Retry-After), the operation status vocabulary, JSON fields added, removed or retyped (values "
+        "are ignored). Exit 0: no drift; 3: drift at or above --fail-on; 2: bad input.",
+        epilog="example: replay-proxy drift cassettes/tileset.yaml --upstream https://atlas.microsoft.com "
+        "--unsafe -H 'subscription-key: ...'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    drift.add_argument("cassette", type=Path, metavar="CASSETTE", help="the recording to check")
+    drift.add_argument(
+        "--upstream", required=True, metavar="URL", help="the real service, e.g. https://atlas.microsoft.com"
+    )
+    drift.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="also send POST, PUT, PATCH, DELETE... (they act on the real service: start operations, "
+        "create and delete resources)",
+    )
+    drift.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="'NAME: VALUE'",
+        help="a header to send with every request, e.g. the credential the cassette holds redacted "
+        "(repeatable; -H 'Authorization: Bearer ...')",
+    )
+    drift.add_argument(
+        "--max-delay",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait at most this long between polls, whatever Retry-After says (default: %(default)g)",
+    )
+    drift.add_argument(
+        "--max-polls",
+        type=int,
+        default=30,
+        metavar="N",
+        help="poll an operation at most N times to see it finish as the recording did (default: %(default)s)",
+    )
+    drift.add_argument(
+        "--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="per request (default: %(default)g)"
+    )
+    drift.add_argument("--upstream-ca", type=Path, default=None, metavar="PEM", help="also trust this CA")
+    drift.add_argument(
+        "--fail-on",
+        choices=("info", "warning", "breaking"),
+        default="info",
+        help="the least severity that makes the exit status 3 (default: %(default)s, any drift)",
+    )
+
     ca = sub.add_parser(
         "ca",
         help="print the CA certificate path (created on first use)",
@@ -468,6 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.lint import lint_main
 
             return lint_main(args.cassettes, args.allow)
+        if args.command == "drift":
+            return _drift(args)
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 
@@ -478,6 +537,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"replay-proxy: error: {line}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not 'NAME: VALUE'")
+    return name.strip(), text.strip()
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from proxy.drift import Options, drift_main
+    from proxy.server import check_upstream
+
+    if args.upstream_ca is not None and not args.upstream_ca.is_file():
+        raise _usage(f"{args.upstream_ca}: upstream CA file not found")
+    options = Options(
+        check_upstream(args.upstream),
+        unsafe=args.unsafe,
+        headers=tuple(args.header),
+        max_delay=args.max_delay,
+        max_polls=max(1, args.max_polls),
+        timeout=args.timeout or 30.0,
+        ca=str(args.upstream_ca) if args.upstream_ca else None,
+    )
+    return drift_main(args.cassette, options, args.fail_on)
 
 
 def _serve(args: argparse.Namespace) -> int:

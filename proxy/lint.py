@@ -139,9 +139,11 @@ def _json_strings(node: Any, at: str = "$") -> Iterator[tuple[str, str, str]]:
     """(path, key, string) of every string in a JSON document."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _json_strings(value, f"{at}.{key}") if not isinstance(value, str) else [
-                (f"{at}.{key}", str(key), value)
-            ]
+            yield from (
+                _json_strings(value, f"{at}.{key}")
+                if not isinstance(value, str)
+                else [(f"{at}.{key}", str(key), value)]
+            )
     elif isinstance(node, list):
         for i, value in enumerate(node):
             if isinstance(value, str):
@@ -193,9 +195,7 @@ def findings_in(
             old, new_url = urlsplit(before), urlsplit(after)
             if old.netloc != new_url.netloc and old.password:
                 yield f"{prefix} URL password", "redact", old.password
-            for segment, redacted_segment in zip(
-                old.path.split("/"), new_url.path.split("/"), strict=False
-            ):
+            for segment, redacted_segment in zip(old.path.split("/"), new_url.path.split("/"), strict=False):
                 if segment != redacted_segment:
                     yield f"{prefix} URL path", "redact", unquote(segment)
         for (name, value), (_, new) in zip(original.headers, changed.headers, strict=False):

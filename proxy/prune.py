@@ -137,9 +137,7 @@ def _write_without(cassette: Path, drop: set[int], interactions: Sequence[Any]) 
     elif found is not None and len(found[0]) == len(interactions):
         starts, end = found
         bounds = [*starts, end]
-        kept = [
-            "".join(lines[bounds[i] : bounds[i + 1]]) for i in range(len(starts)) if i not in drop
-        ]
+        kept = ["".join(lines[bounds[i] : bounds[i + 1]]) for i in range(len(starts)) if i not in drop]
         head, tail = "".join(lines[: starts[0]]), "".join(lines[end:])
         if kept:
             new = head + "".join(kept) + tail

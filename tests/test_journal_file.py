@@ -105,7 +105,7 @@ def test_an_unwritable_journal_is_a_usage_error(tmp_path: Path, confdir: Path) -
     assert f"replay-proxy: error: {tmp_path}: cannot write the journal there" in result.stderr
 
 
-PLUGIN_TEST = f'''
+PLUGIN_TEST = f"""
 import requests
 
 def test_one(replay_proxy):
@@ -119,7 +119,7 @@ def test_two(replay_proxy):
     s = requests.Session(); s.trust_env = False
     assert s.post(replay_proxy.url + "/tilesets?api-version=2.0&datasetId=x", timeout=10).status_code == 202
     replay_proxy.verify_at_teardown = False
-'''
+"""
 
 
 def test_the_plugin_writes_the_sessions_journal(

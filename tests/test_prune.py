@@ -37,8 +37,16 @@ def prune(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def journal(path: Path, cassette_path: str, played: list[int], loaded: int = 6, method: str = "GET") -> Path:
     lines: list[dict[str, Any]] = [{"event": "load", "cassette": cassette_path, "interactions": loaded}]
-    lines += [{"event": "exchange", "method": method if i else "POST", "cassette": cassette_path,
-               "interaction": i, "source": "cassette"} for i in played]
+    lines += [
+        {
+            "event": "exchange",
+            "method": method if i else "POST",
+            "cassette": cassette_path,
+            "interaction": i,
+            "source": "cassette",
+        }
+        for i in played
+    ]
     lines.append({"event": "exchange", "method": "GET", "cassette": None, "interaction": None})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
@@ -72,7 +80,9 @@ def test_a_real_runs_journal_prunes_what_the_client_never_asked_for(cli: type[Cl
 
     dry = prune(tmp_path, "tileset.yaml", "--journal", "journal.jsonl", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[0].startswith("tileset.yaml:69: #3 GET http://127.0.0.1:44099/tilesets/operations/")
+    assert dry.stdout.splitlines()[0].startswith(
+        "tileset.yaml:69: #3 GET http://127.0.0.1:44099/tilesets/operations/"
+    )
     assert dry.stdout.splitlines()[-1] == "tileset.yaml: would drop 4 of 6 interactions, keeping 2 (dry run)"
     assert c.read_text() == original
 

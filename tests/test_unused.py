@@ -46,9 +46,10 @@ def test_each_interactions_line_is_where_yaml_puts_it(path: Path) -> None:
 def test_a_layout_the_fast_scan_does_not_know_is_composed(tmp_path: Path) -> None:
     path = tmp_path / "flow.yaml"
     data = yaml.safe_load(CASSETTE.read_text())
-    path.write_text("# a comment\nversion: 1\ninteractions:\n" + "".join(
-        f"  - {json.dumps(item)}\n" for item in data["interactions"]
-    ))
+    path.write_text(
+        "# a comment\nversion: 1\ninteractions:\n"
+        + "".join(f"  - {json.dumps(item)}\n" for item in data["interactions"])
+    )
     assert interaction_lines(path, 6) == [4, 5, 6, 7, 8, 9]
     assert interaction_lines(path, 5) is None  # not the file that was loaded
 
@@ -81,7 +82,7 @@ def test_a_fully_played_cassette_is_not_listed(cli: type[Cli]) -> None:
     assert "never played" not in out
 
 
-PLUGIN_TESTS = f'''
+PLUGIN_TESTS = f"""
 import requests
 
 def test_start_only(replay_proxy):
@@ -100,7 +101,7 @@ def test_start_and_a_poll(replay_proxy):
 
 def test_loads_but_sends_nothing(replay_proxy):
     replay_proxy.use({str(FAILS)!r})
-'''
+"""
 
 
 def test_the_plugin_summary_lists_what_no_test_played(
@@ -110,12 +111,14 @@ def test_the_plugin_summary_lists_what_no_test_played(
     pytester.makepyfile(test_client=PLUGIN_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=120)
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([
-        "*- replay-proxy: unused recorded interactions -*",
-        "Recorded interactions loaded but never played*",
-        f"  {CASSETTE}: 3 of 6 interactions never played",
-        f"    {CASSETTE}:102: #4 GET *",
-        f"    {CASSETTE}:135: #5 GET *",
-        f"    {CASSETTE}:169: #6 GET *",
-        f"  {FAILS}: none of its * interactions played (the cassette is unused)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*- replay-proxy: unused recorded interactions -*",
+            "Recorded interactions loaded but never played*",
+            f"  {CASSETTE}: 3 of 6 interactions never played",
+            f"    {CASSETTE}:102: #4 GET *",
+            f"    {CASSETTE}:135: #5 GET *",
+            f"    {CASSETTE}:169: #6 GET *",
+            f"  {FAILS}: none of its * interactions played (the cassette is unused)",
+        ]
+    )
