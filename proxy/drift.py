@@ -225,7 +225,7 @@ def resend(
             step.live.append(live)
             polls += 1
             done = body_status(live)[1]
-            if polls >= len(step.recorded) and (done or not recorded_terminal):
+            if polls >= len(step.recorded) and (done or not recorded_terminal or _final_error(live)):
                 break
             if done or polls >= max(options.max_polls, len(step.recorded)):
                 break
@@ -235,6 +235,11 @@ def resend(
             _learn(old.response, new, request.url, url, moved)
         _learn(step.recorded[-1].response, step.live[-1], request.url, url, moved)
     return notes
+
+
+def _final_error(response: Response) -> bool:
+    """An error a client does not poll on after (not 408, 429 or 5xx, which it retries)."""
+    return response.status >= 400 and response.status not in (408, 429) and response.status < 500
 
 
 # -- comparing ----------------------------------------------------------------------------------------------
@@ -303,6 +308,8 @@ def compare(step: Step) -> Iterator[tuple[str, str, str]]:
             "breaking" if any(c >= 400 for c in new) or not set(old_codes) & set(new_codes) else "warning"
         )
         yield severity, "status", f"status {_listed(new)} where the recording had {_listed(old_codes)}"
+        if all(c >= 400 for c in new_codes) and any(c < 400 for c in old_codes):
+            return  # an error instead of an answer: its headers and body are not the API's shape
     elif gone:
         yield "warning", "status", f"recorded status {_listed(gone)} never came (live: {_listed(new_codes)})"
     for name in LRO_HEADERS:
@@ -386,7 +393,11 @@ def drift_main(
     head = f"drift of {shown} against {options.upstream}: {sent} requests sent"
     if skipped:
         unsent = sum(len(s.recorded) for s in skipped)
-        head += f", {unsent} recorded ones not (unsafe methods: --unsafe sends them)"
+        plural = "s" * (unsent != 1)
+        head += (
+            f"; {unsent} recorded request{plural} not sent (unsafe method{plural}: --unsafe sends "
+            "them; the polls of an operation whose start was not sent ask about the recorded one)"
+        )
     print(head, flush=True)
     for note in notes:
         print(f"  note: {note}", flush=True)

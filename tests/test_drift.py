@@ -111,7 +111,9 @@ def test_unsafe_methods_are_not_sent_unless_asked(recorded: tuple[Upstream, Path
     up, path = recorded
     seen = len(up.requests)
     result = drift(path.parent, "jobs.yaml", "--upstream", up.url)
-    assert ", 1 recorded ones not (unsafe methods: --unsafe sends them)" in result.stdout.splitlines()[0]
+    assert (
+        "; 1 recorded request not sent (unsafe method: --unsafe sends them;" in result.stdout.splitlines()[0]
+    )
     assert all(r["method"] == "GET" for r in up.requests[seen:])
 
 
@@ -129,6 +131,26 @@ def test_fail_on_sets_the_least_severity_that_fails(recorded: tuple[Upstream, Pa
     assert drift(path.parent, "item.yaml", "--upstream", up.url, "--fail-on", "warning").returncode == 0
     up.api = 2
     assert drift(path.parent, "item.yaml", "--upstream", up.url, "--fail-on", "breaking").returncode == 3
+
+
+def test_an_error_instead_of_an_answer_is_one_finding_and_ends_the_polling(
+    recorded: tuple[Upstream, Path],
+) -> None:
+    """Without --unsafe the polls ask about the recorded job; a service that forgot it answers 404: one
+    status finding (not its error body's fields), and no polling on past what the recording did."""
+    _, path = recorded
+    with Upstream() as other:  # a service that never knew job1
+        seen = len(other.requests)
+        result = drift(path.parent, "jobs.yaml", "--upstream", other.url)
+        polls = [r for r in other.requests[seen:] if "/operations/" in r["path"]]
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
+    assert result.returncode == 3
+    job = [line for line in lines if "/api/jobs/operations/job1" in line and not line.startswith("note")]
+    assert len(job) == 1, lines
+    assert job[0].startswith(
+        "breaking status GET /api/jobs/operations/job1: status 404 where the recording had 200"
+    )
+    assert len(polls) == 3  # as many as recorded
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,8 @@ class Upstream:
             return 202, [("Location", status_url), ("Retry-After", "0")], b""
         if path.startswith("/api/jobs/operations/"):
             job = path.rsplit("/", 1)[1]
+            if not job.startswith("job") or not 0 < int(job[3:] or 0) <= self.jobs:
+                return 404, json_type, b'{"error": {"code": "NotFound", "message": "no such job"}}'
             with self._lock:
                 n = self.polls[job] = self.polls.get(job, 0) + 1
             running = "InProgress" if v2 else "Running"
