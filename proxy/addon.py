@@ -98,11 +98,8 @@ class Session(NamedTuple):
     """Seconds to wait for a forwarded exchange's complete answer (then 504); None: no limit."""
     loaded: int = 0
     """How many interactions the cassette held when the session began (more are appended when recording)."""
-
-    @property
-    def cassette_path(self) -> str | None:
-        """The cassette's absolute path, as the journal names it."""
-        return os.path.abspath(self.cassette) if self.cassette is not None else None
+    cassette_path: str | None = None
+    """The cassette's absolute path, as the journal names it."""
 
 
 class ReplayAddon:
@@ -349,8 +346,16 @@ class ReplayAddon:
             kind = "cassette"
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
                 kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
-            exchange = _exchange(flow, sent.status, kind, detail, sent, body=served.body_status)
-            exchange = replace(exchange, cassette=session.cassette_path, interaction=played.index)
+            exchange = _exchange(
+                flow,
+                sent.status,
+                kind,
+                detail,
+                sent,
+                body=served.body_status,
+                cassette=session.cassette_path,
+                interaction=played.index,
+            )
             self._journal(flow, exchange)
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
@@ -574,6 +579,7 @@ def _build_session(options: Any) -> Session:
         served or "nothing",
         upstream_timeout,
         len(loaded),
+        os.path.abspath(path) if path is not None else None,
     )
 
 
@@ -741,6 +747,8 @@ def _exchange(
     answer: Answer | None = None,
     *,
     body: BodyStatus | None = None,
+    cassette: str | None = None,
+    interaction: int | None = None,
 ) -> Exchange:
     """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
     (``body``: its ``journal.body_status`` when already known)."""
@@ -774,6 +782,8 @@ def _exchange(
         terminal=terminal,
         request_headers=tuple(req.headers.items(multi=True)),
         request_body_size=len(req.raw_content or b""),
+        cassette=cassette,
+        interaction=interaction,
     )
 
 
