@@ -195,7 +195,10 @@ class ReplayAddon:
         from mitmproxy import ctx
 
         if "replay_journal" in updated:
-            self._open_journal_file(ctx.options.replay_journal)
+            try:
+                self._open_journal_file(ctx.options.replay_journal)
+            except ReplayProxyError as e:
+                raise exceptions.OptionsError(str(e)) from e
         if not any(name.startswith("replay_") and name != "replay_journal" for name in updated):
             return
         try:
