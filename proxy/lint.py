@@ -252,6 +252,7 @@ def lint_file(path: Path, allow: frozenset[str]) -> list[Finding]:
                 continue
             seen.add((where, value))
             out.append(Finding(shown, _line_of(value, lines, first, last), where, kind, value))
+    out.sort(key=lambda f: f.line)  # stable: what one line holds stays in the order found
     return out
 
 
