@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from proxy import cassette
-from proxy.model import Interaction
+from proxy.drift import Step, compare
+from proxy.model import Interaction, Request, Response
 from proxy.server import ReplayProxy
 from tests.upstream import Upstream
 
@@ -167,3 +168,33 @@ def test_bad_input_exits_2(recorded: tuple[Upstream, Path], args: list[str], mes
     result = drift(path.parent, *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
+
+
+def _step(recorded: list[Response], live: list[Response]) -> list[tuple[str, str, str]]:
+    step = Step(0, [Interaction(Request("GET", "http://h/x"), r) for r in recorded], list(live))
+    return list(compare(step))
+
+
+def _json_response(doc: object, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, "", (("Content-Type", "application/json"), *headers), json.dumps(doc).encode())
+
+
+def test_null_against_a_value_is_info_and_a_new_success_code_a_warning() -> None:
+    recorded = [_json_response({"a": None, "b": 1})]
+    found = _step(recorded, [_json_response({"a": "x", "b": 1}), _json_response({"a": "x", "b": 1}, 201)])
+    assert found == [
+        ("warning", "status", "status 201 where the recording had 200"),  # beside the recorded 200
+        ("info", "json-field", "$.a was null, now string"),
+    ]
+    instead = _step(recorded, [_json_response({"a": None, "b": 1}, 201)])  # none of the recorded codes
+    assert instead == [("breaking", "status", "status 201 where the recording had 200")]
+
+
+def test_a_body_that_is_no_longer_json_is_breaking_and_nested_removals_are_reported_once() -> None:
+    gone = _step([_json_response({"a": {"b": {"c": 1}}})], [Response(200, "", (), b"<html>")])
+    assert gone == [("breaking", "json-field", "the body is no longer JSON")]
+    nested = _step([_json_response({"a": {"b": {"c": 1}}, "d": [1]})], [_json_response({"d": ["1"]})])
+    assert nested == [
+        ("breaking", "json-field", "$.a removed (object)"),
+        ("breaking", "json-field", "$.d[] retyped: number -> string"),
+    ]
