@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +41,7 @@ from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, S
 from proxy.journal import BodyStatus, Exchange, Journal, JournalFile, body_status, response_facts
 from proxy.matching import DEFAULT_MATCH_ON, Matcher
 from proxy.model import (
+    Headers,
     Interaction,
     Request,
     Response,
@@ -335,7 +336,7 @@ class ReplayAddon:
                 detail += f" [delay {answer.delay:g} s]"
             status = _fault_status(answer)
             sent = answer.response if status is not None else None
-            self._journal(flow, _exchange(flow, status, "scenario", detail, sent, answer))
+            self._journal(flow, self._exchange(flow, status, "scenario", detail, sent, answer))
             await faults.deliver(flow, answer, to_flow_response=_flow_response)
         elif isinstance(decision, Replay):
             played = decision.played
@@ -349,7 +350,7 @@ class ReplayAddon:
             kind = "cassette"
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
                 kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
-            exchange = _exchange(
+            exchange = self._exchange(
                 flow,
                 sent.status,
                 kind,
@@ -363,7 +364,7 @@ class ReplayAddon:
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
             flow.response = _flow_response(scenario_error_response(decision))
-            exchange = _exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
+            exchange = self._exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
             self._journal(flow, exchange)
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
@@ -382,14 +383,14 @@ class ReplayAddon:
                 detail += f"; closest rule {closest_rule(decision)}"
             # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
             flow.response = _flow_response(no_match_response(decision, source))
-            self._journal(flow, _exchange(flow, flow.response.status_code, "no-match", detail))
+            self._journal(flow, self._exchange(flow, flow.response.status_code, "no-match", detail))
         else:
             assert isinstance(decision, Forward)
             failure = session.recorder.failure if session.recorder is not None else None
             if failure is not None:  # the cassette cannot take it: do not make the upstream act on it
                 flow.response = _flow_response(record_failed_response(failure))
                 detail = f"not forwarded, recording failed: {failure}"
-                self._journal(flow, _exchange(flow, flow.response.status_code, "refused", detail))
+                self._journal(flow, self._exchange(flow, flow.response.status_code, "refused", detail))
                 return
             flow.metadata[META] = "forward"
             _aim_at_upstream(flow)
@@ -421,7 +422,7 @@ class ReplayAddon:
                 self._save_failed(str(e))
                 flow.response = _flow_response(record_failed_response(str(e)))
                 detail = f"NOT SAVED: {e}"
-                self._journal(flow, _exchange(flow, flow.response.status_code, "upstream", detail))
+                self._journal(flow, self._exchange(flow, flow.response.status_code, "upstream", detail))
                 return
             playback = session.router.playback
             if playback is not None:
@@ -430,7 +431,7 @@ class ReplayAddon:
         served = self._outgoing(flow, session, response)
         if served is not response:
             flow.response = _flow_response(served)
-        self._journal(flow, _exchange(flow, served.status, "upstream", detail, served))
+        self._journal(flow, self._exchange(flow, served.status, "upstream", detail, served))
 
     def error(self, flow: http.HTTPFlow) -> None:
         gateway.settle(flow)
@@ -438,7 +439,8 @@ class ReplayAddon:
             return
         if META not in flow.metadata and "body_size_limit" in flow.error.msg:
             # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
-            self._journal(flow, _exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            refused = self._exchange(flow, 413, "refused", "request body larger than --max-body-size")
+            self._journal(flow, refused)
             # mitmproxy 12 says "Connection: close" on its 413 but neither closes nor reads on: a client that
             # sends its whole body before reading (requests, http.client) would wait for its own timeout.
             # The 413 is written after this hook; closing a moment later lets it out first.
@@ -447,9 +449,36 @@ class ReplayAddon:
         if flow.metadata.get(META) != "forward":
             return
         detail = flow.error.msg.removeprefix("replay-proxy: ")  # the journal's line says who speaks
-        self._journal(flow, _exchange(flow, gateway.status(flow), "error", detail))
+        self._journal(flow, self._exchange(flow, gateway.status(flow), "error", detail))
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _exchange(
+        self,
+        flow: http.HTTPFlow,
+        status: int | None,
+        source: str,
+        detail: str,
+        sent: Response | None = None,
+        answer: Answer | None = None,
+        *,
+        body: BodyStatus | None = None,
+        cassette: str | None = None,
+        interaction: int | None = None,
+    ) -> Exchange:
+        """``_exchange`` with the request's headers redacted for the journal (``Journal.request_headers``)."""
+        return _exchange(
+            flow,
+            status,
+            source,
+            detail,
+            sent,
+            answer,
+            body=body,
+            cassette=cassette,
+            interaction=interaction,
+            headers=self.journal.request_headers,
+        )
 
     def _journal(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         self.journal.add(exchange)
@@ -752,9 +781,11 @@ def _exchange(
     body: BodyStatus | None = None,
     cassette: str | None = None,
     interaction: int | None = None,
+    headers: Callable[[Headers], Headers] | None = None,
 ) -> Exchange:
     """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
-    (``body``: its ``journal.body_status`` when already known)."""
+    (``body``: its ``journal.body_status`` when already known); ``headers`` makes the request's headers
+    the entry's (redacted)."""
     req = flow.request
     wall_now, mono_now = time.time(), time.monotonic()
     arrived = req.timestamp_start or wall_now
@@ -783,11 +814,16 @@ def _exchange(
         poll=answer.poll if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
-        request_headers=tuple(req.headers.items(multi=True)),
+        request_headers=_request_headers(req, headers),
         request_body_size=len(req.raw_content or b""),
         cassette=cassette,
         interaction=interaction,
     )
+
+
+def _request_headers(req: http.Request, redact: Callable[[Headers], Headers] | None) -> Headers:
+    raw = tuple(req.headers.items(multi=True))
+    return redact(raw) if redact is not None else raw
 
 
 def _log_exchange(exchange: Exchange) -> None:

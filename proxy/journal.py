@@ -235,14 +235,10 @@ class Journal:
         """``--journal FILE``: each entry is also written there, one JSON line, as it is added."""
 
     def add(self, exchange: Exchange) -> None:
-        """Keep ``exchange`` (its URLs scrubbed, its request headers redacted: ``exchange`` is the
-        journal's from now on), write it to ``file``, tell ``listener``."""
+        """Keep ``exchange`` (its URLs scrubbed), write it to ``file``, tell ``listener``. Its request
+        headers are redacted by whoever builds it, with ``request_headers`` (the addon does)."""
         if self.scrub is not None:
             exchange = scrubbed(exchange, self.scrub)
-        if exchange.request_headers:
-            # In place (the entry is the caller's new one, given to the journal): ``replace`` would
-            # rebuild all its fields, a tenth of what a replayed answer costs.
-            object.__setattr__(exchange, "request_headers", self._redacted(exchange.request_headers))
         with self._lock:
             self._entries.append(exchange)
         if self.file is not None:
@@ -250,9 +246,10 @@ class Journal:
         if self.listener is not None:
             self.listener(exchange)
 
-    def _redacted(self, headers: Headers) -> Headers:
-        """``headers`` redacted by ``redact_headers``, remembered: a client polling sends the same headers
-        again and again, and redacting them costs tens of microseconds (the echo sweep)."""
+    def request_headers(self, headers: Headers) -> Headers:
+        """A request's ``headers`` for an entry: redacted by ``redact_headers`` and remembered (a client
+        polling sends the same headers again and again, and redacting them costs tens of microseconds:
+        the echo sweep), each field shared with the entries that have it."""
         redact = self.redact_headers
         key = (redact, headers)
         found = self._headers_cache.get(key)
