@@ -18,6 +18,8 @@ a finding shows their first characters and length.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import json
 import math
@@ -90,7 +92,7 @@ def random_looking(token: str) -> bool:
     """A token that looks generated, not written: long; digits, upper and lower case letters, mixed as
     chance mixes them (the kind of character changes often); near-maximal entropy. Not hex (ids, hashes:
     at most ``MAX_NON_HEX`` letters beyond a-f) and not a placeholder."""
-    if len(token) < MIN_LENGTH or _PLACEHOLDER.search(token):
+    if len(token) < MIN_LENGTH or _PLACEHOLDER.search(token) or encoded_json(token):
         return False
     if sum(1 for c in token if c.isalpha() and c.lower() not in "abcdef") <= MAX_NON_HEX:
         return False
@@ -102,6 +104,21 @@ def random_looking(token: str) -> bool:
     if changes < MIN_CHANGES * (len(token) - 1):
         return False
     return entropy(token) >= ENTROPY_RATIO * math.log2(min(len(token), 64))
+
+
+def encoded_json(token: str) -> bool:
+    """A base64 token that decodes to a JSON object (``eyJ...``: ``{"``): data, such as the job id in an
+    ARM ``operationresults/eyJqb2JJZCI6...`` status URL, not a credential (a JWT, three such parts
+    joined by dots, is the redaction rules' to find)."""
+    if not token.startswith("eyJ") or "." in token:
+        return False
+    try:
+        decoded = base64.urlsafe_b64decode(
+            token.replace("+", "-").replace("/", "_") + "=" * (-len(token) % 4)
+        )
+        return isinstance(json.loads(decoded), dict)
+    except (ValueError, binascii.Error):
+        return False
 
 
 def is_placeholder(value: str) -> bool:

@@ -152,6 +152,8 @@ def test_an_unreadable_cassette_is_bad_input(tmp_path: Path) -> None:
         ("PytestHTTPServer/0.1.0", False),  # written by a person
         ("python-requests/2.34.2", False),
         ("<REDACTED-1>ABCDEFGHIJKLMNOPQRSTUV12", False),
+        # an ARM status URL's job id: base64 of {"jobId": "...", "jobLocation": "westus"}
+        ("eyJqb2JJZCI6IlJFU09VUkNFR1JPVVBERUxFVElPTkpPQi1URVNUMSIsImpvYkxvY2F0aW9uIjoid2VzdHVzIn0", False),
     ],
 )
 def test_what_looks_random(token: str, random: bool) -> None:
