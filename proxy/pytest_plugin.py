@@ -31,7 +31,8 @@ advertised delay, e.g. 0.05 for fast polling; always valid HTTP, see proxy.rewri
 ``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME`` (one check off, explicit
 ``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202),
 ``--replay-filter-query-parameter NAME`` / ``--replay-filter-header NAME`` (vcrpy's filters, applied to
-requests before matching and recording).
+requests before matching and recording), ``--replay-journal FILE`` (each exchange, one JSON line, as it
+happens). The terminal summary lists the cassettes' interactions no test played.
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
