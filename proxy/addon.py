@@ -10,7 +10,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,8 +27,9 @@ from proxy import (
     loading,
     mitm_internals,
     request_head,
+    settings,
 )
-from proxy.cassette import WHEN_EXHAUSTED, Playback
+from proxy.cassette import Playback
 from proxy.diagnostic import (
     closest_rule,
     no_match_response,
@@ -37,9 +38,9 @@ from proxy.diagnostic import (
     stopping_response,
     unsafe_response,
 )
-from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
+from proxy.errors import CassetteNotFoundError, ReplayProxyError, ScenarioError
 from proxy.journal import BodyStatus, Exchange, Journal, JournalFile, body_status, response_facts
-from proxy.matching import DEFAULT_MATCH_ON, Matcher
+from proxy.matching import Matcher
 from proxy.model import (
     Headers,
     Interaction,
@@ -59,6 +60,9 @@ from proxy.scenario.answer import Answer
 from proxy.unused import CassetteUse, Usage
 
 logger = logging.getLogger("proxy")
+
+JOURNAL_OPTION = "replay_journal_file"
+"""``--journal FILE`` (proxy/settings.py's ``journal_file``): the file, not the session, changes with it."""
 
 META = "replay_proxy"
 """flow.metadata key: what answered this flow ("cassette", "no-match", "forward")."""
@@ -123,84 +127,19 @@ class ReplayAddon:
     # -- options ---------------------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "replay_cassette",
-            str | None,
-            None,
-            "Cassette file (vcrpy YAML, or JSON for .json) to replay and record.",
-        )
-        loader.add_option(
-            "replay_record_mode", str, "none", "Record mode: rewrite, all, new_episodes, once or none."
-        )
-        loader.add_option(
-            "replay_match_on",
-            Sequence[str],
-            list(DEFAULT_MATCH_ON),
-            "vcrpy matcher names used to match requests.",
-        )
-        loader.add_option("replay_match_headers", Sequence[str], [], "Request headers that must also match.")
-        loader.add_option(
-            "replay_filter_query_parameters",
-            Sequence[str],
-            [],
-            "vcrpy's filter_query_parameters (NAME or NAME=VALUE), applied before matching and saving.",
-        )
-        loader.add_option(
-            "replay_filter_headers",
-            Sequence[str],
-            [],
-            "vcrpy's filter_headers (NAME or NAME=VALUE), applied before matching and saving.",
-        )
-        loader.add_option(
-            "replay_when_exhausted",
-            str,
-            "repeat-last",
-            "When a recorded sequence runs out: repeat-last, cycle, error.",
-        )
-        loader.add_option(
-            "replay_retry_after", str | None, None, "Rewrite advertised Retry-After to this many seconds."
-        )
-        loader.add_option("replay_redact", bool, True, "Redact secrets from what is saved.")
-        loader.add_option("replay_redact_headers", Sequence[str], [], "More header names to redact.")
-        loader.add_option("replay_redact_query", Sequence[str], [], "More query parameter names to redact.")
-        loader.add_option("replay_redact_json", Sequence[str], [], "JSON body field names to redact.")
-        loader.add_option(
-            "replay_redact_except", Sequence[str], [], "Names the secret-name patterns must not redact."
-        )
-        loader.add_option(
-            "replay_upstream", str | None, None, "Origin recorded requests are rebased on in reverse mode."
-        )
-        loader.add_option("replay_scenarios", Sequence[str], [], "Scenario files (YAML) answered first.")
-        loader.add_option(
-            "replay_clock",
-            str | None,
-            None,
-            "Scenario clock for all files: real or virtual (default: each file's own).",
-        )
-        loader.add_option(
-            "replay_passthrough", bool, False, "Forward what nothing else answers (play over an upstream)."
-        )
-        loader.add_option(
-            "replay_journal", str | None, None, "Also write each exchange to this file, one JSON line."
-        )
-        loader.add_option(
-            "replay_upstream_timeout",
-            str,
-            f"{gateway.DEFAULT_UPSTREAM_TIMEOUT:g}",
-            "Seconds to wait for the upstream's complete answer before answering 504 (0: no limit).",
-        )
+        settings.declare_addon_options(loader)  # replay_cassette, replay_record_mode, ... (proxy/settings.py)
         gateway.install()
         request_head.install()
 
     def configure(self, updated: set[str]) -> None:
         from mitmproxy import ctx
 
-        if "replay_journal" in updated:
+        if JOURNAL_OPTION in updated:
             try:
-                self._open_journal_file(ctx.options.replay_journal)
+                self._open_journal_file(getattr(ctx.options, JOURNAL_OPTION))
             except ReplayProxyError as e:
                 raise exceptions.OptionsError(str(e)) from e
-        if not any(name.startswith("replay_") and name != "replay_journal" for name in updated):
+        if not any(name.startswith("replay_") and name != JOURNAL_OPTION for name in updated):
             return
         try:
             session = _build_session(ctx.options)
@@ -510,45 +449,21 @@ class ReplayAddon:
 
 def _build_session(options: Any) -> Session:
     """Parse the ``replay_*`` options into a ready session (loads the cassette, opens the recorder)."""
-    try:
-        record_mode = RecordMode(options.replay_record_mode)
-    except ValueError:
-        raise ConfigError(
-            f"unknown record mode {options.replay_record_mode!r}; choose from: "
-            + ", ".join(m.value for m in RecordMode)
-        ) from None
-    if options.replay_when_exhausted not in WHEN_EXHAUSTED:
-        raise ConfigError(
-            f"unknown --when-exhausted policy {options.replay_when_exhausted!r}; choose from: "
-            + ", ".join(WHEN_EXHAUSTED)
-        )
-    retry_after: float | None = None
-    if options.replay_retry_after is not None:
-        try:
-            retry_after = float(options.replay_retry_after)
-        except ValueError:
-            raise ConfigError(
-                f"--retry-after takes seconds (e.g. 0 or 0.05), not {options.replay_retry_after!r}"
-            ) from None
-        if not retry_after >= 0:
-            raise ConfigError(
-                f"--retry-after must be zero or more seconds, not {options.replay_retry_after!r}"
-            )
-    upstream_timeout = _upstream_timeout(options.replay_upstream_timeout)
+    given = settings.from_addon_options(options)  # each replay_* option parsed and checked
+    record_mode = RecordMode(given.record_mode or RecordMode.NONE.value)
+    retry_after = given.retry_after
+    upstream_timeout = given.upstream_timeout or None
     matcher = Matcher(
-        options.replay_match_on,
-        options.replay_match_headers,
-        options.replay_filter_query_parameters,
-        options.replay_filter_headers,
+        given.match_on, given.match_headers, given.filter_query_parameters, given.filter_headers
     )
     redactor = Redactor(
-        headers=(*DEFAULT_HEADERS, *options.replay_redact_headers),
-        query=(*DEFAULT_QUERY, *options.replay_redact_query),
-        json_fields=(*DEFAULT_JSON_FIELDS, *options.replay_redact_json),
-        enabled=options.replay_redact,
-        keep=options.replay_redact_except,
+        headers=(*DEFAULT_HEADERS, *given.redact_headers),
+        query=(*DEFAULT_QUERY, *given.redact_query),
+        json_fields=(*DEFAULT_JSON_FIELDS, *given.redact_json),
+        enabled=given.redact,
+        keep=given.redact_except,
     )
-    path = Path(options.replay_cassette) if options.replay_cassette else None
+    path = given.cassette
     loaded: list[Interaction] = []
     extra: dict[str, Any] = {}
     if path is not None and record_mode is not RecordMode.REWRITE:
@@ -559,27 +474,23 @@ def _build_session(options: Any) -> Session:
             if record_mode is RecordMode.NONE:
                 raise
     playback = (
-        _indexed(path, loaded, matcher, redactor, options.replay_when_exhausted)
+        _indexed(path, loaded, matcher, redactor, given.when_exhausted)
         if loaded or (path is not None and record_mode is RecordMode.NEW_EPISODES)
         else None
     )
     scenarios = None
-    if options.replay_scenarios:
+    if given.scenarios:
         from proxy.scenario.loader import load_scenarios
         from proxy.scenario.machine import ScenarioMachine
 
-        if options.replay_clock not in (None, "real", "virtual"):
-            raise ConfigError(f"unknown --clock {options.replay_clock!r}; choose from: real, virtual")
-        scenarios = ScenarioMachine(
-            load_scenarios([Path(p) for p in options.replay_scenarios]), clock=options.replay_clock
-        )
+        scenarios = ScenarioMachine(load_scenarios([Path(p) for p in given.scenarios]), clock=given.clock)
     router = Router(
         playback,
         record_mode,
         cassette_existed=bool(loaded),
         redactor=redactor,
         scenarios=scenarios,
-        passthrough=options.replay_passthrough,
+        passthrough=given.passthrough,
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
     recorder = (
@@ -590,13 +501,13 @@ def _build_session(options: Any) -> Session:
         else None
     )
     origins = {origin_of(i.request.url) for i in loaded}
-    upstream = options.replay_upstream
+    upstream = given.upstream
     if upstream:
         origins.add(origin_of(upstream))
     primary = origin_of(upstream) if upstream else (origin_of(loaded[0].request.url) if loaded else None)
     parts = []
-    if options.replay_scenarios:
-        parts.append("scenarios " + ", ".join(options.replay_scenarios))
+    if given.scenarios:
+        parts.append("scenarios " + ", ".join(given.scenarios))
     if path is not None and loaded:
         parts.append(f"cassette {path}")
     served = "; ".join(parts) or "nothing"
@@ -637,17 +548,6 @@ def _body_limit(options: Any) -> int | None:
     from mitmproxy.utils import human
 
     return human.parse_size(value) or None
-
-
-def _upstream_timeout(value: str) -> float | None:
-    """``replay_upstream_timeout`` in seconds; 0 means no limit."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise ConfigError(f"--upstream-timeout takes seconds (e.g. 30, or 0 for no limit), not {value!r}")
-    return seconds or None
 
 
 def _model_request(flow: http.HTTPFlow, session: Session) -> Request:

@@ -17,14 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from proxy import __version__, loading
+from proxy import __version__, loading, settings
 from proxy.addon import console_journal
-from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
-from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
-from proxy.matching import DEFAULT_MATCH_ON, MATCHER_NAMES
 from proxy.router import RecordMode
-from proxy.server import DEFAULT_MAX_BODY_SIZE, MODES, ReplayProxy, default_confdir, ensure_ca, parse_size
+from proxy.server import ReplayProxy, default_confdir, ensure_ca
+from proxy.settings import CLI
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -57,212 +55,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"replay-proxy: error: {message} (see --help)\n")
 
 
-def _csv(value: str) -> list[str]:
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one matcher name, e.g. method,path,query")
-    return names
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535; 0 picks a free one)")
-    return port
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be zero or more seconds, e.g. 0.01")
-    return seconds
-
-
-def _size(value: str) -> int:
-    try:
-        return parse_size(value) or 0
-    except ReplayProxyError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("listening")
-    g.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s, e.g. 0.0.0.0)"
-    )
-    g.add_argument(
-        "--port",
-        type=_port,
-        default=8080,
-        help="port to listen on; 0 picks a free one (default: %(default)s)",
-    )
-    g.add_argument(
-        "--mode",
-        choices=MODES,
-        default="reverse",
-        help="reverse: clients use the proxy's URL as their base URL (default); regular: clients use it as "
-        "HTTP(S)_PROXY, HTTPS intercepted with the CA of `replay-proxy ca` (e.g. --mode regular)",
-    )
-    g.add_argument(
-        "--confdir",
-        type=Path,
-        default=None,
-        help=f"directory of the proxy's CA (default: $REPLAY_PROXY_CONFDIR or {default_confdir()})",
-    )
-    g.add_argument(
-        "--upstream-ca",
-        type=Path,
-        default=None,
-        metavar="PEM",
-        help="also trust this CA for the upstream's TLS certificate (e.g. --upstream-ca corp-root.pem)",
-    )
-    g.add_argument(
-        "--max-body-size",
-        type=_size,
-        default=DEFAULT_MAX_BODY_SIZE,
-        metavar="SIZE",
-        help="refuse a request body larger than this with 413 (an upstream response body with 502) "
-        "instead of buffering it; k, m, g suffixes, 0 for no limit "
-        f"(default: {DEFAULT_MAX_BODY_SIZE}; e.g. --max-body-size 1g)",
-    )
-    g.add_argument(
-        "--upstream-timeout",
-        type=_seconds,
-        default=DEFAULT_UPSTREAM_TIMEOUT,
-        metavar="SECONDS",
-        help="give up on an upstream that has not answered completely after this long: the client gets "
-        "504 and nothing is recorded; 0 for no limit (default: %(default)g; e.g. --upstream-timeout 300)",
-    )
-    g.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="do not print a line per exchange nor start-up progress (errors still show)",
-    )
-
-    m = p.add_argument_group("matching and replay")
-    m.add_argument(
-        "--match-on",
-        type=_csv,
-        default=list(DEFAULT_MATCH_ON),
-        metavar="NAMES",
-        help=f"comma-separated vcrpy matchers (default: {','.join(DEFAULT_MATCH_ON)}; "
-        f"from: {', '.join(MATCHER_NAMES)}; e.g. --match-on method,path,query,body)",
-    )
-    m.add_argument(
-        "--match-header",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a request header that must also match (repeatable, e.g. --match-header x-ms-version)",
-    )
-    m.add_argument(
-        "--filter-query-parameter",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="vcrpy's filter_query_parameters: remove this query parameter (or set it to VALUE) in live "
-        "requests before matching and in what is recorded; replays a cassette recorded with that vcrpy "
-        "option (repeatable, e.g. --filter-query-parameter api_key)",
-    )
-    m.add_argument(
-        "--filter-header",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="vcrpy's filter_headers: remove this request header (or set it to VALUE) before matching "
-        "and in what is recorded (repeatable, e.g. --filter-header authorization)",
-    )
-    m.add_argument(
-        "--when-exhausted",
-        choices=WHEN_EXHAUSTED,
-        default="repeat-last",
-        help="when identical requests outnumber the recorded ones: repeat the last answer (default), "
-        "cycle from the first, or error (a no-match answer)",
-    )
-    m.add_argument(
-        "--retry-after",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="rewrite advertised Retry-After, retry-after-ms and x-ms-retry-after-ms to this delay so "
-        "polling replays fast (e.g. --retry-after 0.05, the recommended value). Always valid HTTP: whole "
-        "seconds stay Retry-After; a fraction goes in retry-after-ms (beside Retry-After rounded up on "
-        "429/503 and other 400+ answers). Note azure-core treats Retry-After: 0 as 'use my 30 s default'",
-    )
-
-    r = p.add_argument_group("redaction (what is saved; live traffic is untouched)")
-    r.add_argument("--no-redact", action="store_true", help="save secrets as sent (not recommended)")
-    r.add_argument(
-        "--redact-header",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="another header to redact (repeatable, e.g. --redact-header x-my-token)",
-    )
-    r.add_argument(
-        "--redact-query",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="another query parameter to redact (repeatable, e.g. --redact-query key)",
-    )
-    r.add_argument(
-        "--redact-json-field",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a JSON body field to redact at any depth (repeatable, e.g. --redact-json-field password)",
-    )
-    r.add_argument(
-        "--redact-except",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a name the secret-name rules would redact that holds no secret: keep its values (repeatable, "
-        "e.g. --redact-except key for a `key=` query parameter that is a setting's name)",
-    )
-
-    from proxy.verdict import RULES
-
-    v = p.add_argument_group("verdict (how the client behaved)")
-    v.add_argument(
-        "--report",
-        action="store_true",
-        help="at exit, print each operation's timeline (every poll, the gap before it, what it got) and "
-        "the violations: unmatched requests, polls (and 429/503 retries) earlier than the delay sent, a "
-        "first poll earlier than the 202's delay (retry-after-202), polls after a terminal status, "
-        "self-built status URLs, unfinished operations, "
-        "scenario errors (exit status unchanged)",
-    )
-    v.add_argument(
-        "--strict-report",
-        action="store_true",
-        help=f"as --report, and exit {EXIT_VIOLATIONS} when there are violations (for scripts and CI)",
-    )
-    v.add_argument(
-        "--journal",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="write each exchange to FILE as it happens, one JSON line (time, method, URL, status, what "
-        "answered, Retry-After sent, operation, redacted request headers, the cassette interaction that "
-        "answered); started afresh, e.g. --journal journal.jsonl (a CI artefact; `prune` reads it)",
-    )
-    v.add_argument(
-        "--skip-check",
-        action="append",
-        default=[],
-        choices=RULES,
-        metavar="CHECK",
-        help=f"leave a check out of the report (repeatable; one of: {', '.join(RULES)})",
-    )
+def _add_common(p: argparse.ArgumentParser, command: str) -> None:
+    """The run options ``command`` takes, from the table in proxy/settings.py."""
+    settings.add_arguments(p, command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,16 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CASSETTE",
         help="cassette file to write (vcrpy YAML; its JSON for a .json name), e.g. -o cassettes/tileset.yaml",
     )
-    rec.add_argument(
-        "--record-mode",
-        choices=[m.value for m in RecordMode],
-        default=RecordMode.REWRITE.value,
-        help="rewrite = record a fresh cassette, replacing the file at the first exchange (default); "
-        "vcrpy's modes: all = record everything, keeping old exchanges that were not recorded again; "
-        "new_episodes = replay what matches, record the rest; once = record only if the "
-        "cassette does not exist yet, else replay; none = replay only (e.g. --record-mode new_episodes)",
-    )
-    _add_common(rec)
+    _add_common(rec, "record")
 
     rep = sub.add_parser(
         "replay",
@@ -320,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CASSETTE",
         help="cassette file (vcrpy YAML or JSON), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
     )
-    _add_common(rep)
+    _add_common(rep, "replay")
 
     play = sub.add_parser(
         "play",
@@ -361,20 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CASSETTE",
         help="with --upstream: record the forwarded exchanges to this cassette (e.g. -o cassettes/real.yaml)",
     )
-    play.add_argument(
-        "--record-mode",
-        choices=[m.value for m in RecordMode],
-        default=None,
-        help="with -o: as for `record` (default rewrite)",
-    )
-    play.add_argument(
-        "--clock",
-        choices=("real", "virtual"),
-        default=None,
-        help="time for 'for: 30s' steps: real, or virtual (advances by each Retry-After the operation "
-        "advertised, so time-based progressions play as fast as the client polls); default: each file's own",
-    )
-    _add_common(play)
+    _add_common(play, "play")
 
     check = sub.add_parser(
         "check",
@@ -564,6 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _seconds(value: str) -> float:
+    """``drift``'s delays: zero or more seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be zero or more seconds, e.g. 0.5")
+    return seconds
+
+
 def _header(value: str) -> tuple[str, str]:
     name, sep, text = value.partition(":")
     if not sep or not name.strip():
@@ -590,6 +374,7 @@ def _drift(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    given = settings.from_namespace(args, args.command)
     if args.command == "record":
         cassette: Path = args.output
         upstream = args.upstream
@@ -599,7 +384,7 @@ def _serve(args: argparse.Namespace) -> int:
             )
         if args.mode == "regular" and upstream:
             raise _usage("--mode regular takes no UPSTREAM_URL: clients choose the hosts")
-        record_mode = args.record_mode
+        record_mode = given.record_mode
         scenarios: list[Path] = []
     elif args.command == "play":
         scenarios = args.scenarios
@@ -615,39 +400,22 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
-    _configure_logging(args.quiet)
-    if args.journal is not None:
+    _configure_logging(given.quiet)
+    if given.journal_file is not None:
         from proxy.journal import start_fresh
 
-        start_fresh(args.journal)
+        start_fresh(given.journal_file)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
-    reporting = args.report or args.strict_report
+    reporting = given.report or given.strict_report
     proxy = ReplayProxy(
-        cassette,
-        upstream,
-        record_mode=record_mode,
-        mode=args.mode,
-        host=args.host,
-        port=args.port,
-        confdir=args.confdir,
-        match_on=args.match_on,
-        match_headers=args.match_header,
-        filter_query_parameters=args.filter_query_parameter,
-        filter_headers=args.filter_header,
-        when_exhausted=args.when_exhausted,
-        retry_after=args.retry_after,
-        redact=not args.no_redact,
-        redact_headers=args.redact_header,
-        redact_query=args.redact_query,
-        redact_json=args.redact_json_field,
-        redact_except=args.redact_except,
-        scenarios=scenarios,
-        clock=getattr(args, "clock", None),
-        upstream_ca=args.upstream_ca,
-        max_body_size=args.max_body_size,
-        upstream_timeout=args.upstream_timeout,
+        **{
+            **given.kwargs(CLI),
+            "cassette": cassette,
+            "upstream": upstream,
+            "record_mode": record_mode,
+            "scenarios": scenarios,
+        },
         journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
-        journal_file=args.journal,
     )
     stop = threading.Event()
 
@@ -657,7 +425,7 @@ def _serve(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         # a large cassette loads for minutes: say how it goes (not with -q)
-        proxy.start(timeout=None, progress=None if args.quiet else _StartProgress())
+        proxy.start(timeout=None, progress=None if given.quiet else _StartProgress())
         print(_ready_line(args, proxy), flush=True)
         warning = exposure_warning(args)
         if warning:
@@ -670,21 +438,23 @@ def _serve(args: argparse.Namespace) -> int:
         proxy.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if record_mode != RecordMode.NONE.value and not args.quiet and cassette is not None and cassette.exists():
+    recorded = record_mode != RecordMode.NONE.value and cassette is not None and cassette.exists()
+    if recorded and not given.quiet:
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
     for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
-    if args.report or args.strict_report:
-        from proxy.unused import format_unused
+    if reporting:
         from proxy.verdict import check, report
 
         entries = proxy.journal.entries
-        violations = check(entries, args.skip_check)
+        violations = check(entries, given.skip_check)
         print(report(entries, violations), flush=True)
+        from proxy.unused import format_unused
+
         unused = format_unused(proxy.addon.unused())
         if unused:
             print(unused, flush=True)
-        if violations and args.strict_report and not proxy.addon.save_errors:
+        if violations and given.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
 

@@ -22,17 +22,15 @@ serves with ``use()`` (milliseconds, no restart) and starts with fresh state: op
 sequences, cassette playback and the journal. After a test that used the proxy, the verdict on how the
 client behaved (proxy/verdict.py) runs and fails the test's teardown with every violation listed.
 
-Options (the command line wins over the ini file's ``replay_record_mode``, ``replay_upstream``,
-``replay_retry_after``, ``replay_no_verify``, ``replay_disable_checks``, ``replay_filter_query_parameters``,
-``replay_filter_headers``):
-``--replay-record-mode`` none (default: replay only, offline) | once | new_episodes | all | rewrite,
-``--replay-upstream URL`` (where recording forwards), ``--replay-retry-after SECONDS`` (rewrite every
-advertised delay, e.g. 0.05 for fast polling; always valid HTTP, see proxy.rewrite),
-``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME`` (one check off, explicit
-``verify()`` included; ``retry-after-202`` for azure-core, which polls once immediately after the 202),
-``--replay-filter-query-parameter NAME`` / ``--replay-filter-header NAME`` (vcrpy's filters, applied to
-requests before matching and recording), ``--replay-journal FILE`` (each exchange, one JSON line, as it
-happens). The terminal summary lists the cassettes' interactions no test played.
+Options: each setting of proxy/settings.py that appears on the pytest surface, as ``--replay-NAME`` and
+the ini key ``replay_NAME`` (the command line wins over the ini file; ``--replay-disable-check`` adds to
+``replay_disable_checks``). Among them: ``--replay-record-mode`` none (default: replay only, offline) |
+once | new_episodes | all | rewrite, ``--replay-upstream URL`` (where recording forwards),
+``--replay-retry-after SECONDS`` (rewrite every advertised delay, e.g. 0.05 for fast polling; always valid
+HTTP, see proxy.rewrite), ``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME``
+(one check off, explicit ``verify()`` included; ``retry-after-202`` for azure-core, which polls once
+immediately after the 202), ``--replay-filter-query-parameter NAME`` / ``--replay-filter-header NAME``
+(vcrpy's filters, applied to requests before matching and recording), ``--replay-redact-except NAME``.
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
@@ -41,18 +39,20 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from proxy import settings
+from proxy.settings import PYTEST, Settings
 
 if TYPE_CHECKING:
     from proxy.journal import Journal
     from proxy.server import ReplayProxy
     from proxy.unused import CassetteUse
 
-RECORD_MODES = ("none", "once", "new_episodes", "all", "rewrite")
+RECORD_MODES = settings.RECORD_MODES
 MARKER = "replay_proxy"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 CLEARED_VARIABLES = ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
@@ -66,143 +66,29 @@ START_ATTEMPTS = 5
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("replay-proxy", "replay-proxy: replay cassettes and play scenarios")
-    group.addoption(
-        "--replay-record-mode",
-        choices=RECORD_MODES,
-        default=None,
-        help="none (default): replay and play offline; once / new_episodes / all / rewrite: "
-        "record cassettes through --replay-upstream (vcrpy's meanings).",
-    )
-    group.addoption(
-        "--replay-upstream",
-        default=None,
-        metavar="URL",
-        help="The real service (scheme://host[:port]) recording forwards to. Unused in record mode none.",
-    )
-    group.addoption(
-        "--replay-retry-after",
-        default=None,
-        metavar="SECONDS",
-        help="Rewrite every delay the client is sent (Retry-After, retry-after-ms, x-ms-retry-after-ms) to "
-        "this many seconds (recommended: 0.05; a fraction goes out as retry-after-ms, valid HTTP).",
-    )
-    group.addoption(
-        "--replay-no-verify",
-        action="store_true",
-        default=None,
-        help="Do not check the client's behaviour at the end of each test.",
-    )
-    group.addoption(
-        "--replay-disable-check",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="Turn one verdict check off (repeatable): unmatched, retry-after, retry-after-202 (off for "
-        "azure-core, which polls once immediately after the 202), poll-after-terminal, self-built-url, "
-        "unfinished.",
-    )
-    group.addoption(
-        "--replay-filter-query-parameter",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="vcrpy's filter_query_parameters: remove (or set) this query parameter in requests before "
-        "matching and recording, to replay cassettes vcrpy recorded with it (repeatable).",
-    )
-    group.addoption(
-        "--replay-filter-header",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="vcrpy's filter_headers: remove (or set) this request header before matching and recording "
-        "(repeatable).",
-    )
-    group.addoption(
-        "--replay-journal",
-        default=None,
-        metavar="FILE",
-        help="Write every exchange of the session to FILE as it happens, one JSON line (started afresh; "
-        "pytest-xdist workers share it). `replay-proxy prune CASSETTE --journal FILE` reads it.",
-    )
-    parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
-    parser.addini("replay_journal", "Default for --replay-journal.", default="")
-    parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
-    parser.addini("replay_retry_after", "Default for --replay-retry-after.", default="")
-    parser.addini("replay_no_verify", "Default for --replay-no-verify.", type="bool", default=False)
-    parser.addini("replay_disable_checks", "Verdict checks turned off.", type="args", default=[])
-    parser.addini(
-        "replay_filter_query_parameters", "Query parameters filtered as vcrpy does.", type="args", default=[]
-    )
-    parser.addini("replay_filter_headers", "Request headers filtered as vcrpy does.", type="args", default=[])
+    settings.add_pytest_options(group, parser)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The session's replay-proxy settings: command line first, then the ini file."""
+def _read_settings(config: pytest.Config) -> Settings:
+    """The session's settings: each ``--replay-NAME``, else its ini key, else its default; a bad one
+    is a usage error now, not at the first test."""
+    from proxy.errors import ConfigError
 
-    record_mode: str = "none"
-    upstream: str | None = None
-    retry_after: float | None = None
-    verify: bool = True
-    disabled_checks: tuple[str, ...] = ()
-    filter_query_parameters: tuple[str, ...] = ()
-    filter_headers: tuple[str, ...] = ()
-    journal: str | None = None
+    try:
+        read = settings.from_pytest(config)
+    except ConfigError as e:
+        raise pytest.UsageError(str(e)) from None
+    from proxy.matching import Matcher
 
-    @classmethod
-    def from_config(cls, config: pytest.Config) -> Settings:
-        record_mode = config.getoption("replay_record_mode") or str(config.getini("replay_record_mode"))
-        if record_mode not in RECORD_MODES:
-            raise pytest.UsageError(
-                f"replay_record_mode = {record_mode!r}: choose from {', '.join(RECORD_MODES)}"
-            )
-        upstream = config.getoption("replay_upstream") or str(config.getini("replay_upstream")) or None
-        if upstream:
-            from proxy.errors import ConfigError
-            from proxy.server import check_upstream
+    try:
+        Matcher(read.match_on, read.match_headers, read.filter_query_parameters, read.filter_headers)
+    except ConfigError as e:
+        raise pytest.UsageError(f"replay-proxy: {e}") from None
+    return read
 
-            try:
-                upstream = check_upstream(upstream)
-            except ConfigError as e:
-                raise pytest.UsageError(f"--replay-upstream: {e}") from None
-        raw = config.getoption("replay_retry_after") or str(config.getini("replay_retry_after")) or None
-        retry_after: float | None = None
-        if raw is not None:
-            try:
-                retry_after = float(raw)
-            except ValueError:
-                retry_after = -1.0
-            if not retry_after >= 0:
-                raise pytest.UsageError(f"--replay-retry-after takes seconds (e.g. 0 or 0.05), not {raw!r}")
-        no_verify = config.getoption("replay_no_verify")
-        if no_verify is None:
-            no_verify = bool(config.getini("replay_no_verify"))
-        disabled = (*config.getini("replay_disable_checks"), *config.getoption("replay_disable_check"))
-        try:
-            _check_names(disabled)
-        except ValueError as e:
-            raise pytest.UsageError(f"--replay-disable-check: {e}") from None
-        filters: dict[str, tuple[str, ...]] = {}
-        for name in ("filter_query_parameters", "filter_headers"):
-            given = config.getoption(f"replay_{name[:-1]}") or config.getini(f"replay_{name}")
-            filters[name] = tuple(given)
-        from proxy.errors import ConfigError
-        from proxy.matching import Matcher
 
-        try:
-            Matcher(**filters)  # a bad name is a usage error now, not at the first test
-        except ConfigError as e:
-            raise pytest.UsageError(f"replay-proxy: {e}") from None
-        journal = config.getoption("replay_journal") or str(config.getini("replay_journal")) or None
-        if journal is not None:
-            journal = str(config.invocation_params.dir / journal)
-        return cls(
-            record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters, journal=journal
-        )
-
-    @property
-    def records(self) -> bool:
-        return self.record_mode != "none"
+def _records(read: Settings) -> bool:
+    return read.record_mode not in (None, "none")
 
 
 _settings_key = pytest.StashKey[Settings]()
@@ -219,22 +105,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # proxy's thread during the test that made the request: not the test's business, and fatal to the
     # handshake under `filterwarnings = error`.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mitmproxy")
-    settings = config.stash[_settings_key] = Settings.from_config(config)
-    if settings.journal is not None and not hasattr(config, "workerinput"):  # xdist workers append
+    read = config.stash[_settings_key] = _read_settings(config)
+    if read.journal_file is not None and not hasattr(config, "workerinput"):  # xdist workers append
         from proxy.errors import ConfigError
         from proxy.journal import start_fresh
 
         try:
-            start_fresh(settings.journal)
+            start_fresh(read.journal_file)
         except ConfigError as e:
             raise pytest.UsageError(f"--replay-journal: {e}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    settings = config.stash.get(_settings_key, None)
-    if settings is None or not settings.records:
+    read = config.stash.get(_settings_key, None)
+    if read is None or not _records(read):
         return None
-    return f"replay-proxy: record mode {settings.record_mode}, upstream {settings.upstream or '(none)'}"
+    return f"replay-proxy: record mode {read.record_mode}, upstream {read.upstream or '(none)'}"
 
 
 # -- the session's proxy ---------------------------------------------------------------------------------
@@ -259,16 +145,11 @@ class _SessionProxy:
         from proxy.server import ReplayProxy, default_confdir
 
         _create_ca_once(default_confdir())
-        settings = self.settings
+        given = self.settings.kwargs(PYTEST)
+        given.pop("record_mode")  # each test's use() says it
+        given["upstream"] = self.settings.upstream if _records(self.settings) else None
         for attempt in range(START_ATTEMPTS):
-            proxy = ReplayProxy(
-                upstream=settings.upstream if settings.records else None,
-                retry_after=settings.retry_after,
-                filter_query_parameters=settings.filter_query_parameters,
-                filter_headers=settings.filter_headers,
-                forward_port=_free_port(),
-                journal_file=settings.journal,
-            )
+            proxy = ReplayProxy(**given, forward_port=_free_port())
             try:
                 return proxy.start()
             except StartupError as e:
@@ -355,8 +236,8 @@ class ReplayProxyFixture:
         self.proxy = proxy
         self.settings = settings
         self.rootdir = rootdir
-        self.verify_at_teardown = settings.verify
-        self.disabled_checks: tuple[str, ...] = settings.disabled_checks
+        self.verify_at_teardown = not settings.no_verify
+        self.disabled_checks: tuple[str, ...] = settings.disable_checks
         self._verified_at: int | None = None
 
     @property
@@ -477,8 +358,8 @@ def replay_proxy(
     if marker is not None:
         args, kwargs = marker.args, dict(marker.kwargs)
         verify = bool(kwargs.pop("verify", True))
-        handle.verify_at_teardown = settings.verify and verify
-        handle.disabled_checks = (*settings.disabled_checks, *_check_names(kwargs.pop("checks_disabled", ())))
+        handle.verify_at_teardown = not settings.no_verify and verify
+        handle.disabled_checks = (*settings.disable_checks, *_check_names(kwargs.pop("checks_disabled", ())))
     handle.use(*args, **kwargs)
     try:
         yield handle

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, S
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
 from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
+from proxy.settings import KWARG, Settings, addon_options, from_kwargs, on
+from proxy.settings import check_upstream as check_upstream  # its home until settings.py took it
 
 MODES = ("reverse", "regular")
 _START_TICK = 0.5
@@ -93,35 +96,6 @@ def parse_size(value: int | str | None) -> int | None:
     return size or None
 
 
-def check_upstream(url: str) -> str:
-    """An absolute http(s) URL with a host, or a ConfigError saying what is wrong."""
-    from urllib.parse import urlsplit
-
-    from proxy.redact import shown_url
-
-    shown = shown_url(url)  # never a password or key in a message: it ends up in CI logs
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"bad upstream URL {shown!r}: expected http(s)://host[:port], e.g. https://atlas.microsoft.com"
-        )
-    try:
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise ConfigError(f"bad upstream URL {shown!r}: invalid port") from None
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"bad upstream URL {shown!r}: credentials in the URL are not supported; give the origin only "
-            "(scheme://host[:port]) and let the client send its own Authorization header"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(
-            f"bad upstream URL {shown!r}: give the origin only (scheme://host[:port]); "
-            "clients send their paths through the proxy unchanged"
-        )
-    return url.rstrip("/")
-
-
 class ReplayProxy:
     """Record, replay and play through an embedded mitmproxy; a context manager exposing ``.url``.
 
@@ -164,47 +138,29 @@ class ReplayProxy:
         upstream_timeout: float | None = DEFAULT_UPSTREAM_TIMEOUT,
         journal_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"unknown mode {mode!r}; choose from: {', '.join(MODES)}")
-        if forward_port is not None and (mode != "reverse" or not 0 < forward_port < 65536):
+        # Each keyword is a setting of proxy/settings.py (a test holds this signature to its table).
+        given = {name: value for name, value in locals().items() if name in _KEYWORDS}
+        settings = from_kwargs(given)
+        if forward_port is not None and (settings.mode != "reverse" or not 0 < forward_port < 65536):
             raise ConfigError("forward_port adds a forward-proxy listener to reverse mode: give a free port")
         self.forward_port = forward_port
-        self.journal_file = os.fspath(journal_file) if journal_file is not None else None
-        """Each exchange is also appended to this file as one JSON line (``proxy.journal.JournalFile``)."""
-        self.max_body_size = parse_size(max_body_size)
+        self.max_body_size = settings.max_body_size
         """Bytes; a larger request body gets 413 (None: no limit)."""
-        self.upstream = check_upstream(upstream) if upstream else None
-        self.mode = mode
-        self.host = host
-        self.port = port
-        self.confdir = Path(confdir) if confdir is not None else default_confdir()
-        if upstream_ca is not None and not Path(upstream_ca).is_file():
-            raise ConfigError(f"{os.fspath(upstream_ca)}: upstream CA file not found")
-        self.upstream_ca = os.fspath(upstream_ca) if upstream_ca is not None else None
-        if mode == "regular" and tuple(match_on) == DEFAULT_MATCH_ON:
+        self.upstream = settings.upstream
+        self.mode = settings.mode
+        self.host = settings.host
+        self.port = settings.port
+        self.confdir = settings.confdir if settings.confdir is not None else default_confdir()
+        if settings.upstream_ca is not None and not settings.upstream_ca.is_file():
+            raise ConfigError(f"{settings.upstream_ca}: upstream CA file not found")
+        self.upstream_ca = os.fspath(settings.upstream_ca) if settings.upstream_ca is not None else None
+        if settings.mode == "regular" and settings.match_on == DEFAULT_MATCH_ON:
             # A forward proxy serves many hosts: the same path on another host is another resource.
-            match_on = ("method", "scheme", "host", "port", "path", "query")
+            settings = replace(settings, match_on=("method", "scheme", "host", "port", "path", "query"))
+        self.settings = settings
+        """What the proxy was constructed with: what use() falls back to for a setting it is not given."""
         self.addon = ReplayAddon(journal)
-        # What use() falls back to for a setting it is not given.
-        self._base: dict[str, Any] = {
-            "upstream": self.upstream,
-            "match_on": tuple(match_on),
-            "match_headers": tuple(match_headers),
-            "filter_query_parameters": tuple(filter_query_parameters),
-            "filter_headers": tuple(filter_headers),
-            "when_exhausted": when_exhausted,
-            "retry_after": retry_after,
-            "redact": redact,
-            "redact_headers": tuple(redact_headers),
-            "redact_query": tuple(redact_query),
-            "redact_json": tuple(redact_json),
-            "redact_except": tuple(redact_except),
-            "clock": clock,
-            "upstream_timeout": upstream_timeout,
-        }
-        self.replay_options = _replay_options(
-            cassette=cassette, scenarios=scenarios, record_mode=record_mode, **self._base
-        )
+        self.replay_options = addon_options(_served(settings))
         self.url = ""
         self.forward_url = ""
         """With ``forward_port``: the forward proxy's URL (for HTTP_PROXY / HTTPS_PROXY)."""
@@ -323,6 +279,7 @@ class ReplayProxy:
         are reset even when nothing changed; a cassette being recorded is saved. ``use()`` alone serves
         nothing. Raises ReplayProxyError (the proxy keeps serving what it served) on a bad file or option.
         """
+        given = {name: value for name, value in locals().items() if name in _KEYWORDS and value is not KEEP}
         found_scenarios = [os.fspath(s) for s in scenarios]
         for path in paths:
             if classify(path) == "scenario":
@@ -331,32 +288,14 @@ class ReplayProxy:
                 raise ConfigError(f"{os.fspath(path)}: only one cassette at a time (already {cassette})")
             else:
                 cassette = path
-        given: dict[str, Any] = {
-            "upstream": upstream,
-            "retry_after": retry_after,
-            "clock": clock,
-            "match_on": match_on,
-            "match_headers": match_headers,
-            "filter_query_parameters": filter_query_parameters,
-            "filter_headers": filter_headers,
-            "when_exhausted": when_exhausted,
-            "redact": redact,
-            "redact_headers": redact_headers,
-            "redact_query": redact_query,
-            "redact_json": redact_json,
-            "redact_except": redact_except,
-        }
-        settings = {**self._base, **{k: v for k, v in given.items() if v is not KEEP}}
-        if upstream is not KEEP and upstream:
-            settings["upstream"] = check_upstream(upstream)
-        opts = _replay_options(
-            cassette=cassette, scenarios=found_scenarios, record_mode=record_mode, **settings
-        )
-        if cassette is not None and opts["replay_record_mode"] == "none" and not Path(cassette).exists():
+        given.update(cassette=cassette, scenarios=found_scenarios)
+        settings = _served(from_kwargs(given, base=self.settings))
+        if cassette is not None and settings.record_mode == "none" and not Path(cassette).exists():
             raise CassetteNotFoundError(
                 f"{os.fspath(cassette)}: no such file (neither a scenario nor a cassette to replay; "
                 "record mode none records nothing)"
             )
+        opts = addon_options(settings)
         self._call_on_loop(lambda: self._switch(opts), timeout)
         return self
 
@@ -430,8 +369,7 @@ class ReplayProxy:
             try:
                 # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
                 master.options.update(
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None,
-                    replay_journal=self.journal_file,
+                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
                 )
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
@@ -548,49 +486,19 @@ def classify(path: str | os.PathLike[str]) -> str:
     )
 
 
-def _replay_options(
-    *,
-    cassette: str | os.PathLike[str] | None,
-    scenarios: Sequence[str | os.PathLike[str]],
-    record_mode: str | None,
-    upstream: str | None,
-    match_on: Sequence[str],
-    match_headers: Sequence[str],
-    filter_query_parameters: Sequence[str],
-    filter_headers: Sequence[str],
-    when_exhausted: str,
-    retry_after: float | None,
-    redact: bool,
-    redact_headers: Sequence[str],
-    redact_query: Sequence[str],
-    redact_json: Sequence[str],
-    redact_except: Sequence[str],
-    clock: str | None,
-    upstream_timeout: float | None,
-) -> dict[str, Any]:
-    """The addon's ``replay_*`` options for one session (``upstream_timeout`` None or 0: no limit)."""
-    default_mode = "rewrite" if upstream and cassette is not None else "none"
-    return {
-        "replay_cassette": os.fspath(cassette) if cassette is not None else None,
-        "replay_record_mode": record_mode or default_mode,
-        "replay_match_on": list(match_on),
-        "replay_match_headers": list(match_headers),
-        "replay_filter_query_parameters": list(filter_query_parameters),
-        "replay_filter_headers": list(filter_headers),
-        "replay_when_exhausted": when_exhausted,
-        "replay_retry_after": None if retry_after is None else repr(float(retry_after)),
-        "replay_redact": redact,
-        "replay_redact_headers": list(redact_headers),
-        "replay_redact_query": list(redact_query),
-        "replay_redact_json": list(redact_json),
-        "replay_redact_except": list(redact_except),
-        "replay_upstream": upstream,
-        "replay_scenarios": [os.fspath(s) for s in scenarios],
-        "replay_clock": clock,
-        # With an upstream but no cassette to record to, forward what nothing else answers.
-        "replay_passthrough": bool(upstream) and cassette is None,
-        "replay_upstream_timeout": repr(float(upstream_timeout or 0)),
-    }
+_KEYWORDS = frozenset(s.name for s in on(KWARG))
+
+
+def _served(settings: Settings) -> Settings:
+    """``settings`` as one session serves them: record mode ``rewrite`` when there is an upstream and a
+    cassette to record to, else ``none``; with an upstream but no cassette, forward what nothing else
+    answers."""
+    default_mode = "rewrite" if settings.upstream and settings.cassette is not None else "none"
+    return replace(
+        settings,
+        record_mode=settings.record_mode or default_mode,
+        passthrough=bool(settings.upstream) and settings.cassette is None,
+    )
 
 
 def _url_of(addr: Any) -> str:

@@ -366,6 +366,29 @@ def test_bad_options_are_usage_errors(inner: pytest.Pytester) -> None:
     )
 
 
+EXHAUSTED = """
+import pytest
+import requests
+
+
+@pytest.mark.replay_proxy("cassettes/thing.yaml", verify=False)
+def test_the_second_call_finds_the_recording_used_up(replay_proxy):
+    url = replay_proxy.url + "/things/1"
+    assert requests.get(url, timeout=5).status_code == 200
+    assert requests.get(url, timeout=5).status_code == 599
+"""
+
+
+def test_a_run_option_has_a_pytest_option_and_an_ini_key(inner: pytest.Pytester) -> None:
+    """From proxy/settings.py: --when-exhausted is --replay-when-exhausted and replay_when_exhausted."""
+    inner.makepyfile(test_exhausted=EXHAUSTED)
+    assert outcomes(run(inner)) == {"failed": 1}  # the default repeats the last answer
+    assert outcomes(run(inner, "--replay-when-exhausted=error")) == {"passed": 1}
+    inner.makeini(f"[pytest]\naddopts = {INNER_ADDOPTS}\nreplay_when_exhausted = error\n")
+    assert outcomes(run(inner)) == {"passed": 1}
+    assert outcomes(run(inner, "--replay-when-exhausted=repeat-last")) == {"failed": 1}  # the CLI wins
+
+
 # ---------------------------------------------------------------------------- forward proxy
 
 FORWARD = """
