@@ -712,6 +712,7 @@ def _exchange(
         status_urls=facts.status_urls if facts is not None else (),
         operation=answer.operation if answer is not None else None,
         poll=answer.poll if answer is not None else None,
+        tag=answer.tag if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
         request_headers=_request_headers(req, headers),

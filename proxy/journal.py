@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 from proxy.model import Headers, Response, header_value
 from proxy.rewrite import parse_retry_after
-from proxy.scenario.answer import TERMINAL_STATUSES
+from proxy.scenario.answer import TERMINAL_STATUSES, OperationTag
 
 MAX_ENTRIES = 100_000
 """A journal keeps the most recent entries only (older ones are dropped): memory stays bounded."""
@@ -49,11 +49,13 @@ class Exchange:
     non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
-    ``status`` field / AIP-151 ``done`` of a JSON body).
+    ``status`` field / AIP-151 ``done`` of a JSON body). ``tag``: a scenario operation's answer as data
+    (its rule, dialect, role and step: ``proxy.scenario.answer.OperationTag``), None otherwise.
 
-    ``request_headers`` are the request's headers redacted as a cassette saves them (``Journal.add``),
-    ``request_body_size`` its body's length as sent; ``cassette``/``interaction`` say which recorded
-    interaction answered (the cassette's path, absolute; the 0-based index in its ``interactions``).
+    ``request_headers`` are the request's headers redacted as a cassette saves them
+    (``Journal.request_headers``), ``request_body_size`` its body's length as sent;
+    ``cassette``/``interaction`` say which recorded interaction answered (the cassette's path, absolute;
+    the 0-based index in its ``interactions``).
     """
 
     method: str
@@ -71,6 +73,7 @@ class Exchange:
     poll: int | None = None
     op_status: str | None = None
     terminal: bool = False
+    tag: OperationTag | None = None
     request_headers: Headers = ()
     request_body_size: int = 0
     cassette: str | None = None

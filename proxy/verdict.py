@@ -22,7 +22,8 @@
     A poll of an operation after it answered a terminal status (Succeeded, Failed, Canceled; AIP-151
     ``done: true``; for an operation polled on a status URL that answers ``202`` while running, its first
     ``200``/``201``/``204`` answer without a ``status`` field: azure-core's LocationPolling, ARM deletes,
-    Azure Maps batch APIs). Fetching the created resource is not a poll. An answer the client is expected
+    Azure Maps batch APIs; not for an operation that reported a status before: a status-less answer there
+    is broken, not the end). Fetching the created resource is not a poll. An answer the client is expected
     to retry (``408``, ``429``, any ``5xx``) never ends an operation, even when its body carries a terminal
     status: polling again after it is a retry, not a poll after the end.
 ``self-built-url``
@@ -46,17 +47,27 @@ Every message ends with what the client should do.
 An *operation* is a scenario operation (its id in the journal) or, for cassette and upstream answers, the
 status URL a response handed out (``Location`` on a 202, ``Operation-Location``, ``Azure-AsyncOperation``);
 a later ``Location`` on a non-terminal poll answer moves it to a new URL. Hosts are ignored: only paths and
-queries are compared. ``report(entries, violations)`` prints a per-operation timeline and the violations.
+queries are compared. ``proxy/operations.py`` finds the operations (``Timeline``); this module judges them.
+``report(entries, violations)`` prints a per-operation timeline and the violations.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote, urlsplit
+from dataclasses import dataclass
 
 from proxy.journal import Exchange
+from proxy.operations import DONE_WITHOUT_STATUS as DONE_WITHOUT_STATUS
+from proxy.operations import MIN_ID_LENGTH as MIN_ID_LENGTH
+from proxy.operations import POLL_METHODS as POLL_METHODS
+from proxy.operations import RETRIABLE as RETRIABLE
+from proxy.operations import THROTTLED as THROTTLED
+from proxy.operations import TOLERANCE_FRACTION as TOLERANCE_FRACTION
+from proxy.operations import TOLERANCE_SECONDS as TOLERANCE_SECONDS
+from proxy.operations import Timeline as _Analysis
+from proxy.operations import TrackedOperation as _Op
+from proxy.operations import path_query as _path_query
+from proxy.operations import show as _show
 
 RULES: tuple[str, ...] = (
     "unmatched",
@@ -68,24 +79,6 @@ RULES: tuple[str, ...] = (
     "scenario-error",
 )
 """Every check, by the name used to turn it off."""
-
-TOLERANCE_FRACTION = 0.05
-TOLERANCE_SECONDS = 0.001
-"""A poll is early when it came more than max(5 % of the delay, 1 ms) before the delay was over."""
-
-RETRIABLE = frozenset({408, 429, *range(500, 600)})
-"""Answers a client is expected to retry: they never end an operation."""
-
-DONE_WITHOUT_STATUS = (200, 201, 204)
-"""A poll answered with one of these and no ``status`` field ends the operation (202 means running)."""
-
-MIN_ID_LENGTH = 4
-"""An operation id shorter than this (a counter) is not searched for in the paths of unanswered requests."""
-
-THROTTLED = (429, 503)
-POLL_METHODS = ("GET", "HEAD")
-
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,139 +275,6 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
     return "\n".join(lines)
 
 
-# -- the analysis shared by check and report ------------------------------------------------------------
-
-
-@dataclass
-class _Op:
-    label: str
-    name: str = ""
-    start: int | None = None
-    """The entry that started it (None: its start is not in the journal)."""
-    first: int = 0
-    started: bool = False
-    given: list[str] = field(default_factory=list)
-    """Status URLs given to the client (path?query), oldest first."""
-    latest: str | None = None
-    ids: set[str] = field(default_factory=set)
-    polls: list[int] = field(default_factory=list)
-    timeline: list[int] = field(default_factory=list)
-    last: int | None = None
-    """The last entry that answered for this operation (its start or a poll)."""
-    terminal_at: int | None = None
-    after_terminal: list[int] = field(default_factory=list)
-    early: list[tuple[int, int]] = field(default_factory=list)
-    self_built: list[int] = field(default_factory=list)
-
-    def finished(self, entries: Sequence[Exchange]) -> bool:
-        """Polled to the end: a terminal answer, or a retriable one that carried a terminal status last."""
-        return self.terminal_at is not None or (bool(self.polls) and _ends(entries[self.polls[-1]]))
-
-
-class _Analysis:
-    """Walks the journal in arrival order and sorts every request into operations, starts and polls."""
-
-    def __init__(self, entries: Sequence[Exchange]) -> None:
-        self.entries = entries
-        self.order = sorted(range(len(entries)), key=lambda i: entries[i].monotonic)
-        self.ops: list[_Op] = []
-        self.by_id: dict[str, _Op] = {}
-        self.by_path: dict[str, _Op] = {}
-        self.strays: set[int] = set()
-        self.in_operations: set[int] = set()
-        self.early_retries: list[tuple[int, int]] = []
-        throttled: dict[tuple[str, str], int] = {}
-        for i in self.order:
-            e = entries[i]
-            kind, op = self._classify(i, e)
-            if kind != "poll":
-                key = (e.method, _path_query(e.path))
-                previous = throttled.pop(key, None)
-                if previous is not None and _early(entries[previous], e):
-                    self.early_retries.append((i, previous))
-                if e.status in THROTTLED and e.retry_after is not None:
-                    throttled[key] = i
-            if op is None:
-                continue
-            self.in_operations.add(i)
-            if kind == "other":
-                op.timeline.append(i)
-            elif kind == "start":
-                op.start = op.last = i
-                op.first = i
-                op.started = True
-                self._give(op, e)
-            elif kind == "poll":
-                self._poll(op, i, e)
-            elif kind == "stray":
-                self.strays.add(i)
-                op.self_built.append(i)
-                op.timeline.append(i)
-
-    def _classify(self, i: int, e: Exchange) -> tuple[str, _Op | None]:
-        path = _path_of(e.path)
-        if e.operation is not None:
-            op = self.by_id.get(e.operation)
-            if op is None:
-                if e.poll is None and (e.status is None or e.status >= 400):
-                    return "other", None  # the client never learned of this operation
-                op = self._new(_short(e.operation), i, name=_rule_of(e.detail))
-                op.ids.add(e.operation)
-                self.by_id[e.operation] = op
-                if e.poll is None:
-                    return "start", op
-                return "poll", op
-            return ("poll", op) if e.poll is not None else ("other", op)
-        if e.method in POLL_METHODS:
-            op = self.by_path.get(path)
-            if op is not None:
-                return "poll", op
-            if e.source == "no-match":
-                segments = set(unquote(path).split("/"))
-                for candidate in reversed(self.ops):
-                    if candidate.ids & segments:
-                        return "stray", candidate
-        if e.status_urls and e.status is not None and e.status < 400:
-            return "start", self._new(_show(_path_query(e.status_urls[0])), i)
-        return "other", None
-
-    def _new(self, label: str, i: int, name: str = "") -> _Op:
-        op = _Op(label=label, name=name, first=i)
-        self.ops.append(op)
-        return op
-
-    def _give(self, op: _Op, e: Exchange) -> None:
-        for url in e.status_urls:
-            pq = _path_query(url)
-            if pq not in op.given:
-                op.given.append(pq)
-            op.latest = pq
-            path = _path_of(pq)
-            self.by_path[path] = op
-            last = unquote(path).rstrip("/").rsplit("/", 1)[-1]
-            if len(last) >= MIN_ID_LENGTH:
-                op.ids.add(last)
-
-    def _poll(self, op: _Op, i: int, e: Exchange) -> None:
-        entries = self.entries
-        if not op.polls and op.start is None:
-            op.first = i
-            op.started = True
-        if op.terminal_at is not None:
-            op.after_terminal.append(i)
-        elif op.last is not None and _early(entries[op.last], e):
-            op.early.append((i, op.last))
-        if op.latest is not None and not _follows(_path_query(e.path), op.latest):
-            op.self_built.append(i)
-        self.by_path.setdefault(_path_of(e.path), op)
-        op.polls.append(i)
-        op.timeline.append(i)
-        op.last = i
-        self._give(op, e)
-        if op.terminal_at is None and _ends(e) and (e.status is None or e.status not in RETRIABLE):
-            op.terminal_at = i
-
-
 # -- the checks -----------------------------------------------------------------------------------------
 
 
@@ -435,26 +295,9 @@ _WAIT_ADVICE = (
 )
 
 
-def _ends(e: Exchange) -> bool:
-    """Whether this poll answer reports the end of its operation: a terminal status, or (no status field)
-    a 200/201/204 where running was 202."""
-    if e.terminal:
-        return True
-    return e.operation is None and e.op_status is None and e.status in DONE_WITHOUT_STATUS
-
-
 def _end_status(e: Exchange) -> str:
     """The terminal status an answer reported, for messages: ``Failed``, or ``200 (no status: done)``."""
     return e.op_status or (f"{e.status} (no status field: done)" if e.status is not None else "an end")
-
-
-def _early(previous: Exchange, e: Exchange) -> bool:
-    """Whether ``e`` came before the Retry-After that ``previous`` advertised was over."""
-    wait = previous.retry_after
-    if wait is None or previous.status is None:
-        return False
-    gap = e.monotonic - previous.monotonic
-    return gap < wait - max(TOLERANCE_SECONDS, TOLERANCE_FRACTION * wait)
 
 
 def _early_polls(entries: Sequence[Exchange], op: _Op, off: Collection[str]) -> list[Violation]:
@@ -544,36 +387,6 @@ def _unfinished(entries: Sequence[Exchange], op: _Op) -> Violation:
 # -- text helpers ---------------------------------------------------------------------------------------
 
 
-def _path_query(url: str) -> str:
-    """``/path?query`` of a URL or of a path."""
-    parts = urlsplit(url)
-    path = parts.path or "/"
-    return f"{path}?{parts.query}" if parts.query else path
-
-
-def _path_of(url: str) -> str:
-    return unquote(urlsplit(url).path or "/")
-
-
-def _follows(requested: str, given: str) -> bool:
-    """The same path as ``given``, with each of its query parameters (extra ones allowed)."""
-    if _path_of(requested) != _path_of(given):
-        return False
-    sent = dict(parse_qsl(urlsplit(requested).query, keep_blank_values=True))
-    return all(sent.get(k) == v for k, v in parse_qsl(urlsplit(given).query, keep_blank_values=True))
-
-
-def _short(op_id: str) -> str:
-    return op_id[:8] + "…" if len(op_id) > 12 else op_id
-
-
-def _show(path: str | None) -> str:
-    """A path with UUIDs shortened to their first 8 characters."""
-    if path is None:
-        return "(none)"
-    return _UUID.sub(lambda m: m[0][:8] + "…", path)
-
-
 def _request(e: Exchange) -> str:
     return f"{e.method} {_show(e.path)}"
 
@@ -604,9 +417,3 @@ def _flags(flagged: dict[int, list[str]], i: int | None) -> str:
     if i is None or i not in flagged:
         return ""
     return "  <- " + ", ".join(flagged[i])
-
-
-def _rule_of(detail: str) -> str:
-    """``x.yaml: start of operation "tileset" (1a2b…)`` -> ``x.yaml: operation "tileset"``."""
-    m = re.match(r"(.*?): start of (.*?) \(", detail)
-    return f"{m[1]}: {m[2]}" if m else ""

@@ -436,8 +436,8 @@ SCHEMA_ERRORS: list[tuple[str, str, list[str]]] = [
             "got '('",
             "F:6:15: sequence: needs at least 1 item; got an empty list",
             "F:9:38: times: must be at least 1; got 0",
-            "F:10:12: style: expected one of creator-v1, creator-v2, aip-151; got 'creator-v3'; "
-            "did you mean 'creator-v2'?",
+            "F:10:12: style: expected one of creator-v1, creator-v2, aip-151, location, arm; "
+            "got 'creator-v3'; did you mean 'creator-v2'?",
         ],
     ),
     (

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from email.utils import formatdate
 
 import pytest
 
 from proxy.journal import Exchange, response_facts
 from proxy.model import Response
+from proxy.scenario.answer import OperationTag
 from proxy.verdict import RULES, Violation, check, format_violations, report
 
 T0 = 1_800_000_000.0  # a wall-clock origin for hand-built entries
@@ -32,6 +34,7 @@ def ex(
     poll: int | None = None,
     op_status: str | None = None,
     terminal: bool = False,
+    tag: OperationTag | None = None,
 ) -> Exchange:
     """A journal entry for a request that arrived ``at`` seconds after the origin."""
     return Exchange(
@@ -50,6 +53,7 @@ def ex(
         poll=poll,
         op_status=op_status,
         terminal=terminal,
+        tag=tag,
     )
 
 
@@ -473,6 +477,7 @@ def test_scenario_operations_without_a_status_header_are_followed_by_id() -> Non
             operation="7",
             op_status="running",
             detail='a.yaml: start of operation "import" (7)',
+            tag=OperationTag('a.yaml: operation "import"', "aip-151", "start"),
         ),
         ex(
             "GET", "/v1/operations/7", 200, 1.0, source="scenario", operation="7", poll=1, op_status="running"
@@ -633,3 +638,49 @@ def test_report_of_an_empty_journal() -> None:
         "",
         "replay-proxy verdict: no violations",
     ]
+
+
+def test_the_report_names_an_operation_by_its_tag_never_by_the_console_text() -> None:
+    # the rule's name is data on the entry (Exchange.tag, set by the scenario machine); the detail is for
+    # people and may say anything: it is never parsed
+    tag = OperationTag('a.yaml: operation "import"', "aip-151", "start")
+    entries = [
+        ex(
+            "POST",
+            "/v1/books:import",
+            200,
+            0.0,
+            source="scenario",
+            operation="7",
+            op_status="running",
+            detail='b.yaml: start of operation "other" (7)',
+            tag=tag,
+        ),
+        ex(
+            "GET",
+            "/v1/operations/7",
+            200,
+            1.0,
+            source="scenario",
+            operation="7",
+            poll=1,
+            op_status="done",
+            terminal=True,
+            tag=OperationTag(tag.rule, "aip-151", "poll", 0),
+        ),
+    ]
+    text = report(entries, [])
+    assert 'operation 7 (a.yaml: operation "import")' in text
+    assert "b.yaml" not in text.split("POST")[0]
+    untagged = [replace(e, tag=None) for e in entries]
+    assert "operation 7\n" in report(untagged, []) and "a.yaml" not in report(untagged, [])
+
+
+def test_a_status_less_200_mid_poll_does_not_end_an_operation_that_reports_statuses() -> None:
+    # a gateway's HTML 200 (or a truncated body) between Running and Succeeded: azure-core's
+    # OperationResourcePolling raises on it, it is not the end; only a location-style operation (no
+    # status fields at all) ends at its first 200/201/204
+    garbled = ex("GET", OP, 200, 2.0)
+    entries = [start(0.0), poll(1.0, "Running"), garbled, poll(3.0, "Succeeded")]
+    assert check(entries) == []
+    assert rules(check(entries[:3])) == ["unfinished"]

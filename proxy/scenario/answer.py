@@ -19,12 +19,33 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
+class OperationTag:
+    """What an operation's answer was, as data for the journal, the verdict and ``proxy/operations.py``
+    (nobody parses ``Answer.source``, which is for people).
+
+    ``rule`` names the operation rule (``tileset.yaml: operation "tileset"``); ``dialect`` its style
+    (``proxy/dialects.py``); ``role`` what the request was to it: ``start``, ``poll`` or ``resource`` (the
+    final GET); ``step`` the index of the step (stage) that answered a poll, None otherwise; ``headers`` the
+    headers the rule gives the status URL in (none: AIP-151's body, or an ``arm`` resource polled at its
+    own URL); ``url_form`` ``absolute`` or ``relative``.
+    """
+
+    rule: str
+    dialect: str
+    role: Literal["start", "poll", "resource"]
+    step: int | None = None
+    headers: tuple[str, ...] = ()
+    url_form: Literal["absolute", "relative"] = "absolute"
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """A scripted answer. ``response`` is fully rendered; faults say how it is (not) delivered.
 
     ``source`` names the rule for the console and the journal, e.g. ``tileset-succeeds.yaml: operation
     8e9a..., poll 2 (Running)``. ``retry_after`` is the delay the scenario advertised (before any
-    ``--retry-after`` rewrite), for the journal's polling checks.
+    ``--retry-after`` rewrite), for the journal's polling checks. ``tag``: the structured facts of an
+    operation's answer (None for routes).
     """
 
     response: Response
@@ -37,6 +58,7 @@ class Answer:
     status: str | None = None
     terminal: bool = False
     retry_after: float | None = None
+    tag: OperationTag | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,9 @@ What a scenario means (the semantics of the language, in order of evaluation):
    for ``aip-151``; a given ``accepted`` without ``status`` keeps the style's default status, and in
    ``aip-151`` without a body keeps the default body), rendered with the operation in context, plus the
    status URL in each header named by ``header`` (default by style: creator-v1 ``Location``, creator-v2
-   ``Operation-Location``, aip-151 none; ``none`` or ``null`` for no header; a list for several; a header
+   ``Operation-Location``, aip-151 none, location ``Location``, arm ``Azure-AsyncOperation``; arm's start
+   is ``201``/``200``/``202`` by method, see ``proxy/dialects.py``; ``none`` or ``null`` for no header;
+   a list for several; a header
    the ``accepted`` spec sets itself is left as it is). The status URL is ``status-path`` with the id
    substituted (other placeholders get the start request's path values of the same name), its
    ``?query`` kept, made absolute on the proxy's base URL unless ``url-form: relative``. The resource
@@ -53,7 +55,8 @@ What a scenario means (the semantics of the language, in order of evaluation):
    ends.
 6. **Status answers,** for the status S of the current stage; S is terminal when ``S.lower()`` is in
    ``TERMINAL_STATUSES``, a success when it is ``succeeded``, a failure when it starts with ``fail``
-   (case-insensitive). The body is JSON:
+   (case-insensitive). The dialect table (``proxy/dialects.py``, by the operation's ``style``) renders
+   the answer; the step's overrides below apply on top. The body is JSON:
 
    - ``creator-v1``: ``200 {operationId, createdDateTime (3/11/2020 8:45:13 PM +00:00), status}``. A
      success with a resource (the step's ``resource``; default: when ``resource-path`` is set; never
@@ -63,6 +66,10 @@ What a scenario means (the semantics of the language, in order of evaluation):
      adds the ``Resource-Location`` header (nothing in the body).
    - ``aip-151``: ``200 {name: operations/<id>, done: <terminal>, metadata: {status: S}}``; a success
      adds ``response: {name: <resource URL, or the resource id when there is no resource>}``.
+   - ``location``: ``202`` without a body while running; a success is ``200`` with the ``resource``
+     answer (``204`` for a DELETE or ``resource: false``); a failure is ``400 {error}``.
+   - ``arm``: ``200 {id, name, status, startTime, endTime (terminal)}``; GET of a PUT/PATCH start's URL
+     answers the ``resource`` (default ``{id, name, properties.provisioningState: <status>}``).
    - A failure, or any status whose step gives ``error``, adds ``error``: the step's error (default
      ``{code: OperationFailed, message: The operation failed.}``; fields that are null are left out,
      ``details`` is kept as given, object or list). In ``aip-151`` the error is a google.rpc.Status: an
@@ -127,11 +134,21 @@ from email.utils import formatdate
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
+from proxy.dialects import (
+    OperationFacts,
+    dialect,
+    is_failure,
+    is_success,
+    resource_body,
+    start_body,
+    status_answer,
+)
 from proxy.errors import ScenarioError, TemplateError
 from proxy.model import Request, Response, header_problem, header_value, headers_problem, set_header
 from proxy.redact import DEFAULT_HEADERS as SECRET_HEADERS
 from proxy.rewrite import delay_headers, parse_retry_after
-from proxy.scenario.answer import Answer, NearRule, Refusal
+from proxy.scenario.answer import Answer, NearRule, OperationTag, Refusal
 from proxy.scenario.dates import format_created_date_time
 from proxy.scenario.loader import LoadedScenario
 from proxy.scenario.schema import (
@@ -155,16 +172,9 @@ Clock = Literal["real", "virtual"]
 DataPath = tuple[str | int, ...]
 HeaderList = tuple[tuple[str, str], ...]
 
-DEFAULT_ERROR: dict[str, Any] = {"code": "OperationFailed", "message": "The operation failed."}
-"""The error of a failed operation whose step gives none."""
 VIRTUAL_STEP_WITHOUT_RETRY_AFTER = 1.0
 """Seconds the virtual clock advances for an answer that advertised no Retry-After."""
 
-_DEFAULT_STATUS_HEADERS: dict[str, tuple[str, ...]] = {
-    "creator-v1": ("Location",),
-    "creator-v2": ("Operation-Location",),
-    "aip-151": (),
-}
 _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
@@ -859,6 +869,9 @@ class _Op:
         self.terminal = False
         self.resource_ready = False
         self.start: dict[str, Any] = {}
+        self._facts: OperationFacts | None = None
+        self.ended: float | None = None
+        """Wall-clock time of its first terminal answer."""
 
     def context(self) -> dict[str, Any]:
         moment = datetime.fromtimestamp(self.created, UTC)
@@ -874,6 +887,30 @@ class _Op:
             "resource_url": self.resource_url,
             "start": self.start,
         }
+
+    def facts(self) -> OperationFacts:
+        """What the dialect needs to render an answer for this operation (made again when its status
+        changed: polls of one stage share one)."""
+        made = self._facts
+        if (
+            made is not None
+            and made.status == self.status
+            and made.status_url == self.status_url
+            and made.ended == self.ended
+        ):
+            return made
+        made = self._facts = OperationFacts(
+            id=self.id,
+            created=self.created,
+            status=self.status,
+            status_url=self.status_url,
+            resource_id=self.resource_id,
+            resource_url=self.resource_url,
+            start_method=self.start.get("method", ""),
+            start_path=self.start.get("path", ""),
+            ended=self.ended,
+        )
+        return made
 
     def snapshot(self) -> OperationState:
         return OperationState(
@@ -900,6 +937,7 @@ class _OperationRule:
         self.index = index
         self.operation = operation
         self.label = f'operation "{operation.name}"' if operation.name else f"operation {index + 1}"
+        self.dialect = dialect(operation.style)
         self.start = _Matcher(operation.start)
         self.status_path = _PathPattern(operation.status_path)
         self.resource_path = (
@@ -912,18 +950,22 @@ class _OperationRule:
         header = operation.header
         if header is None:
             names: Sequence[str] = (
-                () if "header" in operation.model_fields_set else _DEFAULT_STATUS_HEADERS[operation.style]
+                () if "header" in operation.model_fields_set else self.dialect.status_headers
             )
         else:
             names = [header] if isinstance(header, str) else header
         self.headers = [n for n in names if n.strip().lower() != "none"]
         self.ops: dict[str, _Op] = {}
         self.by_resource: dict[str, _Op] = {}
+        self.by_start_path: dict[str, _Op] = {}
+        """arm: the path of each PUT/PATCH start, where the client GETs the resource (latest operation)."""
+        self.tags: dict[tuple[str, int | None], OperationTag] = {}
         self.counter = 0
 
     def reset(self) -> None:
         self.ops.clear()
         self.by_resource.clear()
+        self.by_start_path.clear()
         self.counter = 0
 
     def at(self, *keys: str | int) -> DataPath:
@@ -1005,16 +1047,18 @@ class _OperationRule:
         op.stage_began = self.machine.clock_value(op)
         self.ops[op_id] = op
         self.by_resource[resource_id] = op
+        if self.dialect.final_get == "start-url" and view.method in ("PUT", "PATCH"):
+            self.by_start_path[view.path] = op
         self.machine.register(op)
 
-        aip = operation.style == "aip-151"
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        default_body = start_body(self.dialect, op.facts())
         rendered = self.machine.render_response(
             operation.accepted or _EMPTY_RESPONSE,
             self.at("accepted"),
             ctx,
-            default_status=200 if aip else 202,
-            default_json={"name": f"operations/{op_id}", "done": False} if aip else _NO_BODY,
+            default_status=self.dialect.start_code(view.method),
+            default_json=default_body if default_body is not None else _NO_BODY,
         )
         response = rendered.response
         for name in self.headers:
@@ -1030,7 +1074,22 @@ class _OperationRule:
             operation=op_id,
             status=op.status,
             retry_after=rendered.retry_after,
+            tag=self.tag("start"),
         )
+
+    def tag(self, role: Literal["start", "poll", "resource"], step: int | None = None) -> OperationTag:
+        """The structured facts of an answer of this rule (``Answer.tag``), made once per role and step."""
+        found = self.tags.get((role, step))
+        if found is None:
+            found = self.tags[(role, step)] = OperationTag(
+                f"{self.file.label}: {self.label}",
+                self.dialect.name,
+                role,
+                step,
+                tuple(self.headers),
+                self.operation.url_form,
+            )
+        return found
 
     # -- polls
 
@@ -1043,6 +1102,14 @@ class _OperationRule:
         op = self.ops.get(params.get("operationId", ""))
         if op is None:
             return None
+        return self.poll(op, view, base, params)
+
+    def poll(
+        self, op: _Op, view: _View, base: str, params: Mapping[str, str], *, on_resource: bool = False
+    ) -> Answer:
+        """Answer a poll of ``op`` by its current stage (rules 5 and 6). ``on_resource``: an ``arm``
+        operation without a status header, polled at its PUT/PATCH URL (the resource's
+        ``provisioningState`` is the status, as azure-mgmt-core's BodyContentPolling reads it)."""
         j = self.stage_of(op)
         step = self.operation.steps[j]
         op.stage_polls += 1
@@ -1063,11 +1130,14 @@ class _OperationRule:
                 poll=op.polls,
                 status=op.status,
                 retry_after=rendered.retry_after,
+                tag=self.tag("poll", j),
             )
         assert step.status is not None
         op.status = step.status
         op.terminal = step.status.lower() in TERMINAL_STATUSES
-        response, advertised = self.status_response(op, step, j, ctx)
+        if op.terminal and op.ended is None:
+            op.ended = self.machine.now()
+        response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
         op.advance(advertised)
         return Answer(
             response=_for_method(view, response),
@@ -1077,6 +1147,7 @@ class _OperationRule:
             status=op.status,
             terminal=op.terminal,
             retry_after=advertised,
+            tag=self.tag("poll", j),
         )
 
     def stage_of(self, op: _Op) -> int:
@@ -1096,49 +1167,40 @@ class _OperationRule:
             op.stage_polls = 0
         return op.stage
 
-    def status_response(self, op: _Op, step: PollStep, j: int, ctx: _Ctx) -> tuple[Response, float | None]:
-        """The status answer of ``step`` (rule 6) and the Retry-After seconds it advertises."""
+    def status_response(
+        self, op: _Op, step: PollStep, j: int, ctx: _Ctx, *, on_resource: bool = False
+    ) -> tuple[Response, float | None]:
+        """The status answer of ``step`` (rule 6: the dialect's answer, then the step's overrides) and the
+        Retry-After seconds it advertises."""
         operation = self.operation
         status = op.status
-        lowered = status.lower()
-        success = lowered == "succeeded"
-        failure = lowered.startswith("fail")
-        with_resource = success and op.resource_url is not None and step.resource is not False
+        success = is_success(status)
+        if self.dialect.name == "location":
+            with_resource = success and step.resource is not False
+        else:
+            with_resource = success and op.resource_url is not None and step.resource is not False
         if with_resource:
             op.resource_ready = True
-        moment = datetime.fromtimestamp(op.created, UTC)
-        code = 200
-        headers: HeaderList = (("Content-Type", _JSON),)
-        body: dict[str, Any]
-        error = self.error(step, j, ctx) if failure or step.error is not None else None
-        if operation.style == "aip-151":
-            body = {"name": f"operations/{op.id}", "done": op.terminal, "metadata": {"status": status}}
-            if success:
-                body["response"] = {"name": op.resource_url if with_resource else op.resource_id}
-            if error is not None or (op.terminal and lowered.startswith("cancel")):
-                body["error"] = _rpc_status(error, cancelled=lowered.startswith("cancel"))
+        error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
+        base = status_answer(self.dialect, op.facts(), with_resource=with_resource, error=error)
+        code, headers, body = base.code, base.headers, base.body
+        if on_resource:  # the resource itself, its provisioningState the status
+            code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, op.facts())
+        if (on_resource or (self.dialect.name == "location" and with_resource and code == 200)) and (
+            operation.resource
+        ):
+            rendered = self.machine.render_response(operation.resource, self.at("resource"), ctx)
+            code, headers = rendered.response.status, rendered.response.headers
+            body = _json_object(rendered.response.body) if step.json_ is not None else None
+            result = rendered.response.body
         else:
-            if operation.style == "creator-v1":
-                body = {
-                    "operationId": op.id,
-                    "createdDateTime": format_created_date_time(moment),
-                    "status": status,
-                }
-                if with_resource:
-                    assert op.resource_url is not None
-                    code = 201
-                    headers += (("Location", op.resource_url),)
-                    body["resourceLocation"] = op.resource_url
-            else:
-                body = {"operationId": op.id, "created": moment.isoformat(), "status": status}
-                if with_resource:
-                    assert op.resource_url is not None
-                    headers += (("Resource-Location", op.resource_url),)
-            if error is not None:
-                body["error"] = error
+            result = None
         if step.http_status is not None:
             code = step.http_status
         if step.json_ is not None:
+            if body is None:
+                body = {}
+                headers = set_header(headers, "Content-Type", _JSON)
             for key, value in self.machine.render_data(step.json_, self.at("steps", j, "json"), ctx).items():
                 if value is None:
                     body.pop(key, None)
@@ -1159,7 +1221,8 @@ class _OperationRule:
                 name,
                 self.machine.render_header(name, raw, self.at("steps", j, "headers", name), ctx),
             )
-        response = Response(status=code, headers=headers, body=_json_bytes(body))
+        content = _json_bytes(body) if body is not None else result if result is not None else b""
+        response = Response(status=code, headers=headers, body=content)
         return response, self.machine.advertised(headers, retry)
 
     def error(self, step: PollStep, j: int, ctx: _Ctx) -> dict[str, Any]:
@@ -1173,20 +1236,29 @@ class _OperationRule:
     # -- resources
 
     def answer_resource(self, view: _View, base: str) -> Answer | None:
-        if self.resource_path is None or view.method != "GET":
+        if view.method != "GET":
             return None
-        params = self.resource_path.match(view.path)
-        if params is None:
-            return None
-        op = self.by_resource.get(params.get("resourceId", ""))
-        if op is None or not op.resource_ready:
-            return None
+        op = self.by_start_path.get(view.path) if self.by_start_path else None
+        if op is not None:  # arm: the resource at the PUT/PATCH URL, as provisioned so far
+            params: Mapping[str, str] = op.start.get("params", {})
+            if not self.headers:  # no status monitor: the resource's provisioningState is polled
+                return self.poll(op, view, base, params, on_resource=True)
+        else:
+            if self.resource_path is None:
+                return None
+            found = self.resource_path.match(view.path)
+            if found is None:
+                return None
+            params = found
+            op = self.by_resource.get(params.get("resourceId", ""))
+            if op is None or not op.resource_ready:
+                return None
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
         rendered = self.machine.render_response(
             self.operation.resource or _EMPTY_RESPONSE,
             self.at("resource"),
             ctx,
-            default_json={"id": op.resource_id, "operationId": op.id},
+            default_json=resource_body(self.dialect, op.facts()),
         )
         return Answer(
             response=rendered.response,
@@ -1198,29 +1270,20 @@ class _OperationRule:
             status=op.status,
             terminal=op.terminal,
             retry_after=rendered.retry_after,
+            tag=self.tag("resource"),
         )
 
 
-def _rpc_status(error: dict[str, Any] | None, *, cancelled: bool) -> dict[str, Any]:
-    """An error as a google.rpc.Status: integer code (2 UNKNOWN, 1 CANCELLED), message, details list."""
-    default_code = 1 if cancelled else 2
-    if error is None:
-        message = "The operation was cancelled." if cancelled else DEFAULT_ERROR["message"]
-        return {"code": default_code, "message": message}
-    code = error.get("code")
-    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
-        code = int(code)
-    status: dict[str, Any] = {
-        "code": code if isinstance(code, int) and not isinstance(code, bool) else default_code,
-        "message": error.get("message") or DEFAULT_ERROR["message"],
-    }
-    details = error.get("details")
-    if details is not None:
-        status["details"] = details if isinstance(details, list) else [details]
-    return status
-
-
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body parsed (a step's ``json`` merges into it); {} for anything else."""
+    try:
+        doc = json.loads(body) if body else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _json_bytes(data: Any) -> bytes:

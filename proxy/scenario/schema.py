@@ -284,7 +284,9 @@ class PollStep(Model):
         None, alias="http-status", ge=100, le=999, description="Overrides the status code."
     )
     resource: bool | None = Field(
-        None, description="On success: whether a resource was created (201 + Location + resourceLocation)."
+        None,
+        description="On success: whether a resource was created (creator-v1: 201 + Location + "
+        "resourceLocation; location: 200 with the result, false: 204).",
     )
     error: OperationError | None = Field(None, description="On failure: the error in the body.")
     headers: dict[str, str | int | float] = Field(
@@ -306,7 +308,8 @@ class PollStep(Model):
         return self
 
 
-StatusStyle = Literal["creator-v1", "creator-v2", "aip-151"]
+StatusStyle = Literal["creator-v1", "creator-v2", "aip-151", "location", "arm"]
+"""The dialects of ``proxy/dialects.py``."""
 
 
 class Operation(Model):
@@ -316,8 +319,11 @@ class Operation(Model):
     start: Match
     style: StatusStyle = Field(
         "creator-v1",
-        description="Status body shape: creator-v1 (operationId, createdDateTime, status, resourceLocation), "
-        "creator-v2 (operationId, created, status; Resource-Location header), aip-151 (name, done, error/response).",
+        description="The dialect: creator-v1 (operationId, createdDateTime, status, resourceLocation), "
+        "creator-v2 (operationId, created, status; Resource-Location header), aip-151 (name, done, "
+        "error/response), location (202 while running, then 200 with the result / 204 at the same URL; a "
+        "failure is a 400), arm (Azure-AsyncOperation: {id, name, status, startTime, endTime, error}; after a "
+        "PUT/PATCH the original URL answers the resource with properties.provisioningState).",
     )
     status_path: str = Field(
         "/operations/{operationId}",
@@ -328,14 +334,16 @@ class Operation(Model):
         None,
         description="Header(s) of the accepted response carrying the status URL: Location, Operation-Location, "
         "Azure-AsyncOperation, or none. Default by style: creator-v1 Location, creator-v2 Operation-Location, "
-        "aip-151 none (the operation's name is in the body).",
+        "aip-151 none (the operation's name is in the body), location Location, arm Azure-AsyncOperation (arm "
+        "with none: the PUT/PATCH URL is polled, its provisioningState the status).",
     )
     url_form: Literal["absolute", "relative"] = Field(
         "absolute", alias="url-form", description="Status and resource URLs as absolute URLs or paths."
     )
     accepted: ResponseSpec | None = Field(
         None,
-        description="The answer to the start request (default 202, empty body) plus the status URL header.",
+        description="The answer to the start request (default 202, empty body; aip-151 200 with the name; arm "
+        "201 for PUT, 200 for PATCH with the resource) plus the status URL header.",
     )
     retry_after: RetryAfter = Field(
         1, alias="retry-after", description="Retry-After on non-terminal answers."
@@ -345,7 +353,9 @@ class Operation(Model):
         None, alias="resource-path", description="Path of the created resource, e.g. /tilesets/{resourceId}."
     )
     resource: ResponseSpec | None = Field(
-        None, description="The answer to GET resource-path (templates see the operation)."
+        None,
+        description="The answer to GET resource-path (templates see the operation); in location, the "
+        "successful poll's answer; in arm, the answer to GET of a PUT/PATCH start's URL.",
     )
     id_format: Literal["uuid", "counter"] = Field(
         "uuid", alias="id-format", description="How operation ids are made."
@@ -364,6 +374,15 @@ class Operation(Model):
             raise ValueError("status-path must contain {operationId}, e.g. /operations/{operationId}")
         if self.resource_path is not None and "{resourceId}" not in self.resource_path:
             raise ValueError("resource-path must contain {resourceId}, e.g. /tilesets/{resourceId}")
+        if self.style == "arm" and "header" in self.model_fields_set:
+            names = [self.header] if isinstance(self.header, str) else self.header or []
+            methods = [self.start.method] if isinstance(self.start.method, str) else self.start.method or []
+            no_monitor = all(n.strip().lower() == "none" for n in names)
+            if no_monitor and not {m.upper() for m in methods} & {"PUT", "PATCH"}:
+                raise ValueError(
+                    "an arm operation without a status header is polled at the URL of its PUT or PATCH: "
+                    "give start a method: PUT (or PATCH), or a header such as Azure-AsyncOperation"
+                )
         return self
 
 
