@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,9 +40,10 @@ from proxy.diagnostic import (
     unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ReplayProxyError, ScenarioError
-from proxy.journal import BodyStatus, Exchange, Journal, SealedHeaders, body_status, response_facts
+from proxy.journal import BodyStatus, Exchange, Journal, JournalFile, body_status, iso_time, response_facts
 from proxy.matching import Matcher
 from proxy.model import (
+    Headers,
     Interaction,
     Request,
     Response,
@@ -55,8 +58,12 @@ from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Re
 from proxy.rewrite import rewrite_origins, rewrite_retry_after
 from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, ScenarioFailed, Scripted
 from proxy.scenario.answer import Answer
+from proxy.unused import CassetteUse, Usage
 
 logger = logging.getLogger("proxy")
+
+JOURNAL_OPTION = "replay_journal_file"
+"""``--journal FILE`` (proxy/settings.py's ``journal_file``): the file, not the session, changes with it."""
 
 META = "replay_proxy"
 """flow.metadata key: what answered this flow ("cassette", "no-match", "forward")."""
@@ -95,6 +102,10 @@ class Session(NamedTuple):
     """What answers, for diagnostics: "cassette c.yaml", "scenarios a.yaml, b.yaml", ..."""
     upstream_timeout: float | None = None
     """Seconds to wait for a forwarded exchange's complete answer (then 504); None: no limit."""
+    loaded: int = 0
+    """How many interactions the cassette held when the session began (more are appended when recording)."""
+    cassette_path: str | None = None
+    """The cassette's absolute path, as the journal names it."""
 
 
 class ReplayAddon:
@@ -115,6 +126,8 @@ class ReplayAddon:
         """configure failed: the next configure is mitmproxy restoring the options of the current session."""
         self.control: control.ControlAPI | None = None
         """Answers requests under ``/__replay-proxy/`` addressed to the proxy (set by ReplayProxy)."""
+        self.usage = Usage()
+        """Which interactions of each cassette loaded for replay were played (``unused()``)."""
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -124,10 +137,15 @@ class ReplayAddon:
         request_head.install()
 
     def configure(self, updated: set[str]) -> None:
-        if not any(name.startswith("replay_") for name in updated):
-            return
         from mitmproxy import ctx
 
+        if JOURNAL_OPTION in updated:
+            try:
+                self._open_journal_file(getattr(ctx.options, JOURNAL_OPTION))
+            except ReplayProxyError as e:
+                raise exceptions.OptionsError(str(e)) from e
+        if not any(name.startswith("replay_") and name != JOURNAL_OPTION for name in updated):
+            return
         if self._rolling_back and self.session is not None:
             # mitmproxy restores the options the session was built from after a failed update and calls
             # configure again: keep that session (its operations, sequences, playback) as it is
@@ -142,6 +160,19 @@ class ReplayAddon:
         self._close_session()
         self.session = session
         self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
+        self.journal.redact_headers = session.redactor.headers if session.redactor.enabled else None
+        playback = session.router.playback
+        if self.journal.file is not None and session.cassette is not None and playback is not None:
+            self.journal.file.write(
+                {
+                    "event": "load",
+                    "time": iso_time(now := time.time()),
+                    "epoch": round(now, 6),
+                    "cassette": session.cassette_path,
+                    "interactions": len(playback),
+                    "record_mode": session.router.record_mode.value,
+                }
+            )
         if session.router.playback is not None and len(session.router.playback) >= FREEZE_AT:
             # What a large cassette loaded lives as long as the session: keep it out of the cyclic garbage
             # collector's full passes, which otherwise walk all of it (100k interactions: 300 ms pauses).
@@ -152,6 +183,16 @@ class ReplayAddon:
         self.stopping = True  # from now on nothing is forwarded: it could not be saved
         self._close_session()
         faults.release_all()
+        self._open_journal_file(None)
+
+    def _open_journal_file(self, path: str | None) -> None:
+        """Write the journal to ``path`` from now on (appended to), or to no file (None)."""
+        current = self.journal.file
+        if current is not None and path == current.path:
+            return
+        self.journal.file = JournalFile(path) if path else None
+        if current is not None:
+            current.close()
 
     def client_disconnected(self, client: Any) -> None:
         faults.client_disconnected(client)
@@ -189,7 +230,28 @@ class ReplayAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         faults.responseheaders(flow)
 
+    def unused(self) -> list[CassetteUse]:
+        """Each cassette loaded for replay so far (this session included) and what of it was played."""
+        if self.session is not None:
+            self._count_plays(self.session)
+        return self.usage.uses()
+
+    def _count_plays(self, session: Session) -> None:
+        playback = session.router.playback
+        replays = session.router.record_mode in (RecordMode.NONE, RecordMode.ONCE, RecordMode.NEW_EPISODES)
+        if session.cassette_path is None or playback is None or not session.loaded or not replays:
+            return
+        counts = playback.play_counts[: session.loaded]
+        self.usage.add(
+            session.cassette_path,
+            session.loaded,
+            lambda: [f"{i.request.method} {i.request.url}" for i in playback.interactions[: session.loaded]],
+            (n for n, count in enumerate(counts) if count),
+        )
+
     def _close_session(self) -> None:
+        if self.session is not None:
+            self._count_plays(self.session)
         if self.session is not None and self.session.recorder is not None:
             try:
                 self.session.recorder.close()
@@ -234,7 +296,7 @@ class ReplayAddon:
                 detail += f" [delay {answer.delay:g} s]"
             status = _fault_status(answer)
             sent = answer.response if status is not None else None
-            self._journal(flow, _exchange(flow, status, "scenario", detail, sent, answer))
+            self._journal(flow, self._exchange(flow, status, "scenario", detail, sent, answer))
             await faults.deliver(flow, answer, to_flow_response=_flow_response)
         elif isinstance(decision, Replay):
             played = decision.played
@@ -248,11 +310,21 @@ class ReplayAddon:
             kind = "cassette"
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
                 kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
-            self._journal(flow, _exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
+            exchange = self._exchange(
+                flow,
+                sent.status,
+                kind,
+                detail,
+                sent,
+                body=served.body_status,
+                cassette=session.cassette_path,
+                interaction=played.index,
+            )
+            self._journal(flow, exchange)
         elif isinstance(decision, ScenarioFailed):
             flow.metadata[META] = "scenario-error"
             flow.response = _flow_response(scenario_error_response(decision))
-            exchange = _exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
+            exchange = self._exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
             self._journal(flow, exchange)
         elif isinstance(decision, NoMatch):
             flow.metadata[META] = "no-match"
@@ -271,14 +343,14 @@ class ReplayAddon:
                 detail += f"; closest rule {closest_rule(decision)}"
             # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
             flow.response = _flow_response(no_match_response(decision, source))
-            self._journal(flow, _exchange(flow, flow.response.status_code, "no-match", detail))
+            self._journal(flow, self._exchange(flow, flow.response.status_code, "no-match", detail))
         else:
             assert isinstance(decision, Forward)
             failure = session.recorder.failure if session.recorder is not None else None
             if failure is not None:  # the cassette cannot take it: do not make the upstream act on it
                 flow.response = _flow_response(record_failed_response(failure))
                 detail = f"not forwarded, recording failed: {failure}"
-                self._journal(flow, _exchange(flow, flow.response.status_code, "refused", detail))
+                self._journal(flow, self._exchange(flow, flow.response.status_code, "refused", detail))
                 return
             flow.metadata[META] = "forward"
             _aim_at_upstream(flow)
@@ -310,7 +382,7 @@ class ReplayAddon:
                 self._save_failed(str(e))
                 flow.response = _flow_response(record_failed_response(str(e)))
                 detail = f"NOT SAVED: {e}"
-                self._journal(flow, _exchange(flow, flow.response.status_code, "upstream", detail))
+                self._journal(flow, self._exchange(flow, flow.response.status_code, "upstream", detail))
                 return
             playback = session.router.playback
             if playback is not None:
@@ -319,7 +391,7 @@ class ReplayAddon:
         served = self._outgoing(flow, session, response)
         if served is not response:
             flow.response = _flow_response(served)
-        self._journal(flow, _exchange(flow, served.status, "upstream", detail, served))
+        self._journal(flow, self._exchange(flow, served.status, "upstream", detail, served))
 
     def error(self, flow: http.HTTPFlow) -> None:
         gateway.settle(flow)
@@ -327,7 +399,8 @@ class ReplayAddon:
             return
         if META not in flow.metadata and "body_size_limit" in flow.error.msg:
             # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
-            self._journal(flow, _exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            refused = self._exchange(flow, 413, "refused", "request body larger than --max-body-size")
+            self._journal(flow, refused)
             # mitmproxy 12 says "Connection: close" on its 413 but neither closes nor reads on: a client that
             # sends its whole body before reading (requests, http.client) would wait for its own timeout.
             # The 413 is written after this hook; closing a moment later lets it out first.
@@ -336,9 +409,36 @@ class ReplayAddon:
         if flow.metadata.get(META) != "forward":
             return
         detail = flow.error.msg.removeprefix("replay-proxy: ")  # the journal's line says who speaks
-        self._journal(flow, _exchange(flow, gateway.status(flow), "error", detail))
+        self._journal(flow, self._exchange(flow, gateway.status(flow), "error", detail))
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _exchange(
+        self,
+        flow: http.HTTPFlow,
+        status: int | None,
+        source: str,
+        detail: str,
+        sent: Response | None = None,
+        answer: Answer | None = None,
+        *,
+        body: BodyStatus | None = None,
+        cassette: str | None = None,
+        interaction: int | None = None,
+    ) -> Exchange:
+        """``_exchange`` with the request's headers redacted for the journal (``Journal.request_headers``)."""
+        return _exchange(
+            flow,
+            status,
+            source,
+            detail,
+            sent,
+            answer,
+            body=body,
+            cassette=cassette,
+            interaction=interaction,
+            headers=self.journal.request_headers,
+        )
 
     def _journal(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         self.journal.add(exchange)
@@ -442,6 +542,8 @@ def _build_session(options: Any) -> Session:
         retry_after,
         served or "nothing",
         upstream_timeout,
+        len(loaded),
+        os.path.abspath(path) if path is not None else None,
     )
 
 
@@ -609,9 +711,13 @@ def _exchange(
     answer: Answer | None = None,
     *,
     body: BodyStatus | None = None,
+    cassette: str | None = None,
+    interaction: int | None = None,
+    headers: Callable[[Headers], Headers] | None = None,
 ) -> Exchange:
     """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
-    (``body``: its ``journal.body_status`` when already known)."""
+    (``body``: its ``journal.body_status`` when already known); ``headers`` makes the request's headers
+    the entry's (redacted)."""
     req = flow.request
     wall_now, mono_now = time.time(), time.monotonic()
     arrived = req.timestamp_start or wall_now
@@ -641,9 +747,16 @@ def _exchange(
         tag=answer.tag if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
-        request_headers=SealedHeaders(req.headers.fields),
-        body_size=len(req.raw_content) if req.raw_content is not None else None,
+        request_headers=_request_headers(req, headers),
+        request_body_size=len(req.raw_content or b""),
+        cassette=cassette,
+        interaction=interaction,
     )
+
+
+def _request_headers(req: http.Request, redact: Callable[[Headers], Headers] | None) -> Headers:
+    raw = tuple(req.headers.items(multi=True))
+    return redact(raw) if redact is not None else raw
 
 
 def _log_exchange(exchange: Exchange) -> None:

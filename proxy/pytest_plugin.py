@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from proxy.control import OperationHandle
     from proxy.journal import Journal
     from proxy.server import ReplayProxy
+    from proxy.unused import CassetteUse
 
 RECORD_MODES = settings.RECORD_MODES
 MARKER = "replay_proxy"
@@ -105,7 +106,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # proxy's thread during the test that made the request: not the test's business, and fatal to the
     # handshake under `filterwarnings = error`.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mitmproxy")
-    config.stash[_settings_key] = _read_settings(config)
+    read = config.stash[_settings_key] = _read_settings(config)
+    if read.journal_file is not None and not hasattr(config, "workerinput"):  # xdist workers append
+        from proxy.errors import ConfigError
+        from proxy.journal import start_fresh
+
+        try:
+            start_fresh(read.journal_file)
+        except ConfigError as e:
+            raise pytest.UsageError(f"--replay-journal: {e}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -124,6 +133,8 @@ class _SessionProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proxy: ReplayProxy | None = None
+        self.uses: list[CassetteUse] = []
+        """At the end: each cassette loaded for replay and what of it was played."""
 
     def get(self) -> ReplayProxy:
         if self.proxy is None:
@@ -150,6 +161,7 @@ class _SessionProxy:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
+            self.uses = self.proxy.addon.unused()
             self.proxy = None
 
 
@@ -195,6 +207,24 @@ def replay_proxy_server(pytestconfig: pytest.Config) -> Iterator[_SessionProxy]:
         yield holder
     finally:
         holder.stop()
+        pytestconfig.stash[_uses_key] = holder.uses
+
+
+_uses_key = pytest.StashKey["list[CassetteUse]"]()
+UNUSED_SHOWN = 10
+"""Unplayed interactions listed per cassette in the terminal summary (all with -v)."""
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The cassettes' interactions that no test of the session played (pytest-xdist: per worker, not
+    shown; use ``--replay-journal`` and ``replay-proxy prune --dry-run`` there)."""
+    from proxy.unused import format_unused
+
+    uses: list[CassetteUse] = config.stash.get(_uses_key, [])
+    text = format_unused(uses, None if config.option.verbose > 0 else UNUSED_SHOWN)
+    if text:
+        terminalreporter.write_sep("-", "replay-proxy: unused recorded interactions")
+        terminalreporter.write_line(text)
 
 
 # -- what a test sees ------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ class ReplayProxy:
         control_api: bool = True,
         control_token: str | None = None,
         root: str | os.PathLike[str] | None = None,
+        journal_file: str | os.PathLike[str] | None = None,
     ) -> None:
         # Each keyword is a setting of proxy/settings.py (a test holds this signature to its table).
         given = {name: value for name, value in locals().items() if name in _KEYWORDS}
@@ -509,15 +510,6 @@ class _ControlHost:
             "clock": opts.get("replay_clock"),
             "upstream": opts.get("replay_upstream"),
         }
-
-    def redact_headers(self, headers: Any) -> Any:
-        from proxy.model import Request
-
-        session = self.proxy.addon.session
-        if session is None or not session.redactor.enabled:
-            return headers
-        shown = session.redactor.request(Request("GET", "http://replay-proxy.invalid/", tuple(headers)))
-        return shown.headers
 
 
 def _claim(proxy: ReplayProxy) -> None:

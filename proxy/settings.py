@@ -633,6 +633,18 @@ class Settings:
         group=VERDICT,
         metavar="CHECK",
     )
+    journal_file: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        FilePath(),
+        "write each exchange to FILE as it happens, one JSON line (time, method, URL, status, what "
+        "answered, Retry-After sent, operation, redacted request headers, the cassette interaction that "
+        "answered); the command line and pytest start it afresh, e.g. {flag}journal.jsonl (a CI "
+        "artefact; `replay-proxy prune` reads it)",
+        _ALL,
+        group=VERDICT,
+        flag="journal",
+        metavar="FILE",
+    )
     no_verify: bool = declare(
         False, Flag(), "Do not check the client's behaviour at the end of each test.", (PYTEST,)
     )
