@@ -78,7 +78,8 @@ from mitmproxy.net.http.status_codes import RESPONSES as REASONS  # noqa: E402  
 from proxy.addon import WIRE_HEADERS, Session, _build_session  # noqa: E402  (no flows in these)
 from proxy.diagnostic import no_match_response  # noqa: E402
 from proxy.errors import ReplayProxyError  # noqa: E402
-from proxy.faults import _schedule, _truncated  # noqa: E402  (pure helpers)
+from proxy.fault_plan import schedule as _schedule  # noqa: E402
+from proxy.fault_plan import truncated as _truncated  # noqa: E402
 from proxy.journal import Exchange, Journal, response_facts  # noqa: E402
 from proxy.model import Request, Response, without_headers  # noqa: E402
 from proxy.rewrite import rewrite_origins, rewrite_retry_after  # noqa: E402
