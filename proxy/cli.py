@@ -22,6 +22,7 @@ from proxy.addon import console_journal
 from proxy.cassette import WHEN_EXHAUSTED
 from proxy.errors import ReplayProxyError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
+from proxy.lean import DEFAULT_ENGINE, ENGINES
 from proxy.matching import DEFAULT_MATCH_ON, MATCHER_NAMES
 from proxy.router import RecordMode
 from proxy.server import DEFAULT_MAX_BODY_SIZE, MODES, ReplayProxy, default_confdir, ensure_ca, parse_size
@@ -89,6 +90,16 @@ def _size(value: str) -> int:
         return parse_size(value) or 0
     except ReplayProxyError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="mitmproxy: everything (default); lean: replay and play over plain HTTP/1.1 in reverse mode, "
+        "several times faster (no recording, --upstream, --mode regular, HTTPS or HTTP/2)",
+    )
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -312,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cassette file (vcrpy YAML or JSON), e.g. cassettes/azure-maps/tileset-succeeds.yaml",
     )
     _add_common(rep)
+    _add_engine(rep)
 
     play = sub.add_parser(
         "play",
@@ -366,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         "advertised, so time-based progressions play as fast as the client polls); default: each file's own",
     )
     _add_common(play)
+    _add_engine(play)
 
     check = sub.add_parser(
         "check",
@@ -472,6 +485,7 @@ def _serve(args: argparse.Namespace) -> int:
         redact_except=args.redact_except,
         scenarios=scenarios,
         clock=getattr(args, "clock", None),
+        engine=getattr(args, "engine", DEFAULT_ENGINE),
         upstream_ca=args.upstream_ca,
         max_body_size=args.max_body_size,
         upstream_timeout=args.upstream_timeout,

@@ -115,7 +115,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="vcrpy's filter_headers: remove (or set) this request header before matching and recording "
         "(repeatable).",
     )
+    group.addoption(
+        "--replay-engine",
+        choices=("mitmproxy", "lean"),
+        default=None,
+        help="mitmproxy (default): everything; lean: replay and play only, plain HTTP/1.1 on the reverse "
+        "URL, several times faster (no recording, no replay_proxy_env forward proxy, no HTTPS).",
+    )
     parser.addini("replay_record_mode", "Default for --replay-record-mode.", default="none")
+    parser.addini("replay_engine", "Default for --replay-engine.", default="mitmproxy")
     parser.addini("replay_upstream", "Default for --replay-upstream.", default="")
     parser.addini("replay_retry_after", "Default for --replay-retry-after.", default="")
     parser.addini("replay_no_verify", "Default for --replay-no-verify.", type="bool", default=False)
@@ -137,6 +145,7 @@ class Settings:
     disabled_checks: tuple[str, ...] = ()
     filter_query_parameters: tuple[str, ...] = ()
     filter_headers: tuple[str, ...] = ()
+    engine: str = "mitmproxy"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -182,7 +191,16 @@ class Settings:
             Matcher(**filters)  # a bad name is a usage error now, not at the first test
         except ConfigError as e:
             raise pytest.UsageError(f"replay-proxy: {e}") from None
-        return cls(record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters)
+        engine = config.getoption("replay_engine") or str(config.getini("replay_engine"))
+        if engine not in ("mitmproxy", "lean"):
+            raise pytest.UsageError(f"replay_engine = {engine!r}: choose from mitmproxy, lean")
+        if engine == "lean" and record_mode != "none":
+            raise pytest.UsageError(
+                "--replay-engine lean replays and plays only: record with --replay-engine mitmproxy"
+            )
+        return cls(
+            record_mode, upstream, retry_after, not no_verify, tuple(disabled), **filters, engine=engine
+        )
 
     @property
     def records(self) -> bool:
@@ -240,7 +258,8 @@ class _SessionProxy:
                 retry_after=settings.retry_after,
                 filter_query_parameters=settings.filter_query_parameters,
                 filter_headers=settings.filter_headers,
-                forward_port=_free_port(),
+                forward_port=_free_port() if settings.engine == "mitmproxy" else None,
+                engine=settings.engine,
             )
             try:
                 return proxy.start()
@@ -451,6 +470,8 @@ def replay_proxy_env(replay_proxy: ReplayProxyFixture, monkeypatch: pytest.Monke
     A client with a hard-coded base URL (``https://atlas.microsoft.com``) then talks to the proxy
     unchanged: requests and httpx read these variables.
     """
+    if not replay_proxy.proxy_url:
+        pytest.fail("replay_proxy_env needs a forward proxy: the lean engine has none (use mitmproxy)")
     for name in PROXY_VARIABLES:
         monkeypatch.setenv(name, replay_proxy.proxy_url)
     for name in CLEARED_VARIABLES:
