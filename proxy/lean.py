@@ -47,6 +47,9 @@ FREEZE_AT = 1000
 """Interactions from which a session's cassette is moved out of the garbage collector's sight (as the
 addon does)."""
 
+LINGER = 2.0
+"""Seconds a connection that was refused (400, 413, 431, 505) keeps reading before it closes."""
+
 PAUSE_AT = 64
 """Pipelined requests waiting for their turn past which the connection stops reading (backpressure)."""
 
@@ -305,6 +308,9 @@ class _Connection(asyncio.Protocol):
         incoming.method = self.parser.get_method().decode("latin-1")
         incoming.target = self.url.decode("utf-8", "surrogateescape")
         incoming.close = not self.parser.should_keep_alive()
+        if incoming.method == "CONNECT":
+            self._refuse_now(400, "Bad Request", f"CONNECT is for forward proxies; {_UNSUPPORTED}")
+            return
         expect = False
         host = self.server.host_header
         for i, (name, value) in enumerate(incoming.headers):
@@ -329,6 +335,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         incoming = self.current
+        if self.refusing:
+            return
         self.current = None
         self.head_bytes = 0
         if incoming is None or self.refusing:
@@ -347,7 +355,7 @@ class _Connection(asyncio.Protocol):
     def _refuse_body(self, incoming: _Incoming) -> None:
         """413 once the answers before it are out: the body is larger than ``--max-body-size``."""
         self.server.refused(incoming, self.origin, 413, "request body larger than --max-body-size")
-        message = "the request body is larger than --max-body-size"
+        message = "Request body exceeds the body_size_limit (--max-body-size)"
         self.refusing = True
         self.current = None
         self.pending.append(_Refusal(413, "Payload Too Large", message))
@@ -363,7 +371,7 @@ class _Connection(asyncio.Protocol):
         while self.pending and self.task is None and not self.gone.is_set():
             incoming = self.pending.popleft()
             if isinstance(incoming, _Refusal):
-                self._write(_error(incoming.status, incoming.reason, incoming.message), close=True)
+                self._linger(_error(incoming.status, incoming.reason, incoming.message))
                 return
             outcome = self.server.outcome(incoming, self.origin)
             wire = outcome.wire
@@ -379,6 +387,20 @@ class _Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.resume_reading()
         if self.close_when_done and not self.pending and self.task is None and not self.gone.is_set():
+            self._write(b"", close=True)
+
+    def _linger(self, data: bytes) -> None:
+        """Send a refusal, then close the sending side but read (and drop) what the client still sends
+        for ``LINGER`` seconds: a client sending its whole body before it reads gets the answer, not a
+        reset (a close with unread data sends RST, which discards the answer at the client)."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        if transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(LINGER, transport.close)
+            self.gone.set()
+        else:
             self._write(b"", close=True)
 
     def _write(self, data: bytes, close: bool) -> None:
