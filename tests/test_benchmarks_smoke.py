@@ -3,7 +3,7 @@ generator.
 
 Figures are not checked (speed is shown by benchmarks, not asserted by tests): only that every target of
 ours starts, answers the load without errors, and lands in the JSON and Markdown results. No Java, npm or
-network: the floor, replay-proxy (play, replay), the lean engine (play, replay), the probes and the user's suite.
+network: the floor, replay-proxy (play, replay) on both engines, the probes and the user's suite.
 """
 
 from __future__ import annotations
