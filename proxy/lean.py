@@ -25,6 +25,7 @@ import time
 from collections import deque
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
 
@@ -93,14 +94,16 @@ def install_session(addon: ReplayAddon, options: dict[str, Any], max_body_size: 
 class LeanServer:
     """The listener and its connections; answers with ``addon``'s session, handler and journal.
 
-    ``host_header`` is what the Host header of every request becomes (the reverse target's authority, as
-    mitmproxy's reverse mode rewrites it), so both engines hand the core the same request.
+    ``target`` is the origin mitmproxy's reverse mode would be set up for (the upstream, else the
+    cassette's origin, else an unreachable one): every request's Host header becomes its authority and the
+    journal's ``url`` is on it, as under mitmproxy, so both engines hand the core the same request.
     """
 
-    def __init__(self, addon: ReplayAddon, max_body_size: int | None, host_header: str) -> None:
+    def __init__(self, addon: ReplayAddon, max_body_size: int | None, target: str) -> None:
         self.addon = addon
         self.max_body_size = max_body_size
-        self.host_header = host_header
+        self.target = target
+        self.host_header = authority(target)
         self.connections: set[_Connection] = set()
         self.server: asyncio.Server | None = None
         self._heads: dict[int, tuple[Wire, bytes]] = {}
@@ -142,7 +145,7 @@ class LeanServer:
             return Outcome("stopping", wire)
         url = request_url(session, origin, path)
         request = Request(incoming.method, url, tuple(incoming.headers), bytes(incoming.body))
-        arrival = Arrival(url, path, client_url, origin, origin, incoming.arrived)
+        arrival = Arrival(self.target + path, path, client_url, origin, origin, incoming.arrived)
         outcome = addon.handler.handle(session, request, arrival)
         if outcome.exchange is not None:
             addon.journal.add(outcome.exchange)
@@ -156,7 +159,7 @@ class LeanServer:
         """Journal a request the engine refused before the core saw it (413)."""
         path = incoming.target
         request = Request(incoming.method, origin + path, (), b"")
-        arrival = Arrival(origin + path, path, origin + path, origin, origin, incoming.arrived)
+        arrival = Arrival(self.target + path, path, origin + path, origin, origin, incoming.arrived)
         self.addon.journal.add(exchange_for(request, arrival, status, "refused", detail))
 
     def head(self, wire: Wire) -> bytes:
@@ -512,6 +515,16 @@ def _parse_error(data: bytes, error: Exception) -> tuple[int, str, str]:
     if data[:1] == b"\x16":
         return 400, "Bad Request", f"the lean engine does not speak TLS; {_UNSUPPORTED}"
     return 400, "Bad Request", f"cannot read this HTTP/1.1 request: {error}"
+
+
+def authority(origin: str) -> str:
+    """``host[:port]`` of an origin, the port left out when it is the scheme's default (the Host header
+    mitmproxy's reverse mode sends)."""
+    parts = urlsplit(origin)
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    default = 443 if parts.scheme == "https" else 80
+    return shown if parts.port in (None, default) else f"{shown}:{parts.port}"
 
 
 def check_engine(engine: str) -> str:

@@ -494,7 +494,7 @@ class ReplayProxy:
             self._error = e
             return
         target = self.addon.session.primary_origin if self.addon.session is not None else None
-        server = lean.LeanServer(self.addon, self.max_body_size, _authority(target or UNREACHABLE))
+        server = lean.LeanServer(self.addon, self.max_body_size, target or UNREACHABLE)
         try:
             host, port = await server.start(self.host, self.port)
         except OSError as e:
@@ -646,18 +646,6 @@ def _replay_options(
         "replay_passthrough": bool(upstream) and cassette is None,
         "replay_upstream_timeout": repr(float(upstream_timeout or 0)),
     }
-
-
-def _authority(origin: str) -> str:
-    """``host[:port]`` of an origin, the port left out when it is the scheme's default (the Host header
-    mitmproxy's reverse mode sends)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(origin)
-    host = parts.hostname or ""
-    shown = f"[{host}]" if ":" in host else host
-    default = 443 if parts.scheme == "https" else 80
-    return shown if parts.port in (None, default) else f"{shown}:{parts.port}"
 
 
 def _url_of(addr: Any) -> str:
