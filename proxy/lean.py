@@ -104,7 +104,7 @@ class LeanServer:
         self.max_body_size = max_body_size
         self.target = target
         self.host_header = authority(target)
-        self.connections: set[_Connection] = set()
+        self.clients: set[_Connection] = set()
         self.server: asyncio.Server | None = None
         self._heads: dict[int, tuple[Wire, bytes]] = {}
         from mitmproxy.net.http.status_codes import RESPONSES  # a table: both engines' reason phrases
@@ -124,13 +124,13 @@ class LeanServer:
         self.addon.stopping = True
         if self.server is not None:
             self.server.close()
-        for connection in list(self.connections):
+        for connection in list(self.clients):
             connection.drop()
         self.addon._close_session()
 
     def waiting(self) -> int:
         """Connections whose answer is being carried out over time (a delay, a dribble, a hang)."""
-        return sum(1 for c in self.connections if c.task is not None)
+        return sum(1 for c in self.clients if c.task is not None)
 
     # -- one request -----------------------------------------------------------------------------------
 
@@ -255,11 +255,11 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.connections.add(self)
+        self.server.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone.set()
-        self.server.connections.discard(self)
+        self.server.clients.discard(self)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
