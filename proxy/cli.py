@@ -390,6 +390,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("scenarios", nargs="+", type=Path, metavar="SCENARIO", help="scenario files (YAML)")
 
+    learn = sub.add_parser(
+        "learn",
+        help="turn a recording into an editable scenario",
+        description="Learn a scenario from recordings (vcrpy cassettes, HAR files, mitmproxy flow dumps): "
+        "each long-running operation becomes an operations: entry, everything else routes. The result passes "
+        "`replay-proxy check`.",
+        epilog="example: replay-proxy learn cassettes/azure-maps/tileset-succeeds.yaml -o learned.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    learn.add_argument("sources", nargs="+", type=Path, metavar="SOURCE", help="recordings to learn from")
+    learn.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="SCENARIO", help="the scenario file to write"
+    )
+    learn.add_argument(
+        "--timing",
+        choices=("polls", "time"),
+        default="polls",
+        help="how long each step lasts: polls = the recorded number of polls (times:, default), time = the "
+        "recorded duration (for:) when the recording has times",
+    )
+
     sub.add_parser(
         "schema",
         help="print the JSON Schema of scenario files",
@@ -423,6 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.scenario.check import check_main
 
             return check_main(args.scenarios)
+        if args.command == "learn":
+            from proxy.learn import learn_main
+
+            return learn_main(args.sources, args.output, timing=args.timing)
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 

@@ -49,6 +49,7 @@ CASES = [
     Case("vcrpy/test_httpx_test_test_auth_flow.yml", "httpx"),
     Case("vcrpy/DoSyncRequesttest_httpx_test_test_behind_proxy.yml", "httpx"),
     Case("azure/test_mgmt_resource.test_resource_groups.yaml", "requests"),
+    Case("azure/test_mgmt_resource.test_deployments_basic.yaml", "requests"),
     Case("azure/test_copy_model.test_copy_model_successful.yaml", "requests"),
     Case("azure/test_business_card_from_url_async.test_polling_interval.yaml", "aiohttp"),
     Case("tweepy/test_client_get_tweet.yaml", "requests"),
