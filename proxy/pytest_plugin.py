@@ -85,6 +85,10 @@ def _read_settings(config: pytest.Config) -> Settings:
         Matcher(read.match_on, read.match_headers, read.filter_query_parameters, read.filter_headers)
     except ConfigError as e:
         raise pytest.UsageError(f"replay-proxy: {e}") from None
+    if read.engine == "lean" and _records(read):
+        raise pytest.UsageError(
+            "--replay-engine lean replays and plays only: record with --replay-engine mitmproxy"
+        )
     return read
 
 
@@ -150,7 +154,8 @@ class _SessionProxy:
         given.pop("record_mode")  # each test's use() says it
         given["upstream"] = self.settings.upstream if _records(self.settings) else None
         for attempt in range(START_ATTEMPTS):
-            proxy = ReplayProxy(**given, forward_port=_free_port())
+            forward_port = _free_port() if self.settings.engine == "mitmproxy" else None  # lean: no forward
+            proxy = ReplayProxy(**given, forward_port=forward_port)
             try:
                 return proxy.start()
             except StartupError as e:
@@ -386,6 +391,8 @@ def replay_proxy_env(replay_proxy: ReplayProxyFixture, monkeypatch: pytest.Monke
     A client with a hard-coded base URL (``https://atlas.microsoft.com``) then talks to the proxy
     unchanged: requests and httpx read these variables.
     """
+    if not replay_proxy.proxy_url:
+        pytest.fail("replay_proxy_env needs a forward proxy: the lean engine has none (use mitmproxy)")
     for name in PROXY_VARIABLES:
         monkeypatch.setenv(name, replay_proxy.proxy_url)
     for name in CLEARED_VARIABLES:
