@@ -366,8 +366,9 @@ def test_azure_async_operation_with_azure_core(tmp_path: Path, confdir: Path, st
     assert outcome[0] == "Succeeded"
     text = learned.read_text()
     op = yaml.safe_load(text)["operations"][0]
-    assert op["header"] == "Azure-AsyncOperation" and op["accepted"]["status"] == 201
-    assert "routes:" in text  # the final GET of the resource, as recorded
+    assert op["style"] == "arm" and op["header"] == "Azure-AsyncOperation"
+    assert "status" not in op["accepted"]  # a PUT's 201 is the arm style's own
+    assert "resource" in op and "routes:" not in text  # the final GET of the PUT's URL: the operation's
 
 
 def test_location_polling_with_azure_core(tmp_path: Path, confdir: Path, styles: StylesService) -> None:
@@ -375,9 +376,12 @@ def test_location_polling_with_azure_core(tmp_path: Path, confdir: Path, styles:
         return azure_core(base, "DELETE", "/things/t2", LocationPolling())
 
     cassette = record(tmp_path, confdir, styles.url, client)
-    _learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client, skip=("retry-after-202",))
+    learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client, skip=("retry-after-202",))
     assert [e[1] for e in entries] == [202, 202, 202, 200]
     assert outcome[0] == "Succeeded"
+    op = yaml.safe_load(learned.read_text())["operations"][0]
+    assert op["style"] == "location" and op["header"] == "Location"
+    assert all("json" not in step for step in op["steps"][:-1])  # 202 without a body, as recorded
 
 
 def test_real_azure_sdk_recording_copy_model(tmp_path: Path, confdir: Path) -> None:
@@ -414,8 +418,9 @@ def test_real_arm_delete_location_polling(tmp_path: Path, confdir: Path) -> None
     def client(base: str) -> Any:
         return azure_core(base, "DELETE", path, LocationPolling())
 
-    _, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client)
+    learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client)
     assert [e[1] for e in entries] == [202, 202, 200] and outcome[0] == "Succeeded"
+    assert yaml.safe_load(learned.read_text())["operations"][0]["style"] == "location"
 
 
 # -- shapes ---------------------------------------------------------------------------------
@@ -538,6 +543,7 @@ def test_real_arm_deployments_three_operations(tmp_path: Path, confdir: Path) ->
     assert what_if[0] == "Failed" and what_if[1]["error"]["code"] == "InvalidTemplate"
     ops = yaml.safe_load(learned.read_text())["operations"]
     assert [o["header"] for o in ops] == ["Azure-AsyncOperation", "Location", "Location"]
+    assert [o["style"] for o in ops] == ["arm", "creator-v1", "location"]
     assert ops[1]["steps"][0]["error"]["code"] == "InvalidTemplate"
 
 
