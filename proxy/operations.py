@@ -416,9 +416,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         )
         body = _json(response.body)
         given: list[tuple[str, str]] = []
-        result_url = _result_location(response, request.url, facts.status_urls)
-        if result_url is not None:  # Location beside a status header: where the result is, not a poll
-            facts = facts._replace(status_urls=tuple(u for u in facts.status_urls if u != result_url))
+        result_url = _result_location(response, request.url)
         if facts.status_urls:
             for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
                 value = header_value(response.headers, name)
@@ -438,18 +436,16 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
     return exchanges, seen
 
 
-def _result_location(response: Response, url: str, status_urls: tuple[str, ...]) -> str | None:
+def _result_location(response: Response, url: str) -> str | None:
     """The absolute ``Location`` of an answer that also gives a status URL in a status header, when the
-    two differ (see ``_Seen.result_url``); None otherwise."""
+    two differ (see ``_Seen.result_url``; ``response_facts`` does not count it as a status URL)."""
     location = (header_value(response.headers, "location") or "").strip()
     if not location:
         return None
     absolute = urljoin(url, location)
     headers = [(header_value(response.headers, name) or "").strip() for name in STATUS_URL_HEADERS]
     status = [urljoin(url, h) for h in headers if h]
-    if not status or absolute in status or absolute not in (*status_urls, absolute):
-        return None
-    return absolute
+    return absolute if status and absolute not in status else None
 
 
 def _link_aip_polls(exchanges: list[Exchange], seen: dict[int, _Seen]) -> None:
