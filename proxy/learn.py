@@ -7,10 +7,11 @@ so that one learned entry serves any number of concurrent operations. Everything
 ``routes:`` (identical repeated requests: a ``sequence`` with ``times``). Secrets are redacted
 (``proxy.redact``) before anything is learned.
 
-Recognition is ``find_operations`` alone (interactions in, ``LearnedOperation`` facts out), so that it can
-be replaced by a shared recogniser without touching the rendering; rendering writes scenario text in the
-existing language (styles ``creator-v1``, ``creator-v2``, ``aip-151``) and checks it with the scenario
-loader before anything is written.
+Recognition is ``proxy.operations.recognise``, the module the verdict reads operations with (one
+recogniser for both): ``find_operations`` only turns its ``Operation`` facts into the ``LearnedOperation``
+the rendering reads. Rendering writes scenario text in the language's styles (``proxy/dialects.py``:
+``creator-v1``, ``creator-v2``, ``aip-151``, ``location``, ``arm``) and checks it with the scenario loader
+before anything is written.
 """
 
 from __future__ import annotations

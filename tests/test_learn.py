@@ -4,7 +4,8 @@ Round trips: a recording (made here through the recording proxy from a loopback 
 public cassette) is learned; the client then runs against `replay cassette` and against `play learned.yaml`,
 and must see the same sequence of (HTTP status, operation status, terminal) and the same result, with a
 clean verdict on both. Every style of the language: creator-v1 (the reference service), creator-v2
-(Operation-Location), AIP-151 (body name), Azure-AsyncOperation and Location polling (202 until done).
+(Operation-Location), AIP-151 (body name), arm (Azure-AsyncOperation, then the final GET) and location
+(202 until done). Learn's operations are proxy.operations.recognise's, the verdict's recogniser.
 """
 
 from __future__ import annotations
@@ -238,8 +239,7 @@ VOLATILE = ("id", "creat", "name", "url", "location", "date", "time", "token")
 
 
 def _stable(value: Any) -> Any:
-    """A result without what differs from run to run; an empty body and {} alike (see the README: a learned
-    status step always has a JSON body)."""
+    """A result without what differs from run to run; an empty body and {} alike."""
     if value is None or value == {}:
         return None
     if isinstance(value, dict):
