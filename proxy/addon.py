@@ -20,6 +20,7 @@ from mitmproxy.proxy import mode_specs
 
 from proxy import (
     cassette,  # not `from cassette import load`: mitmdump -s would take `load` for a hook
+    control,
     faults,
     gateway,
     loading,
@@ -37,7 +38,7 @@ from proxy.diagnostic import (
     unsafe_response,
 )
 from proxy.errors import CassetteNotFoundError, ReplayProxyError, ScenarioError
-from proxy.journal import BodyStatus, Exchange, Journal, body_status, response_facts
+from proxy.journal import BodyStatus, Exchange, Journal, SealedHeaders, body_status, response_facts
 from proxy.matching import Matcher
 from proxy.model import (
     Interaction,
@@ -110,6 +111,10 @@ class ReplayAddon:
         self._served: dict[tuple[int, str | None], _Served] = {}
         """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
         self._served_session: Session | None = None
+        self._rolling_back = False
+        """configure failed: the next configure is mitmproxy restoring the options of the current session."""
+        self.control: control.ControlAPI | None = None
+        """Answers requests under ``/__replay-proxy/`` addressed to the proxy (set by ReplayProxy)."""
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -123,10 +128,17 @@ class ReplayAddon:
             return
         from mitmproxy import ctx
 
+        if self._rolling_back and self.session is not None:
+            # mitmproxy restores the options the session was built from after a failed update and calls
+            # configure again: keep that session (its operations, sequences, playback) as it is
+            self._rolling_back = False
+            return
         try:
             session = _build_session(ctx.options)
         except ReplayProxyError as e:
+            self._rolling_back = True
             raise exceptions.OptionsError(str(e)) from e
+        self._rolling_back = False
         self._close_session()
         self.session = session
         self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
@@ -194,6 +206,14 @@ class ReplayAddon:
     # -- the request path ------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        # -- the control API (proxy/control.py): never matched, forwarded, recorded nor journaled ----------
+        if self.control is not None and flow.request.path.startswith(control.PREFIX) and _for_proxy(flow):
+            req = flow.request
+            asked = Request(req.method, req.url, tuple(req.headers.items(multi=True)), req.raw_content or b"")
+            flow.metadata[META] = "control"
+            flow.response = _flow_response(self.control.answer(asked))
+            return
+        # -- end of the control API --------------------------------------------------------------------------
         session = self.session
         if session is None:
             if self.stopping:
@@ -548,6 +568,17 @@ def _aim_at_upstream(flow: http.HTTPFlow) -> None:
     request.host = parts.hostname  # last: updates the Host header from scheme, host and port
 
 
+def _for_proxy(flow: http.HTTPFlow) -> bool:
+    """The request is addressed to the proxy itself: any request in reverse mode; as a forward proxy, one
+    for the proxy's own address and port (``curl -x PROXY PROXY/__replay-proxy/...``, or sent to it
+    directly)."""
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        return True
+    host, port = flow.client_conn.sockname[:2]
+    asked = flow.request.host.strip("[]").lower()
+    return flow.request.port == port and asked in (host.lower(), "localhost", "127.0.0.1", "::1")
+
+
 def _wants_close(flow: http.HTTPFlow) -> bool:
     """The request said ``Connection: close`` (read from the raw fields: ``headers.get`` costs more)."""
     return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in flow.request.headers.fields)
@@ -610,6 +641,8 @@ def _exchange(
         tag=answer.tag if answer is not None else None,
         op_status=op_status,
         terminal=terminal,
+        request_headers=SealedHeaders(req.headers.fields),
+        body_size=len(req.raw_content) if req.raw_content is not None else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""The ``replay-proxy`` command line: record | replay | ca.
+"""The ``replay-proxy`` command line: record | replay | play | serve | mcp | check | learn | schema | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
 traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
@@ -149,6 +149,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(play, "play")
 
+    serve = sub.add_parser(
+        "serve",
+        help="start with nothing loaded; tests load scenarios or a cassette through the control API",
+        description="Serve nothing until told: every request gets a 599 saying to load something with "
+        "POST /__replay-proxy/use (see README: Control API). For suites in any language that switch "
+        "scenarios per test and read the journal and the verdict over HTTP.",
+        epilog="examples:\n"
+        "  replay-proxy serve --port 0 --clock virtual --retry-after 0.05\n"
+        "  curl -s -X POST http://127.0.0.1:8080/__replay-proxy/use "
+        "-d '{\"scenarios\": [\"scenarios/azure-maps/tileset-fails.yaml\"]}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common(serve, "serve")
+
+    mcp = sub.add_parser(
+        "mcp",
+        help="a Model Context Protocol server on stdio: coding agents drive a proxy with its tools",
+        description="Serve the control API as Model Context Protocol tools on stdin/stdout (use, reset, "
+        "journal, verdict, operations and the operation verbs), for coding agents. Drives the proxy at "
+        "--url, or starts one of its own with nothing loaded. Needs the mcp package "
+        "(pip install 'replay-proxy[mcp]').",
+        epilog="examples:\n"
+        "  replay-proxy mcp                                  # its own proxy, on a free port\n"
+        "  replay-proxy mcp --url http://127.0.0.1:8080      # a running `replay-proxy serve`",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mcp.add_argument("--url", default=None, help="the proxy to drive (default: start one, loopback)")
+    mcp.add_argument(
+        "--control-token", default=None, metavar="TOKEN", help="the proxy's --control-token, if it has one"
+    )
+    mcp.add_argument("--port", type=int, default=0, help="port of its own proxy (default: a free one)")
+    mcp.add_argument("--root", type=Path, default=None, metavar="DIR", help="its own proxy's --root")
+    mcp.add_argument(
+        "--retry-after", type=float, default=None, metavar="SECONDS", help="its own proxy's --retry-after"
+    )
+
     check = sub.add_parser(
         "check",
         help="validate scenario files without serving",
@@ -213,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.scenario.check import check_main
 
             return check_main(args.scenarios)
+        if args.command == "mcp":
+            from proxy.mcp_server import serve_stdio
+
+            return serve_stdio(
+                args.url, args.control_token, port=args.port, root=args.root, retry_after=args.retry_after
+            )
         if args.command == "learn":
             from proxy.learn import learn_main
 
@@ -232,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     given = settings.from_namespace(args, args.command)
     if args.command == "record":
-        cassette: Path = args.output
+        cassette: Path | None = args.output
         upstream = args.upstream
         if args.mode == "reverse" and not upstream:
             raise _usage(
@@ -253,12 +295,16 @@ def _serve(args: argparse.Namespace) -> int:
             raise _usage("--record-mode needs -o CASSETTE")
         cassette = args.output if args.output is not None else args.cassette
         record_mode = args.record_mode or (RecordMode.REWRITE.value if args.output else RecordMode.NONE.value)
+    elif args.command == "serve":
+        cassette, upstream, record_mode, scenarios = None, None, RecordMode.NONE.value, []
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
     _configure_logging(given.quiet)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
+    # (serve: the control API's journal and verdict read it)
     reporting = given.report or given.strict_report
+    keep_journal = reporting or args.command == "serve"
     proxy = ReplayProxy(
         **{
             **given.kwargs(CLI),
@@ -267,7 +313,7 @@ def _serve(args: argparse.Namespace) -> int:
             "record_mode": record_mode,
             "scenarios": scenarios,
         },
-        journal=None if reporting else console_journal(UNREPORTED_JOURNAL),
+        journal=None if keep_journal else console_journal(UNREPORTED_JOURNAL),
     )
     stop = threading.Event()
 
@@ -337,9 +383,14 @@ def exposure_warning(args: argparse.Namespace) -> str | None:
     if args.command == "record" or (args.command == "play" and args.upstream):
         reach = "any host this machine can reach" if args.mode == "regular" else args.upstream
         risk += f", and reach {reach} through it"
+    control = (
+        "the control API requires --control-token"
+        if getattr(args, "control_token", None)
+        else "the control API is off (give --control-token TOKEN to turn it on)"
+    )
     return (
         f"replay-proxy: warning: listening on {args.host or 'every interface'}, not only on this machine: "
-        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local)"
+        f"anyone who can reach it can {risk} (--host 127.0.0.1 keeps it local); {control}"
     )
 
 
@@ -352,6 +403,8 @@ def _ready_line(args: argparse.Namespace, proxy: ReplayProxy) -> str:
             what += f" over {args.cassette}"
         elif args.upstream:
             what += f" over {args.upstream}" + (f", recording to {args.output}" if args.output else "")
+    elif args.command == "serve":
+        what = f"serving nothing yet: load scenarios with POST {proxy.url}/__replay-proxy/use"
     else:
         what = f"replaying {args.cassette}"
     # The proxy's URL comes first: it is the first URL on the line even when recording an http upstream.

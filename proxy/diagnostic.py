@@ -17,6 +17,11 @@ SCENARIO_ERROR_REASON = "Scenario Error (replay-proxy)"
 
 
 def _hint(source: str) -> str:
+    if source == "nothing":
+        return (
+            "Nothing is loaded: load scenarios or a cassette first, e.g. POST /__replay-proxy/use with "
+            '{"scenarios": ["scenarios/azure-maps/tileset-succeeds.yaml"]} (see README: Control API).'
+        )
     if source.startswith("scenarios") and "cassette" not in source:
         return (
             "play answers only what its scenarios match, offline. Add a route for this request, or layer "

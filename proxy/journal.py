@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
@@ -23,6 +23,34 @@ MAX_ENTRIES = 100_000
 """A journal keeps the most recent entries only (older ones are dropped): memory stays bounded."""
 
 _monotonic = time.monotonic  # the field named ``time`` hides the module in the class body
+
+
+class SealedHeaders:
+    """A request's header fields as received, sealed: they come out only through a redactor (``shown``),
+    and ``repr`` says how many there are, never what. Kept raw because decoding and redacting them on every
+    request would cost the request path ~50 us; the control API redacts them when it shows them."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self._fields = tuple(fields)
+
+    def __repr__(self) -> str:
+        return f"<{len(self._fields)} request header fields, shown redacted>"
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def shown(
+        self, redact: Callable[[tuple[tuple[str, str], ...]], Sequence[tuple[str, str]]]
+    ) -> tuple[tuple[str, str], ...]:
+        """The fields as text (what is not UTF-8 as U+FFFD), through ``redact`` (a session's
+        ``Redactor`` as cassettes are written, or the identity when redaction is off)."""
+        decoded = tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in self._fields)
+        return tuple(redact(decoded)) if decoded else ()
+
+
+NO_HEADERS = SealedHeaders()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +93,10 @@ class Exchange:
     op_status: str | None = None
     terminal: bool = False
     tag: OperationTag | None = None
+    request_headers: SealedHeaders = field(default_factory=lambda: NO_HEADERS)
+    """The request's header fields, sealed: read only through a redactor (``SealedHeaders.shown``)."""
+    body_size: int | None = None
+    """The request body's size in bytes."""
 
     @property
     def query(self) -> str:

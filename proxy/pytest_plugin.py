@@ -48,6 +48,7 @@ from proxy import settings
 from proxy.settings import PYTEST, Settings
 
 if TYPE_CHECKING:
+    from proxy.control import OperationHandle
     from proxy.journal import Journal
     from proxy.server import ReplayProxy
 
@@ -234,6 +235,13 @@ class ReplayProxyFixture:
     def journal(self) -> Journal:
         """This test's exchanges, in order (``journal.entries``)."""
         return self.proxy.journal
+
+    @property
+    def operations(self) -> list[OperationHandle]:
+        """The scenario operations this test started, oldest first, each steerable:
+        ``replay_proxy.operations[-1].fail({"code": "InvalidFeature"})``, ``.hold()``, ``.advance(2)``,
+        ``.succeed()``, ``.cancel()``, ``.release()`` (from the operation's next poll)."""
+        return self.proxy.operations
 
     def path(self, path: str | os.PathLike[str]) -> Path:
         """``path`` relative to the rootdir unless absolute."""

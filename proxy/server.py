@@ -25,7 +25,7 @@ from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
 from mitmproxy.utils import human
 
-from proxy import loading, mitm_internals
+from proxy import control, loading, mitm_internals
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -136,6 +136,9 @@ class ReplayProxy:
         forward_port: int | None = None,
         max_body_size: int | str | None = DEFAULT_MAX_BODY_SIZE,
         upstream_timeout: float | None = DEFAULT_UPSTREAM_TIMEOUT,
+        control_api: bool = True,
+        control_token: str | None = None,
+        root: str | os.PathLike[str] | None = None,
     ) -> None:
         # Each keyword is a setting of proxy/settings.py (a test holds this signature to its table).
         given = {name: value for name, value in locals().items() if name in _KEYWORDS}
@@ -159,6 +162,8 @@ class ReplayProxy:
         self.settings = settings
         """What the proxy was constructed with: what use() falls back to for a setting it is not given."""
         self.addon = ReplayAddon(journal)
+        if settings.control_api:
+            self.addon.control = _control_api(self, settings.host, settings.control_token, settings.root)
         self.replay_options = addon_options(_served(settings))
         self.url = ""
         self.forward_url = ""
@@ -173,6 +178,18 @@ class ReplayProxy:
     @property
     def journal(self) -> Journal:
         return self.addon.journal
+
+    @property
+    def operations(self) -> list[control.OperationHandle]:
+        """The scenario operations started since the last ``use``/``reset``, oldest first; each can be
+        steered: ``proxy.operations[-1].fail({"code": "InvalidFeature"})``, ``.hold()``, ``.advance()``..."""
+        machine = self._machine()
+        states = machine.operations if machine is not None else []
+        return [control.OperationHandle(self._machine, state) for state in states]
+
+    def _machine(self) -> Any:
+        session = self.addon.session
+        return session.router.scenarios if session is not None else None
 
     @property
     def ca_cert(self) -> Path:
@@ -440,6 +457,67 @@ class ReplayProxy:
             self._master.shutdown()
             return
         self._ready.set()
+
+
+def _control_api(
+    proxy: ReplayProxy, host: str, token: str | None, root: str | os.PathLike[str] | None
+) -> control.ControlAPI:
+    """The control API of ``proxy``: on for loopback; beyond it, only with a token (then required)."""
+    import ipaddress
+
+    name = host.strip("[]")
+    try:
+        loopback = name.lower() == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    return control.ControlAPI(
+        _ControlHost(proxy),
+        root=root,
+        token=token,
+        enabled=loopback or bool(token),
+        off_reason=f"the control API is off: the proxy listens on {host or 'every interface'}, beyond "
+        "loopback, and was given no --control-token (start it with --control-token TOKEN to turn it on)",
+    )
+
+
+class _ControlHost:
+    """A ReplayProxy as the control API's ``Host`` (called on the proxy's event loop)."""
+
+    def __init__(self, proxy: ReplayProxy) -> None:
+        self.proxy = proxy
+
+    def use(self, scenarios: list[Path], cassette: Path | None, settings: Any) -> None:
+        self.proxy.use(scenarios=scenarios, cassette=cassette, **settings)
+
+    def reset(self) -> None:
+        self.proxy.reset()
+
+    def entries(self) -> list[Any]:
+        return self.proxy.journal.entries
+
+    def machine(self) -> Any:
+        return self.proxy._machine()
+
+    def loaded(self) -> dict[str, Any]:
+        opts = self.proxy.replay_options
+        retry_after = opts.get("replay_retry_after")
+        return {
+            "scenarios": list(opts.get("replay_scenarios") or []),
+            "cassette": opts.get("replay_cassette"),
+            "record_mode": opts.get("replay_record_mode"),
+            "retry_after": float(retry_after) if retry_after is not None else None,
+            "clock": opts.get("replay_clock"),
+            "upstream": opts.get("replay_upstream"),
+        }
+
+    def redact_headers(self, headers: Any) -> Any:
+        from proxy.model import Request
+
+        session = self.proxy.addon.session
+        if session is None or not session.redactor.enabled:
+            return headers
+        shown = session.redactor.request(Request("GET", "http://replay-proxy.invalid/", tuple(headers)))
+        return shown.headers
 
 
 def _claim(proxy: ReplayProxy) -> None:

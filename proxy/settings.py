@@ -40,13 +40,14 @@ INI = "ini"
 """Not a surface of its own: the pytest surface's ini keys, where help texts may differ (``help_on``)."""
 VALUE = "value"
 """``Spec.helps`` key: the words for an inverted flag's value (ini key, addon option, keyword)."""
-RUN_COMMANDS = ("record", "replay", "play")
+RUN_COMMANDS = ("record", "replay", "play", "serve")
 """The CLI subcommands that run a proxy (and take the run options)."""
 
 LISTENING = "listening"
 MATCHING = "matching and replay"
 REDACTION = "redaction (what is saved; live traffic is untouched)"
 VERDICT = "verdict (how the client behaved)"
+CONTROL = "control API (/__replay-proxy/ on the proxy's own listener)"
 
 RECORD_MODES: tuple[str, ...] = ("rewrite", "all", "new_episodes", "once", "none")
 """``router.RecordMode``'s values (a test holds them equal; the router is too heavy to import here)."""
@@ -412,7 +413,7 @@ class Settings:
         "own",
         _ALL,
         group=None,
-        commands=("play",),
+        commands=("play", "serve"),
     )
     passthrough: bool = declare(
         False, Flag(), "Forward what nothing else answers (play over an upstream).", (ADDON,)
@@ -579,6 +580,32 @@ class Settings:
         _ALL,
         group=REDACTION,
         metavar="NAME",
+    )
+    # -- the control API (proxy/control.py)
+    control_api: bool = declare(
+        True,
+        Flag(),
+        "Answer the control API under /__replay-proxy/ (on loopback, or beyond it with control_token).",
+        (KWARG,),
+        group=CONTROL,
+    )
+    control_token: str | None = declare(
+        None,
+        Text(optional=True),
+        "require this token (header X-Replay-Proxy-Token: TOKEN) on control requests; needed to turn the "
+        "control API on when --host is beyond loopback (e.g. {flag}$(openssl rand -hex 16))",
+        (CLI, KWARG),
+        group=CONTROL,
+        metavar="TOKEN",
+    )
+    root: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        FilePath(),
+        "the directory POST /__replay-proxy/use reads files from (relative paths, and nothing outside it; "
+        "default: the directory the proxy was started in)",
+        (CLI, KWARG),
+        group=CONTROL,
+        metavar="DIR",
     )
     # -- the verdict
     report: bool = declare(

@@ -280,8 +280,8 @@ SCHEMA_ERRORS: list[tuple[str, str, list[str]]] = [
         """,
         [
             "F:3:5: unknown key 'status_path' in operation; allowed: name, start, style, status-path, "
-            "header, url-form, accepted, retry-after, steps, resource-path, resource, id-format; "
-            "did you mean 'status-path'?"
+            "header, url-form, accepted, retry-after, steps, resource-path, resource, id-format, cancel, "
+            "hold; did you mean 'status-path'?"
         ],
     ),
     (

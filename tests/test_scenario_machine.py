@@ -1647,6 +1647,14 @@ def test_shipped_operations_play_through(path: Path) -> None:
                 break
         assert start.operation is not None, start.source
         state = m.operations[-1]
+        if operation.hold:  # held until a test releases it
+            m.steer(state.id, "release")
+        if operation.cancel is not None:  # running until canceled
+            cancel = operation.cancel
+            target = cancel.path or operation.status_path.partition("?")[0]
+            target = target.replace("{operationId}", state.id).replace("{resourceId}", state.resource_id)
+            methods = [cancel.method] if isinstance(cancel.method, str) else cancel.method
+            ask(m, methods[0], target)
         answers = [
             a for a in (handle(m, "GET", state.status_url) for _ in range(40)) if isinstance(a, Answer)
         ]
@@ -1764,3 +1772,75 @@ def test_nearest_rules_say_where_and_what_differed(tmp_path: Path) -> None:
             "no operation of this rule created a resource 'nope' since the last reset",
         ),
     )
+
+
+# -- steering and cancel (the control API's verbs) --------------------------------------------------------
+
+TIMED = """
+clock: virtual
+operations:
+  - start: {method: POST, path: /jobs}
+    status-path: /jobs/{operationId}
+    retry-after: 10
+    steps:
+      - status: Running
+        for: 30s
+      - status: Succeeded
+"""
+
+
+def test_time_held_does_not_count_toward_a_timed_step() -> None:
+    """Virtual clock: the start advances 1 s (no Retry-After), each poll 10 s; 30 s of Running. Held after
+    one poll (11 s), ten polls later it is still Running; released, it answers as it would have without
+    the hold: Running at 11 s and 21 s, then Succeeded."""
+    m, _ = machine(TIMED)
+    url = ask(m, "POST", "/jobs").response.header("Location")
+    assert url is not None
+    (op,) = m.operations
+    assert body(ask(m, "GET", url))["status"] == "Running"
+    assert m.steer(op.id, "hold").held
+    assert [body(ask(m, "GET", url))["status"] for _ in range(10)] == ["Running"] * 10
+    assert not m.steer(op.id, "release").held
+    assert [body(ask(m, "GET", url))["status"] for _ in range(3)] == ["Running", "Running", "Succeeded"]
+
+
+def test_steer_refuses_unknown_ids_and_actions_and_bad_arguments() -> None:
+    from proxy.scenario.machine import UnknownOperation
+
+    m, _ = machine(TIMED)
+    ask(m, "POST", "/jobs")
+    (op,) = m.operations
+    with pytest.raises(UnknownOperation):
+        m.steer("nope", "hold")
+    with pytest.raises(ValueError, match="unknown action 'pause'"):
+        m.steer(op.id, "pause")
+    with pytest.raises(ValueError, match="steps must be"):
+        m.steer(op.id, "advance", steps=0)
+    with pytest.raises(ValueError, match="error must be an OData error"):
+        m.steer(op.id, "fail", error={"message": "no code"})
+    with pytest.raises(ValueError, match="cancel takes no error"):
+        m.steer(op.id, "cancel", error={"code": "X"})
+    assert m.operations == [op]  # nothing changed
+
+
+def test_a_cancel_rule_answers_only_for_its_own_operations_and_after_the_end_changes_nothing() -> None:
+    m, _ = machine(
+        """
+        operations:
+          - start: {method: POST, path: /jobs}
+            status-path: /jobs/{operationId}
+            resource-path: /things/{resourceId}
+            cancel: {method: [DELETE, POST], path: "/things/{resourceId}"}
+            steps: [{status: Running}, {status: Succeeded}]
+        """
+    )
+    url = ask(m, "POST", "/jobs").response.header("Location")
+    assert url is not None
+    (op,) = m.operations
+    assert handle(m, "DELETE", "/things/someone-else") is None
+    cancel = ask(m, "DELETE", f"/things/{op.resource_id}")
+    assert cancel.response.status == 200 and body(cancel)["status"] == "Canceled"
+    assert cancel.source == f"t.yaml: cancel of operation {op.id[:8]}… (Canceled)"
+    assert body(ask(m, "GET", url))["status"] == "Canceled"
+    assert body(ask(m, "POST", f"/things/{op.resource_id}"))["status"] == "Canceled"  # already ended
+    assert m.operations[0].ended_by == "cancel"

@@ -895,6 +895,12 @@ class _Semantics:
             self.retry_after(op.get("retry-after"), (*at, "retry-after"))
             for j, step in enumerate(op["steps"]):
                 self.poll_step(step, (*at, "steps", j))
+            cancel = op.get("cancel")
+            if isinstance(cancel, dict):
+                if isinstance(cancel.get("path"), str):
+                    self.path_template(cancel["path"], (*at, "cancel", "path"))
+                if cancel.get("respond") is not None:
+                    self.response(cancel["respond"], (*at, "cancel", "respond"))
 
     def match(self, match: dict[str, Any], at: DataPath) -> None:
         if isinstance(match.get("path"), str):

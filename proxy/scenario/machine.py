@@ -7,7 +7,8 @@ What a scenario means (the semantics of the language, in order of evaluation):
    (GET or HEAD on ``status-path`` whose ``{operationId}`` names an operation this rule created; an
    unknown id does not match and falls through), its *resource* rule (GET on ``resource-path`` whose
    ``{resourceId}`` belongs to one of its operations that was reported Succeeded with a resource; an
-   unknown id falls through), its *start* rule (the ``start`` match). The first rule that answers wins;
+   unknown id falls through), its *start* rule (the ``start`` match); an operation with ``cancel`` has a
+   *cancel* rule before these (rule 13). The first rule that answers wins;
    when none does, ``handle`` returns None (the cassette, the upstream or the 599 diagnostic answers).
 2. **Matching.** Every given part of a ``match`` must hold. ``method``: one or a list, case-insensitive.
    ``path``: exact, except ``{name}`` (one segment, ``[^/]+``) and ``{name*}`` (the rest, possibly
@@ -114,8 +115,16 @@ What a scenario means (the semantics of the language, in order of evaluation):
     1/2``, ``x.yaml: start of operation "tileset" (1a2b3c4d…)``, ``x.yaml: operation 1a2b3c4d…, poll 3
     (Running)``; ``operation``, ``poll``, ``status``, ``terminal`` and ``retry_after`` are filled for
     operations.
-12. ``handle``, ``reset`` and ``operations`` are serialised by one lock: concurrent clients are safe,
-    and two operations started by two clients progress independently.
+12. ``handle``, ``reset``, ``operations`` and ``steer`` are serialised by one lock: concurrent clients
+    are safe, and two operations started by two clients progress independently.
+13. **Steering and cancel.** ``steer`` (the control API's verbs) acts on a started operation: ``hold``
+    keeps it at its stage (polls answer it and do not count toward it; the time held does not count
+    toward a ``for`` stage), ``advance`` moves it N stages on, ``succeed``/``fail``/``cancel`` make every
+    later poll answer that terminal status (a status step, rule 6: ``fail``'s error is the given one),
+    ``release`` undoes a hold and an end set so. An operation with ``hold: true`` starts held. Its
+    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``,
+    default the status path) ends an operation that has not ended as Canceled, and answers
+    ``cancel.respond``, else the status answer (aip-151: ``200 {}``).
 """
 
 from __future__ import annotations
@@ -191,13 +200,30 @@ class OperationState:
     """The operation's ``name``, or ``operation N`` (its position in the file)."""
     file: str
     status: str
-    """The status last answered (before the first poll: the first stage's)."""
+    """The status last answered (before the first poll: the first stage's), or, once steered (``steer``),
+    the status its next poll reports."""
     polls: int
     terminal: bool
     created: float
     """Wall-clock time of the start request (POSIX seconds)."""
     status_url: str
     resource_id: str
+    held: bool = False
+    """Held at its current step (``hold``) until released, advanced or ended."""
+    ended_by: str | None = None
+    """``succeed``, ``fail`` or ``cancel`` when steered to its end (from outside, or by a cancel request)."""
+    stage: int = 0
+    """The step (index into the operation's ``steps``) it is at."""
+
+
+STEER_ACTIONS = ("hold", "advance", "succeed", "fail", "cancel", "release")
+"""What a test can do to a running operation (``ScenarioMachine.steer``)."""
+
+_ENDS = {"succeed": "Succeeded", "fail": "Failed", "cancel": "Canceled"}
+
+
+class UnknownOperation(LookupError):
+    """No operation with this id was started since the last reset."""
 
 
 class ScenarioMachine:
@@ -231,6 +257,8 @@ class ScenarioMachine:
             for i, operation in enumerate(loaded.scenario.operations):
                 op_rule = _OperationRule(self, file, i, operation)
                 self._operation_rules.append(op_rule)
+                if operation.cancel is not None:
+                    self._rules.append(op_rule.answer_cancel)
                 self._rules += [op_rule.answer_status, op_rule.answer_resource, op_rule.answer_start]
 
     def handle(self, request: Request, base_url: str) -> Answer | Refusal | None:
@@ -279,6 +307,61 @@ class ScenarioMachine:
         """Every operation started since the last reset, in the order they were started."""
         with self._lock:
             return [op.snapshot() for op in self._operations]
+
+    def steer(
+        self, op_id: str, action: str, *, steps: int = 1, error: Mapping[str, Any] | None = None
+    ) -> OperationState:
+        """Steer a started operation from outside (a test): ``hold`` it at its current step, ``advance``
+        it ``steps`` steps (held or not), end it now (``succeed``, ``fail`` with ``error`` as its OData
+        error, ``cancel``), or ``release`` it (back to its scripted progression, from the step it is at;
+        an end set by steering is undone). Takes effect from the operation's next poll. Raises
+        UnknownOperation for an id not started since the last reset (the latest one when ids repeat),
+        ValueError for an unknown action or a bad ``steps``/``error``."""
+        if action not in STEER_ACTIONS:
+            raise ValueError(f"unknown action {action!r}; choose from: {', '.join(STEER_ACTIONS)}")
+        forced: PollStep | None = None
+        if action != "fail" and error is not None:
+            raise ValueError(f"{action} takes no error (only fail does)")
+        if action in _ENDS:
+            body: dict[str, Any] = {"status": _ENDS[action]}
+            if action == "fail" and error is not None:
+                body["error"] = error
+            try:
+                forced = PollStep.model_validate(body)
+            except ValueError as e:
+                raise ValueError(
+                    "error must be an OData error such as {\"code\": \"InvalidFeature\", \"message\": "
+                    f"\"...\"}}: {_first_error(e)}"
+                ) from None
+        if action == "advance" and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be a whole number of 1 or more, not {steps!r}")
+        with self._lock:
+            op = next((o for o in reversed(self._operations) if o.id == op_id), None)
+            if op is None:
+                raise UnknownOperation(op_id)
+            rule = op.rule
+            now = self.clock_value(op)
+            if action == "hold" and not op.held:
+                rule.stage_of(op)  # catch up with the time that passed before the hold
+                op.held, op.held_at = True, now
+            elif action == "release":
+                if op.held:
+                    op.stage_began += now - op.held_at  # time held does not count toward the step
+                op.held, op.forced, op.ended_by = False, None, None
+            elif action == "advance":
+                if op.forced is not None:
+                    raise ValueError(f"operation {op_id} was ended by {op.ended_by}: release it first")
+                if not op.held:
+                    rule.stage_of(op)
+                op.stage = min(op.stage + steps, len(rule.operation.steps) - 1)
+                op.stage_polls, op.stage_began, op.held_at = 0, now, now
+            elif forced is not None:
+                op.forced, op.ended_by = forced, action
+            if action != "hold":  # what the next poll will report, for whoever lists the operations
+                step = op.forced if op.forced is not None else rule.operation.steps[op.stage]
+                if step.status is not None:
+                    op.status, op.terminal = step.status, step.status.lower() in TERMINAL_STATUSES
+            return op.snapshot()
 
     # -- shared by the rules (called with the lock held) ----------------------------------------------
 
@@ -872,6 +955,12 @@ class _Op:
         self._facts: OperationFacts | None = None
         self.ended: float | None = None
         """Wall-clock time of its first terminal answer."""
+        self.held = rule.operation.hold
+        self.held_at = 0.0
+        """The operation's clock when it was held (``steer``)."""
+        self.forced: PollStep | None = None
+        """The step that answers every poll from now on: an end set by ``steer`` or a cancel request."""
+        self.ended_by: str | None = None
 
     def context(self) -> dict[str, Any]:
         moment = datetime.fromtimestamp(self.created, UTC)
@@ -923,6 +1012,9 @@ class _Op:
             created=self.created,
             status_url=self.status_url,
             resource_id=self.resource_id,
+            held=self.held,
+            ended_by=self.ended_by,
+            stage=self.stage,
         )
 
     def advance(self, advertised: float | None) -> None:
@@ -961,6 +1053,13 @@ class _OperationRule:
         """arm: the path of each PUT/PATCH start, where the client GETs the resource (latest operation)."""
         self.tags: dict[tuple[str, int | None], OperationTag] = {}
         self.counter = 0
+        cancel = operation.cancel
+        self.cancel_path = _PathPattern(
+            cancel.path if cancel is not None and cancel.path is not None else self.status_path.template
+        )
+        methods = cancel.method if cancel is not None else "DELETE"
+        listed = [methods] if isinstance(methods, str) else methods
+        self.cancel_methods = frozenset(m.upper() for m in listed)
 
     def reset(self) -> None:
         self.ops.clear()
@@ -1044,7 +1143,7 @@ class _OperationRule:
         op.status_url = self.url(self.status_path, values, base)
         if self.resource_path is not None:
             op.resource_url = self.url(self.resource_path, values, base)
-        op.stage_began = self.machine.clock_value(op)
+        op.stage_began = op.held_at = self.machine.clock_value(op)
         self.ops[op_id] = op
         self.by_resource[resource_id] = op
         if self.dialect.final_get == "start-url" and view.method in ("PUT", "PATCH"):
@@ -1110,9 +1209,10 @@ class _OperationRule:
         """Answer a poll of ``op`` by its current stage (rules 5 and 6). ``on_resource``: an ``arm``
         operation without a status header, polled at its PUT/PATCH URL (the resource's
         ``provisioningState`` is the status, as azure-mgmt-core's BodyContentPolling reads it)."""
-        j = self.stage_of(op)
-        step = self.operation.steps[j]
-        op.stage_polls += 1
+        j = op.stage if op.held else self.stage_of(op)  # held: the step it is at, however long
+        step = op.forced if op.forced is not None else self.operation.steps[j]
+        if not op.held:
+            op.stage_polls += 1
         op.polls += 1
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
         where = f"{self.file.label}: operation {_short(op.id)}, poll {op.polls}"
@@ -1233,6 +1333,58 @@ class _OperationRule:
         rendered: dict[str, Any] = self.machine.render_data(error, self.at("steps", j, "error"), ctx)
         return rendered
 
+    # -- cancel requests
+
+    def answer_cancel(self, view: _View, base: str) -> Answer | None:
+        """A cancel request (the operation's ``cancel`` rule): the operation ends Canceled unless it has
+        ended already; the answer is ``cancel.respond``, else its status answer (aip-151: ``{}``)."""
+        cancel = self.operation.cancel
+        if cancel is None or view.method not in self.cancel_methods:
+            return None
+        params = self.cancel_path.match(view.path)
+        if params is None:
+            return None
+        if "operationId" in self.cancel_path.names:
+            op = self.ops.get(params.get("operationId", ""))
+        else:
+            op = self.by_resource.get(params.get("resourceId", ""))
+        if op is None:
+            return None
+        if not op.terminal:
+            op.forced, op.ended_by = PollStep.model_validate({"status": "Canceled"}), "cancel"
+            op.status, op.terminal = "Canceled", True
+        ctx = _Ctx(self.machine, view, base, self.file, params, op)
+        source = f"{self.file.label}: cancel of operation {_short(op.id)} ({op.status})"
+        if cancel.respond is not None:
+            rendered = self.machine.render_response(cancel.respond, self.at("cancel", "respond"), ctx)
+            return Answer(
+                response=rendered.response,
+                source=source,
+                delay=rendered.delay,
+                dribble=rendered.dribble,
+                fault=rendered.fault,
+                operation=op.id,
+                status=op.status,
+                terminal=op.terminal,
+                retry_after=rendered.retry_after,
+            )
+        if self.operation.style == "aip-151":
+            response = Response(status=200, headers=(("Content-Type", _JSON),), body=b"{}")
+            return Answer(response=response, source=source, operation=op.id, status=op.status)
+        j = op.stage
+        step = op.forced if op.forced is not None else self.operation.steps[j]
+        if step.status is None:  # not reachable: an operation ends on a status step
+            step = PollStep.model_validate({"status": op.status})
+        response, advertised = self.status_response(op, step, j, ctx)
+        return Answer(
+            response=response,
+            source=source,
+            operation=op.id,
+            status=op.status,
+            terminal=op.terminal,
+            retry_after=advertised,
+        )
+
     # -- resources
 
     def answer_resource(self, view: _View, base: str) -> Answer | None:
@@ -1300,6 +1452,17 @@ def _malformed(body: bytes) -> bytes:
             break
         cut = cut[:-1]
     return cut
+
+
+def _first_error(error: ValueError) -> str:
+    """The first problem pydantic found, in one line (``error.code: Field required``)."""
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        found = errors()
+        if found:
+            where = ".".join(str(part) for part in found[0].get("loc", ()))
+            return f"{where}: {found[0].get('msg', '')}" if where else str(found[0].get("msg", ""))
+    return str(error)
 
 
 def _short(op_id: str) -> str:

@@ -312,6 +312,33 @@ StatusStyle = Literal["creator-v1", "creator-v2", "aip-151", "location", "arm"]
 """The dialects of ``proxy/dialects.py``."""
 
 
+class Cancel(Model):
+    """A request that cancels an operation: the operation's next poll answers Canceled (terminal)."""
+
+    method: str | list[str] = Field(
+        "DELETE", description="HTTP method(s) of the cancel request, e.g. DELETE or POST (AIP-151's :cancel)."
+    )
+    path: str | None = Field(
+        None,
+        description="Path of the cancel request with {operationId} (or {resourceId}), e.g. "
+        "/operations/{operationId}:cancel; default: the status-path (without its ?query).",
+    )
+    respond: ResponseSpec | None = Field(
+        None,
+        description="The answer to the cancel request (templates see the operation); default: the "
+        "operation's status answer, now Canceled (aip-151: 200 with an empty JSON object).",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("a path starts with '/', e.g. /operations/{operationId}:cancel")
+        if v is not None and "{operationId}" not in v and "{resourceId}" not in v:
+            raise ValueError("a cancel path names the operation: put {operationId} or {resourceId} in it")
+        return v
+
+
 class Operation(Model):
     """A long-running operation: each matching start request creates one with its own id and progression."""
 
@@ -359,6 +386,16 @@ class Operation(Model):
     )
     id_format: Literal["uuid", "counter"] = Field(
         "uuid", alias="id-format", description="How operation ids are made."
+    )
+    cancel: Cancel | None = Field(
+        None,
+        description="A request that cancels an operation, e.g. {method: POST, path: "
+        "/operations/{operationId}:cancel} or {method: DELETE}: its next poll answers Canceled.",
+    )
+    hold: bool = Field(
+        False,
+        description="Start every operation held: it stays at its first step until the control API (or "
+        "ReplayProxy.operations) releases, advances or ends it; for testing a client's timeout.",
     )
 
     @field_validator("status_path", "resource_path")

@@ -113,7 +113,8 @@ def test_a_public_host_is_reachable_and_says_so(cli: Any, tmp_path: Path) -> Non
     assert all(reached.values()), reached  # what the test above sees refused is reachable now
     assert proc.stderr.splitlines() == [
         "replay-proxy: warning: listening on 0.0.0.0, not only on this machine: anyone who can reach it can "
-        "use the proxy and read what it replays or records (--host 127.0.0.1 keeps it local)"
+        "use the proxy and read what it replays or records (--host 127.0.0.1 keeps it local); the control "
+        "API is off (give --control-token TOKEN to turn it on)"
     ]
 
 
