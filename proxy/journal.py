@@ -149,7 +149,8 @@ class ResponseFacts(NamedTuple):
 
 
 STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
-"""Headers that always carry a status URL; ``Location`` does on a 202 or on a non-terminal answer."""
+"""Headers that always carry a status URL; ``Location`` does on a 202 or on a non-terminal answer without
+one of them (beside one, it is where the result is fetched: azure-core's final-state-via rule)."""
 
 
 BodyStatus = tuple[str | None, bool]
@@ -168,8 +169,10 @@ def response_facts(
     urls: list[str] = []
     if not terminal:
         names = list(STATUS_URL_HEADERS)
-        if response.status == 202 or (op_status is not None and 200 <= response.status < 300):
-            names.insert(0, "location")
+        beside = any((header_value(response.headers, name) or "").strip() for name in names)
+        running = response.status == 202 or (op_status is not None and 200 <= response.status < 300)
+        if running and not beside:
+            names.insert(0, "location")  # beside a status header, Location is where the result is fetched
         for name in names:
             value = header_value(response.headers, name)
             if value and value.strip():
