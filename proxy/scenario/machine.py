@@ -122,9 +122,13 @@ What a scenario means (the semantics of the language, in order of evaluation):
     toward a ``for`` stage), ``advance`` moves it N stages on, ``succeed``/``fail``/``cancel`` make every
     later poll answer that terminal status (a status step, rule 6: ``fail``'s error is the given one),
     ``release`` undoes a hold and an end set so. An operation with ``hold: true`` starts held. Its
-    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``,
-    default the status path) ends an operation that has not ended as Canceled, and answers
-    ``cancel.respond``, else the status answer (aip-151: ``200 {}``).
+    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``, or
+    with only placeholders of the start path: the latest operation started with those values, as in
+    arm's DELETE on the PUT's URL; default the status path) ends an operation that has not ended as
+    Canceled, and answers ``cancel.respond``, else the status answer (aip-151: ``200 {}``; location:
+    ``204`` without a body, since its Canceled status answer is a 400; arm without a status header: the
+    resource, ``provisioningState: Canceled``). In ``arm`` without a status header a failure's error is
+    also in the polled resource (azure-core's HttpResponseError reads it there).
 """
 
 from __future__ import annotations
