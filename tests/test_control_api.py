@@ -26,6 +26,7 @@ from examples.creator_client import CreatorClient, OperationTimeout
 from proxy import verdict
 from proxy.control import ENDPOINTS
 from proxy.errors import ConfigError
+from proxy.operations import recognise
 from proxy.server import ReplayProxy
 from tests.conftest import ROOT
 from tests.test_dialects import INTERVAL as SDK_INTERVAL
@@ -506,6 +507,9 @@ def test_hold_advance_and_end_with_the_sdk_pollers(confdir: Path, style: str, en
             assert [e.path for e in final] == [NEW_STYLES[style][1]] and entries[-1] is final[0]
         else:
             assert final == []  # no final GET after a failure or a cancel (nor ever in location, arm-none)
+        [seen] = recognise(entries)
+        outcome = {"succeed": "succeeded", "fail": "failed", "cancel": "canceled"}[end]
+        assert (seen.dialect, seen.outcome) == (style.split("-")[0], outcome)
         statuses = [e.op_status for e in entries if e.poll]
         assert statuses[-1] == {"succeed": "Succeeded", "fail": "Failed", "cancel": "Canceled"}[end]
         assert http.get(C + "verdict", params={"skip": "retry-after-202"}).json() == NEW_CLEAN
@@ -543,6 +547,8 @@ def test_a_cancel_request_of_the_scenario_cancels_with_the_sdk_pollers(confdir: 
         cancels = [e for e in proxy.journal.entries if "cancel of operation" in e.detail]
         assert [(e.method, e.status, e.operation) for e in cancels] == [(method, answered, op_id)]
         assert http.get(C + "verdict", params={"skip": "retry-after-202"}).json() == NEW_CLEAN
+        [seen] = recognise(proxy.journal.entries)  # what the verdict reads: one operation, canceled
+        assert (seen.dialect, seen.outcome, seen.final) == (style.split("-")[0], "canceled", None)
         # a second operation at another URL is not canceled by the first one's cancel request
         other = start_path.replace("1", "2")
         assert http.request(method, template.format(status=op.state.status_url, start=other)).status_code in (
