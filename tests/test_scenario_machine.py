@@ -1858,6 +1858,28 @@ def test_a_cancel_path_named_by_the_start_path_cancels_the_latest_operation_star
     assert body(ask(m, "GET", "/nets/n1"))["properties"] == {"provisioningState": "Canceled"}
 
 
+def test_a_released_arm_operation_ends_again_with_a_new_end_time() -> None:
+    m, clock = machine(
+        """
+        operations:
+          - style: arm
+            start: {method: PUT, path: "/things/{name}"}
+            status-path: /ops/{operationId}
+            steps: [{status: InProgress, times: 2}, {status: Succeeded}]
+        """
+    )
+    url = ask(m, "PUT", "/things/a").response.header("Azure-AsyncOperation") or ""
+    (op,) = m.operations
+    m.steer(op.id, "cancel")
+    canceled = body(ask(m, "GET", url))
+    assert canceled["status"] == "Canceled"
+    clock.advance(60)
+    m.steer(op.id, "release")
+    assert "endTime" not in body(ask(m, "GET", url))  # InProgress again
+    done = body(ask(m, "GET", url))
+    assert done["status"] == "Succeeded" and done["endTime"] > canceled["endTime"]
+
+
 def test_location_cancel_answers_204_and_its_polls_an_error_status() -> None:
     m, _ = machine(
         """

@@ -351,6 +351,9 @@ class ScenarioMachine:
             elif action == "release":
                 if op.held:
                     op.stage_began += now - op.held_at  # time held does not count toward the step
+                scripted = rule.operation.steps[op.stage].status
+                if op.forced is not None and (scripted is None or scripted.lower() not in TERMINAL_STATUSES):
+                    op.ended = None  # it runs again: its end time (arm's endTime) is when it next ends
                 op.held, op.forced, op.ended_by = False, None, None
             elif action == "advance":
                 if op.forced is not None:
