@@ -780,9 +780,6 @@ class BrokenHost:
     def loaded(self) -> dict[str, Any]:
         return {}
 
-    def redact_headers(self, headers: Any) -> Any:
-        return headers
-
 
 def test_handle_is_flow_free_and_a_failure_of_ours_is_a_500() -> None:
     from proxy.control import ControlAPI
