@@ -28,7 +28,7 @@ from proxy.control import ENDPOINTS
 from proxy.errors import ConfigError
 from proxy.operations import recognise
 from proxy.server import ReplayProxy
-from tests.conftest import ROOT
+from tests.conftest import ENGINES, ROOT
 from tests.test_dialects import INTERVAL as SDK_INTERVAL
 from tests.test_dialects import _client as sdk_client
 from tests.upstream import Upstream
@@ -515,10 +515,13 @@ def test_hold_advance_and_end_with_the_sdk_pollers(confdir: Path, style: str, en
         assert http.get(C + "verdict", params={"skip": "retry-after-202"}).json() == NEW_CLEAN
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("style", list(NEW_STYLES))
-def test_a_cancel_request_of_the_scenario_cancels_with_the_sdk_pollers(confdir: Path, style: str) -> None:
+def test_a_cancel_request_of_the_scenario_cancels_with_the_sdk_pollers(
+    confdir: Path, style: str, engine: str
+) -> None:
     with (
-        running(confdir, scenarios=[ROOT / CANCEL], retry_after=0.01) as (proxy, http),
+        running(confdir, scenarios=[ROOT / CANCEL], retry_after=0.01, engine=engine) as (proxy, http),
         sdk_client(proxy.url) as client,
     ):
         poller, op_id = sdk_start(proxy, client, style)
