@@ -6,7 +6,7 @@
 Writes ``results.md`` and ``results.json`` (machine, versions, every figure) into ``--out`` (default
 ``benchmarks/.work/results/``) and prints the Markdown. Recordings, the npm peers (``npm install
 --prefix benchmarks/.work``) and logs live in ``benchmarks/.work/`` (git-ignored). ``--groups`` picks what
-runs (floor, mitmproxy, replay-proxy, experiment, peers, user-suite, probes). See benchmarks/README.md.
+runs (floor, mitmproxy, replay-proxy, lean, peers, user-suite, probes). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import report  # noqa: E402
 import targets as T  # noqa: E402
 import user_suite  # noqa: E402
 
-GROUPS = ("floor", "mitmproxy", "replay-proxy", "experiment", "peers", "user-suite", "probes")
+GROUPS = ("floor", "mitmproxy", "replay-proxy", "lean", "peers", "user-suite", "probes")
 PEERS = {"wiremock": "3.13.2", "@mbtest/mountebank": "2.9.2", "talkback": "4.2.0"}
 """npm packages of the peers, pinned: installed into benchmarks/.work/node_modules on first use."""
 
@@ -134,8 +134,8 @@ def _loadavg() -> str:
 
 @functools.cache
 def _httptools_version(python: str) -> str | None:
-    """httptools as the lean server finds it (installed, or in benchmarks/.work/pylib-X.Y), or None."""
-    probe = "import lean_server, httptools; print(httptools.__version__)"
+    """The lean engine's parser (a dependency), or None."""
+    probe = "import httptools; print(httptools.__version__)"
     proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=HERE, timeout=60)
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
@@ -166,29 +166,6 @@ def install_peers(ctx: T.Context) -> str | None:
     return None
 
 
-def install_httptools(ctx: T.Context) -> None:
-    """The lean server's optional C parser, into benchmarks/.work/pylib-X.Y (not a project dependency)."""
-    if _httptools_version(ctx.python) or not shutil.which("uv"):
-        return
-    version = _first_line([ctx.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
-    subprocess.run(
-        [
-            "uv",
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            ctx.python,
-            "--target",
-            str(HERE / ".work" / f"pylib-{version}"),
-            "httptools",
-        ],
-        capture_output=True,
-        timeout=300,
-    )
-    _httptools_version.cache_clear()
-
-
 # ------------------------------------------------------------------------------------------ the runs
 
 
@@ -203,10 +180,8 @@ def plan(s: dict[str, Any], ctx: T.Context) -> list[T.Target]:
         out.append(T.play())
         out += [T.replay(n) for n in s["sizes"]]
         out += [T.replay_api(n) for n in s["sizes"] if n > 10_000]
-    if "experiment" in groups:
-        parsers = ["h11"] + (["httptools"] if _httptools_version(ctx.python) else [])
-        for parser in parsers if s["mode"] == "full" else parsers[-1:]:
-            out += [T.lean("play", parser), T.lean("replay", parser, s["sizes"][0])]
+    if "lean" in groups:
+        out += [T.lean("play"), *(T.lean("replay", n) for n in s["sizes"])]
     if "peers" in groups:
         for n in s["peer_sizes"]:
             for tuned in (True, False) if s["stock_peers"] and n == s["peer_sizes"][0] else (True,):
@@ -319,7 +294,7 @@ class SuiteEntry:
 
 
 def suite_plan(s: dict[str, Any], ctx: T.Context) -> list[SuiteEntry]:
-    """replay-proxy (replay with fast polling, play on virtual time), the experiment, and each peer serving
+    """replay-proxy (replay with fast polling, play on virtual time) on each engine, and each peer serving
     the recording as it is (sampled: 5 s of Retry-After per operation) and edited to Retry-After 0."""
     size = s["suite_operations"] * user_suite.REQUESTS_PER_OPERATION
     notes = user_suite.PEER_NOTES
@@ -335,11 +310,14 @@ def suite_plan(s: dict[str, Any], ctx: T.Context) -> list[SuiteEntry]:
             notes["replay-proxy play"],
         ),
     ]
-    if "experiment" in s["groups"]:
-        parser = "httptools" if _httptools_version(ctx.python) else "h11"
-        label = f"lean server ({parser}) replay --retry-after 0"
-        lean = T.lean("replay", parser, size, *fast, key="suite-lean", label=label)
-        out.append(SuiteEntry(lean, "the experiment: the same router, no mitmproxy"))
+    if "lean" in s["groups"]:
+        label = "replay-proxy --engine lean replay --retry-after 0"
+        lean = T.lean("replay", size, *fast, key="suite-lean", label=label)
+        out.append(SuiteEntry(lean, notes["replay-proxy replay"] + " (lean engine)"))
+        label = "replay-proxy --engine lean play --clock virtual --retry-after 0"
+        lean = T.lean("play", 0, *fast, "--clock", "virtual", key="suite-lean-play", label=label)
+        lean.setup = None
+        out.append(SuiteEntry(lean, notes["replay-proxy play"] + " (lean engine)"))
     if "peers" in s["groups"]:
         for make, name in ((T.wiremock, "wiremock"), (T.mountebank, "mountebank"), (T.talkback, "talkback")):
             # talkback never finishes an operation: its client gives up soon after a normal one would end
@@ -462,24 +440,31 @@ def goals(
     switch = probes.get("switch", {})
     bound("scenario switch, ReplayProxy.use() (median)", switch.get("median_ms"), 10, "ms")
     out.extend(suite_goals(suite or []))
-    for key, label in (
-        ("floor", "floor"),
-        ("wiremock-tuned-10", "WireMock tuned"),
-        ("talkback-tuned-10", "talkback tuned"),
-    ):
-        for lean in ("lean-httptools-replay-10", "lean-h11-replay-10"):
-            a, b = rps(lean, "c1"), rps(key, "c1")
-            if a and b:
-                out.append(
-                    {
-                        "name": f"experiment: {by_key[lean]['label']} vs {label}",
-                        "measured": f"{a / b:.2f}x",
-                        "target": "(information)",
-                        "met": None,
-                        "values": [round(a / b, 3)],
-                    }
-                )
-                break
+    if "lean-replay-10" in by_key:
+        ratio("lean replay @10 vs floor", "lean-replay-10", "floor", 0.6)
+        ratio("lean replay @10 vs WireMock tuned", "lean-replay-10", "wiremock-tuned-10", 1.0)
+        ratio("lean replay @10 vs talkback tuned", "lean-replay-10", "talkback-tuned-10", 0.8)
+        ratio("lean play vs lean replay @10", "lean-play", "lean-replay-10", 0.9)
+        ratio("lean replay vs mitmproxy replay @10", "lean-replay-10", "replay-10", 1.0)
+        if large != small:
+            ratio(f"lean replay @{large:,} vs @{small}", f"lean-replay-{large}", f"lean-replay-{small}", 0.9)
+        row = by_key["lean-replay-10"]
+        bound("CPU per request (lean replay @10)", row.get("cpu_us_per_req"), 60, "µs")
+        bound("start-up to ready (lean replay @10)", row.get("startup_s"), 0.3, "s")
+    times = {r["target"]: r["total_s"] for r in suite or [] if r.get("total_s")}
+    lean_suite = times.get("replay-proxy --engine lean replay --retry-after 0")
+    mitm_suite = times.get("replay-proxy replay --retry-after 0")
+    if lean_suite and mitm_suite:
+        value = lean_suite / mitm_suite
+        out.append(
+            {
+                "name": "user's number: lean replay vs mitmproxy replay (time)",
+                "measured": f"{value:.2f}x",
+                "target": "<= 0.7x",
+                "met": value <= 0.7,
+                "values": [round(value, 3)],
+            }
+        )
     return out
 
 
@@ -590,8 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif "peers" in groups:
         peers_problem = install_peers(ctx)
-    if "experiment" in groups and not args.no_install:
-        install_httptools(ctx)
+
     env = environment(ctx)
     print(
         f"{s['mode']} run: {env['cpus']} CPUs, load average {env['loadavg_start']}, load by {s['loadgen']}",

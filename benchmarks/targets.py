@@ -351,26 +351,23 @@ def start_operations(url: str, count: int = 64) -> list[str]:
     return paths
 
 
-def lean(workload: str, parser: str, size: int = 10, *extra: str, key: str = "", label: str = "") -> Target:
-    """The experiment (benchmarks/lean_server.py): our router behind a lean asyncio HTTP/1.1 server."""
-
-    def command(ctx: Context, port: int) -> list[str]:
-        served = user_suite.SCENARIO if workload == "play" else recording.cassette_path(ctx.workdir, size)
-        server = str(HERE / "lean_server.py")
-        return [ctx.python, server, "serve", str(served), "--port", str(port), "--parser", parser, *extra]
-
-    play_ = workload == "play"
-    return Target(
-        key or f"lean-{parser}-" + ("play" if play_ else f"replay-{size}"),
-        label or f"lean server ({parser}) " + ("play (LRO scenario)" if play_ else f"replay @{_n(size)}"),
-        "experiment",
-        command,
-        lambda: recording.polled_paths(size),
-        None if play_ else size,
-        note=" ".join([f"benchmarks/lean_server.py, parser {parser}", *extra]),
-        setup=start_operations if play_ else None,
-        cwd=ROOT,
-    )
+def lean(workload: str, size: int = 10, *extra: str, key: str = "", label: str = "") -> Target:
+    """replay-proxy's lean engine (``--engine lean``, proxy/lean.py): the same core, no mitmproxy."""
+    engine = ("--engine", "lean")
+    if workload == "play":
+        target = play(
+            *engine, *extra, key=key or "lean-play", label=label or "replay-proxy --engine lean play"
+        )
+    else:
+        target = replay(
+            size,
+            *engine,
+            *extra,
+            key=key or f"lean-replay-{size}",
+            label=label or f"replay-proxy --engine lean replay @{_n(size)}",
+        )
+    target.group = "lean"
+    return target
 
 
 def wiremock(

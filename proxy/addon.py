@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -29,44 +29,26 @@ from proxy import (
     settings,
 )
 from proxy.cassette import Playback
-from proxy.diagnostic import (
-    closest_rule,
-    no_match_response,
-    record_failed_response,
-    scenario_error_response,
-    stopping_response,
-    unsafe_response,
-)
-from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, ScenarioError
-from proxy.journal import BodyStatus, Exchange, Journal, SealedHeaders, body_status, response_facts
+from proxy.diagnostic import stopping_response
+from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
+from proxy.handler import WIRE_HEADERS, Arrival, Handler, Wire, request_url
+from proxy.journal import Exchange, Journal, JournalFile, iso_time
 from proxy.matching import Matcher
-from proxy.model import (
-    Interaction,
-    Request,
-    Response,
-    headers_problem,
-    origin_of,
-    reason_problem,
-    set_header,
-    without_headers,
-)
+from proxy.model import Interaction, Request, Response, origin_of, set_header, without_headers
 from proxy.recorder import Recorder
 from proxy.redact import DEFAULT_HEADERS, DEFAULT_JSON_FIELDS, DEFAULT_QUERY, Redactor
-from proxy.rewrite import rewrite_origins, rewrite_retry_after
-from proxy.router import Decision, Forward, NoMatch, RecordMode, Replay, Router, ScenarioFailed, Scripted
-from proxy.scenario.answer import Answer
+from proxy.router import RecordMode, Router
+from proxy.unused import CassetteUse, Usage
 
 logger = logging.getLogger("proxy")
 
+JOURNAL_OPTION = "replay_journal_file"
+"""``--journal FILE`` (proxy/settings.py's ``journal_file``): the file, not the session, changes with it."""
+
+__all__ = ["WIRE_HEADERS", "ReplayAddon", "Session", "console_journal"]
+
 META = "replay_proxy"
 """flow.metadata key: what answered this flow ("cassette", "no-match", "forward")."""
-
-# Headers that describe the wire encoding of a body rather than the body: never replayed as recorded.
-WIRE_HEADERS = ("content-length", "transfer-encoding", "content-encoding")
-_WIRE = frozenset(WIRE_HEADERS)
-
-SERVED_CACHE_SIZE = 4096
-"""Recorded responses kept in their served form (rewritten, in mitmproxy's terms); then it starts afresh."""
 
 FREEZE_AT = 1000
 """Interactions from which a session's cassette is moved out of the garbage collector's sight (gc.freeze)."""
@@ -95,6 +77,10 @@ class Session(NamedTuple):
     """What answers, for diagnostics: "cassette c.yaml", "scenarios a.yaml, b.yaml", ..."""
     upstream_timeout: float | None = None
     """Seconds to wait for a forwarded exchange's complete answer (then 504); None: no limit."""
+    loaded: int = 0
+    """How many interactions the cassette held when the session began (more are appended when recording)."""
+    cassette_path: str | None = None
+    """The cassette's absolute path, as the journal names it."""
 
 
 class ReplayAddon:
@@ -108,13 +94,14 @@ class ReplayAddon:
         self.save_errors: list[str] = []
         """Why exchanges could not be saved (the cassette's disk or directory); the CLI exits 2 on any."""
         self.stopping = False
-        self._served: dict[tuple[int, str | None], _Served] = {}
-        """Replayed responses as served, by recorded response and proxy origin: computed once per session."""
-        self._served_session: Session | None = None
         self._rolling_back = False
         """configure failed: the next configure is mitmproxy restoring the options of the current session."""
         self.control: control.ControlAPI | None = None
         """Answers requests under ``/__replay-proxy/`` addressed to the proxy (set by ReplayProxy)."""
+        self.usage = Usage()
+        """Which interactions of each cassette loaded for replay were played (``unused()``)."""
+        self.handler = Handler(status_codes.RESPONSES, lambda headers: self.journal.request_headers(headers))
+        """The engine-neutral core: each request's outcome (proxy/handler.py)."""
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -124,10 +111,15 @@ class ReplayAddon:
         request_head.install()
 
     def configure(self, updated: set[str]) -> None:
-        if not any(name.startswith("replay_") for name in updated):
-            return
         from mitmproxy import ctx
 
+        if JOURNAL_OPTION in updated:
+            try:
+                self._open_journal_file(getattr(ctx.options, JOURNAL_OPTION))
+            except ReplayProxyError as e:
+                raise exceptions.OptionsError(str(e)) from e
+        if not any(name.startswith("replay_") and name != JOURNAL_OPTION for name in updated):
+            return
         if self._rolling_back and self.session is not None:
             # mitmproxy restores the options the session was built from after a failed update and calls
             # configure again: keep that session (its operations, sequences, playback) as it is
@@ -142,6 +134,19 @@ class ReplayAddon:
         self._close_session()
         self.session = session
         self.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
+        self.journal.redact_headers = session.redactor.headers if session.redactor.enabled else None
+        playback = session.router.playback
+        if self.journal.file is not None and session.cassette is not None and playback is not None:
+            self.journal.file.write(
+                {
+                    "event": "load",
+                    "time": iso_time(now := time.time()),
+                    "epoch": round(now, 6),
+                    "cassette": session.cassette_path,
+                    "interactions": len(playback),
+                    "record_mode": session.router.record_mode.value,
+                }
+            )
         if session.router.playback is not None and len(session.router.playback) >= FREEZE_AT:
             # What a large cassette loaded lives as long as the session: keep it out of the cyclic garbage
             # collector's full passes, which otherwise walk all of it (100k interactions: 300 ms pauses).
@@ -152,6 +157,16 @@ class ReplayAddon:
         self.stopping = True  # from now on nothing is forwarded: it could not be saved
         self._close_session()
         faults.release_all()
+        self._open_journal_file(None)
+
+    def _open_journal_file(self, path: str | None) -> None:
+        """Write the journal to ``path`` from now on (appended to), or to no file (None)."""
+        current = self.journal.file
+        if current is not None and path == current.path:
+            return
+        self.journal.file = JournalFile(path) if path else None
+        if current is not None:
+            current.close()
 
     def client_disconnected(self, client: Any) -> None:
         faults.client_disconnected(client)
@@ -189,7 +204,28 @@ class ReplayAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         faults.responseheaders(flow)
 
+    def unused(self) -> list[CassetteUse]:
+        """Each cassette loaded for replay so far (this session included) and what of it was played."""
+        if self.session is not None:
+            self._count_plays(self.session)
+        return self.usage.uses()
+
+    def _count_plays(self, session: Session) -> None:
+        playback = session.router.playback
+        replays = session.router.record_mode in (RecordMode.NONE, RecordMode.ONCE, RecordMode.NEW_EPISODES)
+        if session.cassette_path is None or playback is None or not session.loaded or not replays:
+            return
+        counts = playback.play_counts[: session.loaded]
+        self.usage.add(
+            session.cassette_path,
+            session.loaded,
+            lambda: [f"{i.request.method} {i.request.url}" for i in playback.interactions[: session.loaded]],
+            (n for n, count in enumerate(counts) if count),
+        )
+
     def _close_session(self) -> None:
+        if self.session is not None:
+            self._count_plays(self.session)
         if self.session is not None and self.session.recorder is not None:
             try:
                 self.session.recorder.close()
@@ -219,70 +255,17 @@ class ReplayAddon:
             if self.stopping:
                 flow.response = _flow_response(stopping_response())
             return
-        request = _model_request(flow, session)
-        try:
-            decision: Decision = session.router.decide(request, _base_url(flow))
-        except ScenarioError as e:  # a scenario template failed at render time: say so, never forward
-            decision = ScenarioFailed(request, "; ".join(e.problems))
-        if isinstance(decision, Scripted):
-            answer = decision.answer
-            flow.metadata[META] = "scenario"
-            if session.retry_after is not None:
-                answer = replace(answer, response=rewrite_retry_after(answer.response, session.retry_after))
-            detail = answer.source + (f" [fault: {answer.fault}]" if answer.fault else "")
-            if answer.delay:
-                detail += f" [delay {answer.delay:g} s]"
-            status = _fault_status(answer)
-            sent = answer.response if status is not None else None
-            self._journal(flow, _exchange(flow, status, "scenario", detail, sent, answer))
-            await faults.deliver(flow, answer, to_flow_response=_flow_response)
-        elif isinstance(decision, Replay):
-            played = decision.played
-            detail = f"#{played.index + 1}" + (
-                ", repeated: the recorded sequence ran out" if played.extra else ""
-            )
-            flow.metadata[META] = "cassette"
-            served = self._served_for(flow, session, played.interaction.response)
-            flow.response = served.wire.flow_response()
-            sent = served.response
-            kind = "cassette"
-            if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
-                kind, detail = "no-match", f"{detail}: the recorded interaction cannot be replayed"
-            self._journal(flow, _exchange(flow, sent.status, kind, detail, sent, body=served.body_status))
-        elif isinstance(decision, ScenarioFailed):
-            flow.metadata[META] = "scenario-error"
-            flow.response = _flow_response(scenario_error_response(decision))
-            exchange = _exchange(flow, flow.response.status_code, "scenario-error", decision.problem)
-            self._journal(flow, exchange)
-        elif isinstance(decision, NoMatch):
-            flow.metadata[META] = "no-match"
-            if session.redactor.enabled:  # the diagnostic shows the request: SDKs print it in CI logs
-                shown = replace(decision.request, url=session.redactor.scrub(decision.request.url))
-                decision = replace(decision, request=shown)
-            source = session.served
-            detail = decision.reason
-            if decision.nearest:
-                index, interaction, diffs = decision.nearest[0]
-                closest = interaction.request
-                detail += f"; closest #{index + 1} {closest.method} {closest.path_and_query}"
-                if diffs:
-                    detail += f" ({'; '.join(diffs)})"
-            if decision.rules:
-                detail += f"; closest rule {closest_rule(decision)}"
-            # Not through _outgoing: the diagnostic shows recorded URLs as recorded.
-            flow.response = _flow_response(no_match_response(decision, source))
-            self._journal(flow, _exchange(flow, flow.response.status_code, "no-match", detail))
-        else:
-            assert isinstance(decision, Forward)
-            failure = session.recorder.failure if session.recorder is not None else None
-            if failure is not None:  # the cassette cannot take it: do not make the upstream act on it
-                flow.response = _flow_response(record_failed_response(failure))
-                detail = f"not forwarded, recording failed: {failure}"
-                self._journal(flow, _exchange(flow, flow.response.status_code, "refused", detail))
-                return
-            flow.metadata[META] = "forward"
+        outcome = self.handler.handle(session, _model_request(flow, session), _arrival(flow))
+        flow.metadata[META] = outcome.kind
+        if outcome.exchange is not None:
+            self._journal(flow, outcome.exchange)
+        if outcome.wire is None:  # forward
             _aim_at_upstream(flow)
             gateway.watch(flow, session.upstream_timeout)
+        elif outcome.plan is None:
+            flow.response = _to_flow(outcome.wire)
+        else:
+            await faults.deliver(flow, _to_flow(outcome.wire), outcome.plan)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and _wants_close(flow) and "connection" not in flow.response.headers:
@@ -300,26 +283,14 @@ class ReplayAddon:
             if self.stopping:
                 flow.response = _flow_response(stopping_response())
             return
-        request = _model_request(flow, session)
-        response = _model_response(flow)
-        detail = ""
-        if session.recorder is not None:
-            try:
-                number = session.recorder.record(Interaction(request, response))
-            except ReplayProxyError as e:  # never a silent loss: the client and the console are told
-                self._save_failed(str(e))
-                flow.response = _flow_response(record_failed_response(str(e)))
-                detail = f"NOT SAVED: {e}"
-                self._journal(flow, _exchange(flow, flow.response.status_code, "upstream", detail))
-                return
-            playback = session.router.playback
-            if playback is not None:
-                playback.add(Interaction(session.redactor.for_matching(request), response), played=True)
-            detail = f"recorded as #{number}"
-        served = self._outgoing(flow, session, response)
-        if served is not response:
-            flow.response = _flow_response(served)
-        self._journal(flow, _exchange(flow, served.status, "upstream", detail, served))
+        sent, exchange, save_error = self.handler.forwarded(
+            session, _model_request(flow, session), _model_response(flow), _arrival(flow)
+        )
+        if save_error is not None:
+            self._save_failed(save_error)
+        if sent is not None:
+            flow.response = _flow_response(sent)
+        self._journal(flow, exchange)
 
     def error(self, flow: http.HTTPFlow) -> None:
         gateway.settle(flow)
@@ -327,7 +298,8 @@ class ReplayAddon:
             return
         if META not in flow.metadata and "body_size_limit" in flow.error.msg:
             # mitmproxy answered 413 to a request body over --max-body-size before our request hook ran
-            self._journal(flow, _exchange(flow, 413, "refused", "request body larger than --max-body-size"))
+            refused = self._exchange(flow, 413, "refused", "request body larger than --max-body-size")
+            self._journal(flow, refused)
             # mitmproxy 12 says "Connection: close" on its 413 but neither closes nor reads on: a client that
             # sends its whole body before reading (requests, http.client) would wait for its own timeout.
             # The 413 is written after this hook; closing a moment later lets it out first.
@@ -336,36 +308,20 @@ class ReplayAddon:
         if flow.metadata.get(META) != "forward":
             return
         detail = flow.error.msg.removeprefix("replay-proxy: ")  # the journal's line says who speaks
-        self._journal(flow, _exchange(flow, gateway.status(flow), "error", detail))
+        self._journal(flow, self._exchange(flow, gateway.status(flow), "error", detail))
 
     # -- helpers ---------------------------------------------------------------------------------------
+
+    def _exchange(self, flow: http.HTTPFlow, status: int | None, source: str, detail: str) -> Exchange:
+        """The journal entry for what the core did not answer (a 413 refusal, an upstream failure)."""
+        req = flow.request
+        request = Request(req.method, req.url, tuple(req.headers.items(multi=True)), req.raw_content or b"")
+        return self.handler.entry(request, _arrival(flow), status, source, detail)
 
     def _journal(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         self.journal.add(exchange)
         if self.annotate_flows:
             flow.comment = f"replay-proxy: {exchange.answered_by()}"
-
-    def _served_for(self, flow: http.HTTPFlow, session: Session, recorded: Response) -> _Served:
-        """``recorded`` as this client gets it (``_outgoing``), cached: the same every time it is replayed."""
-        if session is not self._served_session or len(self._served) >= SERVED_CACHE_SIZE:
-            self._served = {}
-            self._served_session = session
-        reverse = isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-        key = (id(recorded), _proxy_origin(flow) if reverse else None)
-        served = self._served.get(key)
-        if served is None or served.recorded is not recorded:
-            response = self._outgoing(flow, session, recorded)
-            served = _Served(recorded, response, _Wire.of(response), body_status(response))
-            self._served[key] = served
-        return served
-
-    def _outgoing(self, flow: http.HTTPFlow, session: Session, response: Response) -> Response:
-        """The response as the client gets it: upstream URLs point at the proxy, Retry-After shortened."""
-        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode) and session.origins:
-            response = rewrite_origins(response, session.origins, _proxy_origin(flow))
-        if session.retry_after is not None:
-            response = rewrite_retry_after(response, session.retry_after)
-        return response
 
 
 def _build_session(options: Any) -> Session:
@@ -447,6 +403,8 @@ def _build_session(options: Any) -> Session:
         retry_after,
         served or "nothing",
         upstream_timeout,
+        len(loaded),
+        os.path.abspath(path) if path is not None else None,
     )
 
 
@@ -478,8 +436,7 @@ def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
     """The flow's request with an absolute URL: in reverse mode, on the recorded (or upstream) origin."""
     req = flow.request
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        # No recorded or upstream origin (play alone): the URL as the client sent it, on the proxy.
-        url = (session.primary_origin or _proxy_origin(flow)) + req.path
+        url = request_url(session, _proxy_origin(flow), req.path)
     else:
         url = req.url
     headers = tuple(req.headers.items(multi=True))
@@ -501,57 +458,14 @@ def _model_response(flow: http.HTTPFlow) -> Response:
 
 def _flow_response(response: Response) -> http.Response:
     """A mitmproxy response for ``response``: recorded headers, fresh Content-Length."""
-    return _Wire.of(response).flow_response()
+    return _to_flow(Wire.of(response, status_codes.RESPONSES))
 
 
-class _Wire(NamedTuple):
-    """A response in mitmproxy's terms, ready to become a fresh ``http.Response`` for each flow."""
-
-    status: int
-    reason: bytes
-    fields: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-
-    @classmethod
-    def of(cls, response: Response) -> _Wire:
-        """The recorded headers minus the wire ones, then ``content-length`` last (as ``Response.make``
-        sets it); the recorded reason, else the standard one. The last guard: an answer with a header
-        that would write others (CR/LF) or a name that is no header is replaced by a 500 saying so."""
-        problem = headers_problem(response.headers) or reason_problem(response.reason or "")
-        if problem is not None:
-            logger.error("replay-proxy: error: refused to send an answer: %s", problem)
-            response = unsafe_response(problem)
-        fields = [
-            (k.encode(), v.encode("utf-8", "surrogateescape"))
-            for k, v in response.headers
-            if k.lower() not in _WIRE
-        ]
-        fields.append((b"content-length", str(len(response.body)).encode()))
-        # Response.make's reason, then the recorded one as the ``reason`` setter encodes it
-        reason = response.reason or status_codes.RESPONSES.get(response.status, "")
-        return cls(response.status, reason.encode("iso-8859-1"), tuple(fields), response.body)
-
-    def flow_response(self) -> http.Response:
-        """What ``http.Response.make`` builds, without re-reading the headers to set the body."""
-        now = time.time()
-        headers = http.Headers(self.fields)
-        return http.Response(b"HTTP/1.1", self.status, self.reason, headers, self.body, None, now, now)
-
-
-class _Served(NamedTuple):
-    """A recorded response as served: rewritten for this client, in mitmproxy's terms, its JSON status."""
-
-    recorded: Response
-    response: Response
-    wire: _Wire
-    body_status: BodyStatus
-
-
-def _base_url(flow: http.HTTPFlow) -> str:
-    """Where the client thinks it talks to: the proxy in reverse mode, the real origin as a forward proxy."""
-    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        return _proxy_origin(flow)
-    return origin_of(flow.request.url)
+def _to_flow(wire: Wire) -> http.Response:
+    """What ``http.Response.make`` builds, without re-reading the headers to set the body."""
+    now = time.time()
+    headers = http.Headers(wire.fields)
+    return http.Response(b"HTTP/1.1", wire.status, wire.reason, headers, wire.body, None, now, now)
 
 
 def _aim_at_upstream(flow: http.HTTPFlow) -> None:
@@ -589,13 +503,6 @@ def _wants_close(flow: http.HTTPFlow) -> bool:
     return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in flow.request.headers.fields)
 
 
-def _fault_status(answer: Answer) -> int | None:
-    """The status the client gets, or None when a fault means it gets no response at all."""
-    if answer.fault in ("reset", "close", "hang"):
-        return None
-    return answer.response.status
-
-
 def _proxy_origin(flow: http.HTTPFlow) -> str:
     """The proxy's own origin as this client reached it."""
     host, port = flow.client_conn.sockname[:2]
@@ -605,51 +512,16 @@ def _proxy_origin(flow: http.HTTPFlow) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _exchange(
-    flow: http.HTTPFlow,
-    status: int | None,
-    source: str,
-    detail: str,
-    sent: Response | None = None,
-    answer: Answer | None = None,
-    *,
-    body: BodyStatus | None = None,
-) -> Exchange:
-    """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
-    (``body``: its ``journal.body_status`` when already known)."""
+def _arrival(flow: http.HTTPFlow) -> Arrival:
+    """What the core needs of the flow beyond its request: URLs, origins, the time it arrived."""
     req = flow.request
-    wall_now, mono_now = time.time(), time.monotonic()
-    arrived = req.timestamp_start or wall_now
-    monotonic = mono_now - max(0.0, wall_now - arrived)
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        client_url = _proxy_origin(flow) + req.path
+        base_url = _proxy_origin(flow)
+        proxy_origin: str | None = base_url
+        client_url = f"{base_url}{req.path}"
     else:
-        client_url = req.url
-    facts = response_facts(sent, client_url, now=wall_now, body=body) if sent is not None else None
-    op_status, terminal = (facts.op_status, facts.terminal) if facts is not None else (None, False)
-    if answer is not None and answer.operation is not None:
-        op_status, terminal = answer.status, answer.terminal
-    return Exchange(
-        req.method,
-        req.url,
-        req.path,
-        status,
-        source,
-        detail,
-        time=arrived,
-        monotonic=monotonic,
-        client_url=client_url,
-        retry_after=facts.retry_after if facts is not None else None,
-        status_urls=facts.status_urls if facts is not None else (),
-        operation=answer.operation if answer is not None else None,
-        poll=answer.poll if answer is not None else None,
-        tag=answer.tag if answer is not None else None,
-        op_status=op_status,
-        terminal=terminal,
-        virtual=answer.virtual if answer is not None else None,
-        request_headers=SealedHeaders(req.headers.fields),
-        body_size=len(req.raw_content) if req.raw_content is not None else None,
-    )
+        proxy_origin, client_url, base_url = None, req.url, origin_of(req.url)
+    return Arrival(req.url, req.path, client_url, base_url, proxy_origin, req.timestamp_start or time.time())
 
 
 def _log_exchange(exchange: Exchange) -> None:

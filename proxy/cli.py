@@ -248,6 +248,104 @@ def build_parser() -> argparse.ArgumentParser:
         help="the file to write: .har for HAR, else a cassette (e.g. -o cassettes/session.yaml)",
     )
 
+    prune = sub.add_parser(
+        "prune",
+        help="drop the interactions of a cassette that no journal line played",
+        description="Drop the interactions of CASSETTE that no line of the journals (--journal FILE of "
+        "play/replay/record, --replay-journal of the pytest plugin) played. The rest of the file stays as "
+        "it was (vcrpy's layout, YAML or JSON; another layout is rewritten in vcrpy's); vcrpy loads the "
+        "result. Refuses, changing nothing, when the journals do not name the cassette or it changed since.",
+        epilog="example: replay-proxy prune cassettes/tileset.yaml --journal journal.jsonl --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prune.add_argument("cassette", type=Path, metavar="CASSETTE", help="the cassette to prune")
+    prune.add_argument(
+        "--journal",
+        action="append",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="a journal of a run that replayed CASSETTE (repeatable: what any of them played is kept)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="list what would be dropped; change nothing")
+
+    lint = sub.add_parser(
+        "lint",
+        help="find secrets left in cassettes (exit 3 with file:line per finding)",
+        description="Scan cassettes for secrets: values the redaction rules would hide if the exchange were "
+        "recorded now (secret names, credential-shaped values), and long random-looking tokens in headers, "
+        "URLs and JSON bodies, requests and responses. One line per finding (file:line, where, the first "
+        "characters and length, never the whole value); exit 3 with findings, 0 when clean.",
+        epilog="example: replay-proxy lint cassettes/*.yaml  (a pre-commit hook: see the README)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lint.add_argument("cassettes", nargs="+", type=Path, metavar="CASSETTE", help="cassette files")
+    lint.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a header, query parameter or JSON key whose random-looking values are no secret "
+        "(repeatable, e.g. --allow x-ms-correlation-request-id)",
+    )
+
+    drift = sub.add_parser(
+        "drift",
+        help="send a cassette's requests to the real service again and report how its API drifted",
+        description="Send CASSETTE's recorded requests to UPSTREAM again, in order (safe methods only unless "
+        "--unsafe; polls as a client would, following the live status URLs), and report structural drift "
+        "by severity: status codes, LRO headers (Location, Operation-Location, Azure-AsyncOperation, "
+        "Retry-After), the operation status vocabulary, JSON fields added, removed or retyped (values "
+        "are ignored). Exit 0: no drift; 3: drift at or above --fail-on; 2: bad input.",
+        epilog="example: replay-proxy drift cassettes/tileset.yaml --upstream https://atlas.microsoft.com "
+        "--unsafe -H 'subscription-key: ...'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    drift.add_argument("cassette", type=Path, metavar="CASSETTE", help="the recording to check")
+    drift.add_argument(
+        "--upstream", required=True, metavar="URL", help="the real service, e.g. https://atlas.microsoft.com"
+    )
+    drift.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="also send POST, PUT, PATCH, DELETE... (they act on the real service: start operations, "
+        "create and delete resources)",
+    )
+    drift.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        type=_header,
+        metavar="'NAME: VALUE'",
+        help="a header to send with every request, e.g. the credential the cassette holds redacted "
+        "(repeatable; -H 'Authorization: Bearer ...')",
+    )
+    drift.add_argument(
+        "--max-delay",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait at most this long between polls, whatever Retry-After says (default: %(default)g)",
+    )
+    drift.add_argument(
+        "--max-polls",
+        type=int,
+        default=30,
+        metavar="N",
+        help="poll an operation at most N times to see it finish as the recording did (default: %(default)s)",
+    )
+    drift.add_argument(
+        "--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="per request (default: %(default)g)"
+    )
+    drift.add_argument("--upstream-ca", type=Path, default=None, metavar="PEM", help="also trust this CA")
+    drift.add_argument(
+        "--fail-on",
+        choices=("info", "warning", "breaking"),
+        default="info",
+        help="the least severity that makes the exit status 3 (default: %(default)s, any drift)",
+    )
+
     ca = sub.add_parser(
         "ca",
         help="print the CA certificate path (created on first use)",
@@ -284,6 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.learn import learn_main
 
             return learn_main(args.sources, args.output, timing=args.timing)
+        if args.command == "prune":
+            from proxy.prune import prune_main
+
+            return prune_main(args.cassette, args.journal, args.dry_run)
+        if args.command == "lint":
+            from proxy.lint import lint_main
+
+            return lint_main(args.cassettes, args.allow)
+        if args.command == "drift":
+            return _drift(args)
         if args.command == "schema":
             from proxy.scenario.check import schema_text
 
@@ -294,6 +402,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"replay-proxy: error: {line}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+
+
+def _seconds(value: str) -> float:
+    """``drift``'s delays: zero or more seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be zero or more seconds, e.g. 0.5")
+    return seconds
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition(":")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not 'NAME: VALUE'")
+    return name.strip(), text.strip()
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from proxy.drift import Options, drift_main
+    from proxy.server import check_upstream
+
+    if args.upstream_ca is not None and not args.upstream_ca.is_file():
+        raise _usage(f"{args.upstream_ca}: upstream CA file not found")
+    options = Options(
+        check_upstream(args.upstream),
+        unsafe=args.unsafe,
+        headers=tuple(args.header),
+        max_delay=args.max_delay,
+        max_polls=max(1, args.max_polls),
+        timeout=args.timeout or 30.0,
+        ca=str(args.upstream_ca) if args.upstream_ca else None,
+    )
+    return drift_main(args.cassette, options, args.fail_on)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -329,6 +473,10 @@ def _serve(args: argparse.Namespace) -> int:
         if path is not None:
             _check_writable(path, what)
     _configure_logging(given.quiet)
+    if given.journal_file is not None:
+        from proxy.journal import start_fresh
+
+        start_fresh(given.journal_file)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
     # (serve: the control API's journal and verdict read it)
     reporting = given.report or given.strict_report or given.report_html is not None
@@ -381,6 +529,11 @@ def _serve(args: argparse.Namespace) -> int:
         violations = check(entries, given.skip_check)
         if given.report or given.strict_report:
             print(report(entries, violations), flush=True)
+            from proxy.unused import format_unused
+
+            unused = format_unused(proxy.addon.unused())
+            if unused:
+                print(unused, flush=True)
         if given.report_html is not None:
             from proxy.report_html import write_report
 

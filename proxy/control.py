@@ -39,13 +39,12 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.errors import ReplayProxyError, ScenarioError
-from proxy.journal import Exchange
+from proxy.journal import Exchange, iso_time
 from proxy.model import Request, Response
 
 if TYPE_CHECKING:
@@ -87,9 +86,6 @@ class Host(Protocol):
 
     def loaded(self) -> Json:
         """What is served now: ``scenarios``, ``cassette``, ``retry_after``, ``clock``..."""
-
-    def redact_headers(self, headers: Headers) -> Headers:
-        """Request headers as a cassette would save them."""
 
 
 class _Refused(Exception):
@@ -273,8 +269,7 @@ class ControlAPI:
         return {"loaded": self._loaded()}
 
     def _journal(self, query: str, body: bytes) -> Json:
-        redact = self.host.redact_headers
-        return {"entries": [entry_json(e, redact) for e in self.host.entries()]}
+        return {"entries": [entry_json(e) for e in self.host.entries()]}
 
     def _verdict(self, query: str, body: bytes) -> Json:
         from proxy import verdict
@@ -334,36 +329,19 @@ class ControlAPI:
 # -- JSON ---------------------------------------------------------------------------------------------------
 
 
-def entry_json(e: Exchange, redact_headers: Callable[[Headers], Headers]) -> Json:
-    """One journal entry as the control API gives it (``--journal`` FILE may share it); request headers
-    through ``redact_headers`` (the session's redactor, as cassettes are written)."""
+def entry_json(e: Exchange) -> Json:
+    """One journal entry as the control API gives it: what ``--journal FILE`` writes per line
+    (``Exchange.to_json``: request headers already redacted as cassettes are), with ``url`` and ``Host``
+    as the client reached the proxy (in reverse mode mitmproxy set Host to the upstream's)."""
+    out = e.to_json()
     url = e.client_url or e.url
-    # In reverse mode mitmproxy set Host to the upstream's: show the address the client used (the same
-    # as the Host it sent, for a forward proxy).
     authority = urlsplit(url).netloc
-
-    def redact(fields: tuple[tuple[str, str], ...]) -> Headers:
-        fixed = tuple((k, authority if k.lower() == "host" else v) for k, v in fields)
-        return redact_headers(fixed)
-
-    headers: dict[str, list[str]] = {}
-    for name, value in e.request_headers.shown(redact):
-        headers.setdefault(name, []).append(value)
-    return {
-        "time": _iso(e.time),
-        "method": e.method,
-        "url": url,
-        "status": e.status,
-        "source": e.source,
-        "detail": e.detail,
-        "retry_after": e.retry_after,
-        "operation": e.operation,
-        "poll": e.poll,
-        "operation_status": e.op_status,
-        "terminal": e.terminal,
-        "request_headers": headers,
-        "request_body_size": e.body_size,
-    }
+    out["url"] = url
+    headers = out["request_headers"]
+    for name in headers:
+        if name.lower() == "host":
+            headers[name] = [authority]
+    return out
 
 
 def operation_json(state: OperationState) -> Json:
@@ -377,7 +355,7 @@ def operation_json(state: OperationState) -> Json:
         "step": state.stage,
         "held": state.held,
         "ended_by": state.ended_by,
-        "created": _iso(state.created),
+        "created": iso_time(state.created),
         "status_url": state.status_url,
         "resource_id": state.resource_id,
     }
@@ -391,10 +369,6 @@ def json_response(status: int, data: Json) -> Response:
         ("Cache-Control", "no-store"),
     )
     return Response(status, "", headers, body)
-
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _method(method: str, allowed: str, path: str) -> None:

@@ -23,7 +23,7 @@ The dialects (``DIALECTS``, by name):
     APIs, ARM deletes and actions): ``202`` + ``Location``; each poll answers ``202`` (no body) while
     running; success is ``200`` with the result (``204`` without a body for a DELETE, or when the step
     says ``resource: false``); a failure is ``400`` with an OData ``error`` (the status code is all a
-    client reads).
+    client reads), and so is a cancel, with the error code ``Canceled`` (there is no status to say it).
 ``arm``
     Azure Resource Manager's ``Azure-AsyncOperation``: the start answers ``201`` (PUT), ``200`` (PATCH)
     or ``202`` (DELETE, POST) with the header, and for PUT/PATCH the resource with

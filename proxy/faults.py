@@ -1,4 +1,6 @@
-"""Deliver a scenario Answer through a mitmproxy flow: late, slow, truncated, reset, closed or never.
+"""Carry out a fault plan (proxy/fault_plan.py) on a mitmproxy flow: late, slow, truncated, reset, closed
+or never. What to do is decided flow-free (proxy/handler.py, proxy/fault_plan.py); this is only how
+mitmproxy does it. The lean engine (proxy/lean.py) carries out the same plans on an asyncio transport.
 
 The only module besides addon.py and server.py that touches mitmproxy flows. The addon calls
 ``deliver`` from its async ``request`` hook and forwards three more hooks here: ``responseheaders``
@@ -30,11 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 import socket
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,7 @@ from mitmproxy import http
 from mitmproxy.net.http.http1 import assemble_response_head
 
 from proxy import mitm_internals
-from proxy.model import Response
-from proxy.scenario.answer import Answer
+from proxy.fault_plan import FaultPlan
 
 STREAM = "replay_proxy_stream"
 """flow.metadata key: stream this flow's response body (set on dribbled flows; see ``responseheaders``)."""
@@ -53,48 +52,36 @@ ORIGINAL_URL = "replay_proxy_original_url"
 
 logger = logging.getLogger("proxy")
 
-DRIBBLE_TICK = 0.25
-"""Seconds between two chunks of a dribbled body (fewer chunks when the body is short)."""
-
 # client connection id -> events set when that client disconnects (or the proxy stops)
 _waiters: dict[str, set[asyncio.Event]] = {}
 _backend: _FaultBackend | None = None
 
 
-async def deliver(
-    flow: http.HTTPFlow, answer: Answer, *, to_flow_response: Callable[[Response], http.Response]
-) -> None:
-    """Answer ``flow`` as ``answer`` says (see the module docstring)."""
-    if answer.delay > 0 and await _wait(flow, answer.delay):
+async def deliver(flow: http.HTTPFlow, response: http.Response, plan: FaultPlan) -> None:
+    """Answer ``flow`` with ``response`` as ``plan`` says (see the module docstring)."""
+    if plan.delay > 0 and await _wait(flow, plan.delay):
         _kill(flow)  # the client went away or the proxy is stopping: nothing more to send
         return
-    fault = answer.fault
-    if fault == "close":
+    if plan.action == "close":
         _kill(flow)
-    elif fault == "reset":
+    elif plan.action == "reset":
         _reset(flow)
-    elif fault == "hang":
+    elif plan.action == "hang":
         await _wait(flow, None)
         _kill(flow)
-    elif answer.dribble is not None and answer.dribble > 0:
-        response = to_flow_response(answer.response)
-        body = response.raw_content or b""
-        sent = body
-        if fault == "truncate":
-            sent = _truncated(body)
-            response.headers["content-length"] = str(max(len(body), 1))
-        job = _Job(assemble_response_head(response), _schedule(sent, answer.dribble), fault == "truncate")
+    elif plan.chunks is not None:
+        if plan.close_after:
+            response.headers["content-length"] = str(plan.announced)
+        job = _Job(assemble_response_head(response), list(plan.chunks), plan.close_after)
         await _retarget(flow, job)
-    elif fault == "truncate":
-        response = to_flow_response(answer.response)
-        body = response.raw_content or b""
-        response.raw_content = _truncated(body)
+    elif plan.close_after:
         # Announce the whole body (at least one byte, so that something is missing), then close.
-        response.headers["content-length"] = str(max(len(body), 1))
+        response.raw_content = plan.body
+        response.headers["content-length"] = str(plan.announced)
         response.headers["connection"] = "close"
         flow.response = response
     else:
-        flow.response = to_flow_response(answer.response)
+        flow.response = response
 
 
 def responseheaders(flow: http.HTTPFlow) -> None:
@@ -188,26 +175,6 @@ def _reset(flow: http.HTTPFlow) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
     _kill(flow)
-
-
-def _truncated(body: bytes) -> bytes:
-    """About half of ``body``: what a truncated answer sends of it."""
-    return body[: len(body) // 2]
-
-
-def _schedule(body: bytes, dribble: float) -> list[tuple[float, bytes]]:
-    """``body`` cut into chunks, each with the second (after the headers) at which it is sent.
-
-    The first chunk goes with the headers, the last one at ``dribble``; one chunk every ``DRIBBLE_TICK``
-    or so, never more chunks than bytes.
-    """
-    if not body:
-        return []
-    count = min(len(body), max(2, math.ceil(dribble / DRIBBLE_TICK) + 1))
-    if count == 1:
-        return [(dribble, body)]
-    bounds = [len(body) * i // count for i in range(count + 1)]
-    return [(dribble * i / (count - 1), body[bounds[i] : bounds[i + 1]]) for i in range(count)]
 
 
 # -- the fault backend: serves dribbled answers ----------------------------------------------------------

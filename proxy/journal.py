@@ -7,15 +7,19 @@ client, the status URLs it handed out, and the state of the long-running operati
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
-from proxy.model import Response, header_value
+from proxy.model import Headers, Response, header_value
 from proxy.rewrite import parse_retry_after
 from proxy.scenario.answer import TERMINAL_STATUSES, OperationTag
 
@@ -25,32 +29,9 @@ MAX_ENTRIES = 100_000
 _monotonic = time.monotonic  # the field named ``time`` hides the module in the class body
 
 
-class SealedHeaders:
-    """A request's header fields as received, sealed: they come out only through a redactor (``shown``),
-    and ``repr`` says how many there are, never what. Kept raw because decoding and redacting them on every
-    request would cost the request path ~50 us; the control API redacts them when it shows them."""
-
-    __slots__ = ("_fields",)
-
-    def __init__(self, fields: Sequence[tuple[bytes, bytes]] = ()) -> None:
-        self._fields = tuple(fields)
-
-    def __repr__(self) -> str:
-        return f"<{len(self._fields)} request header fields, shown redacted>"
-
-    def __len__(self) -> int:
-        return len(self._fields)
-
-    def shown(
-        self, redact: Callable[[tuple[tuple[str, str], ...]], Sequence[tuple[str, str]]]
-    ) -> tuple[tuple[str, str], ...]:
-        """The fields as text (what is not UTF-8 as U+FFFD), through ``redact`` (a session's
-        ``Redactor`` as cassettes are written, or the identity when redaction is off)."""
-        decoded = tuple((k.decode("utf-8", "replace"), v.decode("utf-8", "replace")) for k, v in self._fields)
-        return tuple(redact(decoded)) if decoded else ()
-
-
-NO_HEADERS = SealedHeaders()
+def iso_time(moment: float) -> str:
+    """``moment`` (seconds since the epoch) in ISO 8601, UTC, milliseconds: ``2026-12-05T01:02:03.456Z``."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +56,11 @@ class Exchange:
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
     ``status`` field / AIP-151 ``done`` of a JSON body). ``tag``: a scenario operation's answer as data
     (its rule, dialect, role and step: ``proxy.scenario.answer.OperationTag``), None otherwise.
+
+    ``request_headers`` are the request's headers redacted as a cassette saves them
+    (``Journal.request_headers``), ``request_body_size`` its body's length as sent;
+    ``cassette``/``interaction`` say which recorded interaction answered (the cassette's path, absolute;
+    the 0-based index in its ``interactions``).
     ``virtual``: for a scenario operation on the virtual clock, its clock reading when it answered
     (seconds since its start), for the reports.
     """
@@ -95,11 +81,42 @@ class Exchange:
     op_status: str | None = None
     terminal: bool = False
     tag: OperationTag | None = None
-    request_headers: SealedHeaders = field(default_factory=lambda: NO_HEADERS)
-    """The request's header fields, sealed: read only through a redactor (``SealedHeaders.shown``)."""
-    body_size: int | None = None
-    """The request body's size in bytes."""
+    request_headers: Headers = ()
+    request_body_size: int = 0
+    cassette: str | None = None
+    interaction: int | None = None
     virtual: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as JSON-ready data: what ``--journal FILE`` writes per line and the control API serves.
+
+        Request headers as a cassette holds them (name -> list of values, redacted); ``time`` is when
+        the request arrived (ISO 8601, UTC, milliseconds) and ``epoch`` the same in seconds since the epoch.
+        """
+        headers: dict[str, list[str]] = {}
+        for name, value in self.request_headers:
+            headers.setdefault(name, []).append(value)
+        return {
+            "time": iso_time(self.time),
+            "epoch": round(self.time, 6),
+            "method": self.method,
+            "url": self.url,
+            "path": self.path,
+            "client_url": self.client_url,
+            "status": self.status,
+            "source": self.source,
+            "detail": self.detail,
+            "retry_after": self.retry_after,
+            "status_urls": list(self.status_urls),
+            "operation": self.operation,
+            "poll": self.poll,
+            "operation_status": self.op_status,
+            "terminal": self.terminal,
+            "request_headers": headers,
+            "request_body_size": self.request_body_size,
+            "cassette": self.cassette,
+            "interaction": self.interaction,
+        }
 
     @property
     def query(self) -> str:
@@ -135,7 +152,8 @@ class ResponseFacts(NamedTuple):
 
 
 STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
-"""Headers that always carry a status URL; ``Location`` does on a 202 or on a non-terminal answer."""
+"""Headers that always carry a status URL; ``Location`` does on a 202 or on a non-terminal answer without
+one of them (beside one, it is where the result is fetched: azure-core's final-state-via rule)."""
 
 
 BodyStatus = tuple[str | None, bool]
@@ -154,8 +172,10 @@ def response_facts(
     urls: list[str] = []
     if not terminal:
         names = list(STATUS_URL_HEADERS)
-        if response.status == 202 or (op_status is not None and 200 <= response.status < 300):
-            names.insert(0, "location")
+        beside = any((header_value(response.headers, name) or "").strip() for name in names)
+        running = response.status == 202 or (op_status is not None and 200 <= response.status < 300)
+        if running and not beside:
+            names.insert(0, "location")  # beside a status header, Location is where the result is fetched
         for name in names:
             value = header_value(response.headers, name)
             if value and value.strip():
@@ -222,14 +242,36 @@ class Journal:
         self._lock = threading.Lock()
         self.listener = listener
         self.scrub: Callable[[str], str] | None = None
+        self.redact_headers: Callable[[Headers], Headers] | None = None
+        """The session's ``Redactor.headers``: request headers as a cassette would save them."""
+        self._headers_cache: dict[tuple[object, Headers], Headers] = {}
+        self.file: JournalFile | None = None
+        """``--journal FILE``: each entry is also written there, one JSON line, as it is added."""
 
     def add(self, exchange: Exchange) -> None:
+        """Keep ``exchange`` (its URLs scrubbed), write it to ``file``, tell ``listener``. Its request
+        headers are redacted by whoever builds it, with ``request_headers`` (the addon does)."""
         if self.scrub is not None:
             exchange = scrubbed(exchange, self.scrub)
         with self._lock:
             self._entries.append(exchange)
+        if self.file is not None:
+            self.file.exchange(exchange)
         if self.listener is not None:
             self.listener(exchange)
+
+    def request_headers(self, headers: Headers) -> Headers:
+        """A request's ``headers`` for an entry: redacted by ``redact_headers`` and remembered (a client
+        polling sends the same headers again and again, and redacting them costs tens of microseconds:
+        the echo sweep), each field shared with the entries that have it."""
+        redact = self.redact_headers
+        key = (redact, headers)
+        found = self._headers_cache.get(key)
+        if found is None:
+            if len(self._headers_cache) >= _HEADERS_CACHE_SIZE:
+                self._headers_cache.clear()
+            found = self._headers_cache[key] = _shared(redact(headers) if redact is not None else headers)
+        return found
 
     @property
     def entries(self) -> list[Exchange]:
@@ -239,6 +281,25 @@ class Journal:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+_HEADERS_CACHE_SIZE = 1024
+_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+_PAIRS_MAX = 4096
+
+
+def _shared(headers: Headers) -> Headers:
+    """``headers`` built from header fields already held (a poller sends the same ones every time): a
+    journal of 100,000 entries keeps one copy of each field, not 100,000."""
+    out = []
+    for pair in headers:
+        found = _PAIRS.get(pair)
+        if found is None:
+            if len(_PAIRS) >= _PAIRS_MAX:
+                _PAIRS.clear()
+            found = _PAIRS[pair] = pair
+        out.append(found)
+    return tuple(out)
 
 
 def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
@@ -261,3 +322,90 @@ def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
     return replace(
         exchange, url=url, path=path, client_url=client_url, detail=detail, status_urls=status_urls
     )
+
+
+class JournalFile:
+    """``--journal FILE``: one JSON object per line, written (one ``write`` to a file opened for appending)
+    the moment each exchange is journaled, so a crashed proxy leaves every line it had written.
+
+    Lines are ``{"event": "exchange", ...Exchange.to_json()}`` and, when a session loads a cassette,
+    ``{"event": "load", "cassette": PATH, "interactions": N, "record_mode": MODE}`` (what ``prune`` needs
+    to tell "loaded, never played" from "not used in this run"). The file is appended to: whoever starts a
+    run decides whether it starts afresh (the command line does; ``start_fresh``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            from proxy.errors import ConfigError
+
+            raise ConfigError(f"{self.path}: cannot write the journal there: {e.strerror or e}") from None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        """Why a line could not be written (a full disk): said once, then lines are dropped."""
+
+    def exchange(self, exchange: Exchange) -> None:
+        self.write({"event": "exchange", **exchange.to_json()})
+
+    def write(self, entry: Mapping[str, Any]) -> None:
+        """Append ``entry`` as one line (one system call: lines from several processes never interleave)."""
+        line = (json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fd < 0 or self.error is not None:
+                return
+            try:
+                os.write(self._fd, line)
+            except OSError as e:
+                self.error = f"{self.path}: journal line not written: {e.strerror or e}"
+                import logging
+
+                logging.getLogger("proxy").error("replay-proxy: error: %s", self.error)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def start_fresh(path: str | os.PathLike[str]) -> None:
+    """Empty (or create) the journal file at ``path``: a run that owns the file starts it afresh."""
+    try:
+        with open(path, "wb"):
+            pass
+    except OSError as e:
+        from proxy.errors import ConfigError
+
+        raise ConfigError(f"{os.fspath(path)}: cannot write the journal there: {e.strerror or e}") from None
+
+
+def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The entries of a ``--journal`` file, in order; a last line cut short by a kill is left out.
+
+    A line that is not a JSON object (other than that last one) is a ConfigError naming ``file:line``.
+    """
+    from proxy.errors import ConfigError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{os.fspath(path)}: cannot read the journal: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{os.fspath(path)}: not a journal (not UTF-8 text)") from None
+    lines = text.split("\n")
+    out: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+            if number == len(lines):  # no newline after it: torn by a kill
+                continue
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{os.fspath(path)}:{number}: not a journal line (a JSON object expected)")
+        out.append(entry)
+    return out

@@ -7,15 +7,15 @@ so that one learned entry serves any number of concurrent operations. Everything
 ``routes:`` (identical repeated requests: a ``sequence`` with ``times``). Secrets are redacted
 (``proxy.redact``) before anything is learned.
 
-Recognition is ``find_operations`` alone (interactions in, ``LearnedOperation`` facts out), so that it can
-be replaced by a shared recogniser without touching the rendering; rendering writes scenario text in the
-existing language (styles ``creator-v1``, ``creator-v2``, ``aip-151``) and checks it with the scenario
-loader before anything is written.
+Recognition is ``proxy.operations.recognise``, the module the verdict reads operations with (one
+recogniser for both): ``find_operations`` only turns its ``Operation`` facts into the ``LearnedOperation``
+the rendering reads. Rendering writes scenario text in the language's styles (``proxy/dialects.py``:
+``creator-v1``, ``creator-v2``, ``aip-151``, ``location``, ``arm``) and checks it with the scenario loader
+before anything is written.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
 import re
@@ -24,21 +24,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 from urllib.parse import urljoin, urlsplit
 
 import yaml
 
+from proxy import operations
+from proxy.dialects import DIALECTS
 from proxy.errors import ReplayProxyError
 from proxy.model import Interaction, Request, Response, origin_of
 from proxy.recordings import Recorded, Recording
 from proxy.redact import Redactor
 
-Style = Literal["creator-v1", "creator-v2", "aip-151"]
+Style = Literal["creator-v1", "creator-v2", "aip-151", "location", "arm"]
+STYLES: tuple[str, ...] = get_args(Style)
 Timing = Literal["polls", "time"]
 
-STATUS_HEADERS = ("Azure-AsyncOperation", "Operation-Location", "Location")
-"""Headers of a start answer that may give the status URL, in the order azure-mgmt-core prefers them."""
 TERMINAL = {"succeeded", "failed", "canceled", "cancelled"}
 RETRIABLE = {408, 429}
 INLINE_LIMIT = 1024
@@ -70,7 +71,7 @@ class LearnError(ReplayProxyError):
     """The recording could not be learned (nothing in it, an output that cannot be written)."""
 
 
-# -- recognition ----------------------------------------------------------------------------------------
+# -- recognition: proxy/operations.py's, shared with the verdict ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ class LearnedPoll:
     http_status: int
     status: str | None
     """The operation status (``Running``...); None for an answer that is no status (a 503, a 429)."""
-    by: Literal["status", "provisioningState", "done", "http-status", "none"]
-    """Where the status was read: the body's ``status``, ARM's ``properties.provisioningState``, AIP-151's
-    ``done``, or the HTTP status alone (202 while running, then 200/201/204: azure-core's LocationPolling)."""
+    by: Literal["status", "done", "http-status", "none"]
+    """Where the status was read: the body's ``status``, AIP-151's ``done``, or the HTTP status alone (202
+    while running, then 200/201/204: azure-core's LocationPolling)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,72 @@ class LearnedOperation:
     resource_url: str | None = None
     resource_get: int | None = None
     """Index of a GET of the created resource after success."""
+    final_via: Literal["resource", "start-url"] = "resource"
+    """How the client found the result: a URL it was given, or (ARM after a PUT/PATCH) the start's own."""
+
+
+FALLBACK_STYLE: dict[str, Style] = {
+    "Location": "creator-v1",
+    "Operation-Location": "creator-v2",
+    "Azure-AsyncOperation": "arm",
+    "body": "aip-151",
+}
+"""The style of an operation whose dialect ``recognise`` could not tell, by how the status URL was given."""
+
+
+def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperation]:
+    """The long-running operations in ``interactions``, in the order they started, as
+    ``proxy.operations.recognise`` (the recogniser the verdict uses too) finds them: those whose start
+    is in the recording and that were polled at a status URL the start gave."""
+    found: list[LearnedOperation] = []
+    for op in operations.recognise(interactions):
+        if op.start is None or op.given is None or op.given_by is None or not op.polls:
+            continue
+        start = op.entries[0]
+        header = None if op.given_by == "body" else op.given_by
+        first_poll = interactions[op.polls[0].index].request.url
+        target = urljoin(interactions[start].request.url, op.given) if header else first_poll
+        style = op.dialect if op.dialect in STYLES else FALLBACK_STYLE.get(op.given_by, "creator-v2")
+        polls = tuple(_learned_poll(style, p, interactions[p.index].response) for p in op.polls)
+        succeeded = op.outcome in ("succeeded", "done")
+        final = op.final if succeeded and style != "aip-151" else None
+        if final is not None and final.via == "start-url" and style != "arm":
+            final = None  # only ARM answers GET of a PUT/PATCH's own URL from the operation
+        found.append(
+            LearnedOperation(
+                start=start,
+                header=header,
+                status_url=op.given,
+                status_target=target,
+                operation_id=_operation_id(urlsplit(target).path),
+                polls=polls,
+                terminal=len(polls) - 1 if op.polls[-1].ends else None,
+                style=cast(Style, style),
+                also_headers=op.also_given_by,
+                after_terminal=op.after_terminal,
+                resource_url=op.resource_url if final is not None else None,
+                resource_get=final.index if final is not None else None,
+                final_via=final.via if final is not None else "resource",
+            )
+        )
+    return found
+
+
+def _learned_poll(style: str, poll: operations.PollFacts, response: Response) -> LearnedPoll:
+    """How a poll recognised by ``recognise`` is written as a step: the status it reported (AIP-151: the
+    ``metadata.status`` while running, then Succeeded or Failed), or what its status code says."""
+    code = poll.http_status if poll.http_status is not None else response.status
+    if poll.status is not None and not (code in RETRIABLE or code >= 400):
+        if style == "aip-151":
+            body = _json(response.body)
+            if isinstance(body, dict) and isinstance(body.get("done"), bool):
+                return LearnedPoll(poll.index, code, _aip_status(body), "done")
+        return LearnedPoll(poll.index, code, poll.status, "status")
+    if poll.status is None and code == 202:
+        return LearnedPoll(poll.index, code, "Running", "http-status")
+    if poll.status is None and poll.ends:
+        return LearnedPoll(poll.index, code, "Succeeded", "http-status")
+    return LearnedPoll(poll.index, code, None, "none")
 
 
 def _json(body: bytes) -> Any:
@@ -119,25 +186,6 @@ def _json(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None
-
-
-def _poll_status(response: Response) -> LearnedPoll:
-    """What one poll answer says about the operation (index filled by the caller)."""
-    code = response.status
-    body = _json(response.body)
-    if code in RETRIABLE or code >= 400:
-        return LearnedPoll(-1, code, None, "none")
-    if isinstance(body, dict):
-        if isinstance(body.get("status"), str):
-            return LearnedPoll(-1, code, body["status"], "status")
-        if isinstance(body.get("done"), bool):
-            return LearnedPoll(-1, code, _aip_status(body), "done")
-        props = body.get("properties")
-        if isinstance(props, dict) and isinstance(props.get("provisioningState"), str):
-            return LearnedPoll(-1, code, props["provisioningState"], "provisioningState")
-    if code == 202:
-        return LearnedPoll(-1, code, "Running", "http-status")
-    return LearnedPoll(-1, code, "Succeeded", "http-status")
 
 
 def _aip_status(body: dict[str, Any]) -> str:
@@ -155,137 +203,6 @@ def _is_terminal(poll: LearnedPoll) -> bool:
     return poll.status is not None and poll.status.lower() in TERMINAL
 
 
-def _status_candidates(ia: Interaction) -> list[tuple[str | None, str, str]]:
-    """(header, given, absolute) for every status URL a start answer gives."""
-    out: list[tuple[str | None, str, str]] = []
-    for name in STATUS_HEADERS:
-        value = ia.response.header(name)
-        if value:
-            out.append((name, value, urljoin(ia.request.url, value)))
-    body = _json(ia.response.body)
-    if isinstance(body, dict) and isinstance(body.get("name"), str) and body.get("done") is False:
-        out.append((None, body["name"], ""))
-    return out
-
-
-class _Index:
-    """Where each path is asked for, and which starts gave which status URL: built once, so that finding
-    the operations of a long recording takes time linear in its length, not quadratic."""
-
-    def __init__(self, interactions: Sequence[Interaction]) -> None:
-        self.count = len(interactions)
-        self.paths: dict[str, list[int]] = {}
-        """GET and HEAD requests by path, in order."""
-        self.by_last: dict[str, list[int]] = {}
-        """GET and HEAD requests by the last segment of their path (AIP-151 names)."""
-        self.origins = [origin_of(ia.request.url) if "://" in ia.request.url else "" for ia in interactions]
-        self.starts = [
-            _status_candidates(ia)
-            if ia.request.method in ("POST", "PUT", "PATCH", "DELETE") and 200 <= ia.response.status < 300
-            else []
-            for ia in interactions
-        ]
-        self.start_keys: dict[str, list[int]] = {}
-        for i, candidates in enumerate(self.starts):
-            for header, given, target in candidates:
-                self.start_keys.setdefault(target if header else "name:" + given, []).append(i)
-        for j, ia in enumerate(interactions):
-            if ia.request.method in ("GET", "HEAD"):
-                path = ia.request.path
-                self.paths.setdefault(path, []).append(j)
-                self.by_last.setdefault(path.rstrip("/").rsplit("/", 1)[-1], []).append(j)
-
-    def asking(self, url: str, after: int, before: int | None = None) -> list[int]:
-        """GETs/HEADs of ``url`` (its path; its origin too when absolute) between two positions."""
-        parts = urlsplit(url)
-        origin = origin_of(url) if parts.netloc else None
-        found = self.paths.get(parts.path or "/", [])
-        lo = bisect.bisect_right(found, after)
-        hi = len(found) if before is None else bisect.bisect_left(found, before)
-        return [j for j in found[lo:hi] if origin is None or self.origins[j] in ("", origin)]
-
-    def polls(
-        self, interactions: Sequence[Interaction], i: int, header: str | None, given: str, target: str
-    ) -> list[int]:
-        """The GETs of this start's status URL, up to the next start that gave the same URL."""
-        later = self.start_keys.get(target if header else "name:" + given, [])
-        k = bisect.bisect_right(later, i)
-        bound = later[k] if k < len(later) else self.count
-        if header is not None:
-            return self.asking(target, i, bound)
-        name = given.strip("/")
-        found = self.by_last.get(name.rsplit("/", 1)[-1], [])
-        lo, hi = bisect.bisect_right(found, i), bisect.bisect_left(found, bound)
-        return [j for j in found[lo:hi] if interactions[j].request.path.endswith("/" + name)]
-
-
-def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperation]:
-    """The long-running operations in ``interactions``, in the order they started.
-
-    A start is a POST/PUT/PATCH/DELETE answered 2xx with a status URL (Azure-AsyncOperation,
-    Operation-Location, Location, or an AIP-151 body ``{name, done: false}``) that later GETs ask for;
-    it is an operation when the start answered 202, or the polls report a status (``status``,
-    ``properties.provisioningState``, ``done``) or answer 202 while running. A 201 with a Location that is
-    fetched once (a created resource) is not one. Polls after the terminal answer (up to the next start
-    that gave the same URL) belong to the operation too (``after_terminal``).
-    """
-    index = _Index(interactions)
-    claimed: set[int] = set()
-    found: list[LearnedOperation] = []
-    for i, ia in enumerate(interactions):
-        resp = ia.response
-        candidates = index.starts[i]
-        if i in claimed or not candidates:
-            continue
-        for header, given, target in candidates:
-            polls = [j for j in index.polls(interactions, i, header, given, target) if j not in claimed]
-            if not polls:
-                continue
-            read = [
-                LearnedPoll(j, p.http_status, p.status, p.by)
-                for j in polls
-                for p in [_poll_status(interactions[j].response)]
-            ]
-            if header is None:
-                read = [
-                    LearnedPoll(p.index, p.http_status, p.status, "done" if p.by != "none" else "none")
-                    for p in read
-                ]
-            told = [p for p in read if p.by != "none"]
-            if not told:
-                continue
-            reported = any(p.by in ("status", "provisioningState", "done") for p in told)
-            if not (resp.status == 202 or reported or any(p.http_status == 202 for p in told)):
-                continue
-            terminal = next((n for n, p in enumerate(read) if _is_terminal(p)), None)
-            keep = read if terminal is None else read[: terminal + 1]
-            after = tuple(p.index for p in read[len(keep) :])
-            status_target = target or interactions[polls[0]].request.url
-            op = LearnedOperation(
-                start=i,
-                header=header,
-                status_url=given,
-                status_target=status_target,
-                operation_id=_operation_id(urlsplit(status_target).path),
-                polls=tuple(keep),
-                terminal=terminal,
-                style=_style(interactions, header, keep),
-                also_headers=tuple(
-                    h for h, g, t in candidates if h is not None and h != header and t == target
-                ),
-                after_terminal=after,
-            )
-            op = _with_resource(interactions, index, op, claimed.union(polls))
-            claimed.update(p.index for p in keep)
-            claimed.update(after)
-            if op.resource_get is not None:
-                claimed.add(op.resource_get)
-            claimed.add(i)
-            found.append(op)
-            break
-    return found
-
-
 def _operation_id(path: str) -> str:
     """The segment of a status path that names the operation: the last id-like one, else the last."""
     segments = [s for s in path.split("/") if s]
@@ -301,48 +218,6 @@ def _id_like(segment: str) -> bool:
     if segment.isdigit() and len(segment) >= 3:
         return True
     return bool(_OPAQUE.match(segment)) and any(c.isdigit() for c in segment)
-
-
-def _style(interactions: Sequence[Interaction], header: str | None, polls: Sequence[LearnedPoll]) -> Style:
-    if header is None or any(p.by == "done" for p in polls):
-        return "aip-151"
-    bodies = [_json(interactions[p.index].response.body) for p in polls]
-    keys = set().union(*(b.keys() for b in bodies if isinstance(b, dict)))
-    last = interactions[polls[-1].index].response if polls else None
-    if last is not None and last.header("Resource-Location"):
-        return "creator-v2"
-    if last is not None and last.status == 201 and ("resourceLocation" in keys or last.header("Location")):
-        return "creator-v1"
-    if "created" in keys and "createdDateTime" not in keys:
-        return "creator-v2"
-    if header == "Location":
-        return "creator-v1"
-    return "creator-v2"
-
-
-def _with_resource(
-    interactions: Sequence[Interaction], index: _Index, op: LearnedOperation, taken: set[int]
-) -> LearnedOperation:
-    """The created resource's URL (Resource-Location, resourceLocation, the success's Location), its GET."""
-    if op.terminal is None:
-        return op
-    last = op.polls[op.terminal]
-    if last.status is None or last.status.lower() != "succeeded":
-        return op
-    response = interactions[last.index].response
-    body = _json(response.body)
-    url = response.header("Resource-Location")
-    if not url and isinstance(body, dict) and isinstance(body.get("resourceLocation"), str):
-        url = body["resourceLocation"]
-    if not url and response.header("Location"):
-        candidate = urljoin(interactions[last.index].request.url, response.header("Location") or "")
-        if urlsplit(candidate).path != urlsplit(op.status_target).path:
-            url = candidate
-    if not url or op.style == "aip-151":
-        return op
-    target = urljoin(interactions[last.index].request.url, url)
-    get = next((j for j in index.asking(target, last.index) if j not in taken), None)
-    return LearnedOperation(**{**op.__dict__, "resource_url": target, "resource_get": get})
 
 
 # -- rendering ------------------------------------------------------------------------------------------
@@ -525,7 +400,6 @@ class _Writer:
             )
         )
         self.lines: list[str] = []
-        self.index = _Index(self.interactions)
         self.query_names: dict[tuple[str, str], dict[str, None]] = {}
         """Query parameter names seen per (method, path), in order."""
         for ia in self.interactions:
@@ -578,10 +452,15 @@ class _Writer:
     def _resource_gets(self, op: LearnedOperation) -> list[int]:
         """Every GET of the created resource from the first one on (the resource route answers them)."""
         assert op.resource_url is not None and op.resource_get is not None
+        first = op.start + 1 if op.final_via == "start-url" else op.resource_get
+        parts = urlsplit(op.resource_url)
+        origin = origin_of(op.resource_url) if parts.netloc else None
         return [
             j
-            for j in self.index.asking(op.resource_url, op.resource_get - 1)
+            for j in range(first, len(self.interactions))
             if self.interactions[j].request.method == "GET"
+            and self.interactions[j].request.path == (parts.path or "/")
+            and (origin is None or origin_of(self.interactions[j].request.url) == origin)
         ]
 
     # -- routes
@@ -840,7 +719,15 @@ class _Writer:
         if op.terminal is None:
             L.append("    # The recording ended before the operation did: as learned it never finishes.")
             L.append("    # Add a terminal step (status: Succeeded, or Failed with an error:) to end it.")
-        if resource is not None:
+        if op.style == "location" and op.terminal is not None and self._result_at_status_url(op):
+            last = self.interactions[op.polls[op.terminal].index]
+            self._response_lines("resource", self._response(last, t, keep_status=False), 4)
+            L.append("    # the result, served at the status URL when the operation succeeds (200)")
+        elif op.final_via == "start-url" and op.resource_get is not None:
+            answer = self._response(self.interactions[op.resource_get], t, keep_status=False)
+            self._response_lines("resource", answer, 4)
+            L.append("    # the answer to GET of the start's own URL after success (ARM's final GET)")
+        elif resource is not None:
             L.append(f"    resource-path: {_dump(resource[0])}")
             if op.resource_get is not None:
                 answer = self._response(self.interactions[op.resource_get], t, keep_status=False)
@@ -852,6 +739,19 @@ class _Writer:
         if len(group) > 1:
             ids = ", ".join(o.operation_id[:12] for o in group[:4])
             L.append(f"    # learned from the first; the others ({ids}) went the same way")
+
+    def _result_at_status_url(self, op: LearnedOperation) -> bool:
+        """``location``: the success answered 200 with a body (the result), not 204 (a DELETE's)."""
+        if op.terminal is None:
+            return False
+        last = self.interactions[op.polls[op.terminal].index]
+        start = self.interactions[op.start].request
+        return (
+            bool(op.polls[op.terminal].status == "Succeeded")
+            and start.method != "DELETE"
+            and last.response.status == 200
+            and bool(last.response.body)
+        )
 
     def _start_match(self, op: LearnedOperation, group: list[LearnedOperation], path: str) -> dict[str, Any]:
         start = self.interactions[op.start].request
@@ -883,7 +783,7 @@ class _Writer:
         ia = self.interactions[op.start]
         resp = ia.response
         out: dict[str, Any] = {}
-        default = 200 if op.style == "aip-151" else 202
+        default = DIALECTS[op.style].start_code(ia.request.method)
         if resp.status != default:
             out["status"] = resp.status
         retry = _retry_after(resp)
@@ -891,7 +791,7 @@ class _Writer:
             out["retry-after"] = retry
         skip = {h.lower() for h in (op.header, *op.also_headers) if h}
         headers = {
-            k: t.text(v, k)
+            k: self._result_location(op, ia, k, v) or t.text(v, k)
             for k, v in resp.headers
             if k.lower() not in NOISE_HEADERS and k.lower() not in skip
         }
@@ -907,6 +807,15 @@ class _Writer:
             body["json"]["name"] = t.text(op.status_url)
         out.update(body)
         return out
+
+    def _result_location(self, op: LearnedOperation, ia: Interaction, name: str, value: str) -> str | None:
+        """A start's Location (beside its status header) where the result is fetched: the operation's
+        resource URL, so each operation gives its own."""
+        if name.lower() != "location" or op.resource_url is None or op.final_via != "resource":
+            return None
+        if urljoin(ia.request.url, value.strip()) != op.resource_url:
+            return None
+        return "{{ operation.resource_url }}"
 
     def _steps(self, op: LearnedOperation, t: _Templater) -> tuple[list[tuple[dict[str, Any], str]], Any]:
         """The progression as steps (runs of equal answers as ``times``), and the operation's retry-after."""
@@ -1006,9 +915,11 @@ class _Writer:
         failure = first.status.lower().startswith("fail")
         with_resource = success and op.resource_url is not None
         native_code = 201 if with_resource and op.style == "creator-v1" else 200
+        body = _json(resp.body)
+        if op.style == "location":
+            native_code, body = self._location_native(op, first, terminal, body)
         if resp.status != native_code:
             step["http-status"] = resp.status
-        body = _json(resp.body)
         extra, error = self._extra_fields(op, first, body, with_resource, failure, t)
         if error is not None:
             step["error"] = error
@@ -1027,6 +938,20 @@ class _Writer:
             step["headers"] = headers
         return step
 
+    def _location_native(
+        self, op: LearnedOperation, poll: LearnedPoll, terminal: bool, body: Any
+    ) -> tuple[int, Any]:
+        """``location``: the code the style answers this poll with, and the recorded body the step must
+        add (None: the style's answer is the recording's: no body while running, the operation's
+        ``resource`` answer or 204 at the end)."""
+        if not terminal:
+            return 202, body
+        if poll.status == "Succeeded" and self._result_at_status_url(op):
+            return 200, None
+        if poll.status == "Succeeded":
+            return 204, body
+        return DIALECTS["location"].failure_code, body
+
     def _extra_fields(
         self,
         op: LearnedOperation,
@@ -1039,6 +964,9 @@ class _Writer:
         """The body fields the style does not write as recorded (null: the style's field the recording
         lacked), and the error for the step's ``error``."""
         style = op.style
+        if style == "location":  # no status body: the recorded one, if any, as it was
+            recorded_body = body if isinstance(body, dict) else {}
+            return {k: t.data(v, k) for k, v in recorded_body.items()}, None
         if style == "aip-151":
             native: dict[str, Any] = {"name": f"operations/{op.operation_id}", "done": _is_terminal(poll),
                                       "metadata": {"status": poll.status}}  # fmt: skip
@@ -1046,6 +974,11 @@ class _Writer:
             native = {"operationId": op.operation_id, "createdDateTime": _SEED_DATE, "status": poll.status}
             if with_resource:
                 native["resourceLocation"] = op.resource_url
+        elif style == "arm":
+            native = {"id": urlsplit(op.status_target).path, "name": op.operation_id, "status": poll.status,
+                      "startTime": _ISO}  # fmt: skip
+            if _is_terminal(poll):
+                native["endTime"] = _ISO
         else:
             native = {"operationId": op.operation_id, "created": _ISO, "status": poll.status}
         recorded = body if isinstance(body, dict) else {}

@@ -34,7 +34,11 @@ without a status field where running was 202) that a client is not expected to r
   ``unfinished``; ``terminal_status`` the status text; ``error`` the terminal body's ``error`` (recordings);
 - ``final``: the GET that fetched the result after the end (``FinalRoute``: the resource URL a success
   pointed at, or a PUT/PATCH's own URL), None when there was none;
-- ``entries``: the indexes of its start and polls in ``items``.
+- ``entries``: the indexes of its start and polls in ``items``;
+- for ``learn`` (recordings; empty or None for a journal): ``polls`` (each poll up to the end as a
+  ``PollFacts``), ``after_terminal`` (polls after the end), ``given`` (the status URL exactly as given),
+  ``also_given_by`` (other headers of the start answer that gave the same URL), ``resource_url`` (the
+  absolute URL of ``final``).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from proxy.dialects import DIALECTS, is_cancelled, is_failure, is_success
-from proxy.journal import Exchange, response_facts
+from proxy.journal import STATUS_URL_HEADERS, Exchange, response_facts
 from proxy.model import Interaction, Request, Response, header_value
 
 TOLERANCE_FRACTION = 0.05
@@ -314,6 +318,17 @@ class FinalRoute:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class PollFacts:
+    """One poll up to the operation's end: its index in ``items``, HTTP status code, the status its body
+    reported (None: none, e.g. a 202 without a body, a 503) and whether it ended the operation."""
+
+    index: int
+    http_status: int | None
+    status: str | None
+    ends: bool
+
+
 Outcome = Literal["succeeded", "failed", "canceled", "done", "unfinished"]
 
 
@@ -335,6 +350,11 @@ class Operation:
     error: Any
     final: FinalRoute | None
     entries: tuple[int, ...]
+    polls: tuple[PollFacts, ...] = ()
+    after_terminal: tuple[int, ...] = ()
+    given: str | None = None
+    also_given_by: tuple[str, ...] = ()
+    resource_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +370,10 @@ class _Seen:
     resource_urls: tuple[str, ...] = ()
     """Absolute URLs a success pointed at (Location on a 201, resourceLocation, Resource-Location,
     AIP-151 ``response.name`` when it is a URL or path)."""
+    result_url: str | None = None
+    """A start answer's ``Location`` beside an ``Azure-AsyncOperation`` or ``Operation-Location`` that
+    gives another URL: where the client fetches the result after success (azure-core's final-state-via
+    rule for a POST), not a status URL."""
 
 
 def recognise(items: Sequence[Exchange] | Sequence[Interaction]) -> list[Operation]:
@@ -392,6 +416,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         )
         body = _json(response.body)
         given: list[tuple[str, str]] = []
+        result_url = _result_location(response, request.url)
         if facts.status_urls:
             for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
                 value = header_value(response.headers, name)
@@ -405,9 +430,22 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
             _json(request.body),
             _form(request),
             _resource_urls(response, body, request.url),
+            result_url,
         )
     _link_aip_polls(exchanges, seen)
     return exchanges, seen
+
+
+def _result_location(response: Response, url: str) -> str | None:
+    """The absolute ``Location`` of an answer that also gives a status URL in a status header, when the
+    two differ (see ``_Seen.result_url``; ``response_facts`` does not count it as a status URL)."""
+    location = (header_value(response.headers, "location") or "").strip()
+    if not location:
+        return None
+    absolute = urljoin(url, location)
+    headers = [(header_value(response.headers, name) or "").strip() for name in STATUS_URL_HEADERS]
+    status = [urljoin(url, h) for h in headers if h]
+    return absolute if status and absolute not in status else None
 
 
 def _link_aip_polls(exchanges: list[Exchange], seen: dict[int, _Seen]) -> None:
@@ -495,9 +533,18 @@ def _summary(
     given_by: str | None = None
     url_form: Literal["absolute", "relative"] | None = None
     first = op.start if op.start is not None else (op.polls[0] if op.polls else None)
+    given: str | None = None
+    also: tuple[str, ...] = ()
     if first is not None and first in seen and seen[first].given_by:
         given_by, raw = seen[first].given_by[0]
         url_form = "absolute" if "://" in raw else "relative"
+        given = raw
+        base = exchanges[first].client_url
+        also = tuple(
+            name
+            for name, value in seen[first].given_by[1:]
+            if name != "body" and urljoin(base, value) == urljoin(base, raw)
+        )
     elif tag is not None:
         given_by = tag.headers[0] if tag.headers else "body" if tag.dialect == "aip-151" else "start-url"
         url_form = tag.url_form
@@ -506,6 +553,8 @@ def _summary(
     steps: list[StepFacts] = []
     began: list[float] = []
     end = op.terminal_at
+    upto = op.polls[: op.polls.index(end) + 1] if end is not None else op.polls
+    polls = tuple(PollFacts(i, exchanges[i].status, exchanges[i].op_status, i == end) for i in upto)
     for i in op.polls:
         e = exchanges[i]
         wait = round(e.retry_after, 3) if e.retry_after is not None else None  # HTTP-dates drift by µs
@@ -543,6 +592,11 @@ def _summary(
     if op_id is None and status_url is not None:  # the status URL's last segment, as the walk reads ids
         op_id = unquote(path_of(status_url)).rstrip("/").rsplit("/", 1)[-1] or None
     template = _template(status_url, op_id)
+    final = _final(exchanges, seen, timeline, op, last, start_e)
+    resource_url = None
+    if final is not None and seen:
+        fetched = exchanges[final.index].client_url
+        resource_url = next((u for u in _targets(seen, op, last) if path_of(u) == final.path), fetched)
     return Operation(
         dialect=tag.dialect if tag is not None else _dialect(exchanges, seen, op, given_by),
         label=op.label,
@@ -556,9 +610,23 @@ def _summary(
         outcome=outcome,
         terminal_status=terminal_status,
         error=error,
-        final=_final(exchanges, seen, timeline, op, last, start_e),
+        final=final,
         entries=tuple(([op.start] if op.start is not None else []) + op.polls),
+        polls=polls if seen else (),
+        after_terminal=tuple(op.polls[len(upto) :]) if seen else (),
+        given=given,
+        also_given_by=also,
+        resource_url=resource_url,
     )
+
+
+def _targets(seen: dict[int, _Seen], op: TrackedOperation, last: int | None) -> list[str]:
+    """Absolute URLs where the result of a recorded operation may be fetched: what its last answer
+    pointed at, and a Location its start gave beside a status header."""
+    urls = list(seen[last].resource_urls) if last is not None and last in seen else []
+    if op.start is not None and op.start in seen and seen[op.start].result_url is not None:
+        urls.append(seen[op.start].result_url or "")
+    return urls
 
 
 def _template(status_url: str | None, op_id: str | None) -> str | None:
@@ -615,9 +683,8 @@ def _final(
     if last is None:
         return None
     targets: dict[str, Literal["resource", "start-url"]] = {}
-    if last in seen:
-        for url in seen[last].resource_urls:
-            targets[path_of(url)] = "resource"
+    for url in _targets(seen, op, last):
+        targets[path_of(url)] = "resource"
     if start_e is not None and start_e.method in ("PUT", "PATCH"):
         targets.setdefault(path_of(start_e.path), "start-url")
     moment = exchanges[last].monotonic

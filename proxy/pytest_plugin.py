@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from proxy.control import OperationHandle
     from proxy.journal import Journal
     from proxy.server import ReplayProxy
+    from proxy.unused import CassetteUse
 
 RECORD_MODES = settings.RECORD_MODES
 MARKER = "replay_proxy"
@@ -88,6 +89,10 @@ def _read_settings(config: pytest.Config) -> Settings:
         Matcher(read.match_on, read.match_headers, read.filter_query_parameters, read.filter_headers)
     except ConfigError as e:
         raise pytest.UsageError(f"replay-proxy: {e}") from None
+    if read.engine == "lean" and _records(read):
+        raise pytest.UsageError(
+            "--replay-engine lean replays and plays only: record with --replay-engine mitmproxy"
+        )
     if read.report_html is not None:  # a directory relative to where pytest was started
         read = replace(read, report_html=config.invocation_params.dir / read.report_html)
     return read
@@ -111,7 +116,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # proxy's thread during the test that made the request: not the test's business, and fatal to the
     # handshake under `filterwarnings = error`.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:mitmproxy")
-    config.stash[_settings_key] = _read_settings(config)
+    read = config.stash[_settings_key] = _read_settings(config)
+    if read.journal_file is not None and not hasattr(config, "workerinput"):  # xdist workers append
+        from proxy.errors import ConfigError
+        from proxy.journal import start_fresh
+
+        try:
+            start_fresh(read.journal_file)
+        except ConfigError as e:
+            raise pytest.UsageError(f"--replay-journal: {e}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -130,6 +143,8 @@ class _SessionProxy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proxy: ReplayProxy | None = None
+        self.uses: list[CassetteUse] = []
+        """At the end: each cassette loaded for replay and what of it was played."""
 
     def get(self) -> ReplayProxy:
         if self.proxy is None:
@@ -145,7 +160,8 @@ class _SessionProxy:
         given.pop("record_mode")  # each test's use() says it
         given["upstream"] = self.settings.upstream if _records(self.settings) else None
         for attempt in range(START_ATTEMPTS):
-            proxy = ReplayProxy(**given, forward_port=_free_port())
+            forward_port = _free_port() if self.settings.engine == "mitmproxy" else None  # lean: no forward
+            proxy = ReplayProxy(**given, forward_port=forward_port)
             try:
                 return proxy.start()
             except StartupError as e:
@@ -156,6 +172,7 @@ class _SessionProxy:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
+            self.uses = self.proxy.addon.unused()
             self.proxy = None
 
 
@@ -201,6 +218,25 @@ def replay_proxy_server(pytestconfig: pytest.Config) -> Iterator[_SessionProxy]:
         yield holder
     finally:
         holder.stop()
+        pytestconfig.stash[_uses_key] = holder.uses
+
+
+_uses_key = pytest.StashKey["list[CassetteUse]"]()
+UNUSED_SHOWN = 10
+"""Unplayed interactions listed per cassette in the terminal summary (all with -v)."""
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The cassettes' interactions that no test of the session played (pytest-xdist: per worker, not
+    shown; use ``--replay-journal`` and ``replay-proxy prune --dry-run`` there)."""
+    from proxy.unused import format_unused
+
+    uses: list[CassetteUse] = config.stash.get(_uses_key, [])
+    text = format_unused(uses, None if config.option.verbose > 0 else UNUSED_SHOWN)
+    if text:
+        terminalreporter.write_sep("-", "replay-proxy: unused recorded interactions")
+        terminalreporter.write_line(text)
+    _summarise_reports(terminalreporter, config)  # --replay-report-html
 
 
 # -- what a test sees ------------------------------------------------------------------------------------
@@ -384,7 +420,7 @@ def _write_report(request: pytest.FixtureRequest, handle: ReplayProxyFixture, di
     request.config.stash.setdefault(_reports_key, {})[nodeid] = line
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+def _summarise_reports(terminalreporter: Any, config: pytest.Config) -> None:
     """Where the HTML reports of failed tests are: one line each, a link a CI log shows."""
     reports = config.stash.get(_reports_key, {})
     if not reports:
@@ -405,6 +441,8 @@ def replay_proxy_env(replay_proxy: ReplayProxyFixture, monkeypatch: pytest.Monke
     A client with a hard-coded base URL (``https://atlas.microsoft.com``) then talks to the proxy
     unchanged: requests and httpx read these variables.
     """
+    if not replay_proxy.proxy_url:
+        pytest.fail("replay_proxy_env needs a forward proxy: the lean engine has none (use mitmproxy)")
     for name in PROXY_VARIABLES:
         monkeypatch.setenv(name, replay_proxy.proxy_url)
     for name in CLEARED_VARIABLES:

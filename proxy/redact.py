@@ -408,6 +408,12 @@ class Redactor:
         """The copy of ``response`` to save (placeholders numbered as in ``interaction``)."""
         return self._response(response, _Seen()) if self.enabled else response
 
+    def headers(self, headers: Headers) -> Headers:
+        """Request ``headers`` as ``request`` saves them (placeholders numbered alike): for the journal."""
+        if not self.enabled or not headers:
+            return headers
+        return self._request(Request(method="GET", url="http://h/", headers=headers), _Seen()).headers
+
     def _placeholder(self, secret: str) -> str:
         if _PLACEHOLDER_RE.fullmatch(secret):
             return secret

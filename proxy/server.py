@@ -25,7 +25,7 @@ from mitmproxy.certs import CertStore
 from mitmproxy.master import Master
 from mitmproxy.utils import human
 
-from proxy import control, loading, mitm_internals
+from proxy import control, lean, loading, mitm_internals
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
@@ -140,6 +140,8 @@ class ReplayProxy:
         control_api: bool = True,
         control_token: str | None = None,
         root: str | os.PathLike[str] | None = None,
+        journal_file: str | os.PathLike[str] | None = None,
+        engine: str = lean.DEFAULT_ENGINE,
         har: str | os.PathLike[str] | None = None,
     ) -> None:
         # Each keyword is a setting of proxy/settings.py (a test holds this signature to its table).
@@ -170,6 +172,13 @@ class ReplayProxy:
         if settings.control_api:
             self.addon.control = _control_api(self, settings.host, settings.control_token, settings.root)
         self.replay_options = addon_options(_served(settings))
+        self.engine = settings.engine
+        """``mitmproxy`` (everything) or ``lean`` (replay and play, HTTP/1.1, several times faster)."""
+        if self.engine == "lean" and self.har is not None:  # HarCapture reads mitmproxy's flows
+            raise ConfigError(f"the lean engine does not write HAR (--har, har=): {lean._UNSUPPORTED}")
+        self._check_engine(self.replay_options)
+        self._lean: lean.LeanServer | None = None
+        self._lean_stop: asyncio.Event | None = None
         self.url = ""
         self.forward_url = ""
         """With ``forward_port``: the forward proxy's URL (for HTTP_PROXY / HTTPS_PROXY)."""
@@ -179,6 +188,20 @@ class ReplayProxy:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+
+    def _check_engine(self, opts: dict[str, Any]) -> None:
+        """The lean engine refuses what it cannot do (a ConfigError naming --engine mitmproxy)."""
+        if self.engine != "lean":
+            return
+        why = lean.refusal(
+            mode=self.mode,
+            record_mode=opts["replay_record_mode"],
+            upstream=opts["replay_upstream"],
+            passthrough=opts["replay_passthrough"],
+            forward_port=self.forward_port,
+        )
+        if why is not None:
+            raise ConfigError(why)
 
     @property
     def journal(self) -> Journal:
@@ -205,7 +228,7 @@ class ReplayProxy:
     def https_url(self) -> str:
         """The reverse proxy's listener spoken to over TLS (the same port): for clients that refuse plain
         http, such as azure-core with a bearer token. Trust ``ca_cert``. Empty in forward mode."""
-        if self.mode != "reverse" or not self.url:
+        if self.mode != "reverse" or not self.url or self.engine == "lean":
             return ""
         return "https://" + self.url.removeprefix("http://")
 
@@ -252,6 +275,10 @@ class ReplayProxy:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop serving and save what was recorded. Safe to call twice."""
         master, loop, thread = self._master, self._loop, self._thread
+        lean_stop = self._lean_stop
+        if lean_stop is not None and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(lean_stop.set)
         if master is not None and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(master.shutdown)
@@ -317,6 +344,7 @@ class ReplayProxy:
                 "record mode none records nothing)"
             )
         opts = addon_options(settings)
+        self._check_engine(opts)
         self._call_on_loop(lambda: self._switch(opts), timeout)
         return self
 
@@ -327,6 +355,11 @@ class ReplayProxy:
 
     def _switch(self, opts: dict[str, Any] | None) -> None:
         """On the proxy's loop: set the options (the addon rebuilds its session) and clear the journal."""
+        if self._lean is not None:
+            lean.install_session(self.addon, opts or self.replay_options, self.max_body_size)
+            self.replay_options = dict(opts or self.replay_options)
+            self.addon.journal.clear()
+            return
         assert self._master is not None
         if opts is None:
             names = self.replay_options.keys()
@@ -373,6 +406,9 @@ class ReplayProxy:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.engine == "lean":
+            await self._lean_main()
+            return
         opts = options.Options(listen_host=self.host, listen_port=self.port, confdir=str(self.confdir))
         master = Master(opts)
         self._master = master
@@ -413,6 +449,32 @@ class ReplayProxy:
                 await mitm_internals.close_servers(master)
             finally:
                 logging.getLogger().removeHandler(errors)
+
+    async def _lean_main(self) -> None:
+        """Serve with the lean engine (proxy/lean.py) until ``stop``."""
+        self._lean_stop = asyncio.Event()
+        try:
+            lean.install_session(self.addon, self.replay_options, self.max_body_size)
+        except ReplayProxyError as e:
+            self._error = e
+            return
+        target = self.addon.session.primary_origin if self.addon.session is not None else None
+        server = lean.LeanServer(self.addon, self.max_body_size, target or UNREACHABLE)
+        try:
+            host, port = await server.start(self.host, self.port)
+        except OSError as e:
+            detail = "the port is already in use" if "in use" in str(e).lower() else str(e)
+            self._error = StartupError(self._bind_error([detail]))
+            await server.close()
+            return
+        self._lean = server
+        self.listen_port = port
+        self.url = _url_of((host, port))
+        self._ready.set()
+        try:
+            await self._lean_stop.wait()
+        finally:
+            await server.close()
 
     def _mode_spec(self) -> str:
         if self.mode == "regular":
@@ -513,15 +575,6 @@ class _ControlHost:
             "clock": opts.get("replay_clock"),
             "upstream": opts.get("replay_upstream"),
         }
-
-    def redact_headers(self, headers: Any) -> Any:
-        from proxy.model import Request
-
-        session = self.proxy.addon.session
-        if session is None or not session.redactor.enabled:
-            return headers
-        shown = session.redactor.request(Request("GET", "http://replay-proxy.invalid/", tuple(headers)))
-        return shown.headers
 
 
 def _claim(proxy: ReplayProxy) -> None:

@@ -53,6 +53,8 @@ RECORD_MODES: tuple[str, ...] = ("rewrite", "all", "new_episodes", "once", "none
 """``router.RecordMode``'s values (a test holds them equal; the router is too heavy to import here)."""
 WHEN_EXHAUSTED: tuple[str, ...] = ("repeat-last", "cycle", "error")
 """``cassette.WHEN_EXHAUSTED`` (a test holds them equal)."""
+ENGINES: tuple[str, ...] = ("mitmproxy", "lean")
+"""``lean.ENGINES`` (a test holds them equal)."""
 DEFAULT_MATCH_ON: tuple[str, ...] = ("method", "path", "query")
 """``matching.DEFAULT_MATCH_ON`` (a test holds them equal)."""
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
@@ -444,6 +446,15 @@ class Settings:
         (CLI, KWARG),
         group=LISTENING,
     )
+    engine: str = declare(
+        "mitmproxy",
+        Choice(ENGINES),
+        "mitmproxy: everything (default); lean: replay and play over plain HTTP/1.1 in reverse mode, several "
+        "times faster (no recording, --upstream, --mode regular, HTTPS or HTTP/2; e.g. {flag}lean)",
+        _RUN,
+        group=LISTENING,
+        commands=("replay", "play", "serve"),
+    )
     confdir: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
         None,
         FilePath(),
@@ -659,6 +670,18 @@ class Settings:
         "devtools and mitmweb open and `replay-proxy replay` replays (e.g. {flag}session.har)",
         (CLI, KWARG),
         group=VERDICT,
+        metavar="FILE",
+    )
+    journal_file: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        FilePath(),
+        "write each exchange to FILE as it happens, one JSON line (time, method, URL, status, what "
+        "answered, Retry-After sent, operation, redacted request headers, the cassette interaction that "
+        "answered); the command line and pytest start it afresh, e.g. {flag}journal.jsonl (a CI "
+        "artefact; `replay-proxy prune` reads it)",
+        _ALL,
+        group=VERDICT,
+        flag="journal",
         metavar="FILE",
     )
     no_verify: bool = declare(

@@ -23,6 +23,8 @@ from proxy.creator_service import CreatorService
 from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINES = ("mitmproxy", "lean")
+"""The serving engines (``--engine``): tests of what both do are parametrised over them."""
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ generator.
 
 Figures are not checked (speed is shown by benchmarks, not asserted by tests): only that every target of
 ours starts, answers the load without errors, and lands in the JSON and Markdown results. No Java, npm or
-network: the floor, replay-proxy (play, replay), the lean-server experiment, the probes and the user's suite.
+network: the floor, replay-proxy (play, replay) on both engines, the probes and the user's suite.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ BENCHMARKS = ROOT / "benchmarks"
 def test_quick_run_measures_our_targets_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--no-install"]
-    argv += ["--groups", "floor,replay-proxy,experiment,probes,user-suite", "--sizes", "10"]
+    argv += ["--groups", "floor,replay-proxy,lean,probes,user-suite", "--sizes", "10"]
     argv += ["--seconds", "1", "--warmup", "0", "--suite-operations", "2"]
     argv += ["--workdir", str(tmp_path / "work"), "--out", str(out)]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
@@ -29,8 +29,7 @@ def test_quick_run_measures_our_targets_and_writes_results(tmp_path: Path) -> No
     results = json.loads((out / "results.json").read_text())
     rows = {row["key"]: row for row in results["targets"]}
     assert {"floor", "play", "replay-10"} <= rows.keys()
-    assert any(key.startswith("lean-") and key.endswith("-play") for key in rows)
-    assert any(key.startswith("lean-") and key.endswith("-replay-10") for key in rows)
+    assert {"lean-play", "lean-replay-10"} <= rows.keys()
     for row in rows.values():
         for run in (row["c1"], row["c32"]):
             assert run["requests"] > 0 and run["errors"] == 0, row
@@ -39,7 +38,7 @@ def test_quick_run_measures_our_targets_and_writes_results(tmp_path: Path) -> No
     assert rows["play"]["polled_paths"] == 64 and rows["replay-10"]["polled_paths"] == 1
 
     suite = {row["target"]: row for row in results["user_suite"]}
-    assert len(suite) == 3  # replay, play, the lean server
+    assert len(suite) == 4  # replay, play, on each engine
     for row in suite.values():
         assert row["error"] is None and row["requests"] == 2 * 6, row
 

@@ -25,7 +25,7 @@ from proxy import __version__
 from proxy.cassette import dumps, load, save
 from proxy.cli import build_parser
 from proxy.model import Interaction, Request, Response
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ENGINES, ROOT, run_cli
 from tests.upstream import BINARY, Upstream
 
 TIMEOUT = 10
@@ -134,9 +134,10 @@ def test_console_line_per_recorded_exchange(cli: Any, upstream: Upstream, tmp_pa
     assert [i.request.path_and_query for i in load(path)] == ["/json?x=1", "/echo", "/status/503"]
 
 
-def test_console_line_per_replayed_exchange(cli: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_console_line_per_replayed_exchange(cli: Any, tmp_path: Path, engine: str) -> None:
     path = _cassette(tmp_path / "c.yaml")
-    proc = cli(["replay", str(path), "--port", "0"])
+    proc = cli(["replay", str(path), "--port", "0", "--engine", engine])
     try:
         hit = requests.get(proc.url + "/hello", timeout=TIMEOUT)
         miss = requests.delete(proc.url + "/nope?z=9", timeout=TIMEOUT)
@@ -540,3 +541,22 @@ def test_ca_prints_an_existing_pem(tmp_path: Path) -> None:
     printed = Path(result.stdout.strip())
     assert printed == confdir / "mitmproxy-ca-cert.pem"
     assert printed.read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["play", "scenarios/azure-maps/tileset-succeeds.yaml", "--upstream", "http://127.0.0.1:9"],
+        ["replay", "cassettes/azure-maps/tileset-succeeds.yaml", "--mode", "regular"],
+        ["play", "scenarios/azure-maps/tileset-succeeds.yaml", "--engine", "turbo"],
+    ],
+)
+def test_the_lean_engine_refuses_what_it_cannot_do_with_status_2(args: list[str], confdir: Path) -> None:
+    """Forwarding and forward-proxy mode are mitmproxy's: said at start, naming the engine that does it."""
+    if "--engine" not in args:
+        args = [*args, "--engine", "lean"]
+    proc = run_cli([*args, "--port", "0"], confdir)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if "turbo" not in args:
+        assert "--engine mitmproxy" in proc.stderr, proc.stderr

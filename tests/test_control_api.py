@@ -16,13 +16,21 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from azure.core.exceptions import HttpResponseError
+from azure.core.polling import LROPoller
+from azure.core.polling.base_polling import LROBasePolling
+from azure.core.rest import HttpRequest
+from azure.mgmt.core.polling.arm_polling import ARMPolling
 
 from examples.creator_client import CreatorClient, OperationTimeout
 from proxy import verdict
 from proxy.control import ENDPOINTS
 from proxy.errors import ConfigError
+from proxy.operations import recognise
 from proxy.server import ReplayProxy
-from tests.conftest import ROOT
+from tests.conftest import ENGINES, ROOT
+from tests.test_dialects import INTERVAL as SDK_INTERVAL
+from tests.test_dialects import _client as sdk_client
 from tests.upstream import Upstream
 
 TILESET = "scenarios/azure-maps/tileset-succeeds.yaml"
@@ -415,6 +423,142 @@ def test_hold_then_fail_per_style(confdir: Path, style: str) -> None:
             assert error == {"code": "Quota", "message": "Out of quota."}
 
 
+# -- the location and arm styles, with the real azure-core / azure-mgmt-core pollers ---------------------
+
+SUB = "/subscriptions/s1/resourceGroups/rg/providers"
+NEW_STYLES: dict[str, tuple[str, str, Any]] = {
+    # style: (start method, start path, polling method); cancel.yaml's batch, storage account, network
+    "location": ("POST", "/batches", LROBasePolling),
+    "arm": ("PUT", f"{SUB}/Microsoft.Storage/storageAccounts/sa1", ARMPolling),
+    "arm-none": ("PUT", f"{SUB}/Microsoft.Network/virtualNetworks/vn1", ARMPolling),
+}
+CANCELS = {  # the scenario's cancel request of each: (method, path template), what it answers
+    "location": ("DELETE", "{status}", 204),
+    "arm": ("DELETE", "{start}", 200),
+    "arm-none": ("POST", "{start}/cancel", 200),
+}
+NEW_CLEAN = {"ok": True, "violations": []}
+
+
+def sdk_start(
+    proxy: ReplayProxy, client: Any, style: str, *, hold: bool = False
+) -> tuple[LROPoller[Any], str]:
+    """Start one operation of the cancel example in ``style`` and hand it to azure-core's LROPoller (which
+    polls in its own thread); ``hold``: held before the poller's first poll. (poller, operation id)"""
+    method, path, polling = NEW_STYLES[style]
+    initial = client.send_request(HttpRequest(method, proxy.url + path), _return_pipeline_response=True)
+    op = proxy.operations[-1]
+    if hold:
+        op.hold()
+    poller: LROPoller[Any] = LROPoller(
+        client, initial, lambda r: r.http_response.text(), polling(timeout=SDK_INTERVAL)
+    )
+    return poller, op.id
+
+
+def polls_of(proxy: ReplayProxy, op_id: str) -> list[tuple[int, str | None]]:
+    """(HTTP status, operation status) of each poll of ``op_id`` in the journal."""
+    return [(e.status, e.op_status) for e in proxy.journal.entries if e.operation == op_id and e.poll]
+
+
+@pytest.mark.parametrize("end", ["succeed", "fail", "cancel"])
+@pytest.mark.parametrize("style", list(NEW_STYLES))
+def test_hold_advance_and_end_with_the_sdk_pollers(confdir: Path, style: str, end: str) -> None:
+    """Held: the poller polls and nothing moves; advance: one step on; then the end the SDK sees."""
+    with (
+        running(confdir, scenarios=[ROOT / CANCEL], retry_after=0.01) as (proxy, http),
+        sdk_client(proxy.url) as client,
+    ):
+        poller, op_id = sdk_start(proxy, client, style, hold=True)
+        poller.wait(0.4)
+        assert not poller.done()
+        held = polls_of(proxy, op_id)
+        first = (202, "NotStarted") if style == "location" else (200, "Accepted")
+        assert len(held) > 3 and set(held) == {first}
+        (listed,) = http.get(C + "operations").json()["operations"]
+        assert (listed["held"], listed["step"], listed["terminal"]) == (True, 0, False)
+        assert op_action(http, op_id, "advance").status_code == 200
+        poller.wait(0.2)
+        assert not poller.done() and proxy.operations[-1].state.stage == 1
+        nxt = {"location": (202, "Running"), "arm": (200, "InProgress"), "arm-none": (200, "Updating")}
+        assert polls_of(proxy, op_id)[-1] == nxt[style]
+        error = {"error": {"code": "Quota", "message": "Out of quota."}} if end == "fail" else None
+        assert op_action(http, op_id, end, error).status_code == 200
+        if end == "succeed":
+            result = json.loads(poller.result(timeout=30))
+            if style == "location":  # the result is the last poll's answer
+                assert result == {"summary": {"successfulRequests": 1, "totalRequests": 1}}
+            else:
+                assert result["properties"] == {"provisioningState": "Succeeded"}
+            assert poller.status() == "Succeeded"
+        else:
+            with pytest.raises(HttpResponseError) as raised:
+                poller.result(timeout=30)
+            assert poller.status() == ("Canceled" if end == "cancel" and style != "location" else "Failed")
+            if style == "location":  # no status vocabulary: an error status code, the OData error says which
+                assert raised.value.status_code == 400
+                code = "Quota" if end == "fail" else "Canceled"
+                assert raised.value.error is not None and raised.value.error.code == code
+            elif end == "fail":
+                assert raised.value.error is not None and raised.value.error.code == "Quota"
+        entries = proxy.journal.entries
+        final = [e for e in entries if e.operation == op_id and e.poll is None and e.method == "GET"]
+        if style == "arm" and end == "succeed":  # the final GET of the PUT's URL, after the monitor said so
+            assert [e.path for e in final] == [NEW_STYLES[style][1]] and entries[-1] is final[0]
+        else:
+            assert final == []  # no final GET after a failure or a cancel (nor ever in location, arm-none)
+        [seen] = recognise(entries)
+        outcome = {"succeed": "succeeded", "fail": "failed", "cancel": "canceled"}[end]
+        assert (seen.dialect, seen.outcome) == (style.split("-")[0], outcome)
+        statuses = [e.op_status for e in entries if e.poll]
+        assert statuses[-1] == {"succeed": "Succeeded", "fail": "Failed", "cancel": "Canceled"}[end]
+        assert http.get(C + "verdict", params={"skip": "retry-after-202"}).json() == NEW_CLEAN
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("style", list(NEW_STYLES))
+def test_a_cancel_request_of_the_scenario_cancels_with_the_sdk_pollers(
+    confdir: Path, style: str, engine: str
+) -> None:
+    with (
+        running(confdir, scenarios=[ROOT / CANCEL], retry_after=0.01, engine=engine) as (proxy, http),
+        sdk_client(proxy.url) as client,
+    ):
+        poller, op_id = sdk_start(proxy, client, style)
+        poller.wait(0.2)
+        assert not poller.done()  # it runs until canceled
+        (method, template), answered = CANCELS[style][:2], CANCELS[style][2]
+        op = proxy.operations[-1]
+        start_path = NEW_STYLES[style][1]
+        r = http.request(method, template.format(status=op.state.status_url, start=start_path))
+        assert r.status_code == answered, r.text
+        if style == "arm":
+            assert r.json()["status"] == "Canceled"
+        elif style == "arm-none":
+            assert r.json()["properties"] == {"provisioningState": "Canceled"}
+        else:
+            assert r.content == b""
+        with pytest.raises(HttpResponseError) as raised:
+            poller.result(timeout=30)
+        if style == "location":
+            assert raised.value.status_code == 400
+            assert raised.value.error is not None and raised.value.error.code == "Canceled"
+        else:
+            assert poller.status() == "Canceled"
+        listed = http.get(C + "operations").json()["operations"][-1]
+        assert (listed["ended_by"], listed["terminal"], listed["status"]) == ("cancel", True, "Canceled")
+        cancels = [e for e in proxy.journal.entries if "cancel of operation" in e.detail]
+        assert [(e.method, e.status, e.operation) for e in cancels] == [(method, answered, op_id)]
+        assert http.get(C + "verdict", params={"skip": "retry-after-202"}).json() == NEW_CLEAN
+        [seen] = recognise(proxy.journal.entries)  # what the verdict reads: one operation, canceled
+        assert (seen.dialect, seen.outcome, seen.final) == (style.split("-")[0], "canceled", None)
+        # a second operation at another URL is not canceled by the first one's cancel request
+        other = start_path.replace("1", "2")
+        assert http.request(method, template.format(status=op.state.status_url, start=other)).status_code in (
+            (599,) if style != "location" else (204,)
+        )
+
+
 def test_a_held_start_lets_a_client_time_out_then_release_lets_it_finish(confdir: Path) -> None:
     """The client gives up at its own deadline (0.3 s, polling every 0.01 s): no waiting for a real job."""
     with running(confdir, scenarios=[ROOT / HELD], retry_after=0.01) as (proxy, http):
@@ -638,9 +782,6 @@ class BrokenHost:
 
     def loaded(self) -> dict[str, Any]:
         return {}
-
-    def redact_headers(self, headers: Any) -> Any:
-        return headers
 
 
 def test_handle_is_flow_free_and_a_failure_of_ours_is_a_500() -> None:

@@ -89,7 +89,8 @@ def test_shell_blocks_run_as_written(section: str, session: Session) -> None:
     assert all(rc == 0 for rc in statuses.values()), statuses
 
 
-YAML = [b for b in ALL if b.lang == "yaml"]
+PRE_COMMIT = [b for b in ALL if b.lang == "yaml" and b.text.startswith("# .pre-commit-config.yaml\n")]
+YAML = [b for b in ALL if b.lang == "yaml" and b not in PRE_COMMIT]
 
 
 @pytest.mark.parametrize("block", YAML, ids=[b.id for b in YAML])
@@ -104,6 +105,35 @@ def test_scenario_blocks_pass_check(block: Block, tmp_path: Path) -> None:
     loaded, problems = check_scenarios([path])
     assert not problems, f"{block.id}: " + "\n".join(problems[0])
     assert loaded
+
+
+@pytest.mark.parametrize("block", PRE_COMMIT, ids=[b.id for b in PRE_COMMIT])
+def test_the_pre_commit_config_runs_lint_on_cassettes(block: Block, tmp_path: Path) -> None:
+    """The README's `.pre-commit-config.yaml`: the hook is the shipped one (.pre-commit-hooks.yaml), and
+    its entry, run as pre-commit runs it (the files its pattern takes as arguments), passes the shipped
+    cassettes and fails on a cassette with a secret."""
+    (hook,) = yaml.safe_load(block.text)["repos"][0]["hooks"]
+    (shipped,) = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert (hook["id"], hook["files"]) == (shipped["id"], shipped["files"])
+    assert hook["entry"] == "uv run " + shipped["entry"]
+    session = Session(tmp_path)
+    pattern = re.compile(hook["files"])
+
+    def run_hook() -> subprocess.CompletedProcess[str]:
+        files = [str(p.relative_to(session.work)) for p in sorted(session.work.rglob("*"))]
+        taken = [f for f in files if pattern.search(f)]
+        assert taken
+        return session.bash(hook["entry"] + " " + " ".join(taken) + "\n")
+
+    clean = run_hook()
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    leaky = session.work / "cassettes" / "leaky.yaml"
+    secret = "      Authorization:\n      - Bearer a-token-left-in-the-cassette\n"
+    shipped_text = (session.work / "cassettes/azure-maps/tileset-succeeds.yaml").read_text()
+    leaky.write_text(shipped_text.replace("      User-Agent:\n", secret + "      User-Agent:\n", 1))
+    caught = run_hook()
+    assert caught.returncode == 3, caught.stdout + caught.stderr
+    assert "cassettes/leaky.yaml:" in caught.stdout and "request header Authorization" in caught.stdout
 
 
 PYTHON = [b for b in ALL if b.lang == "python"]

@@ -30,6 +30,7 @@ from proxy.model import Request, Response
 from proxy.router import Decision, RecordMode, Router, Scripted
 from proxy.scenario.answer import Answer
 from proxy.server import ReplayProxy
+from tests.conftest import ENGINES
 
 JSON = (("Content-Type", "application/json"),)
 BODY = json.dumps({"status": "Running", "padding": "x" * 80}).encode()
@@ -75,17 +76,18 @@ class ScriptRouter(Router):
         return super().decide(request, base_url)
 
 
-def _start(confdir: Path, mode: str = "reverse") -> ReplayProxy:
-    proxy = ReplayProxy(confdir=confdir, mode=mode).start()
+def _start(confdir: Path, mode: str = "reverse", engine: str = "mitmproxy") -> ReplayProxy:
+    proxy = ReplayProxy(confdir=confdir, mode=mode, engine=engine).start()
     session = proxy.addon.session
     assert session is not None
     proxy.addon.session = session._replace(router=ScriptRouter(None, RecordMode.NONE, cassette_existed=False))
     return proxy
 
 
-@pytest.fixture(scope="class")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplayProxy]:
-    p = _start(tmp_path_factory.getbasetemp() / "replay-proxy-conf")
+@pytest.fixture(scope="class", params=ENGINES)
+def proxy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplayProxy]:
+    """The scripted proxy, once per engine: every fault is carried out by both (proxy/fault_plan.py)."""
+    p = _start(tmp_path_factory.getbasetemp() / "replay-proxy-conf", engine=request.param)
     try:
         yield p
     finally:
@@ -191,7 +193,7 @@ class TestFaults:
     def test_hang_does_not_block_others_and_is_released(self, proxy: ReplayProxy) -> None:
         with ThreadPoolExecutor(2) as pool:
             hanging = pool.submit(_requests, proxy.url + "/hang", 1)
-            _wait_for(lambda: _count(proxy, "/hang") >= 1 and bool(faults._waiters))
+            _wait_for(lambda: _count(proxy, "/hang") >= 1 and _waiting(proxy))
             started = time.monotonic()
             assert _requests(proxy.url + "/plain", 5) == (200, BODY)
             assert time.monotonic() - started < 1
@@ -199,7 +201,7 @@ class TestFaults:
             with pytest.raises(requests.exceptions.ReadTimeout):
                 hanging.result(10)
         # The client gave up and closed its connection: the hanging hook is released, nothing waits.
-        _wait_for(lambda: not faults._waiters)
+        _wait_for(lambda: not _waiting(proxy))
 
     def test_malformed_json(self, proxy: ReplayProxy) -> None:
         """A 200 with the cut body, delivered whole: the failure is the client's JSON decoding."""
@@ -322,9 +324,10 @@ class TestFaults:
             r = session.head(proxy.url + "/dribble", timeout=5)
             assert (r.status_code, r.content) == (200, b"")
             assert r.headers["Content-Length"] == str(len(DRIBBLED))
-        backend = faults._backend
-        assert backend is not None
-        assert backend.jobs == {}
+        if proxy.engine == "mitmproxy":
+            backend = faults._backend
+            assert backend is not None
+            assert backend.jobs == {}
 
     def test_faults_are_journaled(self, proxy: ReplayProxy) -> None:
         proxy.journal.clear()
@@ -421,12 +424,13 @@ class TestThroughConnectAndTls:
         assert rc == (92 if h2 else 52), err
 
 
-def test_stopping_the_proxy_releases_a_hanging_request(confdir: Path) -> None:
-    proxy = _start(confdir)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_stopping_the_proxy_releases_a_hanging_request(confdir: Path, engine: str) -> None:
+    proxy = _start(confdir, engine=engine)
     try:
         with ThreadPoolExecutor(1) as pool:
             hanging = pool.submit(_requests, proxy.url + "/hang", 30)
-            _wait_for(lambda: bool(faults._waiters))
+            _wait_for(lambda: _waiting(proxy))
             started = time.monotonic()
             proxy.stop()
             assert time.monotonic() - started < 5
@@ -435,7 +439,7 @@ def test_stopping_the_proxy_releases_a_hanging_request(confdir: Path) -> None:
                 hanging.result(5)
             assert type(caught.value) is requests.exceptions.ConnectionError
             assert type(_cause(caught.value)) is http.client.RemoteDisconnected
-        assert not faults._waiters
+        assert not _waiting(proxy)
         assert faults._backend is None
     finally:
         proxy.stop()
@@ -465,6 +469,14 @@ def test_stopping_the_proxy_ends_a_dribble(confdir: Path) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+
+def _waiting(proxy: ReplayProxy) -> bool:
+    """Whether an answer is waiting (delayed or hanging) in the proxy's engine."""
+    if proxy.engine == "lean":
+        assert proxy._lean is not None
+        return proxy._lean.waiting() > 0
+    return bool(faults._waiters)
 
 
 def _timed(url: str) -> tuple[int, bytes, float]:

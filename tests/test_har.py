@@ -252,3 +252,15 @@ def test_a_broken_har_is_refused_saying_where(confdir: Path, tmp_path: Path) -> 
     done = run_cli(["record", "http://127.0.0.1:9", "-o", str(tmp_path / "new.har"), "--port", "0"], confdir)
     assert done.returncode == 2
     assert "a HAR file is replayed, not recorded to" in done.stderr
+
+
+def test_the_lean_engine_refuses_har(tmp_path: Path) -> None:
+    """HAR is built from mitmproxy's flows: the lean engine says so at once instead of writing nothing."""
+    import pytest
+
+    from proxy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lean engine does not write HAR .*--engine mitmproxy"):
+        ReplayProxy(
+            scenarios=["scenarios/azure-maps/tileset-succeeds.yaml"], engine="lean", har=tmp_path / "s.har"
+        )

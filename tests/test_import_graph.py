@@ -35,3 +35,25 @@ def test_the_reference_service_uses_the_scenario_date_format() -> None:
     from proxy.scenario import dates
 
     assert creator_service.format_created_date_time is dates.format_created_date_time
+
+
+CORE_MODULES = ["proxy.handler", "proxy.fault_plan", "proxy.router", "proxy.rewrite", "proxy.journal"]
+
+
+def test_the_core_imports_nothing_from_mitmproxy() -> None:
+    """The decision a request gets (proxy/handler.py) and its fault plan are engine-neutral: both the
+    mitmproxy addon and the lean engine adapt them, so importing them loads no mitmproxy module (a fresh
+    interpreter; the ``proxy`` package itself only registers mitmproxy.addons's deferred init)."""
+    code = (
+        "import importlib, sys\n"
+        "import proxy\n"
+        "before = {m for m in sys.modules if m.split('.')[0] == 'mitmproxy'}\n"
+        f"for name in {CORE_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    new = {m for m in sys.modules if m.split('.')[0] == 'mitmproxy'} - before\n"
+        "    assert not new, f'{name} imports {sorted(new)}'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

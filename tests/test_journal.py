@@ -22,7 +22,7 @@ import requests
 from proxy.journal import Exchange, Journal
 from proxy.server import ReplayProxy
 from proxy.verdict import Violation, check
-from tests.conftest import ROOT, Cli
+from tests.conftest import ENGINES, ROOT, Cli
 
 TIMEOUT = 10
 MAX_POLLS = 20
@@ -355,8 +355,9 @@ def _rest_of_stdout(c: Cli) -> str:
     return c.proc.stdout.read()
 
 
-def test_play_report_prints_the_timeline_and_violations_at_exit(cli: type[Cli]) -> None:
-    c = cli(["play", str(SCENARIO), "--port", "0", "-q", "--report"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_play_report_prints_the_timeline_and_violations_at_exit(cli: type[Cli], engine: str) -> None:
+    c = cli(["play", str(SCENARIO), "--port", "0", "-q", "--report", "--engine", engine])
     assert c.url, c.stderr
     _naive_run(c.url)
     assert c.stop(signal.SIGTERM) == 0  # a report, not a gate
@@ -381,8 +382,10 @@ def test_play_report_prints_the_timeline_and_violations_at_exit(cli: type[Cli]) 
     assert len(verdict) == 3
 
 
-def test_strict_report_exits_3_on_violations_and_checks_can_be_skipped(cli: type[Cli]) -> None:
-    c = cli(["play", str(SCENARIO), "--port", "0", "-q", "--strict-report", "--skip-check", "unmatched"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_strict_report_exits_3_on_violations_and_checks_can_be_skipped(cli: type[Cli], engine: str) -> None:
+    args = ["--strict-report", "--skip-check", "unmatched", "--engine", engine]
+    c = cli(["play", str(SCENARIO), "--port", "0", "-q", *args])
     _naive_run(c.url)
     assert c.stop(signal.SIGINT) == 3
     out = _rest_of_stdout(c).splitlines()

@@ -4,7 +4,8 @@ Round trips: a recording (made here through the recording proxy from a loopback 
 public cassette) is learned; the client then runs against `replay cassette` and against `play learned.yaml`,
 and must see the same sequence of (HTTP status, operation status, terminal) and the same result, with a
 clean verdict on both. Every style of the language: creator-v1 (the reference service), creator-v2
-(Operation-Location), AIP-151 (body name), Azure-AsyncOperation and Location polling (202 until done).
+(Operation-Location), AIP-151 (body name), arm (Azure-AsyncOperation, then the final GET) and location
+(202 until done). Learn's operations are proxy.operations.recognise's, the verdict's recogniser.
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ class StylesService:
             headers = {"Retry-After": "1"} if n < 3 else {}
         elif h.command == "GET" and path == "/subscriptions/s1/resourceGroups/g1/providers/Demo/things/t1":
             status, body = 200, {"id": "/things/t1", "properties": {"provisioningState": "Succeeded"}}
+        elif h.command == "POST" and path == "/things/t3/listKeys":
+            op = str(uuid.uuid4())
+            status, body = 202, None
+            headers = {
+                "Azure-AsyncOperation": f"{base}/subscriptions/s1/providers/Demo/locations/westus/"
+                f"operationStatuses/{op}?api-version=2024-01-01",
+                "Location": f"{base}/keyresults/{op}?api-version=2024-01-01",
+                "Retry-After": "1",
+            }
+        elif h.command == "GET" and path.startswith("/keyresults/"):
+            status, body = 200, {"keys": [{"keyName": "key1", "permissions": "FULL"}]}
         elif h.command == "DELETE" and path == "/things/t2":
             op = str(uuid.uuid4())
             status, body = 202, None
@@ -227,8 +239,7 @@ VOLATILE = ("id", "creat", "name", "url", "location", "date", "time", "token")
 
 
 def _stable(value: Any) -> Any:
-    """A result without what differs from run to run; an empty body and {} alike (see the README: a learned
-    status step always has a JSON body)."""
+    """A result without what differs from run to run; an empty body and {} alike."""
     if value is None or value == {}:
         return None
     if isinstance(value, dict):
@@ -366,8 +377,32 @@ def test_azure_async_operation_with_azure_core(tmp_path: Path, confdir: Path, st
     assert outcome[0] == "Succeeded"
     text = learned.read_text()
     op = yaml.safe_load(text)["operations"][0]
-    assert op["header"] == "Azure-AsyncOperation" and op["accepted"]["status"] == 201
-    assert "routes:" in text  # the final GET of the resource, as recorded
+    assert op["style"] == "arm" and op["header"] == "Azure-AsyncOperation"
+    assert "status" not in op["accepted"]  # a PUT's 201 is the arm style's own
+    assert "resource" in op and "routes:" not in text  # the final GET of the PUT's URL: the operation's
+
+
+def test_arm_post_with_a_location_beside_azure_async_operation(
+    tmp_path: Path, confdir: Path, styles: StylesService
+) -> None:
+    """An ARM action: 202 with Azure-AsyncOperation (polled) and another URL in Location (fetched after
+    success, azure-core's final-state-via rule for a POST). Each learned operation gives its own result
+    URL, and the result GET is the operation's, not a route of the one recorded URL."""
+
+    def client(base: str) -> Any:
+        polling = OperationResourcePolling("azure-asyncoperation")
+        return azure_core(base, "POST", "/things/t3/listKeys", polling)
+
+    cassette = record(tmp_path, confdir, styles.url, client)
+    learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client, skip=("retry-after-202",))
+    assert [e[1] for e in entries] == [202, 200, 200, 200, 200]
+    assert outcome == ("Succeeded", {"keys": [{"permissions": "FULL"}]})  # (names are left out)
+    text = learned.read_text()
+    op = yaml.safe_load(text)["operations"][0]
+    assert op["style"] == "arm" and op["header"] == "Azure-AsyncOperation"
+    assert op["accepted"]["headers"] == {"Location": "{{ operation.resource_url }}"}
+    assert op["resource-path"] == "/keyresults/{resourceId}" and op["resource"]["json"]["keys"]
+    assert "routes:" not in text
 
 
 def test_location_polling_with_azure_core(tmp_path: Path, confdir: Path, styles: StylesService) -> None:
@@ -375,9 +410,16 @@ def test_location_polling_with_azure_core(tmp_path: Path, confdir: Path, styles:
         return azure_core(base, "DELETE", "/things/t2", LocationPolling())
 
     cassette = record(tmp_path, confdir, styles.url, client)
-    _learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client, skip=("retry-after-202",))
+    learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client, skip=("retry-after-202",))
     assert [e[1] for e in entries] == [202, 202, 202, 200]
     assert outcome[0] == "Succeeded"
+    op = yaml.safe_load(learned.read_text())["operations"][0]
+    assert op["style"] == "location" and op["header"] == "Location"
+    assert all("json" not in step for step in op["steps"][:-1])  # 202 without a body, as recorded
+    with ReplayProxy(confdir=confdir, retry_after=FAST, scenarios=[learned]) as p:
+        start = requests.delete(f"{p.url}/things/t2", timeout=10)
+        poll = requests.get(urljoin(start.url, start.headers["Location"]), timeout=10)
+    assert (start.status_code, poll.status_code, poll.content) == (202, 202, b"")  # not {}
 
 
 def test_real_azure_sdk_recording_copy_model(tmp_path: Path, confdir: Path) -> None:
@@ -414,8 +456,35 @@ def test_real_arm_delete_location_polling(tmp_path: Path, confdir: Path) -> None
     def client(base: str) -> Any:
         return azure_core(base, "DELETE", path, LocationPolling())
 
-    _, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client)
+    learned, (entries, outcome) = round_trip(tmp_path, confdir, cassette, client)
     assert [e[1] for e in entries] == [202, 202, 200] and outcome[0] == "Succeeded"
+    assert yaml.safe_load(learned.read_text())["operations"][0]["style"] == "location"
+
+
+def test_learn_reads_operations_with_the_verdicts_recogniser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One module infers operations: learn's come from proxy.operations.recognise, whose walk
+    (``Timeline``) is the one the verdict judges."""
+    import proxy.operations
+    import proxy.verdict
+
+    assert proxy.verdict._Analysis is proxy.operations.Timeline
+    cassette = ROOT / "cassettes/azure-maps/tileset-succeeds.yaml"
+    walks: list[int] = []
+
+    class Counting(proxy.operations.Timeline):
+        def __init__(self, entries: Any) -> None:
+            walks.append(len(entries))
+            super().__init__(entries)
+
+    monkeypatch.setattr(proxy.operations, "Timeline", Counting)
+    interactions = [e.interaction for e in read_recording(cassette).exchanges]
+    assert len(find_operations(interactions)) == 1 and walks == [len(interactions)]
+    monkeypatch.setattr(proxy.operations, "recognise", lambda items: [])
+    assert find_operations(interactions) == []
+    assert main(["learn", str(cassette), "-o", str(tmp_path / "l.yaml")]) == 0
+    assert "operations:" not in (tmp_path / "l.yaml").read_text()
 
 
 # -- shapes ---------------------------------------------------------------------------------
@@ -538,6 +607,7 @@ def test_real_arm_deployments_three_operations(tmp_path: Path, confdir: Path) ->
     assert what_if[0] == "Failed" and what_if[1]["error"]["code"] == "InvalidTemplate"
     ops = yaml.safe_load(learned.read_text())["operations"]
     assert [o["header"] for o in ops] == ["Azure-AsyncOperation", "Location", "Location"]
+    assert [o["style"] for o in ops] == ["arm", "creator-v1", "location"]
     assert ops[1]["steps"][0]["error"]["code"] == "InvalidTemplate"
 
 

@@ -31,7 +31,7 @@ from proxy.cassette import load
 from proxy.creator_service import SEED_FAILURE_ERROR, CreatorService
 from proxy.rewrite import parse_retry_after
 from proxy.server import ReplayProxy
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ENGINES, ROOT, run_cli
 
 TIMEOUT = 10
 MAX_POLLS = 60
@@ -291,11 +291,12 @@ def test_every_azure_maps_scenario_has_a_check() -> None:
     assert sorted(p.stem for p in AZURE_MAPS) == sorted(AZURE_CHECKS)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("kind", ["requests", "httpx"])
 @pytest.mark.parametrize("scenario", AZURE_MAPS, ids=lambda p: p.stem)
-def test_azure_maps_scenario_end_to_end(scenario: Path, kind: str, confdir: Path) -> None:
+def test_azure_maps_scenario_end_to_end(scenario: Path, kind: str, engine: str, confdir: Path) -> None:
     with (
-        playing(scenario, confdir=confdir, retry_after=0.01) as proxy,
+        playing(scenario, confdir=confdir, retry_after=0.01, engine=engine) as proxy,
         sync_client(kind) as (http, transient),
     ):
         job = create_tileset(http, transient, proxy.url)
@@ -306,12 +307,14 @@ def test_azure_maps_scenario_end_to_end(scenario: Path, kind: str, confdir: Path
         assert {e.source for e in proxy.journal.entries} == {"scenario"}
 
 
-def test_flaky_polling_with_httpx_async(confdir: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_flaky_polling_with_httpx_async(confdir: Path, engine: str) -> None:
     async def go(base: str) -> Job:
         async with httpx.AsyncClient(trust_env=False) as client:
             return await create_tileset_async(client, base)
 
-    with playing(SCENARIOS / "azure-maps/flaky-polling.yaml", confdir=confdir, retry_after=0.01) as proxy:
+    flaky = SCENARIOS / "azure-maps/flaky-polling.yaml"
+    with playing(flaky, confdir=confdir, retry_after=0.01, engine=engine) as proxy:
         job = asyncio.run(go(proxy.url))
         assert_status_bodies(job)
         check_flaky_polling(job, proxy.url)
@@ -603,14 +606,15 @@ SPOT_CHECKS: dict[str, Callable[[Poller, ReplayProxy], None]] = {
 }
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("scenario", CONFORMANCE, ids=lambda p: p.stem)
-def test_lro_conformance_file_serves(scenario: Path, confdir: Path) -> None:
+def test_lro_conformance_file_serves(scenario: Path, engine: str, confdir: Path) -> None:
     """Every file loads and serves a whole operation; the distinctive ones show what they provoke.
 
     No ``retry_after`` here: the header values as the files write them are what is checked.
     """
     assert scenario.stem in LAST_STATUS, f"add the expected last status of {scenario.name} to LAST_STATUS"
-    with playing(scenario, confdir=confdir) as proxy:
+    with playing(scenario, confdir=confdir, engine=engine) as proxy:
         poller = Poller(proxy.url).run()
         entries = proxy.journal.entries
         assert {e.source for e in entries} == {"scenario"}, [e.line() for e in entries]
@@ -861,9 +865,10 @@ def test_schema_prints_the_shipped_schema(confdir: Path) -> None:
     assert json.loads(result.stdout) == json.loads((SCENARIOS / "scenario.schema.json").read_text())
 
 
-def test_play_ready_line_and_one_console_line_per_exchange(cli: Any) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_play_ready_line_and_one_console_line_per_exchange(cli: Any, engine: str) -> None:
     scenario = "scenarios/azure-maps/tileset-succeeds.yaml"
-    proc = cli(["play", scenario, "--port", "0", "--retry-after", "0.01"])
+    proc = cli(["play", scenario, "--port", "0", "--retry-after", "0.01", "--engine", engine])
     assert re.match(
         r"replay-proxy on http://127\.0\.0\.1:\d+ is playing " + re.escape(scenario) + "$", proc.ready_line
     )
@@ -971,15 +976,19 @@ routes:
 """
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_template_error_is_a_scenario_error_and_the_proxy_keeps_serving(
-    tmp_path: Path, confdir: Path
+    tmp_path: Path, confdir: Path, engine: str
 ) -> None:
     from proxy.verdict import check
 
     scenario = tmp_path / "broken.yaml"
     scenario.write_text(TEMPLATE_ERROR)
     problem = f"{scenario}:7:17: template error: 'dict object' has no attribute 'missing'"
-    with playing(scenario, confdir=confdir) as proxy, httpx.Client(trust_env=False, timeout=TIMEOUT) as http:
+    with (
+        playing(scenario, confdir=confdir, engine=engine) as proxy,
+        httpx.Client(trust_env=False, timeout=TIMEOUT) as http,
+    ):
         for _ in range(2):
             r = http.post(f"{proxy.url}/echo?x=1", json={"present": 1})
             assert (r.status_code, r.reason_phrase) == (599, "Scenario Error (replay-proxy)")

@@ -723,3 +723,16 @@ def test_report_html_writes_a_page_per_test_and_links_the_failed_ones(inner: pyt
     assert "test_reported.py::test_impatient: report: " in out and link in out  # the failed one, linked
     assert (inner.path / "reports" / pages[1]).resolve().as_uri() not in out  # not the passing one
     assert "replay-proxy: 2 HTML report(s) in" in out
+
+
+def test_the_lean_engine_serves_the_same_session_switching(inner: pytest.Pytester) -> None:
+    """--replay-engine lean (and ini replay_engine): the fixture, the marker, use() and the verdict work
+    the same; there is no forward-proxy listener (proxy_url is empty)."""
+    inner.makepyfile(test_switching=SWITCHING)
+    inner.makeini(f"[pytest]\naddopts = {INNER_ADDOPTS}\nreplay_engine = lean\n")
+    result = run(inner, "-W", "error::pytest.PytestUnknownMarkWarning")
+    assert outcomes(result) == {"passed": 7}, result.stdout.str()
+    lines = (inner.path / "out" / "proxies.txt").read_text().splitlines()
+    assert all(len(line.split()) == 3 for line in lines), lines  # name, url, id: no proxy_url
+    result = run(inner, "--replay-engine", "lean", "--replay-record-mode", "once")
+    assert "--replay-engine lean replays and plays only" in result.stderr.str()

@@ -27,6 +27,7 @@ from proxy.cassette import save
 from proxy.creator_service import CreatorService
 from proxy.model import Interaction, Request, Response
 from proxy.server import ReplayProxy
+from tests.conftest import ENGINES
 from tests.upstream import BINARY, Upstream
 
 TIMEOUT = 10
@@ -241,10 +242,11 @@ def test_record_creator_flow_follows_locations_on_the_proxy_and_saves_real_urls(
 # ----------------------------------------------------------------------------- 2. offline replay
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("service_state", ["stopped", "listening"])
 @pytest.mark.parametrize("client", CLIENTS)
 def test_replay_creator_flow_offline_never_connects(
-    client: str, service_state: str, creator_cassette: Recorded, confdir: Path
+    client: str, service_state: str, engine: str, creator_cassette: Recorded, confdir: Path
 ) -> None:
     service = None
     if service_state == "listening":
@@ -254,7 +256,7 @@ def test_replay_creator_flow_offline_never_connects(
     saved = creator_cassette.path.read_bytes()
     try:
         before = service.connections if service else 0
-        with ReplayProxy(creator_cassette.path, confdir=confdir) as proxy:
+        with ReplayProxy(creator_cassette.path, confdir=confdir, engine=engine) as proxy:
             seen = run_with(client, lambda send: creator_flow(send, proxy.url))
             entries = proxy.journal.entries
         assert_creator_flow(seen, proxy.url)
@@ -281,10 +283,11 @@ def _finish_flow(proxy: ReplayProxy) -> tuple[str, list[Seen]]:
     return seen[0].headers["location"], seen
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 def test_exhausted_sequence_repeats_the_last_answer_and_journal_flags_it(
-    creator_cassette: Recorded, confdir: Path
+    creator_cassette: Recorded, confdir: Path, engine: str
 ) -> None:
-    with ReplayProxy(creator_cassette.path, confdir=confdir) as proxy:
+    with ReplayProxy(creator_cassette.path, confdir=confdir, engine=engine) as proxy:
         status_url, seen = _finish_flow(proxy)
         extra = [get(status_url) for _ in range(2)]
         entries = proxy.journal.entries
@@ -310,8 +313,11 @@ def test_exhausted_sequence_cycles_from_the_first_answer(creator_cassette: Recor
     ]
 
 
-def test_exhausted_sequence_with_error_policy_answers_599(creator_cassette: Recorded, confdir: Path) -> None:
-    with ReplayProxy(creator_cassette.path, confdir=confdir, when_exhausted="error") as proxy:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_exhausted_sequence_with_error_policy_answers_599(
+    creator_cassette: Recorded, confdir: Path, engine: str
+) -> None:
+    with ReplayProxy(creator_cassette.path, confdir=confdir, when_exhausted="error", engine=engine) as proxy:
         status_url, _ = _finish_flow(proxy)
         extra = get(status_url)
         entries = proxy.journal.entries
@@ -455,11 +461,14 @@ def _throttled_cassette(path: Path, origin: str = "http://service.example") -> N
     )
 
 
-def test_retry_after_api_option_rewrites_seconds_and_milliseconds(tmp_path: Path, confdir: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_retry_after_api_option_rewrites_seconds_and_milliseconds(
+    tmp_path: Path, confdir: Path, engine: str
+) -> None:
     path = tmp_path / "throttled.yaml"
     _throttled_cassette(path)
     before = path.read_bytes()
-    with ReplayProxy(path, confdir=confdir, retry_after=0.01) as proxy:
+    with ReplayProxy(path, confdir=confdir, retry_after=0.01, engine=engine) as proxy:
         r = get(proxy.url + "/ops/1")
     assert r.status_code == 200
     assert "Retry-After" not in r.headers  # a fraction is no valid Retry-After: the ms headers carry it

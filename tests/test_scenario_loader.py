@@ -1093,3 +1093,18 @@ def test_property_inputs_cover_valid_scenarios(fuzz_dir: Path) -> None:
     _check_any_input(fuzz_dir, yaml.safe_dump(VALID))
     [loaded] = load_scenarios([fuzz_dir / "fuzz.yaml"])
     assert (loaded.scenario.name, loaded.files) == ("valid", {"body.json": b"{}"})
+
+
+def test_a_cancel_path_names_the_operation_by_id_or_by_the_start_paths_values(tmp_path: Path) -> None:
+    text = """
+    operations:
+      - style: arm
+        start: {method: PUT, path: "/things/{name}"}
+        status-path: /ops/{operationId}
+        cancel: {path: "/other/{thing}"}
+        steps: [{status: InProgress}]
+    """
+    [problem] = problems_of(tmp_path, text)
+    assert problem.startswith("F:2:5: ") and "{thing} is not in the start path" in problem
+    assert "{operationId} or {resourceId}" in problem
+    assert load_scenarios([write(tmp_path, "ok.yaml", text.replace("/other/{thing}", "/things/{name}"))])

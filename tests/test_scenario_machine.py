@@ -1823,6 +1823,83 @@ def test_steer_refuses_unknown_ids_and_actions_and_bad_arguments() -> None:
     assert m.operations == [op]  # nothing changed
 
 
+def test_a_cancel_path_named_by_the_start_path_cancels_the_latest_operation_started_there() -> None:
+    """arm's usual cancel: DELETE on the URL it PUT to (no {operationId} in it); other URLs are left."""
+    m, _ = machine(
+        """
+        operations:
+          - style: arm
+            start: {method: PUT, path: "/things/{name}"}
+            status-path: /ops/{operationId}
+            cancel: {method: DELETE, path: "/things/{name}"}
+            steps: [{status: InProgress}]
+          - style: arm
+            header: none
+            start: {method: PUT, path: "/nets/{name}"}
+            status-path: /unused/{operationId}
+            cancel: {method: POST, path: "/nets/{name}/cancel"}
+            steps: [{status: Updating}]
+        """
+    )
+    first, second, other = (ask(m, "PUT", f"/things/{n}") for n in ("a", "a", "b"))
+    assert handle(m, "DELETE", "/things/c") is None  # nothing was started there
+    cancel = ask(m, "DELETE", "/things/a")
+    assert (cancel.operation, cancel.response.status, body(cancel)["status"]) == (
+        second.operation,
+        200,
+        "Canceled",
+    )
+    states = {o.id: (o.status, o.ended_by) for o in m.operations}
+    assert states[second.operation or ""] == ("Canceled", "cancel")
+    assert states[first.operation or ""] == states[other.operation or ""] == ("InProgress", None)
+    ask(m, "PUT", "/nets/n1")
+    canceled = ask(m, "POST", "/nets/n1/cancel")  # no monitor: the resource answers, provisioningState
+    assert body(canceled)["properties"] == {"provisioningState": "Canceled"}
+    assert body(ask(m, "GET", "/nets/n1"))["properties"] == {"provisioningState": "Canceled"}
+
+
+def test_a_released_arm_operation_ends_again_with_a_new_end_time() -> None:
+    m, clock = machine(
+        """
+        operations:
+          - style: arm
+            start: {method: PUT, path: "/things/{name}"}
+            status-path: /ops/{operationId}
+            steps: [{status: InProgress, times: 2}, {status: Succeeded}]
+        """
+    )
+    url = ask(m, "PUT", "/things/a").response.header("Azure-AsyncOperation") or ""
+    (op,) = m.operations
+    m.steer(op.id, "cancel")
+    canceled = body(ask(m, "GET", url))
+    assert canceled["status"] == "Canceled"
+    clock.advance(60)
+    m.steer(op.id, "release")
+    assert "endTime" not in body(ask(m, "GET", url))  # InProgress again
+    done = body(ask(m, "GET", url))
+    assert done["status"] == "Succeeded" and done["endTime"] > canceled["endTime"]
+
+
+def test_location_cancel_answers_204_and_its_polls_an_error_status() -> None:
+    m, _ = machine(
+        """
+        operations:
+          - style: location
+            start: {method: POST, path: /batches}
+            status-path: /results/{operationId}
+            cancel: {method: DELETE}
+            steps: [{status: Running}]
+        """
+    )
+    url = ask(m, "POST", "/batches").response.header("Location") or ""
+    assert ask(m, "GET", url).response.status == 202
+    cancel = ask(m, "DELETE", url)
+    assert (cancel.response.status, cancel.response.body) == (204, b"")
+    done = ask(m, "GET", url)
+    assert (done.response.status, done.terminal, done.status) == (400, True, "Canceled")
+    assert body(done) == {"error": {"code": "Canceled", "message": "The operation was canceled."}}
+
+
 def test_a_cancel_rule_answers_only_for_its_own_operations_and_after_the_end_changes_nothing() -> None:
     m, _ = machine(
         """

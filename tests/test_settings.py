@@ -195,10 +195,11 @@ def test_replay_proxy_signature_is_the_table() -> None:
 def test_the_tables_constants_are_their_modules() -> None:
     """settings.py imports neither mitmproxy's machinery nor the router (the pytest plugin reads it at
     start-up; ``proxy/__init__`` itself touches the bare ``mitmproxy`` and ``vcr`` packages)."""
-    from proxy import cassette, gateway, matching, router, server
+    from proxy import cassette, gateway, lean, matching, router, server
 
     assert tuple(m.value for m in router.RecordMode) == settings.RECORD_MODES
     assert settings.WHEN_EXHAUSTED == cassette.WHEN_EXHAUSTED
+    assert settings.ENGINES == lean.ENGINES
     assert settings.DEFAULT_MATCH_ON == matching.DEFAULT_MATCH_ON
     assert settings.DEFAULT_UPSTREAM_TIMEOUT == gateway.DEFAULT_UPSTREAM_TIMEOUT
     assert server.parse_size(server.DEFAULT_MAX_BODY_SIZE) == settings.DEFAULT_MAX_BODY_SIZE

@@ -54,6 +54,9 @@ class Upstream:
         self.connections = 0
         self.requests: list[dict[str, Any]] = []
         self.polls: dict[str, int] = {}
+        self.api = 1
+        """The version of ``/api/...`` served (``_api``): a test changes it between record and drift."""
+        self.jobs = 0
         self._lock = threading.Lock()
         owner = self
 
@@ -92,6 +95,45 @@ class Upstream:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _api(self, method: str, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A small LRO API in two versions. Version 2 changed it: the status URL comes in
+        Operation-Location (no Location), no Retry-After, "InProgress" for "Running" and a new
+        ``percentComplete``; an item's ``size`` became a string, ``name`` went, ``tags`` came; ``/api/legacy``
+        answers 410."""
+        v2 = self.api == 2
+        json_type = [("Content-Type", "application/json")]
+        if method == "POST" and path == "/api/jobs":
+            with self._lock:
+                self.jobs += 1
+                job = f"job{self.jobs}"
+            status_url = f"{self.url}/api/jobs/operations/{job}"
+            if v2:
+                return 202, [("Operation-Location", status_url)], b""
+            return 202, [("Location", status_url), ("Retry-After", "0")], b""
+        if path.startswith("/api/jobs/operations/"):
+            job = path.rsplit("/", 1)[1]
+            if not job.startswith("job") or not 0 < int(job[3:] or 0) <= self.jobs:
+                return 404, json_type, b'{"error": {"code": "NotFound", "message": "no such job"}}'
+            with self._lock:
+                n = self.polls[job] = self.polls.get(job, 0) + 1
+            running = "InProgress" if v2 else "Running"
+            doc: dict[str, Any] = {"id": job, "status": running if n < 3 else "Succeeded"}
+            if v2:
+                doc["percentComplete"] = min(100, n * 40)
+            headers = list(json_type)
+            if n < 3 and not v2:
+                headers.append(("Retry-After", "0"))
+            if n >= 3:
+                doc["resourceLocation"] = f"{self.url}/api/items/{job}"
+            return 200, headers, json.dumps(doc).encode()
+        if path.startswith("/api/items/"):
+            item = path.rsplit("/", 1)[1]
+            doc = {"id": item, "size": "42", "tags": ["new"]} if v2 else {"id": item, "name": "x", "size": 42}
+            return 200, json_type, json.dumps(doc).encode()
+        if path == "/api/legacy":
+            return (410, json_type, b'{"error": "gone"}') if v2 else (200, json_type, b'{"ok": true}')
+        return 404, json_type, b'{"error": "not found"}'
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         body = _read_body(h)
         parts = urlsplit(h.path)
@@ -103,7 +145,9 @@ class Upstream:
         path = parts.path
         headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
         status = 200
-        if path == "/json":
+        if path.startswith("/api/"):
+            status, headers, out = self._api(h.command, path)
+        elif path == "/json":
             out = json.dumps({"hello": "world", "query": query}).encode()
         elif path in ("/gzip", "/br", "/zstd"):
             raw = json.dumps({"compressed": path[1:], "pad": "x" * 200}).encode()

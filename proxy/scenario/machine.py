@@ -122,9 +122,13 @@ What a scenario means (the semantics of the language, in order of evaluation):
     toward a ``for`` stage), ``advance`` moves it N stages on, ``succeed``/``fail``/``cancel`` make every
     later poll answer that terminal status (a status step, rule 6: ``fail``'s error is the given one),
     ``release`` undoes a hold and an end set so. An operation with ``hold: true`` starts held. Its
-    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``,
-    default the status path) ends an operation that has not ended as Canceled, and answers
-    ``cancel.respond``, else the status answer (aip-151: ``200 {}``).
+    ``cancel`` rule (``method``, default DELETE; ``path`` with ``{operationId}`` or ``{resourceId}``, or
+    with only placeholders of the start path: the latest operation started with those values, as in
+    arm's DELETE on the PUT's URL; default the status path) ends an operation that has not ended as
+    Canceled, and answers ``cancel.respond``, else the status answer (aip-151: ``200 {}``; location:
+    ``204`` without a body, since its Canceled status answer is a 400; arm without a status header: the
+    resource, ``provisioningState: Canceled``). In ``arm`` without a status header a failure's error is
+    also in the polled resource (azure-core's HttpResponseError reads it there).
 """
 
 from __future__ import annotations
@@ -347,6 +351,9 @@ class ScenarioMachine:
             elif action == "release":
                 if op.held:
                     op.stage_began += now - op.held_at  # time held does not count toward the step
+                scripted = rule.operation.steps[op.stage].status
+                if op.forced is not None and (scripted is None or scripted.lower() not in TERMINAL_STATUSES):
+                    op.ended = None  # it runs again: its end time (arm's endTime) is when it next ends
                 op.held, op.forced, op.ended_by = False, None, None
             elif action == "advance":
                 if op.forced is not None:
@@ -1294,8 +1301,11 @@ class _OperationRule:
         error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
         base = status_answer(self.dialect, op.facts(), with_resource=with_resource, error=error)
         code, headers, body = base.code, base.headers, base.body
-        if on_resource:  # the resource itself, its provisioningState the status
+        if on_resource:  # the resource itself, its provisioningState the status (and a failure's error,
+            # which azure-core's HttpResponseError reads from the body)
             code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, op.facts())
+            if error is not None:
+                body["error"] = error
         if (on_resource or (self.dialect.name == "location" and with_resource and code == 200)) and (
             operation.resource
         ):
@@ -1356,8 +1366,13 @@ class _OperationRule:
             return None
         if "operationId" in self.cancel_path.names:
             op = self.ops.get(params.get("operationId", ""))
-        else:
+        elif "resourceId" in self.cancel_path.names:
             op = self.by_resource.get(params.get("resourceId", ""))
+        else:  # named by the start's path values (arm: DELETE on the PUT's URL): the latest one
+            op = next(
+                (o for o in reversed(self.ops.values()) if _agrees(o.start.get("params", {}), params)),
+                None,
+            )
         if op is None:
             return None
         if not op.terminal:
@@ -1381,11 +1396,16 @@ class _OperationRule:
         if self.operation.style == "aip-151":
             response = Response(status=200, headers=(("Content-Type", _JSON),), body=b"{}")
             return Answer(response=response, source=source, operation=op.id, status=op.status)
+        if self.operation.style == "location":  # its status answer (400 Canceled) would refuse the cancel
+            response = Response(status=204, headers=(), body=b"")
+            return Answer(response=response, source=source, operation=op.id, status=op.status)
         j = op.stage
         step = op.forced if op.forced is not None else self.operation.steps[j]
         if step.status is None:  # not reachable: an operation ends on a status step
             step = PollStep.model_validate({"status": op.status})
-        response, advertised = self.status_response(op, step, j, ctx)
+        # arm without a monitor: its status answer is the resource (provisioningState Canceled)
+        on_resource = self.dialect.final_get == "start-url" and not self.headers
+        response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
         return Answer(
             response=response,
             source=source,
@@ -1474,6 +1494,11 @@ def _first_error(error: ValueError) -> str:
             where = ".".join(str(part) for part in found[0].get("loc", ()))
             return f"{where}: {found[0].get('msg', '')}" if where else str(found[0].get("msg", ""))
     return str(error)
+
+
+def _agrees(started: Mapping[str, str], values: Mapping[str, str]) -> bool:
+    """The start request's path values hold every one of ``values`` (a cancel path named by them)."""
+    return all(started.get(name) == value for name, value in values.items())
 
 
 def _short(op_id: str) -> str:

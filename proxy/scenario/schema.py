@@ -312,6 +312,9 @@ StatusStyle = Literal["creator-v1", "creator-v2", "aip-151", "location", "arm"]
 """The dialects of ``proxy/dialects.py``."""
 
 
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\*?\}")
+
+
 class Cancel(Model):
     """A request that cancels an operation: the operation's next poll answers Canceled (terminal)."""
 
@@ -321,7 +324,9 @@ class Cancel(Model):
     path: str | None = Field(
         None,
         description="Path of the cancel request with {operationId} (or {resourceId}), e.g. "
-        "/operations/{operationId}:cancel; default: the status-path (without its ?query).",
+        "/operations/{operationId}:cancel, or with only placeholders of the start path (the latest "
+        "operation started with those values: arm's DELETE on the PUT's URL); default: the status-path "
+        "(without its ?query).",
     )
     respond: ResponseSpec | None = Field(
         None,
@@ -334,8 +339,6 @@ class Cancel(Model):
     def _absolute_path(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith("/"):
             raise ValueError("a path starts with '/', e.g. /operations/{operationId}:cancel")
-        if v is not None and "{operationId}" not in v and "{resourceId}" not in v:
-            raise ValueError("a cancel path names the operation: put {operationId} or {resourceId} in it")
         return v
 
 
@@ -411,6 +414,16 @@ class Operation(Model):
             raise ValueError("status-path must contain {operationId}, e.g. /operations/{operationId}")
         if self.resource_path is not None and "{resourceId}" not in self.resource_path:
             raise ValueError("resource-path must contain {resourceId}, e.g. /tilesets/{resourceId}")
+        cancel_path = self.cancel.path if self.cancel is not None else None
+        if cancel_path is not None and "{operationId}" not in cancel_path and "{resourceId}" not in cancel_path:
+            start_names = set(_PLACEHOLDER.findall(self.start.path or ""))
+            unknown = [n for n in _PLACEHOLDER.findall(cancel_path) if n not in start_names]
+            if unknown or self.start.path is None:
+                raise ValueError(
+                    "a cancel path names the operation: put {operationId} or {resourceId} in it, or only "
+                    "placeholders of the start path (e.g. the PUT's own path, for an arm DELETE)"
+                    + (f"; {{{unknown[0]}}} is not in the start path" if unknown else "")
+                )
         if self.style == "arm" and "header" in self.model_fields_set:
             names = [self.header] if isinstance(self.header, str) else self.header or []
             methods = [self.start.method] if isinstance(self.start.method, str) else self.start.method or []

@@ -27,7 +27,7 @@ import requests
 
 from proxy.errors import ConfigError
 from proxy.server import DEFAULT_MAX_BODY_SIZE, ReplayProxy, parse_size
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ENGINES, ROOT, run_cli
 from tests.reliability.procfs import memory
 from tests.reliability.test_fuzz_requests import (
     DATASET_ID,
@@ -86,10 +86,11 @@ def send_big(address: tuple[str, int], head: bytes, body: Iterable[bytes]) -> tu
     return answer, sent
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    """Replays the shipped cassette with a 64 KiB limit; prints its exchange lines (not -q)."""
-    yield from start_proxy(["replay", CASSETTE, "--max-body-size", "64k"], tmp_path_factory, quiet=False)
+@pytest.fixture(scope="module", params=ENGINES)
+def limited(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    """Replays the shipped cassette with a 64 KiB limit, on each engine; prints its exchange lines."""
+    args = ["replay", CASSETTE, "--max-body-size", "64k", "--engine", request.param]
+    yield from start_proxy(args, tmp_path_factory, quiet=False)
 
 
 def _assert_refused(answer: Answer) -> None:
