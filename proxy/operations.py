@@ -25,7 +25,8 @@ without a status field where running was 202) that a client is not expected to r
 - ``start``: method, path, query, the JSON body's top-level keys, status code, Retry-After, form fields
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
-  ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``start-url`` for an
+  ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``urls.get`` for the
+  URL a running JSON body gives there, in a recording, as Replicate's predictions do; ``start-url`` for an
   ``arm`` resource polled at its own URL; ``header`` when a journal entry of a cassette or upstream answer
   did not keep which) and ``url_form`` (``absolute`` or ``relative``; None when unknown);
 - ``steps``: consecutive polls with the same (status, HTTP code, Retry-After) as one ``StepFacts`` with a
