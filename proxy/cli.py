@@ -402,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"replay-proxy: error: {line}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (`replay-proxy lint ... | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one at exit's flush
+        return EXIT_INTERNAL
 
 
 def _seconds(value: str) -> float:

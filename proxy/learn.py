@@ -133,7 +133,7 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
         if op.start is None or op.given is None or op.given_by is None or not op.polls:
             continue
         start = op.entries[0]
-        header = None if op.given_by == "body" else op.given_by
+        header = None if op.given_by in ("body", operations.BODY_URL) else op.given_by
         first_poll = interactions[op.polls[0].index].request.url
         target = urljoin(interactions[start].request.url, op.given) if header else first_poll
         style = op.dialect if op.dialect in STYLES else FALLBACK_STYLE.get(op.given_by, "creator-v2")
@@ -691,7 +691,13 @@ class _Writer:
         match = self._start_match(op, group, path)
         L.append(f"    start: {_dump(match)}")
         header = [op.header, *op.also_headers] if op.header else "none"
-        how = f"in {op.header}" if op.header else "as the body's name (AIP-151: the client builds the URL)"
+        how = (
+            f"in {op.header}"
+            if op.header
+            else "in the body's urls.get"
+            if op.style != "aip-151"
+            else "as the body's name (AIP-151: the client builds the URL)"
+        )
         form = "absolute" if "://" in op.status_url else "relative"
         L.append(f"    header: {_dump(header if isinstance(header, str) or len(header) > 1 else header[0])}"
                  f"   # the recording gave the status URL {how}, {form}")  # fmt: skip

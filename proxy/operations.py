@@ -25,7 +25,8 @@ without a status field where running was 202) that a client is not expected to r
 - ``start``: method, path, query, the JSON body's top-level keys, status code, Retry-After, form fields
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
-  ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``start-url`` for an
+  ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``urls.get`` for the
+  URL a running JSON body gives there, in a recording, as Replicate's predictions do; ``start-url`` for an
   ``arm`` resource polled at its own URL; ``header`` when a journal entry of a cassette or upstream answer
   did not keep which) and ``url_form`` (``absolute`` or ``relative``; None when unknown);
 - ``steps``: consecutive polls with the same (status, HTTP code, Retry-After) as one ``StepFacts`` with a
@@ -64,6 +65,10 @@ RETRIABLE = frozenset({408, 429, *range(500, 600)})
 
 DONE_WITHOUT_STATUS = (200, 201, 204)
 """A poll answered with one of these and no ``status`` field ends the operation (202 means running)."""
+
+BODY_URL = "urls.get"
+"""``given_by`` of a status URL a running answer gave in its JSON body at ``urls.get`` (Replicate's
+predictions: ``201 {status: starting, urls: {get, cancel}}``, polled there, ``200`` every poll)."""
 
 MIN_ID_LENGTH = 4
 """An operation id shorter than this (a counter) is not searched for in the paths of unanswered requests."""
@@ -397,6 +402,12 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
     for i, interaction in enumerate(interactions):
         request, response = interaction.request, interaction.response
         facts = response_facts(response, request.url, now=_date_of(response))
+        body = _json(response.body)
+        in_body = _body_status_url(body) if not facts.status_urls and response.status < 400 else None
+        if in_body is not None and facts.op_status is not None and not facts.terminal:
+            facts = facts._replace(status_urls=(urljoin(request.url, in_body),))
+        else:
+            in_body = None
         exchanges.append(
             Exchange(
                 request.method.upper(),
@@ -414,10 +425,11 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
                 terminal=facts.terminal,
             )
         )
-        body = _json(response.body)
         given: list[tuple[str, str]] = []
         result_url = _result_location(response, request.url)
-        if facts.status_urls:
+        if in_body is not None:
+            given.append((BODY_URL, in_body))
+        elif facts.status_urls:
             for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
                 value = header_value(response.headers, name)
                 if value and value.strip() and urljoin(request.url, value.strip()) in facts.status_urls:
@@ -434,6 +446,13 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         )
     _link_aip_polls(exchanges, seen)
     return exchanges, seen
+
+
+def _body_status_url(body: Any) -> str | None:
+    """The status URL a JSON body gives at ``urls.get`` (Replicate's predictions and trainings), or None."""
+    urls = body.get("urls") if isinstance(body, dict) else None
+    url = urls.get("get") if isinstance(urls, dict) else None
+    return url.strip() if isinstance(url, str) and url.strip() else None
 
 
 def _result_location(response: Response, url: str) -> str | None:

@@ -611,6 +611,48 @@ def test_real_arm_deployments_three_operations(tmp_path: Path, confdir: Path) ->
     assert ops[1]["steps"][0]["error"]["code"] == "InvalidTemplate"
 
 
+def replicate_wait(base: str, version_path: str) -> tuple[str, Any, Any]:
+    """replicate-python's ``run`` as a plain loop: POST /v1/predictions, GET the model version, then
+    ``prediction.wait()`` (GET /v1/predictions/{id}, its base URL and the id, until a terminal status)."""
+    session = _seeing_session()
+    r = session.post(f"{base}/v1/predictions", json={"input": {}}, timeout=10)
+    prediction = r.json()
+    session.get(f"{base}{version_path}", timeout=10)
+    for _ in range(30):
+        if str(prediction["status"]).lower() in TERMINAL:
+            return prediction["status"], prediction.get("output"), prediction.get("error")
+        time.sleep(FAST)
+        prediction = session.get(f"{base}/v1/predictions/{prediction['id']}", timeout=10).json()
+    raise AssertionError("never finished")
+
+
+def test_real_replicate_prediction_status_url_in_the_body(tmp_path: Path, confdir: Path) -> None:
+    """replicate/replicate-python's recording of ``replicate.run``: POST /v1/predictions answers 201 with
+    ``status: starting`` and the status URL in the body's ``urls.get``, polled with 200 every time
+    (starting, processing x9, succeeded with the output). Learned as an operation (``header: none``, the
+    URL templated into the body), not as a sequence of recorded answers."""
+    cassette = ROOT / "tests/corpus/replicate/run.yaml"
+    version = (
+        "/v1/models/stability-ai/sdxl/versions/"
+        "39ed52f2a78e934b3ba6e2a89f5b1c712de7dfea535525255b1aa35c5565e08b"
+    )
+    learned, (entries, outcome) = round_trip(
+        tmp_path, confdir, cassette, lambda base: replicate_wait(base, version)
+    )
+    assert [e[1] for e in entries] == [201, 200] + [200] * 11
+    assert [e[2] for e in entries] == ["starting", None, "starting"] + ["processing"] * 9 + ["succeeded"]
+    assert outcome[0] == "succeeded" and outcome[1][0].endswith("/out-0.png") and outcome[2] is None
+    (op,) = yaml.safe_load(learned.read_text())["operations"]
+    assert op["header"] == "none" and op["status-path"] == "/v1/predictions/{operationId}"
+    assert op["accepted"]["status"] == 201
+    assert op["accepted"]["json"]["urls"]["get"] == "{{ operation.status_url }}"
+    assert [(s["status"], s.get("times", 1)) for s in op["steps"]] == [
+        ("starting", 1),
+        ("processing", 9),
+        ("succeeded", 1),
+    ]
+
+
 # -- the README's walk-through -------------------------------------------------------------------------------
 
 SECTION = "README.md#Learn a scenario from a recording"

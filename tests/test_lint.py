@@ -104,6 +104,12 @@ KNOWN_CORPUS_FINDINGS = {
     ("tweepy", "response header set-cookie"),
     # a Cloudflare network-error-logging report URL signed with ?s=... in httpbin's Report-To header
     ("vcrpy", "response header Report-To"),
+    # Replicate's Cloudflare/Heroku error-report endpoints (Report-To, reporting-endpoints) and the public
+    # URL of the prediction's output image on replicate.delivery
+    ("replicate", "response header Report-To"),
+    ("replicate", "response header report-to"),
+    ("replicate", "response header reporting-endpoints"),
+    ("replicate", "response JSON $.output[0]"),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from proxy.cassette import load
-from proxy.model import Interaction, Request
+from proxy.model import Interaction, Request, Response
 from proxy.operations import FinalRoute, Operation, StepFacts, exchanges_of, recognise
 from proxy.scenario.answer import TERMINAL_STATUSES
 from proxy.server import ReplayProxy
@@ -354,3 +354,41 @@ def test_real_azure_sdk_recordings() -> None:
     assert len(cards) == 2 and {op.status_template for op in cards} == {
         "/formrecognizer/v2.1-preview.2/prebuilt/businessCard/analyzeResults/{operationId}"
     }
+
+
+def test_a_status_url_given_in_the_body_at_urls_get() -> None:
+    # replicate/replicate-python's recording: 201 {status: starting, urls: {get, cancel}}, polled at
+    # urls.get with 200 every time; the model-version GET between them is no part of it
+    [op] = recognise(load(ROOT / "tests" / "corpus" / "replicate" / "run.yaml"))
+    assert (op.given_by, op.given, op.url_form, op.outcome) == (
+        "urls.get",
+        "https://api.replicate.com/v1/predictions/azaq55dbukgxg6kubr4k6g3pby",
+        "absolute",
+        "succeeded",
+    )
+    assert op.start is not None and (op.start.method, op.start.path, op.start.http_status) == (
+        "POST",
+        "/v1/predictions",
+        201,
+    )
+    assert op.entries == (0, *range(2, 13))
+    assert [(s.status, s.http_status, s.count) for s in op.steps] == [
+        ("starting", 200, 1),
+        ("processing", 200, 9),
+        ("succeeded", 200, 1),
+    ]
+    assert op.status_template == "/v1/predictions/{operationId}"
+
+
+def test_urls_get_starts_nothing_in_a_finished_or_statusless_body() -> None:
+    # a prediction answered already succeeded (Prefer: wait), or a body with urls.get and no status:
+    # no operation to poll
+    def answered(body: str) -> Interaction:
+        return Interaction(
+            request("POST", "/v1/predictions"),
+            Response(201, headers=(("Content-Type", "application/json"),), body=body.encode()),
+        )
+
+    done = '{"id": "p1", "status": "succeeded", "urls": {"get": "/v1/predictions/p1"}}'
+    plain = '{"id": "p1", "urls": {"get": "/v1/predictions/p1"}}'
+    assert recognise([answered(done)]) == [] and recognise([answered(plain)]) == []
