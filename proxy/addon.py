@@ -30,7 +30,7 @@ from proxy import (
 )
 from proxy.cassette import Playback
 from proxy.diagnostic import stopping_response
-from proxy.errors import CassetteNotFoundError, ReplayProxyError
+from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError
 from proxy.handler import WIRE_HEADERS, Arrival, Handler, Wire, request_url
 from proxy.journal import Exchange, Journal, JournalFile, iso_time
 from proxy.matching import Matcher
@@ -370,6 +370,11 @@ def _build_session(options: Any) -> Session:
         passthrough=given.passthrough,
     )
     records = record_mode is not RecordMode.NONE and not (record_mode is RecordMode.ONCE and loaded)
+    if records and path is not None and path.suffix.lower() == ".har":
+        raise ConfigError(
+            f"{path}: a HAR file is replayed, not recorded to: record a .yaml cassette "
+            "(--har FILE also writes HAR)"
+        )
     recorder = (
         Recorder(
             path, loaded=loaded, record_mode=record_mode, matcher=matcher, redactor=redactor, extra=extra

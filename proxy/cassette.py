@@ -40,7 +40,7 @@ from vcr.request import Request as VcrRequest
 from vcr.serialize import CASSETTE_FORMAT_VERSION, deserialize, serialize
 from vcr.serializers import yamlserializer
 
-from . import decompress, jsonfile, loading, yamlfast
+from . import decompress, har, jsonfile, loading, yamlfast
 from .errors import CassetteError, CassetteNotFoundError, ConfigError
 from .matching import Matcher, from_vcr_request, to_vcr_request
 from .model import Headers, Interaction, Request, Response, header_value, set_header, without_headers
@@ -630,6 +630,8 @@ def read(path: Path, max_body_size: int | None = DECODED_BODY_LIMIT) -> Loaded:
     it does not decode, a CassetteError says which interaction and where.
     """
     path = Path(path)
+    if har.is_har(path):  # a HAR file (browsers' devtools, mitmproxy, `--har`) replays like a cassette
+        return Loaded(har.read(path), {})
     loading.check_fits(path, _size_of(path))
     with yamlfast.no_gc(), loading.tracking(path, _size_of(path)) as progress:  # no_gc: a million objects
         parsed = _parse_json(path) if is_json(path) else None
@@ -665,9 +667,7 @@ def read(path: Path, max_body_size: int | None = DECODED_BODY_LIMIT) -> Loaded:
     return Loaded(out, extra)
 
 
-def _read_odd(
-    path: Path, out: list[Interaction], raws: dict[int, Any], size: int, limit: int | None
-) -> bool:
+def _read_odd(path: Path, out: list[Interaction], raws: dict[int, Any], size: int, limit: int | None) -> bool:
     """Give each interaction in ``raws`` (index: the item as the file held it) its response as a vcrpy
     stub replays it, or a diagnostic answer when none can, and keep the item for rewriting.
 

@@ -1,4 +1,5 @@
-"""The ``replay-proxy`` command line: record | replay | play | serve | mcp | check | learn | schema | ca.
+"""The ``replay-proxy`` command line: record | replay | play | serve | mcp | check | learn | schema |
+convert | ca.
 
 Exit status: 0 after a clean stop (SIGINT or SIGTERM), 2 for a user mistake (one line on stderr, no
 traceback), 1 for anything unexpected. ``--report`` prints the verdict on the client's behaviour at exit
@@ -226,6 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
+    conv = sub.add_parser(
+        "convert",
+        help="convert a HAR file to a cassette, or a cassette to HAR",
+        description="Write the exchanges of a HAR file (browsers' devtools, mitmproxy, --har) as a vcrpy "
+        "cassette, or a cassette's as HAR 1.2, by the output's name: .har, else YAML (.json: vcrpy's JSON). "
+        "Entries without a response and replay-proxy's own diagnostics (599) are left out, with a warning.",
+        epilog="examples:\n"
+        "  replay-proxy convert session.har -o cassettes/session.yaml\n"
+        "  replay-proxy convert cassettes/azure-maps/tileset-succeeds.yaml -o tileset.har",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument("source", type=Path, metavar="FILE", help="a HAR file or a cassette, e.g. session.har")
+    conv.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the file to write: .har for HAR, else a cassette (e.g. -o cassettes/session.yaml)",
+    )
+
     prune = sub.add_parser(
         "prune",
         help="drop the interactions of a cassette that no journal line played",
@@ -348,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.scenario.check import check_main
 
             return check_main(args.scenarios)
+        if args.command == "convert":
+            return _convert(args.source, args.output)
         if args.command == "mcp":
             from proxy.mcp_server import serve_stdio
 
@@ -448,6 +472,9 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         cassette, upstream, record_mode = args.cassette, None, RecordMode.NONE.value
         scenarios = []
+    for path, what in ((given.report_html, "--report-html"), (given.har, "--har")):
+        if path is not None:
+            _check_writable(path, what)
     _configure_logging(given.quiet)
     if given.journal_file is not None:
         from proxy.journal import start_fresh
@@ -455,7 +482,7 @@ def _serve(args: argparse.Namespace) -> int:
         start_fresh(given.journal_file)
     # Without a report, nothing reads the journal: keep a few entries, not 100,000 (a long recording's RSS)
     # (serve: the control API's journal and verdict read it)
-    reporting = given.report or given.strict_report
+    reporting = given.report or given.strict_report or given.report_html is not None
     keep_journal = reporting or args.command == "serve"
     proxy = ReplayProxy(
         **{
@@ -493,20 +520,50 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
     for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
+    if given.har is not None and not proxy.addon.save_errors:
+        print(
+            f"replay-proxy: HAR of {proxy.har.count if proxy.har else 0} exchanges: {given.har}",
+            file=sys.stderr,
+        )
     if reporting:
         from proxy.verdict import check, report
 
         entries = proxy.journal.entries
         violations = check(entries, given.skip_check)
-        print(report(entries, violations), flush=True)
-        from proxy.unused import format_unused
+        if given.report or given.strict_report:
+            print(report(entries, violations), flush=True)
+            from proxy.unused import format_unused
 
-        unused = format_unused(proxy.addon.unused())
-        if unused:
-            print(unused, flush=True)
+            unused = format_unused(proxy.addon.unused())
+            if unused:
+                print(unused, flush=True)
+        if given.report_html is not None:
+            from proxy.report_html import write_report
+
+            print(write_report(given.report_html, entries, violations), file=sys.stderr, flush=True)
         if violations and given.strict_report and not proxy.addon.save_errors:
             return EXIT_VIOLATIONS
     return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Say now, not after a long session, that ``path`` cannot be written (a user mistake: exit 2)."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _usage(f"{option} {path}: cannot create {parent}: {e.strerror or e}") from None
+    if path.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise _usage(f"{option} {path}: cannot write there (a directory, or no permission)")
+
+
+def _convert(source: Path, target: Path) -> int:
+    from proxy.har import convert
+
+    _configure_logging(quiet=False)
+    n = convert(source, target)
+    print(f"replay-proxy: wrote {n} exchange{'s' if n != 1 else ''} to {target}", file=sys.stderr, flush=True)
+    return EXIT_OK
 
 
 class _StartProgress:

@@ -355,4 +355,5 @@ def exchange_for(
         request_body_size=len(request.body),
         cassette=cassette,
         interaction=interaction,
+        virtual=answer.virtual if answer is not None else None,
     )

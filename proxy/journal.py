@@ -61,6 +61,8 @@ class Exchange:
     (``Journal.request_headers``), ``request_body_size`` its body's length as sent;
     ``cassette``/``interaction`` say which recorded interaction answered (the cassette's path, absolute;
     the 0-based index in its ``interactions``).
+    ``virtual``: for a scenario operation on the virtual clock, its clock reading when it answered
+    (seconds since its start), for the reports.
     """
 
     method: str
@@ -83,6 +85,7 @@ class Exchange:
     request_body_size: int = 0
     cassette: str | None = None
     interaction: int | None = None
+    virtual: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as JSON-ready data: what ``--journal FILE`` writes per line and the control API serves.

@@ -30,15 +30,19 @@ once | new_episodes | all | rewrite, ``--replay-upstream URL`` (where recording 
 HTTP, see proxy.rewrite), ``--replay-no-verify`` (no automatic verdict), ``--replay-disable-check NAME``
 (one check off, explicit ``verify()`` included; ``retry-after-202`` for azure-core, which polls once
 immediately after the 202), ``--replay-filter-query-parameter NAME`` / ``--replay-filter-header NAME``
-(vcrpy's filters, applied to requests before matching and recording), ``--replay-redact-except NAME``.
+(vcrpy's filters, applied to requests before matching and recording), ``--replay-redact-except NAME``,
+``--replay-report-html DIR`` (an HTML report per test that used the proxy; the terminal summary links
+those of failed tests).
 Paths given to ``use()`` and to the marker are relative to the rootdir unless absolute.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +93,8 @@ def _read_settings(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             "--replay-engine lean replays and plays only: record with --replay-engine mitmproxy"
         )
+    if read.report_html is not None:  # a directory relative to where pytest was started
+        read = replace(read, report_html=config.invocation_params.dir / read.report_html)
     return read
 
 
@@ -230,6 +236,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if text:
         terminalreporter.write_sep("-", "replay-proxy: unused recorded interactions")
         terminalreporter.write_line(text)
+    _summarise_reports(terminalreporter, config)  # --replay-report-html
 
 
 # -- what a test sees ------------------------------------------------------------------------------------
@@ -380,8 +387,51 @@ def replay_proxy(
         try:
             handle._teardown_verify()
         finally:
-            # Serve nothing until the next test: a cassette being recorded is saved now.
-            handle.proxy.use()
+            try:
+                if settings.report_html is not None:
+                    _write_report(request, handle, settings.report_html)
+            finally:
+                # Serve nothing until the next test: a cassette being recorded is saved now.
+                handle.proxy.use()
+
+
+_reports_key = pytest.StashKey[dict[str, str]]()
+"""Test id -> the line that links its HTML report (``--replay-report-html``)."""
+
+
+def _write_report(request: pytest.FixtureRequest, handle: ReplayProxyFixture, directory: Path) -> None:
+    """This test's HTML report, when it sent the proxy anything; its link kept for the terminal summary."""
+    entries = handle.journal.entries
+    if not entries:
+        return
+    from proxy import verdict
+    from proxy.report_html import write_report
+
+    nodeid = request.node.nodeid
+    name = re.sub(r"[^\w.-]+", "_", nodeid).strip("_")
+    if len(name) > 120:
+        import hashlib
+
+        name = name[:100] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+    violations = verdict.check(entries, disabled=handle.disabled_checks)
+    line = write_report(
+        directory / f"{name}.html", entries, violations, title=f"replay-proxy report: {nodeid}"
+    )
+    request.config.stash.setdefault(_reports_key, {})[nodeid] = line
+
+
+def _summarise_reports(terminalreporter: Any, config: pytest.Config) -> None:
+    """Where the HTML reports of failed tests are: one line each, a link a CI log shows."""
+    reports = config.stash.get(_reports_key, {})
+    if not reports:
+        return
+    failed = {r.nodeid for kind in ("failed", "error") for r in terminalreporter.stats.get(kind, [])}
+    shown = [(nodeid, line) for nodeid, line in reports.items() if nodeid in failed]
+    directory = config.stash[_settings_key].report_html if _settings_key in config.stash else None
+    terminalreporter.section("replay-proxy reports")
+    for nodeid, line in shown:
+        terminalreporter.write_line(f"{nodeid}: {line.removeprefix('replay-proxy: ')}")
+    terminalreporter.write_line(f"replay-proxy: {len(reports)} HTML report(s) in {directory}")
 
 
 @pytest.fixture

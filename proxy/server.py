@@ -29,6 +29,7 @@ from proxy import control, lean, loading, mitm_internals
 from proxy.addon import ReplayAddon
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
 from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
+from proxy.har import HarCapture, is_har
 from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
 from proxy.settings import KWARG, Settings, addon_options, from_kwargs, on
@@ -141,6 +142,7 @@ class ReplayProxy:
         root: str | os.PathLike[str] | None = None,
         journal_file: str | os.PathLike[str] | None = None,
         engine: str = lean.DEFAULT_ENGINE,
+        har: str | os.PathLike[str] | None = None,
     ) -> None:
         # Each keyword is a setting of proxy/settings.py (a test holds this signature to its table).
         given = {name: value for name, value in locals().items() if name in _KEYWORDS}
@@ -164,11 +166,16 @@ class ReplayProxy:
         self.settings = settings
         """What the proxy was constructed with: what use() falls back to for a setting it is not given."""
         self.addon = ReplayAddon(journal)
+        self.har = HarCapture(settings.har, self.addon) if settings.har is not None else None
+        """With ``har``: every exchange as the client saw it, written as HAR 1.2 when the proxy stops."""
+        self.addon.annotate_flows = self.har is not None  # each HAR entry's comment says what answered it
         if settings.control_api:
             self.addon.control = _control_api(self, settings.host, settings.control_token, settings.root)
         self.replay_options = addon_options(_served(settings))
         self.engine = settings.engine
         """``mitmproxy`` (everything) or ``lean`` (replay and play, HTTP/1.1, several times faster)."""
+        if self.engine == "lean" and self.har is not None:  # HarCapture reads mitmproxy's flows
+            raise ConfigError(f"the lean engine does not write HAR (--har, har=): {lean._UNSUPPORTED}")
         self._check_engine(self.replay_options)
         self._lean: lean.LeanServer | None = None
         self._lean_stop: asyncio.Event | None = None
@@ -411,6 +418,7 @@ class ReplayProxy:
             next_layer.NextLayer(),
             tlsconfig.TlsConfig(),
             self.addon,
+            *([self.har] if self.har is not None else []),
             _Ready(self),
         )
         errors = _ErrorCapture()
@@ -418,9 +426,7 @@ class ReplayProxy:
         try:
             try:
                 # body_size_limit first: it also caps the decoded bodies of the cassette the addon loads
-                master.options.update(
-                    body_size_limit=str(self.max_body_size) if self.max_body_size else None
-                )
+                master.options.update(body_size_limit=str(self.max_body_size) if self.max_body_size else None)
                 master.options.update(**self.replay_options)
                 specs = self._mode_specs()
                 mitm_internals.listen_on_tcp_only(specs)
@@ -601,6 +607,8 @@ def classify(path: str | os.PathLike[str]) -> str:
         return "cassette"
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it: {e.strerror or e}") from e
+    if is_har(p):
+        return "cassette"  # a HAR file replays like one
     keys = set(re.findall(r"^([A-Za-z_][\w-]*)\s*:", text, re.MULTILINE))
     if "interactions" in keys or (text.lstrip().startswith("{") and '"interactions"' in text):
         return "cassette"  # vcrpy's YAML, or its JSON

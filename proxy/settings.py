@@ -359,6 +359,8 @@ class Spec:
     """A CLI subcommand's own help text."""
     merge_ini: bool = False
     """pytest: the command line adds to the ini file's list instead of replacing it."""
+    metavars: Mapping[str, str] = field(default_factory=dict)
+    """A surface's own metavar where it differs from ``metavar`` (``--replay-report-html DIR``)."""
 
 
 def declare(default: Any, kind: Kind, help: str, surfaces: Iterable[str], **spec: Any) -> Any:
@@ -644,6 +646,32 @@ class Settings:
         group=VERDICT,
         metavar="CHECK",
     )
+    report_html: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        FilePath(),
+        "at exit, also write the report as one self-contained HTML page: a time axis per operation (each "
+        "poll, the Retry-After window it was given, its status, the end) and the violations "
+        "(e.g. {flag}report.html)",
+        (CLI, PYTEST),
+        group=VERDICT,
+        metavar="FILE",
+        metavars={PYTEST: "DIR"},
+        helps={
+            PYTEST: "Write an HTML report (proxy/report_html.py) into DIR for every test that used the "
+            "proxy; the terminal summary links those of failed tests (e.g. {flag}reports/).",
+            INI: "Default for --replay-report-html: a directory for an HTML report per test that used "
+            "the proxy.",
+        },
+    )
+    har: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
+        None,
+        FilePath(),
+        "at exit, write every exchange as the client saw it (secrets redacted) as HAR 1.2, which browsers' "
+        "devtools and mitmweb open and `replay-proxy replay` replays (e.g. {flag}session.har)",
+        (CLI, KWARG),
+        group=VERDICT,
+        metavar="FILE",
+    )
     journal_file: Path | None = declare(  # noqa: RUF009 (a dataclasses.field)
         None,
         FilePath(),
@@ -783,7 +811,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str, cls: type[Setti
         if isinstance(s.kind, Flag):
             kwargs["action"] = "store_false" if default else "store_true"
         elif s.spec.metavar:
-            kwargs["metavar"] = s.spec.metavar
+            kwargs["metavar"] = s.spec.metavars.get(CLI, s.spec.metavar)
         kwargs["default"] = list(default) if isinstance(default, tuple) else default
         group.add_argument(*([s.spec.short] if s.spec.short else []), s.flag, **kwargs)
 
@@ -851,7 +879,7 @@ def add_pytest_options(group: Any, parser: Any, cls: type[Settings] | None = Non
         elif isinstance(kind, Choice):
             kwargs["choices"] = kind.names()
         if s.spec.metavar and not isinstance(kind, Flag | Choice):
-            kwargs["metavar"] = s.spec.metavar
+            kwargs["metavar"] = s.spec.metavars.get(PYTEST, s.spec.metavar)
         group.addoption(s.pytest_flag, **kwargs)
         ini_default: Any = s.default_on(PYTEST)
         if kind.ini_type() == "args":

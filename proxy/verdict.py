@@ -119,8 +119,7 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
             if e.source == "scenario-error":
                 status = e.status if e.status is not None else "no response"
                 what = (
-                    f"{e.method} {_show(e.path)} got {status}: {e.detail}; fix the scenario, "
-                    "not the client"
+                    f"{e.method} {_show(e.path)} got {status}: {e.detail}; fix the scenario, not the client"
                 )
                 found.append(Violation("scenario-error", what, i))
     for op in analysis.ops:
@@ -194,10 +193,12 @@ def _unmatched_groups(
     return groups
 
 
-def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
-    """A per-operation timeline (each poll: offset from the start, the gap before it, what it got), the
-    requests outside operations that nothing answered, then the violations."""
-    analysis = _Analysis(entries)
+def marks(
+    entries: Sequence[Exchange], violations: Sequence[Violation], analysis: _Analysis | None = None
+) -> dict[int, list[str]]:
+    """The rules each request broke, by its index in ``entries``: a violation's own request and, for one
+    that stands for a group ("and 3 more ..."), every member of the group."""
+    analysis = analysis if analysis is not None else _Analysis(entries)
     flagged: dict[int, list[str]] = {}
     for v in violations:
         if v.index is not None:
@@ -215,6 +216,14 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
             for i in members[1:]:
                 if rule not in flagged.setdefault(i, []):
                     flagged[i].append(rule)
+    return flagged
+
+
+def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
+    """A per-operation timeline (each poll: offset from the start, the gap before it, what it got), the
+    requests outside operations that nothing answered, then the violations."""
+    analysis = _Analysis(entries)
+    flagged = marks(entries, violations, analysis)
     n_ops = len(analysis.ops)
     lines = [
         f"replay-proxy report: {len(entries)} request{'s' if len(entries) != 1 else ''}, "

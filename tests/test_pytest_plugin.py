@@ -685,6 +685,46 @@ def test_filter_options_and_a_json_cassette(inner: pytest.Pytester) -> None:
     assert "invalid header name 'bad name'" in bad.stderr.str()
 
 
+# ---------------------------------------------------------------------------- --replay-report-html DIR
+
+REPORTED = """
+import pytest
+
+from lro_client import run_tileset
+
+
+@pytest.mark.replay_proxy("scenarios/azure-maps/tileset-succeeds.yaml", retry_after=0)
+def test_patient(replay_proxy):
+    run_tileset(replay_proxy.url)
+
+
+@pytest.mark.replay_proxy("scenarios/azure-maps/tileset-succeeds.yaml", retry_after=1)
+def test_impatient(replay_proxy):
+    run_tileset(replay_proxy.url, honour_retry_after=False)
+
+
+def test_without_the_proxy():
+    pass
+"""
+
+
+def test_report_html_writes_a_page_per_test_and_links_the_failed_ones(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_reported=REPORTED)
+    result = run(inner, "--replay-report-html", "reports")
+    assert outcomes(result) == {"passed": 3, "errors": 1}, result.stdout.str()
+    pages = sorted(p.name for p in (inner.path / "reports").iterdir())
+    assert pages == ["test_reported.py_test_impatient.html", "test_reported.py_test_patient.html"]
+    impatient = (inner.path / "reports" / pages[0]).read_text(encoding="utf-8")
+    assert "replay-proxy report: test_reported.py::test_impatient" in impatient
+    assert '<li id="v1" class="violation"><span class="rule">retry-after</span>' in impatient
+    assert "no violations" in (inner.path / "reports" / pages[1]).read_text(encoding="utf-8")
+    out = result.stdout.str()
+    link = (inner.path / "reports" / pages[0]).resolve().as_uri()
+    assert "test_reported.py::test_impatient: report: " in out and link in out  # the failed one, linked
+    assert (inner.path / "reports" / pages[1]).resolve().as_uri() not in out  # not the passing one
+    assert "replay-proxy: 2 HTML report(s) in" in out
+
+
 def test_the_lean_engine_serves_the_same_session_switching(inner: pytest.Pytester) -> None:
     """--replay-engine lean (and ini replay_engine): the fixture, the marker, use() and the verdict work
     the same; there is no forward-proxy listener (proxy_url is empty)."""

@@ -45,7 +45,8 @@ class Answer:
     ``source`` names the rule for the console and the journal, e.g. ``tileset-succeeds.yaml: operation
     8e9a..., poll 2 (Running)``. ``retry_after`` is the delay the scenario advertised (before any
     ``--retry-after`` rewrite), for the journal's polling checks. ``tag``: the structured facts of an
-    operation's answer (None for routes).
+    operation's answer (None for routes). ``virtual`` is the operation's virtual clock when it answered
+    (seconds since its start; None on the real clock), for the reports.
     """
 
     response: Response
@@ -59,6 +60,7 @@ class Answer:
     terminal: bool = False
     retry_after: float | None = None
     tag: OperationTag | None = None
+    virtual: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1024,6 +1024,10 @@ class _Op:
             stage=self.stage,
         )
 
+    def reading(self) -> float | None:
+        """The operation's virtual clock (seconds since its start) when it runs on one, else None."""
+        return self.virtual if self.rule.file.clock == "virtual" else None
+
     def advance(self, advertised: float | None) -> None:
         """After an answer of this operation: the virtual clock moves by what it advertised."""
         self.virtual += advertised if advertised is not None else VIRTUAL_STEP_WITHOUT_RETRY_AFTER
@@ -1170,10 +1174,12 @@ class _OperationRule:
         for name in self.headers:
             if response.header(name) is None:
                 response = response.replace(headers=(*response.headers, (name, op.status_url)))
+        virtual = op.reading()
         op.advance(rendered.retry_after)
         return Answer(
             response=response,
             source=f"{self.file.label}: start of {self.label} ({_short(op_id)})",
+            virtual=virtual,
             delay=rendered.delay,
             dribble=rendered.dribble,
             fault=rendered.fault,
@@ -1225,11 +1231,13 @@ class _OperationRule:
         where = f"{self.file.label}: operation {_short(op.id)}, poll {op.polls}"
         if step.respond is not None:
             rendered = self.machine.render_response(step.respond, self.at("steps", j, "respond"), ctx)
+            virtual = op.reading()
             op.advance(rendered.retry_after)
             what = f"fault {rendered.fault}" if rendered.fault else str(rendered.response.status)
             return Answer(
                 response=_for_method(view, rendered.response),
                 source=f"{where} ({what} instead of {op.status})",
+                virtual=virtual,
                 delay=rendered.delay,
                 dribble=rendered.dribble,
                 fault=rendered.fault,
@@ -1245,10 +1253,12 @@ class _OperationRule:
         if op.terminal and op.ended is None:
             op.ended = self.machine.now()
         response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
+        virtual = op.reading()
         op.advance(advertised)
         return Answer(
             response=_for_method(view, response),
             source=f"{where} ({op.status})",
+            virtual=virtual,
             operation=op.id,
             poll=op.polls,
             status=op.status,
@@ -1435,6 +1445,7 @@ class _OperationRule:
         return Answer(
             response=rendered.response,
             source=f"{self.file.label}: resource of operation {_short(op.id)}",
+            virtual=op.reading(),
             delay=rendered.delay,
             dribble=rendered.dribble,
             fault=rendered.fault,
