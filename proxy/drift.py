@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import ssl
 import sys
 import time
@@ -40,7 +39,7 @@ from proxy import cassette as cassettes
 from proxy import decompress
 from proxy.errors import ConfigError
 from proxy.journal import body_status
-from proxy.model import Headers, Interaction, Request, Response, header_value
+from proxy.model import Headers, Interaction, Request, Response, header_value, json_document
 from proxy.rewrite import parse_retry_after
 from proxy.unused import interaction_lines, shown_path
 
@@ -190,7 +189,7 @@ def _learn(
     for old, new in [*pairs, firsts]:
         if old and new:
             moved.setdefault(urljoin(request_url, old.strip()), urljoin(live_url, new.strip()))
-    old_doc, new_doc = _json(recorded.body), _json(live.body)
+    old_doc, new_doc = json_document(recorded.body), json_document(live.body)
     if isinstance(old_doc, dict) and isinstance(new_doc, dict):
         for name in URL_FIELDS:
             old_value, new_value = old_doc.get(name), new_doc.get(name)
@@ -245,14 +244,6 @@ def _final_error(response: Response) -> bool:
 # -- comparing ----------------------------------------------------------------------------------------------
 
 
-def _json(body: bytes) -> Any:
-    if not body or body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-
 
 def _kind(value: Any) -> str:
     if value is None:
@@ -282,7 +273,7 @@ def shape(node: Any, at: str = "$", out: dict[str, set[str]] | None = None) -> d
 def _union(responses: Sequence[Response]) -> dict[str, set[str]] | None:
     found: dict[str, set[str]] | None = None
     for response in responses:
-        doc = _json(response.body)
+        doc = json_document(response.body)
         if doc is not None:
             found = shape(doc, "$", found)
     return found

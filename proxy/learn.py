@@ -32,7 +32,7 @@ import yaml
 from proxy import operations
 from proxy.dialects import DIALECTS
 from proxy.errors import ReplayProxyError
-from proxy.model import Interaction, Request, Response, origin_of
+from proxy.model import Interaction, Request, Response, json_document, origin_of
 from proxy.recordings import Recorded, Recording
 from proxy.redact import Redactor
 
@@ -168,7 +168,7 @@ def _learned_poll(style: str, poll: operations.PollFacts, response: Response) ->
     code = poll.http_status if poll.http_status is not None else response.status
     if poll.status is not None and not (code in RETRIABLE or code >= 400):
         if style == "aip-151":
-            body = _json(response.body)
+            body = json_document(response.body)
             if isinstance(body, dict) and isinstance(body.get("done"), bool):
                 return LearnedPoll(poll.index, code, _aip_status(body), "done")
         return LearnedPoll(poll.index, code, poll.status, "status")
@@ -177,15 +177,6 @@ def _learned_poll(style: str, poll: operations.PollFacts, response: Response) ->
     if poll.status is None and poll.ends:
         return LearnedPoll(poll.index, code, "Succeeded", "http-status")
     return LearnedPoll(poll.index, code, None, "none")
-
-
-def _json(body: bytes) -> Any:
-    if not body or body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
 
 
 def _aip_status(body: dict[str, Any]) -> str:
@@ -540,7 +531,7 @@ class _Writer:
             return {}
         ctype = resp.header("Content-Type") or ""
         out: dict[str, Any] = {}
-        data = _json(body)
+        data = json_document(body)
         if data is not None and len(body) <= INLINE_LIMIT:
             out["json"] = t.data(data)
             if (ctype and ctype.split(";")[0].strip().lower() != "application/json") or ";" in ctype:
@@ -921,7 +912,7 @@ class _Writer:
         failure = first.status.lower().startswith("fail")
         with_resource = success and op.resource_url is not None
         native_code = 201 if with_resource and op.style == "creator-v1" else 200
-        body = _json(resp.body)
+        body = json_document(resp.body)
         if op.style == "location":
             native_code, body = self._location_native(op, first, terminal, body)
         if resp.status != native_code:

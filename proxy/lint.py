@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy import cassette as cassettes
 from proxy.errors import ReplayProxyError
-from proxy.model import Interaction
+from proxy.model import Interaction, json_document
 from proxy.redact import TOKEN_NOT_SECRET, Redactor
 from proxy.unused import interaction_lines, shown_path
 
@@ -169,14 +169,6 @@ def _json_strings(node: Any, at: str = "$") -> Iterator[tuple[str, str, str]]:
                 yield from _json_strings(value, f"{at}[{i}]")
 
 
-def _json(body: bytes) -> Any:
-    if not body or body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-
 
 def _changed_json(before: Any, after: Any, at: str = "$") -> Iterator[tuple[str, str]]:
     """(path, original string) where the redacted document differs from the original."""
@@ -220,7 +212,7 @@ def findings_in(
                 hidden.add(value)
                 yield f"{prefix} header {name}", "redact", value
         if original.body != changed.body:
-            doc, new_doc = _json(original.body), _json(changed.body)
+            doc, new_doc = json_document(original.body), json_document(changed.body)
             if doc is not None and new_doc is not None:
                 for path, value in _changed_json(doc, new_doc):
                     if is_placeholder(value):
@@ -240,7 +232,7 @@ def findings_in(
             for _, token in _tokens(value):
                 if random_looking(token) and token not in hidden:
                     yield f"{prefix} header {name}", "entropy", token
-        doc = _json(original.body)
+        doc = json_document(original.body)
         if doc is not None:
             for path, key, value in _json_strings(doc):
                 if _allowed(key, allow) or value in hidden:

@@ -6,6 +6,7 @@ converts them to and from vcrpy's cassette format.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,16 @@ def header_value(headers: Headers, name: str) -> str | None:
         if k.lower() == lname:
             return v
     return None
+
+
+def json_document(body: bytes) -> Any:
+    """``body`` parsed when it is a JSON object or array, else None (not JSON, broken, or too deep)."""
+    if not body or body.lstrip()[:1] not in (b"{", b"["):
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def without_headers(headers: Headers, names: Iterable[str]) -> Headers:

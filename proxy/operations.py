@@ -44,7 +44,6 @@ without a status field where running was 202) that a client is not expected to r
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -54,7 +53,7 @@ from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from proxy.dialects import DIALECTS, is_cancelled, is_failure, is_success
 from proxy.journal import STATUS_URL_HEADERS, Exchange, response_facts
-from proxy.model import Interaction, Request, Response, header_value
+from proxy.model import Interaction, Request, Response, header_value, json_document
 
 TOLERANCE_FRACTION = 0.05
 TOLERANCE_SECONDS = 0.001
@@ -402,7 +401,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
     for i, interaction in enumerate(interactions):
         request, response = interaction.request, interaction.response
         facts = response_facts(response, request.url, now=_date_of(response))
-        body = _json(response.body)
+        body = json_document(response.body)
         in_body = _body_status_url(body) if not facts.status_urls and response.status < 400 else None
         if in_body is not None and facts.op_status is not None and not facts.terminal:
             facts = facts._replace(status_urls=(urljoin(request.url, in_body),))
@@ -439,7 +438,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         seen[i] = _Seen(
             tuple(given),
             body,
-            _json(request.body),
+            json_document(request.body),
             _form(request),
             _resource_urls(response, body, request.url),
             result_url,
@@ -504,14 +503,6 @@ def _form(request: Request) -> dict[str, str]:
         fields.setdefault(name, value)
     return fields
 
-
-def _json(body: bytes) -> Any:
-    if not body or body.lstrip()[:1] not in (b"{", b"["):
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _resource_urls(response: Response, body: Any, url: str) -> tuple[str, ...]:
