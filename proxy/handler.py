@@ -191,7 +191,7 @@ class Handler:
             detail = f"#{played.index + 1}" + (
                 ", repeated: the recorded sequence ran out" if played.extra else ""
             )
-            served = self._served_for(session, arrival, played.interaction.response)
+            served = self._served_for(session, arrival.proxy_origin, played.interaction.response)
             sent = served.response
             kind = "cassette"
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
@@ -225,17 +225,16 @@ class Handler:
         return Outcome("forward", None)
 
     def _scripted(self, session: Session, request: Request, arrival: Arrival, answer: Answer) -> Outcome:
-        if session.retry_after is not None:
-            answer = replace(answer, response=rewrite_retry_after(answer.response, session.retry_after))
+        served = self._served_for(session, None, answer.response)
         detail = answer.source + (f" [fault: {answer.fault}]" if answer.fault else "")
         if answer.delay:
             detail += f" [delay {answer.delay:g} s]"
         status = fault_plan.status_sent(answer)
-        sent = answer.response if status is not None else None
-        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer)
-        wire = self.wire(answer.response)
-        plan = fault_plan.plan(answer, wire.body)
-        return Outcome("scenario", wire, None if plan.immediate else plan, exchange)
+        sent = served.response if status is not None else None
+        body = served.body_status
+        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer, body=body)
+        plan = fault_plan.plan(answer, served.wire.body)
+        return Outcome("scenario", served.wire, None if plan.immediate else plan, exchange)
 
     def _no_match(self, session: Session, request: Request, arrival: Arrival, decision: NoMatch) -> Outcome:
         if session.redactor.enabled:  # the diagnostic shows the request: SDKs print it in CI logs
@@ -256,16 +255,18 @@ class Handler:
             "no-match", wire, None, self.entry(request, arrival, wire.status, "no-match", detail)
         )
 
-    def _served_for(self, session: Session, arrival: Arrival, recorded: Response) -> Served:
-        """``recorded`` as this client gets it (``outgoing``), cached: the same every time it is replayed."""
+    def _served_for(self, session: Session, proxy_origin: str | None, response: Response) -> Served:
+        """``response`` as this client gets it (``outgoing``), cached: the same every time it is served (a
+        recorded one; a scripted one too: the scenario machine answers a stage's polls with one Response).
+        ``proxy_origin`` None: URLs are left as they are (scripted answers)."""
         if session is not self._served_session or len(self._served) >= SERVED_CACHE_SIZE:
             self._served = {}
             self._served_session = session
-        key = (id(recorded), arrival.proxy_origin)
+        key = (id(response), proxy_origin)
         served = self._served.get(key)
-        if served is None or served.recorded is not recorded:
-            response = outgoing(session, arrival, recorded)
-            served = Served(recorded, response, self.wire(response), body_status(response))
+        if served is None or served.recorded is not response:
+            sent = outgoing(session, proxy_origin, response)
+            served = Served(response, sent, self.wire(sent), body_status(sent))
             self._served[key] = served
         return served
 
@@ -290,7 +291,7 @@ class Handler:
             if playback is not None:
                 playback.add(Interaction(session.redactor.for_matching(request), response), played=True)
             detail = f"recorded as #{number}"
-        served = outgoing(session, arrival, response)
+        served = outgoing(session, arrival.proxy_origin, response)
         exchange = self.entry(request, arrival, served.status, "upstream", detail, served)
         return (served if served is not response else None), exchange, None
 
@@ -301,10 +302,11 @@ def request_url(session: Session, proxy_origin: str, path: str) -> str:
     return (session.primary_origin or proxy_origin) + path
 
 
-def outgoing(session: Session, arrival: Arrival, response: Response) -> Response:
-    """The response as the client gets it: upstream URLs point at the proxy, Retry-After shortened."""
-    if arrival.proxy_origin is not None and session.origins:
-        response = rewrite_origins(response, session.origins, arrival.proxy_origin)
+def outgoing(session: Session, proxy_origin: str | None, response: Response) -> Response:
+    """The response as the client gets it: upstream URLs point at the proxy (``proxy_origin``, as the
+    client reached it), Retry-After shortened."""
+    if proxy_origin is not None and session.origins:
+        response = rewrite_origins(response, session.origins, proxy_origin)
     if session.retry_after is not None:
         response = rewrite_retry_after(response, session.retry_after)
     return response
