@@ -144,7 +144,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
@@ -248,6 +248,8 @@ class ScenarioMachine:
         self._rng = rng if rng is not None else random.Random()
         self._functions = functions(wall, rng)
         self._lock = threading.Lock()
+        self._checked: object = None
+        """The headers of the last answer found safe to send (``_check_wire``): polls repeat them."""
         self._operations: list[_Op] = []
         self._routes: list[_RouteRule] = []
         self._operation_rules: list[_OperationRule] = []
@@ -276,8 +278,9 @@ class ScenarioMachine:
             for rule in self._rules:
                 result = rule(view, base)
                 if result is not None:
-                    if isinstance(result, Answer):
+                    if isinstance(result, Answer) and result.response.headers is not self._checked:
                         _check_wire(result)
+                        self._checked = result.response.headers  # a stage's polls share one answer
                     return result
         return None
 
@@ -577,15 +580,31 @@ class _View:
         parts = urlsplit(request.url)
         self.method = request.method.upper()
         self.path = parts.path or "/"
-        self.query: dict[str, str] = {}
-        if parts.query:
-            for name, value in parse_qsl(parts.query, keep_blank_values=True):
-                self.query.setdefault(name, value)
-        self.headers: dict[str, str] = {}
-        for name, value in request.headers:
-            self.headers.setdefault(name.lower(), value)
+        self._query_text = parts.query
+        self._query: dict[str, str] | None = None
+        self._headers: dict[str, str] | None = None
         self._json: Any = _NO_BODY
         self._form: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The first value of each query parameter (parsed when a rule asks: most polls match on the
+        path alone)."""
+        if self._query is None:
+            self._query = {}
+            if self._query_text:
+                for name, value in parse_qsl(self._query_text, keep_blank_values=True):
+                    self._query.setdefault(name, value)
+        return self._query
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The first value of each header, by lower-case name (made when a rule asks)."""
+        if self._headers is None:
+            self._headers = {}
+            for name, value in self.request.headers:
+                self._headers.setdefault(name.lower(), value)
+        return self._headers
 
     @property
     def form(self) -> dict[str, str]:
@@ -971,6 +990,14 @@ class _RouteRule:
 # -- operations ---------------------------------------------------------------------------------------
 
 
+class _StatusAnswer(NamedTuple):
+    """A status answer made once: ``key`` is (step, facts, with_resource, on_resource, terminal)."""
+
+    key: tuple[object, ...]
+    response: Response
+    advertised: float | None
+
+
 class _Op:
     """One operation's state (mutable; guarded by the machine's lock)."""
 
@@ -998,7 +1025,7 @@ class _Op:
         self.held_at = 0.0
         """The operation's clock when it was held (``steer``)."""
         self.forced: PollStep | None = None
-        self.answered: tuple[object, ...] | None = None
+        self.answered: _StatusAnswer | None = None
         """The last status answer and what it was made from (``_OperationRule.status_response``): polls of
         one stage are answered with the same bytes, made once."""
         """The step that answers every poll from now on: an end set by ``steer`` or a cancel request."""
@@ -1335,13 +1362,11 @@ class _OperationRule:
         facts = op.facts()
         key = (step, facts, with_resource, on_resource, op.terminal)
         cached = op.answered
-        if cached is not None and all(a is b for a, b in zip(cached[:5], key, strict=False)):
-            response, advertised = cached[5], cached[6]
-            assert isinstance(response, Response) and (advertised is None or isinstance(advertised, float))
-            return response, advertised
+        if cached is not None and cached.key == key:  # compared field by field, with `is` first
+            return cached.response, cached.advertised
         response, advertised = self._status_response(op, step, j, ctx, facts, with_resource, on_resource)
         if self._made_once(step, on_resource, with_resource):
-            op.answered = (*key, response, advertised)
+            op.answered = _StatusAnswer(key, response, advertised)
         return response, advertised
 
     def _made_once(self, step: PollStep, on_resource: bool, with_resource: bool) -> bool:
