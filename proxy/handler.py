@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypedDict, Unpack
 
 from proxy import cassette, fault_plan
 from proxy.diagnostic import (
@@ -25,7 +25,7 @@ from proxy.diagnostic import (
 )
 from proxy.errors import ReplayProxyError, ScenarioError
 from proxy.fault_plan import FaultPlan
-from proxy.journal import BodyStatus, Exchange, body_status, response_facts
+from proxy.journal import BodyStatus, Exchange, ResponseFacts, body_status, fixed_facts, response_facts
 from proxy.model import Headers, Interaction, Request, Response, headers_problem, reason_problem
 from proxy.recorder import Recorder
 from proxy.redact import Redactor
@@ -112,12 +112,25 @@ class Wire(NamedTuple):
 
 
 class Served(NamedTuple):
-    """A recorded response as served: rewritten for this client, wire-ready, its JSON status."""
+    """A recorded response as served: rewritten for this client, wire-ready, its JSON status, and its
+    journal facts when they are the same for every request (``journal.fixed_facts``)."""
 
     recorded: Response
     response: Response
     wire: Wire
     body_status: BodyStatus
+    facts: ResponseFacts | None
+
+
+class Known(TypedDict, total=False):
+    """What the caller of ``exchange_for`` knows already: ``body``, the response's ``body_status``;
+    ``facts``, its ``fixed_facts``; ``cassette`` and ``interaction``, the recorded interaction that
+    answered."""
+
+    body: BodyStatus | None
+    facts: ResponseFacts | None
+    cassette: str | None
+    interaction: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,24 +171,11 @@ class Handler:
         detail: str,
         sent: Response | None = None,
         answer: Answer | None = None,
-        *,
-        body: BodyStatus | None = None,
-        cassette: str | None = None,
-        interaction: int | None = None,
+        **known: Unpack[Known],
     ) -> Exchange:
         """``exchange_for`` with the request's headers as the journal keeps them (``journal_headers``)."""
         return exchange_for(
-            request,
-            arrival,
-            status,
-            source,
-            detail,
-            sent,
-            answer,
-            body=body,
-            cassette=cassette,
-            interaction=interaction,
-            headers=self.journal_headers,
+            request, arrival, status, source, detail, sent, answer, headers=self.journal_headers, **known
         )
 
     def handle(self, session: Session, request: Request, arrival: Arrival) -> Outcome:
@@ -204,6 +204,7 @@ class Handler:
                 detail,
                 sent,
                 body=served.body_status,
+                facts=served.facts,
                 cassette=session.cassette_path,
                 interaction=played.index,
             )
@@ -231,8 +232,8 @@ class Handler:
             detail += f" [delay {answer.delay:g} s]"
         status = fault_plan.status_sent(answer)
         sent = served.response if status is not None else None
-        body = served.body_status
-        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer, body=body)
+        known = Known(body=served.body_status, facts=served.facts)
+        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer, **known)
         if answer.fault is None and not answer.delay and answer.dribble is None:  # most answers
             return Outcome("scenario", served.wire, None, exchange)
         plan = fault_plan.plan(answer, served.wire.body)
@@ -268,7 +269,8 @@ class Handler:
         served = self._served.get(key)
         if served is None or served.recorded is not response:
             sent = outgoing(session, proxy_origin, response)
-            served = Served(response, sent, self.wire(sent), body_status(sent))
+            status = body_status(sent)
+            served = Served(response, sent, self.wire(sent), status, fixed_facts(sent, status))
             self._served[key] = served
         return served
 
@@ -324,17 +326,22 @@ def exchange_for(
     answer: Answer | None = None,
     *,
     body: BodyStatus | None = None,
+    facts: ResponseFacts | None = None,
     cassette: str | None = None,
     interaction: int | None = None,
     headers: Callable[[Headers], Headers] | None = None,
 ) -> Exchange:
     """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
-    (``body``: its ``journal.body_status`` when already known); ``cassette``/``interaction`` the recorded
-    interaction that answered; ``headers`` makes the request's headers the entry's (redacted)."""
+    (``body``: its ``journal.body_status``, ``facts``: its ``journal.fixed_facts``, when already known);
+    ``cassette``/``interaction`` the recorded interaction that answered; ``headers`` makes the request's
+    headers the entry's (redacted)."""
     wall_now, mono_now = time.time(), time.monotonic()
     monotonic = mono_now - max(0.0, wall_now - arrival.time)
     client_url = arrival.client_url
-    facts = response_facts(sent, client_url, now=wall_now, body=body) if sent is not None else None
+    if facts is None and sent is not None:
+        facts = response_facts(sent, client_url, now=wall_now, body=body)
+    elif sent is None:
+        facts = None
     op_status, terminal = (facts.op_status, facts.terminal) if facts is not None else (None, False)
     if answer is not None and answer.operation is not None:
         op_status, terminal = answer.status, answer.terminal
