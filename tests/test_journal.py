@@ -410,7 +410,8 @@ def test_fixed_facts_only_for_responses_whose_facts_depend_on_nothing_else() -> 
         response = Response(202, "", headers, body)
         return fixed_facts(response, body_status(response))
 
-    absolute = Response(202, "", (("Location", "https://h/ops/1"), ("Retry-After", "5")), b'{"status": "Running"}')
+    running = b'{"status": "Running"}'
+    absolute = Response(202, "", (("Location", "https://h/ops/1"), ("Retry-After", "5")), running)
     assert facts(("Location", "https://h/ops/1"), ("Retry-After", "5")) == response_facts(
         absolute, "http://127.0.0.1:1/jobs", body=body_status(absolute)
     )
