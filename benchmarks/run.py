@@ -173,7 +173,7 @@ def plan(s: dict[str, Any], ctx: T.Context) -> list[T.Target]:
     groups = set(s["groups"])
     out: list[T.Target] = []
     if "floor" in groups:
-        out.append(T.floor())
+        out += [T.floor(), T.floor("uvloop")]
     if "mitmproxy" in groups:
         out += [T.mitmdump_trivial(), T.minimal_master(), T.server_replay(s["sizes"][0])]
     if "replay-proxy" in groups:
@@ -442,6 +442,7 @@ def goals(
     out.extend(suite_goals(suite or []))
     if "lean-replay-10" in by_key:
         ratio("lean replay @10 vs floor", "lean-replay-10", "floor", 0.6)
+        ratio("lean replay @10 vs floor on uvloop (the same loop)", "lean-replay-10", "floor-uvloop", 0.6)
         ratio("lean replay @10 vs WireMock tuned", "lean-replay-10", "wiremock-tuned-10", 1.0)
         ratio("lean replay @10 vs talkback tuned", "lean-replay-10", "talkback-tuned-10", 0.8)
         ratio("lean play vs lean replay @10", "lean-play", "lean-replay-10", 0.9)

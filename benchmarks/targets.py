@@ -187,7 +187,9 @@ def _tail(log: Path, lines: int = 5) -> str:
 # ----------------------------------------------------------------------------------------- the targets
 
 
-def floor() -> Target:
+def floor(loop: str = "asyncio") -> Target:
+    """The floor on asyncio's loop, or on uvloop's (the lean engine's loop)."""
+
     def command(ctx: Context, port: int) -> list[str]:
         return [
             ctx.python,
@@ -196,15 +198,17 @@ def floor() -> Target:
             str(port),
             "--body-file",
             str(ctx.body_file),
+            "--loop",
+            loop,
         ]
 
     return Target(
-        "floor",
-        "floor: minimal asyncio server",
+        "floor" if loop == "asyncio" else f"floor-{loop}",
+        "floor: minimal asyncio server" + ("" if loop == "asyncio" else f" on {loop}"),
         "floor",
         command,
         lambda: recording.polled_paths(10),
-        note="asyncio Protocol, same JSON body for every request",
+        note=f"asyncio Protocol on {loop}'s loop, same JSON body for every request",
     )
 
 

@@ -28,7 +28,7 @@ def test_quick_run_measures_our_targets_and_writes_results(tmp_path: Path) -> No
 
     results = json.loads((out / "results.json").read_text())
     rows = {row["key"]: row for row in results["targets"]}
-    assert {"floor", "play", "replay-10"} <= rows.keys()
+    assert {"floor", "floor-uvloop", "play", "replay-10"} <= rows.keys()
     assert {"lean-play", "lean-replay-10"} <= rows.keys()
     for row in rows.values():
         for run in (row["c1"], row["c32"]):
