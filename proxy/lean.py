@@ -35,7 +35,7 @@ from proxy.diagnostic import stopping_response
 from proxy.errors import ConfigError
 from proxy.fault_plan import FaultPlan
 from proxy.handler import Arrival, Outcome, Wire, request_url
-from proxy.model import Request, Response
+from proxy.model import Request, Response, set_header
 from proxy.request_head import MAX_REQUEST_HEAD
 
 if TYPE_CHECKING:
@@ -184,23 +184,6 @@ def _assemble(status: int, reason: bytes, fields: Any) -> bytes:
     lines.extend(name + b": " + value + b"\r\n" for name, value in fields)
     lines.append(b"\r\n")
     return b"".join(lines)
-
-
-def _with(fields: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
-    """``fields`` with ``name`` set to ``value`` as mitmproxy's ``headers[name] = value`` does: the first
-    field of that name takes the value in place, the others go; none: appended."""
-    out: list[tuple[bytes, bytes]] = []
-    done = False
-    for k, v in fields:
-        if k.lower() == name.lower():
-            if not done:
-                out.append((k, value))
-                done = True
-        else:
-            out.append((k, v))
-    if not done:
-        out.append((name, value))
-    return out
 
 
 def _error(status: int, reason: str, message: str) -> bytes:
@@ -443,8 +426,8 @@ class _Connection(asyncio.Protocol):
             elif plan.chunks is not None:
                 await self._dribble(incoming, wire, plan)
             elif plan.close_after:  # truncated: announce the whole body, send part of it, close
-                fields = _with(list(wire.fields), b"content-length", str(plan.announced).encode())
-                fields = _with(fields, b"connection", b"close")
+                fields = set_header(wire.fields, b"content-length", str(plan.announced).encode())
+                fields = set_header(fields, b"connection", b"close")
                 head = _assemble(wire.status, wire.reason, fields)
                 self._write(head if incoming.method == "HEAD" else head + plan.body, close=True)
             else:
@@ -471,9 +454,9 @@ class _Connection(asyncio.Protocol):
         self.gone.set()
 
     async def _dribble(self, incoming: _Incoming, wire: Wire, plan: FaultPlan) -> None:
-        fields = list(wire.fields)
+        fields = wire.fields
         if plan.close_after:
-            fields = _with(fields, b"content-length", str(plan.announced).encode())
+            fields = set_header(fields, b"content-length", str(plan.announced).encode())
         assert self.transport is not None
         self.transport.write(_assemble(wire.status, wire.reason, fields))
         elapsed = 0.0

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, AnyStr
 from urllib.parse import parse_qsl, urlsplit
 
 Headers = tuple[tuple[str, str], ...]
@@ -106,10 +106,14 @@ def without_headers(headers: Headers, names: Iterable[str]) -> Headers:
     return tuple((k, v) for k, v in headers if k.lower() not in drop)
 
 
-def set_header(headers: Headers, name: str, value: str) -> Headers:
-    """Replace all fields named ``name`` by one field with ``value`` (appended if absent)."""
+def set_header(
+    headers: Iterable[tuple[AnyStr, AnyStr]], name: AnyStr, value: AnyStr
+) -> tuple[tuple[AnyStr, AnyStr], ...]:
+    """Replace all fields named ``name`` by one field with ``value`` (appended if absent): the first
+    field of that name takes the value in place, as mitmproxy's ``headers[name] = value`` does. Text
+    headers, or the bytes fields of a response on the wire."""
     lname = name.lower()
-    out: list[tuple[str, str]] = []
+    out: list[tuple[AnyStr, AnyStr]] = []
     done = False
     for k, v in headers:
         if k.lower() == lname:

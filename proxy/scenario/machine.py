@@ -144,7 +144,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypedDict, Unpack
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
@@ -524,6 +524,17 @@ class ScenarioMachine:
 _RetryAfter = tuple[HeaderList, float | None]
 
 
+class _AnswerFacts(TypedDict, total=False):
+    """An operation's facts on a scripted answer (see ``Answer``)."""
+
+    virtual: float | None
+    operation: str | None
+    poll: int | None
+    status: str | None
+    terminal: bool
+    tag: OperationTag | None
+
+
 @dataclass(frozen=True, slots=True)
 class _Rendered:
     response: Response
@@ -531,6 +542,19 @@ class _Rendered:
     dribble: float | None
     fault: FaultKind | None
     retry_after: float | None
+
+    def answer(self, source: str, response: Response | None = None, **facts: Unpack[_AnswerFacts]) -> Answer:
+        """The scripted answer of this rendered response (or of ``response``, made from it): its faults and
+        the Retry-After it advertised, with an operation's ``facts``."""
+        return Answer(
+            response=self.response if response is None else response,
+            source=source,
+            delay=self.delay,
+            dribble=self.dribble,
+            fault=self.fault,
+            retry_after=self.retry_after,
+            **facts,
+        )
 
 
 class _File:
@@ -977,14 +1001,7 @@ class _RouteRule:
             source = f"{self.file.label}: {self.label}"
         ctx = _Ctx(self.machine, view, base, self.file, params, None)
         rendered = self.machine.render_response(spec, at, ctx)
-        return Answer(
-            response=rendered.response,
-            source=source,
-            delay=rendered.delay,
-            dribble=rendered.dribble,
-            fault=rendered.fault,
-            retry_after=rendered.retry_after,
-        )
+        return rendered.answer(source)
 
 
 # -- operations ---------------------------------------------------------------------------------------
@@ -1238,16 +1255,12 @@ class _OperationRule:
                 response = response.replace(headers=(*response.headers, (name, op.status_url)))
         virtual = op.reading()
         op.advance(rendered.retry_after)
-        return Answer(
-            response=response,
-            source=f"{self.file.label}: start of {self.label} ({_short(op_id)})",
+        return rendered.answer(
+            f"{self.file.label}: start of {self.label} ({_short(op_id)})",
+            response,
             virtual=virtual,
-            delay=rendered.delay,
-            dribble=rendered.dribble,
-            fault=rendered.fault,
             operation=op_id,
             status=op.status,
-            retry_after=rendered.retry_after,
             tag=self.tag("start"),
         )
 
@@ -1296,17 +1309,13 @@ class _OperationRule:
             virtual = op.reading()
             op.advance(rendered.retry_after)
             what = f"fault {rendered.fault}" if rendered.fault else str(rendered.response.status)
-            return Answer(
-                response=_for_method(view, rendered.response),
-                source=f"{where} ({what} instead of {op.status})",
+            return rendered.answer(
+                f"{where} ({what} instead of {op.status})",
+                _for_method(view, rendered.response),
                 virtual=virtual,
-                delay=rendered.delay,
-                dribble=rendered.dribble,
-                fault=rendered.fault,
                 operation=op.id,
                 poll=op.polls,
                 status=op.status,
-                retry_after=rendered.retry_after,
                 tag=self.tag("poll", j),
             )
         assert step.status is not None
@@ -1477,17 +1486,7 @@ class _OperationRule:
         source = f"{self.file.label}: cancel of operation {_short(op.id)} ({op.status})"
         if cancel.respond is not None:
             rendered = self.machine.render_response(cancel.respond, self.at("cancel", "respond"), ctx)
-            return Answer(
-                response=rendered.response,
-                source=source,
-                delay=rendered.delay,
-                dribble=rendered.dribble,
-                fault=rendered.fault,
-                operation=op.id,
-                status=op.status,
-                terminal=op.terminal,
-                retry_after=rendered.retry_after,
-            )
+            return rendered.answer(source, operation=op.id, status=op.status, terminal=op.terminal)
         if self.operation.style == "aip-151":
             response = Response(status=200, headers=(("Content-Type", _JSON),), body=b"{}")
             return Answer(response=response, source=source, operation=op.id, status=op.status)
@@ -1537,17 +1536,12 @@ class _OperationRule:
             ctx,
             default_json=resource_body(self.dialect, op.facts()),
         )
-        return Answer(
-            response=rendered.response,
-            source=f"{self.file.label}: resource of operation {_short(op.id)}",
+        return rendered.answer(
+            f"{self.file.label}: resource of operation {_short(op.id)}",
             virtual=op.reading(),
-            delay=rendered.delay,
-            dribble=rendered.dribble,
-            fault=rendered.fault,
             operation=op.id,
             status=op.status,
             terminal=op.terminal,
-            retry_after=rendered.retry_after,
             tag=self.tag("resource"),
         )
 
