@@ -214,6 +214,9 @@ _PARTS: dict[str, Callable[[Request, SplitResult], Hashable]] = {
 """How each indexable matcher reads its value from a request (and its split URL)."""
 
 
+_KEY_CACHE_SIZE = 4096
+
+
 class Matcher:
     """Decides whether a recorded request answers an incoming one, using vcrpy matcher names.
 
@@ -256,6 +259,9 @@ class Matcher:
         self.filter_query_parameters = _filters(filter_query_parameters, "query parameter")
         self.filter_headers = _filters(filter_headers, "header")
         self._filtering = bool(self.filter_query_parameters or self.filter_headers)
+        self._keys: dict[tuple[str, str], Hashable] = {}
+        """``key`` by method and URL, when nothing else goes into it (no headers matched, none filtered):
+        a poller asks for one URL again and again."""
 
     def __repr__(self) -> str:
         return f"Matcher(match_on={self.match_on!r}, headers={self.headers!r})"
@@ -336,8 +342,16 @@ class Matcher:
 
     def key(self, request: Request) -> Hashable:
         """A hashable summary of the indexable matchers and chosen headers: different keys never match."""
-        if self._filtering:
-            request = self.prepare(request)
+        if self._filtering or self.headers:
+            return self._key(self.prepare(request) if self._filtering else request)
+        known = self._keys.get((request.method, request.url))
+        if known is None:
+            if len(self._keys) >= _KEY_CACHE_SIZE:
+                self._keys.clear()
+            known = self._keys[(request.method, request.url)] = self._key(request)
+        return known
+
+    def _key(self, request: Request) -> Hashable:
         parts = urlsplit(request.url)
         return (
             tuple([part(request, parts) for part in self._parts]),

@@ -278,3 +278,19 @@ def test_vcr_matchers_agree_on_simple_cases() -> None:
             ours = Matcher([name]).matches(get(a), get(b))
             theirs = vcr_matchers.requests_match(to_vcr_request(get(b)), to_vcr_request(get(a)), [fn])
             assert ours == theirs, (name, a, b)
+
+
+def test_keys_remembered_by_method_and_url_are_each_requests_own() -> None:
+    """``key`` is remembered by method and URL when nothing else goes into it; with headers matched or
+    parameters filtered it is made each time (they are not part of what it is remembered by)."""
+    m = Matcher()
+    a = Request("GET", "https://h/ops/1?x=1")
+    assert m.key(a) == m.key(Request("GET", "https://h/ops/1?x=1"))
+    assert m.key(a) != m.key(Request("GET", "https://h/ops/2?x=1"))
+    assert m.key(a) != m.key(Request("DELETE", "https://h/ops/1?x=1"))
+    by_header = Matcher(headers=("x-tenant",))
+    one = Request("GET", "https://h/ops/1", headers=(("X-Tenant", "one"),))
+    two = Request("GET", "https://h/ops/1", headers=(("X-Tenant", "two"),))
+    assert by_header.key(one) != by_header.key(two)
+    filtered = Matcher(filter_query_parameters=("sig",))
+    assert filtered.key(Request("GET", "https://h/a?sig=1")) == filtered.key(Request("GET", "https://h/a?sig=2"))
