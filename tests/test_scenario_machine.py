@@ -1804,6 +1804,20 @@ def test_time_held_does_not_count_toward_a_timed_step() -> None:
     assert [body(ask(m, "GET", url))["status"] for _ in range(3)] == ["Running", "Running", "Succeeded"]
 
 
+def test_a_steered_error_is_sent_as_given_not_rendered_as_a_template() -> None:
+    """A test failing an operation gives the error it wants the client to see: ``{{`` in it is text."""
+    m, _ = machine(TIMED)
+    url = ask(m, "POST", "/jobs").response.header("Location")
+    assert url is not None
+    (op,) = m.operations
+    error = {"code": "Bad{{Template", "message": "{{ request.path }} is not rendered"}
+    m.steer(op.id, "fail", error=error)
+    got = body(ask(m, "GET", url))
+    assert got["status"] == "Failed"
+    assert got["error"]["code"] == "Bad{{Template"
+    assert got["error"]["message"] == "{{ request.path }} is not rendered"
+
+
 def test_steer_refuses_unknown_ids_and_actions_and_bad_arguments() -> None:
     from proxy.scenario.machine import UnknownOperation
 

@@ -1402,7 +1402,9 @@ class _OperationRule:
     ) -> tuple[Response, float | None]:
         operation = self.operation
         status = op.status
-        error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
+        error = None
+        if is_failure(status) or step.error is not None:
+            error = self.error(step, j, ctx, steered=step is op.forced)
         base = status_answer(self.dialect, facts, with_resource=with_resource, error=error)
         code, headers, body = base.code, base.headers, base.body
         if on_resource:  # the resource itself, its provisioningState the status (and a failure's error,
@@ -1449,11 +1451,15 @@ class _OperationRule:
         response = Response(status=code, headers=headers, body=content)
         return response, self.machine.advertised(headers, retry)
 
-    def error(self, step: PollStep, j: int, ctx: _Ctx) -> dict[str, Any]:
+    def error(self, step: PollStep, j: int, ctx: _Ctx, *, steered: bool = False) -> dict[str, Any]:
+        """``step``'s OData error, its templates rendered; ``steered``: given by a test steering the
+        operation (``fail``), sent as it was given (a ``{{`` in it is text, not a template)."""
         if step.error is None:
             return dict(DEFAULT_ERROR)
         data = step.error.model_dump()
         error = {k: v for k, v in data.items() if v is not None or k not in ("message", "details")}
+        if steered:
+            return error
         rendered: dict[str, Any] = self.machine.render_data(error, self.at("steps", j, "error"), ctx)
         return rendered
 
