@@ -215,13 +215,49 @@ class Seconds(Kind):
         return "none" if value is None else f"{value:g}"
 
 
+SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+"""The suffixes of a size, 1024-based, as mitmproxy's ``human.parse_size`` reads them."""
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """Bytes from ``1048576``, ``"512k"``, ``"100m"`` or ``"1g"`` (1024-based, as mitmproxy's
+    ``body_size_limit`` reads them: tests/test_mitm_internals.py holds the two parsers equal); ``0`` or
+    None: no limit."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        size = value if isinstance(value, int) else _size_in_bytes(str(value).strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"bad size {value!r}: expected bytes with an optional k, m or g suffix, e.g. 100m"
+        ) from None
+    if size < 0:
+        raise ConfigError(f"bad size {value!r}: must be zero (no limit) or more bytes, e.g. 100m")
+    return size or None
+
+
+def _size_in_bytes(text: str) -> int:
+    """mitmproxy's ``human.parse_size`` (a ValueError for what it refuses), without importing mitmproxy."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    for suffix, unit in SIZE_UNITS.items():
+        if text.endswith(suffix):
+            try:
+                return int(text[:-1]) * unit
+            except ValueError:
+                break
+    raise ValueError(f"invalid size {text!r}")
+
+
 @dataclass(frozen=True)
 class Size(Kind):
     """Bytes, from ``1048576`` or ``512k``/``100m``/``1g``; 0 or None: no limit (None)."""
 
     def parse(self, value: Any) -> int | None:
-        from proxy.server import parse_size  # mitmproxy's size parser: imported only when parsing one
-
         try:
             return parse_size(value)
         except ConfigError as e:
