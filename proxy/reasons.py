@@ -2,8 +2,8 @@
 
 mitmproxy 12's table (``mitmproxy.net.http.status_codes.RESPONSES``), held here so that the lean engine
 starts without importing mitmproxy and both engines send the same status line with mitmproxy 11, whose
-table lacks 15 of these codes (429 among them: it sent ``HTTP/1.1 429 ``). tests/test_reasons.py holds it
-to mitmproxy's.
+table lacks 15 of these codes (429 among them: it sent ``HTTP/1.1 429 ``). tests/test_mitm_internals.py
+holds it to mitmproxy's.
 """
 
 from __future__ import annotations
