@@ -462,6 +462,7 @@ class ReplayProxy:
             lean.install_session(self.core, self.replay_options, self.max_body_size)
         except ReplayProxyError as e:
             self._error = e
+            self.core.open_journal_file(None)
             return
         target = self.core.session.primary_origin if self.core.session is not None else None
         server = lean.LeanServer(self.core, self.max_body_size, target or UNREACHABLE)

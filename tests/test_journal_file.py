@@ -144,8 +144,9 @@ def test_the_plugin_writes_the_sessions_journal(
     assert [line["cassette"] for line in lines if line["event"] == "load"] == [str(CASSETTE)]
 
 
-def test_replay_proxy_refuses_a_journal_it_cannot_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replay_proxy_refuses_a_journal_it_cannot_write(tmp_path: Path, engine: str) -> None:
     from proxy.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot write the journal there"):
-        ReplayProxy(scenarios=[SCENARIO], journal_file=tmp_path).start()
+        ReplayProxy(scenarios=[SCENARIO], journal_file=tmp_path, engine=engine).start()
