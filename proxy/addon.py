@@ -13,14 +13,7 @@ from urllib.parse import urlsplit
 from mitmproxy import exceptions, http
 from mitmproxy.proxy import mode_specs
 
-from proxy import (
-    control,
-    faults,
-    gateway,
-    mitm_internals,
-    request_head,
-    settings,
-)
+from proxy import control, faults, gateway, mitm_internals, request_head, settings
 from proxy.diagnostic import stopping_response
 from proxy.errors import ReplayProxyError
 from proxy.handler import WIRE_HEADERS, Arrival, Handler, Wire, request_url
