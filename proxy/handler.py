@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypedDict, Unpack
 
 from proxy import cassette, fault_plan
 from proxy.diagnostic import (
@@ -25,7 +25,7 @@ from proxy.diagnostic import (
 )
 from proxy.errors import ReplayProxyError, ScenarioError
 from proxy.fault_plan import FaultPlan
-from proxy.journal import BodyStatus, Exchange, body_status, response_facts
+from proxy.journal import BodyStatus, Exchange, ResponseFacts, body_status, fixed_facts, response_facts
 from proxy.model import Headers, Interaction, Request, Response, headers_problem, reason_problem
 from proxy.recorder import Recorder
 from proxy.redact import Redactor
@@ -112,12 +112,25 @@ class Wire(NamedTuple):
 
 
 class Served(NamedTuple):
-    """A recorded response as served: rewritten for this client, wire-ready, its JSON status."""
+    """A recorded response as served: rewritten for this client, wire-ready, its JSON status, and its
+    journal facts when they are the same for every request (``journal.fixed_facts``)."""
 
     recorded: Response
     response: Response
     wire: Wire
     body_status: BodyStatus
+    facts: ResponseFacts | None
+
+
+class Known(TypedDict, total=False):
+    """What the caller of ``exchange_for`` knows already: ``body``, the response's ``body_status``;
+    ``facts``, its ``fixed_facts``; ``cassette`` and ``interaction``, the recorded interaction that
+    answered."""
+
+    body: BodyStatus | None
+    facts: ResponseFacts | None
+    cassette: str | None
+    interaction: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,24 +171,11 @@ class Handler:
         detail: str,
         sent: Response | None = None,
         answer: Answer | None = None,
-        *,
-        body: BodyStatus | None = None,
-        cassette: str | None = None,
-        interaction: int | None = None,
+        **known: Unpack[Known],
     ) -> Exchange:
         """``exchange_for`` with the request's headers as the journal keeps them (``journal_headers``)."""
         return exchange_for(
-            request,
-            arrival,
-            status,
-            source,
-            detail,
-            sent,
-            answer,
-            body=body,
-            cassette=cassette,
-            interaction=interaction,
-            headers=self.journal_headers,
+            request, arrival, status, source, detail, sent, answer, headers=self.journal_headers, **known
         )
 
     def handle(self, session: Session, request: Request, arrival: Arrival) -> Outcome:
@@ -191,7 +191,7 @@ class Handler:
             detail = f"#{played.index + 1}" + (
                 ", repeated: the recorded sequence ran out" if played.extra else ""
             )
-            served = self._served_for(session, arrival, played.interaction.response)
+            served = self._served_for(session, arrival.proxy_origin, played.interaction.response)
             sent = served.response
             kind = "cassette"
             if cassette.is_unplayable(played.interaction.response):  # the verdict counts it as unmatched
@@ -204,6 +204,7 @@ class Handler:
                 detail,
                 sent,
                 body=served.body_status,
+                facts=served.facts,
                 cassette=session.cassette_path,
                 interaction=played.index,
             )
@@ -225,17 +226,18 @@ class Handler:
         return Outcome("forward", None)
 
     def _scripted(self, session: Session, request: Request, arrival: Arrival, answer: Answer) -> Outcome:
-        if session.retry_after is not None:
-            answer = replace(answer, response=rewrite_retry_after(answer.response, session.retry_after))
+        served = self._served_for(session, None, answer.response)
         detail = answer.source + (f" [fault: {answer.fault}]" if answer.fault else "")
         if answer.delay:
             detail += f" [delay {answer.delay:g} s]"
         status = fault_plan.status_sent(answer)
-        sent = answer.response if status is not None else None
-        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer)
-        wire = self.wire(answer.response)
-        plan = fault_plan.plan(answer, wire.body)
-        return Outcome("scenario", wire, None if plan.immediate else plan, exchange)
+        sent = served.response if status is not None else None
+        known = Known(body=served.body_status, facts=served.facts)
+        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer, **known)
+        if answer.fault is None and not answer.delay and answer.dribble is None:  # most answers
+            return Outcome("scenario", served.wire, None, exchange)
+        plan = fault_plan.plan(answer, served.wire.body)
+        return Outcome("scenario", served.wire, None if plan.immediate else plan, exchange)
 
     def _no_match(self, session: Session, request: Request, arrival: Arrival, decision: NoMatch) -> Outcome:
         if session.redactor.enabled:  # the diagnostic shows the request: SDKs print it in CI logs
@@ -256,16 +258,19 @@ class Handler:
             "no-match", wire, None, self.entry(request, arrival, wire.status, "no-match", detail)
         )
 
-    def _served_for(self, session: Session, arrival: Arrival, recorded: Response) -> Served:
-        """``recorded`` as this client gets it (``outgoing``), cached: the same every time it is replayed."""
+    def _served_for(self, session: Session, proxy_origin: str | None, response: Response) -> Served:
+        """``response`` as this client gets it (``outgoing``), cached: the same every time it is served (a
+        recorded one; a scripted one too: the scenario machine answers a stage's polls with one Response).
+        ``proxy_origin`` None: URLs are left as they are (scripted answers)."""
         if session is not self._served_session or len(self._served) >= SERVED_CACHE_SIZE:
             self._served = {}
             self._served_session = session
-        key = (id(recorded), arrival.proxy_origin)
+        key = (id(response), proxy_origin)
         served = self._served.get(key)
-        if served is None or served.recorded is not recorded:
-            response = outgoing(session, arrival, recorded)
-            served = Served(recorded, response, self.wire(response), body_status(response))
+        if served is None or served.recorded is not response:
+            sent = outgoing(session, proxy_origin, response)
+            status = body_status(sent)
+            served = Served(response, sent, self.wire(sent), status, fixed_facts(sent, status))
             self._served[key] = served
         return served
 
@@ -290,7 +295,7 @@ class Handler:
             if playback is not None:
                 playback.add(Interaction(session.redactor.for_matching(request), response), played=True)
             detail = f"recorded as #{number}"
-        served = outgoing(session, arrival, response)
+        served = outgoing(session, arrival.proxy_origin, response)
         exchange = self.entry(request, arrival, served.status, "upstream", detail, served)
         return (served if served is not response else None), exchange, None
 
@@ -301,10 +306,11 @@ def request_url(session: Session, proxy_origin: str, path: str) -> str:
     return (session.primary_origin or proxy_origin) + path
 
 
-def outgoing(session: Session, arrival: Arrival, response: Response) -> Response:
-    """The response as the client gets it: upstream URLs point at the proxy, Retry-After shortened."""
-    if arrival.proxy_origin is not None and session.origins:
-        response = rewrite_origins(response, session.origins, arrival.proxy_origin)
+def outgoing(session: Session, proxy_origin: str | None, response: Response) -> Response:
+    """The response as the client gets it: upstream URLs point at the proxy (``proxy_origin``, as the
+    client reached it), Retry-After shortened."""
+    if proxy_origin is not None and session.origins:
+        response = rewrite_origins(response, session.origins, proxy_origin)
     if session.retry_after is not None:
         response = rewrite_retry_after(response, session.retry_after)
     return response
@@ -320,17 +326,22 @@ def exchange_for(
     answer: Answer | None = None,
     *,
     body: BodyStatus | None = None,
+    facts: ResponseFacts | None = None,
     cassette: str | None = None,
     interaction: int | None = None,
     headers: Callable[[Headers], Headers] | None = None,
 ) -> Exchange:
     """The journal entry: timed at the request's arrival; ``sent`` is the response as the client gets it
-    (``body``: its ``journal.body_status`` when already known); ``cassette``/``interaction`` the recorded
-    interaction that answered; ``headers`` makes the request's headers the entry's (redacted)."""
+    (``body``: its ``journal.body_status``, ``facts``: its ``journal.fixed_facts``, when already known);
+    ``cassette``/``interaction`` the recorded interaction that answered; ``headers`` makes the request's
+    headers the entry's (redacted)."""
     wall_now, mono_now = time.time(), time.monotonic()
     monotonic = mono_now - max(0.0, wall_now - arrival.time)
     client_url = arrival.client_url
-    facts = response_facts(sent, client_url, now=wall_now, body=body) if sent is not None else None
+    if facts is None and sent is not None:
+        facts = response_facts(sent, client_url, now=wall_now, body=body)
+    elif sent is None:
+        facts = None
     op_status, terminal = (facts.op_status, facts.terminal) if facts is not None else (None, False)
     if answer is not None and answer.operation is not None:
         op_status, terminal = answer.status, answer.terminal

@@ -4,7 +4,8 @@ Writing reuses mitmproxy's own HAR export (``mitmproxy.addons.savehar.SaveHar.fl
 mitmproxy 11 and 12) on a copy of each flow as the client saw it: the URL it used (in reverse mode, the
 proxy's), the answer as served (URLs rewritten, Retry-After shortened), bodies decoded, and secrets
 replaced by the placeholders the cassette uses. Reading uses mitmproxy's HAR reader
-(``mitmproxy.io.har.request_to_flow``), which knows the variants browsers and tools write.
+(``mitmproxy.io.har.request_to_flow``), which knows the variants browsers and tools write, through
+``read_entry`` (also ``learn``'s reader, ``proxy.recordings``), which works around two of its gaps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -305,24 +307,52 @@ def _kind(kind: type | tuple[type, ...]) -> str:
 
 def _interaction(entry: dict[str, Any], where: str) -> Interaction:
     """One entry through mitmproxy's HAR reader, then as a cassette holds it (bodies decoded)."""
-    from mitmproxy.io.har import request_to_flow
-
-    filled = _filled(entry)
     try:
-        flow = request_to_flow(filled)
-    except Exception as e:  # mitmproxy's reader raises whatever the entry trips
-        raise CassetteError(
-            f"{where}: mitmproxy's HAR reader cannot read it: {type(e).__name__}: {e}"
-        ) from None
+        read = read_entry(entry)
+    except HarEntryError as e:
+        raise CassetteError(f"{where}: mitmproxy's HAR reader cannot read it: {e}") from None
+    flow = read.flow
     assert flow.response is not None
     req = flow.request
     request = Request(req.method, req.url, tuple(req.headers.items(multi=True)), req.raw_content or b"")
     request = _decoded_request(request, req)
     response = _model_response(flow.response, req.method)
-    reason = entry["response"].get("statusText")
-    if isinstance(reason, str) and reason:
-        response = Response(response.status, reason, response.headers, response.body)
+    if read.reason is not None:
+        response = Response(response.status, read.reason, response.headers, response.body)
     return Interaction(request, response)
+
+
+class HarEntryError(ValueError):
+    """mitmproxy's HAR reader cannot read an entry; says what it tripped on (``KeyError: 'url'``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HarEntry:
+    """A HAR entry as mitmproxy reads it, with what its reader leaves out."""
+
+    flow: http.HTTPFlow
+    reason: str | None
+    """The entry's ``statusText``, when it has one (mitmproxy's reader puts the standard phrase instead)."""
+    started: float | None
+    """POSIX seconds the request was sent (``startedDateTime``); None when the entry does not say."""
+
+
+def read_entry(entry: Any) -> HarEntry:
+    """One HAR entry through mitmproxy's reader (``request_to_flow``), for ``read`` and ``learn``.
+
+    Two gaps of that reader are worked around: fields HAR 1.2 requires but some tools leave out are filled
+    in first (``_filled``), and the entry's ``statusText`` is kept (``HarEntry.reason``). HarEntryError
+    when the reader still cannot read it.
+    """
+    from mitmproxy.io.har import request_to_flow
+
+    try:
+        flow = request_to_flow(_filled(entry))
+    except Exception as e:  # mitmproxy's reader raises whatever the entry trips
+        raise HarEntryError(f"{type(e).__name__}: {e}") from None
+    reason = entry["response"].get("statusText")
+    started = flow.request.timestamp_start if isinstance(entry.get("startedDateTime"), str) else None
+    return HarEntry(flow, reason if isinstance(reason, str) and reason else None, started)
 
 
 def _decoded_request(request: Request, req: http.Request) -> Request:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
 from proxy.model import Headers, Response, header_value
-from proxy.rewrite import parse_retry_after
+from proxy.rewrite import dated_retry_after, parse_retry_after
 from proxy.scenario.answer import TERMINAL_STATUSES, OperationTag
 
 MAX_ENTRIES = 100_000
@@ -185,6 +185,18 @@ def response_facts(
     return ResponseFacts(retry_after, tuple(urls), op_status, terminal)
 
 
+def fixed_facts(response: Response, body: BodyStatus) -> ResponseFacts | None:
+    """``response_facts`` of ``response`` when they depend on neither the time nor the request's URL (no
+    HTTP-date Retry-After, no relative status URL), else None: made once for a response served again and
+    again (``body``: its ``body_status``)."""
+    if dated_retry_after(response.headers):
+        return None
+    facts = response_facts(response, "", body=body)
+    if any(not urlsplit(url).scheme for url in facts.status_urls):
+        return None
+    return facts
+
+
 _BODY_STATUS_CACHE: dict[bytes, BodyStatus] = {}
 """``body_status`` of recent small bodies: polls are answered with the same bytes again and again."""
 _BODY_CACHE_ENTRIES = 1024
@@ -303,13 +315,11 @@ def _shared(headers: Headers) -> Headers:
 
 
 def scrubbed(exchange: Exchange, scrub: Callable[[str], str]) -> Exchange:
-    """``exchange`` with ``scrub`` applied to its URLs and detail; itself when nothing changed."""
-    url, path, client_url, detail = (
-        scrub(exchange.url),
-        scrub(exchange.path),
-        scrub(exchange.client_url),
-        scrub(exchange.detail),
-    )
+    """``exchange`` with ``scrub`` applied to its URLs and detail; itself when nothing changed. An
+    operation's answer (``tag``) keeps its detail: the scenario's names, a generated id, the poll number
+    and a status, nothing from the request (and a new text each poll, which ``scrub`` cannot cache)."""
+    url, path, client_url = scrub(exchange.url), scrub(exchange.path), scrub(exchange.client_url)
+    detail = exchange.detail if exchange.tag is not None else scrub(exchange.detail)
     status_urls = tuple(scrub(u) for u in exchange.status_urls)
     if (url, path, client_url, detail, status_urls) == (
         exchange.url,

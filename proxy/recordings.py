@@ -2,10 +2,11 @@
 
 ``replay-proxy learn`` reads what users already have. Cassettes go through ``proxy.cassette`` (everything
 vcrpy loads); HAR files and flow dumps through mitmproxy's own readers (``mitmproxy.io.FlowReader`` for
-dumps, ``mitmproxy.io.har.request_to_flow`` for each HAR entry: both exist in mitmproxy 11 and 12), so
-no format is parsed by hand. HAR files and flows carry when each request was sent; cassettes do not, so
-their times come from the responses' ``Date`` headers (whole seconds) when every response has one.
-Anything else is refused with a ``RecordingError`` that names the file and, when known, the line.
+dumps, ``mitmproxy.io.har.request_to_flow`` for each HAR entry, through ``proxy.har.read_entry`` as
+``--cassette x.har`` reads it: both exist in mitmproxy 11 and 12), so no format is parsed by hand. HAR
+files and flows carry when each request was sent; cassettes do not, so their times come from the
+responses' ``Date`` headers (whole seconds) when every response has one. Anything else is refused with a
+``RecordingError`` that names the file and, when known, the line.
 """
 
 from __future__ import annotations
@@ -125,8 +126,7 @@ def _date_header(response: Response) -> float | None:
 
 
 def _read_har(path: Path, data: dict[str, Any]) -> Recording:
-    from mitmproxy import exceptions
-    from mitmproxy.io import har
+    from proxy.har import HarEntryError, read_entry
 
     entries = data["log"].get("entries")
     if not isinstance(entries, list):
@@ -134,12 +134,12 @@ def _read_har(path: Path, data: dict[str, Any]) -> Recording:
     exchanges: list[Recorded] = []
     for n, entry in enumerate(entries, 1):
         try:
-            flow = har.request_to_flow(entry)
-        except (KeyError, TypeError, ValueError, AttributeError, exceptions.MitmproxyException) as e:
+            read = read_entry(entry)
+        except HarEntryError as e:
             raise RecordingError(
-                f"{path}: log.entries[{n - 1}]: not a HAR entry mitmproxy can read ({type(e).__name__}: {e})"
+                f"{path}: log.entries[{n - 1}]: not a HAR entry mitmproxy can read ({e})"
             ) from None
-        exchanges.append(_from_flow(flow, path, n))
+        exchanges.append(_from_flow(read.flow, path, n, at=read.started, reason=read.reason))
     return Recording(path, "har", "request", tuple(exchanges))
 
 
@@ -152,7 +152,7 @@ def _read_flows(path: Path) -> Recording:
         with open(path, "rb") as f:
             for flow in FlowReader(f).stream():
                 if isinstance(flow, http.HTTPFlow) and flow.response is not None:
-                    exchanges.append(_from_flow(flow, path, len(exchanges) + 1))
+                    exchanges.append(_from_flow(flow, path, len(exchanges) + 1, flow.request.timestamp_start))
     except exceptions.FlowReadException as e:
         raise RecordingError(
             f"{path}: after {len(exchanges)} flows: not a mitmproxy flow dump ({e}); {EXPECTED}"
@@ -160,8 +160,9 @@ def _read_flows(path: Path) -> Recording:
     return Recording(path, "flows", "request", tuple(exchanges))
 
 
-def _from_flow(flow: Any, path: Path, n: int) -> Recorded:
-    """Our Interaction from a mitmproxy HTTPFlow, bodies decoded (as cassettes store them)."""
+def _from_flow(flow: Any, path: Path, n: int, at: float | None, reason: str | None = None) -> Recorded:
+    """Our Interaction from a mitmproxy HTTPFlow, bodies decoded (as cassettes store them); ``reason``
+    when the source says better than the flow (a HAR entry's statusText)."""
     req, resp = flow.request, flow.response
     request = Request(
         method=req.method,
@@ -174,8 +175,8 @@ def _from_flow(flow: Any, path: Path, n: int) -> Recorded:
     )
     response = Response(
         status=resp.status_code,
-        reason=resp.reason or "",
+        reason=reason if reason is not None else resp.reason or "",
         headers=headers,
         body=resp.get_content(strict=False) or b"",
     )
-    return Recorded(Interaction(request, response), req.timestamp_start, f"{path.name}#{n}")
+    return Recorded(Interaction(request, response), at, f"{path.name}#{n}")

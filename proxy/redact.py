@@ -345,6 +345,8 @@ class Redactor:
         self._lock = threading.Lock()
         self._scrubbed: dict[str, str] = {}
         """``scrub``'s answers: a poll's path is printed again and again (memory only, bounded)."""
+        self._matching: dict[tuple[str, str, Headers], tuple[bool, Request]] = {}
+        """``for_matching`` of requests without a body, by method, URL and headers: (changed, result)."""
 
     @property
     def header_names(self) -> frozenset[str]:
@@ -573,6 +575,19 @@ class Redactor:
         """
         if not self.enabled:
             return request
+        if request.body:
+            return self._for_matching(request)
+        key = (request.method, request.url, request.headers)  # a poller sends these again and again
+        known = self._matching.get(key)
+        if known is None:
+            if len(self._matching) >= _MATCHING_CACHE_SIZE:
+                self._matching.clear()
+            found = self._for_matching(request)
+            known = self._matching[key] = (found is not request, found)
+        changed, found = known
+        return found if changed else request
+
+    def _for_matching(self, request: Request) -> Request:
         original = request
         request = _decoded_request(request)
         seen: dict[str, str] = {}
@@ -645,6 +660,7 @@ class Redactor:
         return new
 
 
+_MATCHING_CACHE_SIZE = 4096
 _SCRUB_CACHE_SIZE = 4096
 
 _TEXT_PAIR_RE = re.compile(r"""(?<![\w.~%-])([\w.~-]+)(=|%3[Dd])((?:<REDACTED(?:-\d+)?>|[^\s&;,)"'<>])+)""")

@@ -22,7 +22,7 @@ from pathlib import Path
 from proxy.errors import ReplayProxyError
 from proxy.journal import Exchange
 from proxy.operations import Timeline, show
-from proxy.verdict import Violation, _end_status, marks
+from proxy.verdict import Violation, _end_status, answer_text, marks, num, secs
 
 WIDTH = 960
 """The time axis' width in CSS pixels (the page is as wide as a CI artifact viewer)."""
@@ -217,7 +217,7 @@ def _operations(entries: Sequence[Exchange], analysis: Timeline | None = None) -
         if end is not None:
             n = op.polls.index(end) + 1
             took = points[[p.index for p in points].index(end)].at
-            outcome = f"{_end_status(entries[end])} after {_count(n, 'poll')} in {_secs(took)} s"
+            outcome = f"{_end_status(entries[end])} after {_count(n, 'poll')} in {secs(took)} s"
         else:
             last = entries[op.polls[-1]].op_status if op.polls else None
             outcome = f"never finished (last status: {last or 'none'})"
@@ -278,11 +278,11 @@ def _operation(
     for p in op.points:
         e = entries[p.index]
         cls = "bad" if p.index in flagged else ("end" if p.terminal else "")
-        gap = _secs(p.gap) if p.gap is not None else ""
-        wait = _num(e.retry_after) if e.retry_after is not None else ""
+        gap = secs(p.gap) if p.gap is not None else ""
+        wait = num(e.retry_after) if e.retry_after is not None else ""
         parts.append(
             f'<tr id="op{k}-r{p.index + 1}" class="{cls}"><td>{p.index + 1}</td><td>{_e(p.kind)}</td>'
-            f"<td>{_secs(p.at)}</td><td>{gap}</td>"
+            f"<td>{secs(p.at)}</td><td>{gap}</td>"
             f"<td><code>{_e(e.method)} {_e(show(e.path))}</code></td>"
             f"<td>{_e(_answer(e))}</td><td>{wait}</td>"
             f"<td>{_notes(p.index, flagged, by_index, violations)}</td></tr>"
@@ -325,7 +325,7 @@ def _axis(op: _Operation, entries: Sequence[Exchange], flagged: dict[int, list[s
         e = entries[p.index]
         cx = x(p.at)
         cls = _mark_class(e) + (" flagged" if p.index in flagged else "") + (" end" if p.terminal else "")
-        tip = f"{p.kind} at {_secs(p.at)} s: {_answer(e)}"
+        tip = f"{p.kind} at {secs(p.at)} s: {_answer(e)}"
         if p.index in flagged:
             tip += " [" + ", ".join(flagged[p.index]) + "]"
         if p.terminal:
@@ -402,14 +402,7 @@ def _closest(e: Exchange) -> tuple[str, str]:
 
 
 def _answer(e: Exchange) -> str:
-    status = str(e.status) if e.status is not None else "no response"
-    parts = [status + (f" {e.op_status}" if e.op_status else "")]
-    if e.retry_after is not None:
-        parts.append(f"Retry-After {_num(e.retry_after)} s")
-    shown = {"no-match": "NO MATCH", "scenario-error": "SCENARIO ERROR", "error": "upstream FAILED"}
-    if e.source in shown:
-        parts.append(shown[e.source])
-    return ", ".join(parts)
+    return answer_text(e, retry_after="Retry-After {} s")
 
 
 def _tick_step(span: float) -> float:
@@ -425,14 +418,6 @@ def _tick_step(span: float) -> float:
 def _tick(t: float, step: float) -> str:
     digits = max(0, -math.floor(math.log10(step))) if step < 1 else 0
     return f"{t:.{digits}f}"
-
-
-def _secs(seconds: float) -> str:
-    return f"{max(0.0, seconds):.3f}"
-
-
-def _num(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
 
 
 def _count(n: int, word: str) -> str:

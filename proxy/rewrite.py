@@ -204,6 +204,13 @@ def parse_retry_after(headers: Headers, now: float | None = None) -> float | Non
     return min(found) if found else None
 
 
+def dated_retry_after(headers: Headers) -> bool:
+    """Whether ``headers`` say Retry-After as something other than seconds (an HTTP-date: the delay it
+    means depends on when it is read)."""
+    value = header_value(headers, "retry-after")
+    return value is not None and _NUMBER.fullmatch(value) is None
+
+
 def _http_date(value: str) -> float | None:
     """An HTTP-date as a POSIX timestamp, or None."""
     if not any(c.isalpha() for c in value):

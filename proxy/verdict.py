@@ -150,8 +150,8 @@ def check(entries: Sequence[Exchange], disabled: Collection[str] = ()) -> list[V
             found.append(
                 Violation(
                     "retry-after",
-                    f"{_request(entries[i])} was retried {_secs(entries[i].monotonic - prev.monotonic)} s "
-                    f"after the {prev.status} it got, which said to wait {_num(prev.retry_after)} s; "
+                    f"{_request(entries[i])} was retried {secs(entries[i].monotonic - prev.monotonic)} s "
+                    f"after the {prev.status} it got, which said to wait {num(prev.retry_after)} s; "
                     f"{_WAIT_ADVICE}",
                     i,
                 )
@@ -237,21 +237,21 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
             s = entries[op.start]
             given = f"; status URL {_show(op.given[0])}" if op.given else ""
             lines.append(
-                f"  {'start':<7} +0.000 s  {'':<13} {_request(s)} -> {_got(s)}{given}"
+                f"  {'start':<7} +0.000 s  {'':<13} {_request(s)} -> {answer_text(s)}{given}"
                 f"{_flags(flagged, op.start)}"
             )
         previous: int | None = op.start
         polls = 0
         for i in op.timeline:
             e = entries[i]
-            gap = f"gap {_secs(e.monotonic - entries[previous].monotonic)} s" if previous is not None else ""
+            gap = f"gap {secs(e.monotonic - entries[previous].monotonic)} s" if previous is not None else ""
             if i in op.polls:
                 polls += 1
                 what = f"poll {polls}"
             else:
                 what = "stray" if i in analysis.strays else "other"
             lines.append(
-                f"  {what:<7} +{_secs(e.monotonic - origin)} s  {gap:<13} {_request(e)} -> {_got(e)}"
+                f"  {what:<7} +{secs(e.monotonic - origin)} s  {gap:<13} {_request(e)} -> {answer_text(e)}"
                 f"{_flags(flagged, i)}"
             )
             if i in op.polls:
@@ -263,7 +263,7 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
             took = entries[end].monotonic - origin
             n = op.polls.index(end) + 1
             polls_text = f"{n} poll{'s' if n != 1 else ''}"
-            lines.append(f"  => {_end_status(entries[end])} after {polls_text} in {_secs(took)} s")
+            lines.append(f"  => {_end_status(entries[end])} after {polls_text} in {secs(took)} s")
         else:
             last = entries[op.polls[-1]].op_status if op.polls else None
             lines.append(f"  => never finished (last status: {last or 'none'})")
@@ -278,7 +278,7 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
         lines.append("other requests of note:")
         for i in outside:
             e = entries[i]
-            lines.append(f"  {_request(e)} -> {_got(e)}{_flags(flagged, i)}")
+            lines.append(f"  {_request(e)} -> {answer_text(e)}{_flags(flagged, i)}")
     lines.append("")
     lines.append(format_violations(violations))
     return "\n".join(lines)
@@ -319,8 +319,8 @@ def _early_polls(entries: Sequence[Exchange], op: _Op, off: Collection[str]) -> 
                 Violation(
                     "retry-after-202",
                     f"ignored the delay on the {prev.status}: {_request(entries[i])} came "
-                    f"{_secs(entries[i].monotonic - prev.monotonic)} s after the {prev.status} that started "
-                    f"operation {op.label}, which said to wait {_num(prev.retry_after)} s; the client should "
+                    f"{secs(entries[i].monotonic - prev.monotonic)} s after the {prev.status} that started "
+                    f"operation {op.label}, which said to wait {num(prev.retry_after)} s; the client should "
                     "wait that long before the first poll (azure-core polls once immediately by design: "
                     "turn this check off for it)",
                     i,
@@ -334,8 +334,8 @@ def _early_polls(entries: Sequence[Exchange], op: _Op, off: Collection[str]) -> 
         out.append(
             Violation(
                 "retry-after",
-                f"{_request(entries[i])} came {_secs(entries[i].monotonic - prev.monotonic)} s after the "
-                f"previous answer, which said to wait {_num(prev.retry_after)} s{also}; {_WAIT_ADVICE}",
+                f"{_request(entries[i])} came {secs(entries[i].monotonic - prev.monotonic)} s after the "
+                f"previous answer, which said to wait {num(prev.retry_after)} s{also}; {_WAIT_ADVICE}",
                 i,
             )
         )
@@ -400,22 +400,29 @@ def _request(e: Exchange) -> str:
     return f"{e.method} {_show(e.path)}"
 
 
-def _secs(seconds: float) -> str:
+def secs(seconds: float) -> str:
+    """Seconds with millisecond digits, never negative (clock jitter): ``1.250``."""
     return f"{max(0.0, seconds):.3f}"
 
 
-def _num(value: float | None) -> str:
+def num(value: float | None) -> str:
+    """A number without trailing zeros (``0.05``, ``2``), or ``none``: how delays are shown."""
     if value is None:
         return "none"
     text = f"{value:.3f}".rstrip("0").rstrip(".")
     return text or "0"
 
 
-def _got(e: Exchange) -> str:
+def answer_text(e: Exchange, retry_after: str = "Retry-After: {}") -> str:
+    """What the client got: status, operation status, delay, and who failed to answer.
+
+    ``retry_after`` words the delay (``{}`` is the number): the verdict's ``Retry-After: 0.05``, the HTML
+    report's ``Retry-After 0.05 s``.
+    """
     status = str(e.status) if e.status is not None else "no response"
     parts = [status + (f" {e.op_status}" if e.op_status else "")]
     if e.retry_after is not None:
-        parts.append(f"Retry-After: {_num(e.retry_after)}")
+        parts.append(retry_after.format(num(e.retry_after)))
     shown = {"no-match": "NO MATCH", "scenario-error": "SCENARIO ERROR", "error": "upstream FAILED"}
     if e.source in shown:
         parts.append(shown[e.source])

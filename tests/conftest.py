@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -22,9 +22,14 @@ import yaml
 from proxy.creator_service import CreatorService
 from tests.upstream import Upstream
 
+if TYPE_CHECKING:
+    from proxy.server import ReplayProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ("mitmproxy", "lean")
 """The serving engines (``--engine``): tests of what both do are parametrised over them."""
+RECOMMENDED_RETRY_AFTER = 0.05
+"""The --retry-after the README recommends; tests/test_sdk_polling.py is what proves it."""
 
 
 @pytest.fixture
@@ -46,6 +51,33 @@ def creator() -> Iterator[CreatorService]:
 def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One CA for the whole test session (creating it costs ~0.1 s)."""
     return tmp_path_factory.getbasetemp() / "replay-proxy-conf"
+
+
+@pytest.fixture
+def play(tmp_path: Path, confdir: Path) -> Iterator[Callable[..., ReplayProxy]]:
+    """``play(path_or_text, mode=...)``: a started ReplayProxy playing one scenario (a file, or YAML text)
+    at the recommended ``--retry-after``; the one started before is stopped first (one mitmproxy per
+    process), the last at the test's end."""
+    from proxy.server import ReplayProxy
+
+    started: list[ReplayProxy] = []
+
+    def start(scenario: Path | str, **options: Any) -> ReplayProxy:
+        for earlier in started:
+            earlier.stop()
+        if isinstance(scenario, str):
+            path = tmp_path / f"s{len(started)}.yaml"
+            path.write_text(scenario)
+            scenario = path
+        proxy = ReplayProxy(
+            scenarios=[scenario], confdir=confdir, retry_after=RECOMMENDED_RETRY_AFTER, **options
+        ).start()
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 class Cli:

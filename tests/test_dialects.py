@@ -8,79 +8,33 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.core import PipelineClient
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.policies import HeadersPolicy, RequestIdPolicy, RetryPolicy
-from azure.core.polling import LROPoller
-from azure.core.polling.base_polling import LROBasePolling
-from azure.core.rest import HttpRequest
 from azure.mgmt.core.polling.arm_polling import ARMPolling
-from azure.mgmt.resource.resources import ResourceManagementClient
 
 from proxy.operations import FinalRoute, recognise
 from proxy.scenario.answer import Answer, OperationTag
-from proxy.server import ReplayProxy
-from proxy.verdict import check, format_violations, report
+from proxy.verdict import report
+from tests.azure_pollers import (
+    AZURE_CORE_INTERVAL,
+    CLEAN,
+    SUBSCRIPTION,
+    arm_client,
+    azure_core_client,
+    begin,
+    verdict,
+)
 from tests.conftest import ROOT
 from tests.test_scenario_machine import BASE, ask, machine, request
 
 SCENARIOS = ROOT / "scenarios"
 LOCATION = SCENARIOS / "location-polling.yaml"
 ARM = SCENARIOS / "arm-azure-async-operation.yaml"
-SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-INTERVAL = 30
-"""azure-core's default polling interval: a test that finishes in seconds read the proxy's delays."""
-CLEAN = "replay-proxy verdict: no violations"
-
-
-@pytest.fixture
-def play(tmp_path: Path, confdir: Path) -> Iterator[Any]:
-    """``play(path_or_text, mode=...)``: a ReplayProxy playing one scenario at ``--retry-after 0.05``."""
-    started: list[ReplayProxy] = []
-
-    def start(scenario: Path | str, **options: Any) -> ReplayProxy:
-        for earlier in started:  # mitmproxy runs one proxy per process
-            earlier.stop()
-        if isinstance(scenario, str):
-            path = tmp_path / f"s{len(started)}.yaml"
-            path.write_text(scenario)
-            scenario = path
-        proxy = ReplayProxy(scenarios=[scenario], confdir=confdir, retry_after=0.05, **options).start()
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop()
-
-
-def verdict(proxy: ReplayProxy) -> str:
-    """The verdict with azure-core's by-design immediate first poll allowed (as test_sdk_polling does)."""
-    entries = proxy.journal.entries
-    violations = check(entries, ["retry-after-202"])
-    return format_violations(violations) if not violations else report(entries, violations)
-
-
-def _begin(
-    client: PipelineClient[Any, Any], method: str, url: str, polling: LROBasePolling | None = None
-) -> LROPoller[Any]:
-    initial = client.send_request(HttpRequest(method, url), _return_pipeline_response=True)  # type: ignore[call-arg]
-    return LROPoller(
-        client,
-        initial,
-        lambda pipeline_response: pipeline_response.http_response.text(),
-        polling or LROBasePolling(timeout=INTERVAL),
-    )
-
-
-def _client(base: str) -> PipelineClient[Any, Any]:
-    return PipelineClient(base_url=base, policies=[RequestIdPolicy(), HeadersPolicy(), RetryPolicy()])
+INTERVAL = AZURE_CORE_INTERVAL
+_client = azure_core_client  # tests/test_control_api.py drives its SDK pollers with these two
 
 
 # -- location: azure-core LROBasePolling ----------------------------------------------------------------
@@ -89,8 +43,8 @@ def _client(base: str) -> PipelineClient[Any, Any]:
 def test_location_dialect_with_azure_core_location_polling(play: Any) -> None:
     proxy = play(LOCATION)
     started = time.monotonic()
-    with _client(proxy.url) as client:
-        poller = _begin(client, "POST", f"{proxy.url}/batch")
+    with azure_core_client(proxy.url) as client:
+        poller = begin(client, "POST", f"{proxy.url}/batch")
         assert type(poller.polling_method()._operation).__name__ == "LocationPolling"  # type: ignore[attr-defined]
         result = json.loads(poller.result(timeout=60))
     assert time.monotonic() - started < INTERVAL
@@ -104,7 +58,7 @@ def test_location_dialect_with_azure_core_location_polling(play: Any) -> None:
     ]
     assert entries[0].status_urls and entries[0].status_urls[0].endswith("?api-version=1.0")
     assert [e.terminal for e in entries] == [False, False, False, True]
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
 
 
 FAILING_LOCATION = """
@@ -121,39 +75,23 @@ operations:
 
 def test_location_dialect_failure_is_an_error_status_azure_core_raises(play: Any) -> None:
     proxy = play(FAILING_LOCATION)
-    with _client(proxy.url) as client:
-        poller = _begin(client, "POST", f"{proxy.url}/batch")
+    with azure_core_client(proxy.url) as client:
+        poller = begin(client, "POST", f"{proxy.url}/batch")
         with pytest.raises(HttpResponseError) as raised:
             poller.result(timeout=60)
     assert raised.value.status_code == 400
     assert raised.value.error is not None and raised.value.error.code == "BatchFailed"
     assert [e.status for e in proxy.journal.entries] == [202, 202, 400]
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
 
 
 # -- ARM: azure-mgmt-core ARMPolling in a real azure-mgmt-resource client ---------------------------------
 
 
-class FakeCredential:
-    """A TokenCredential: the bearer policy gets a token (it is sent only over https, to the proxy)."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("fake-token", int(time.time()) + 3600)
-
-
-def _arm_client(proxy: ReplayProxy) -> ResourceManagementClient:
-    return ResourceManagementClient(
-        FakeCredential(),  # type: ignore[arg-type]
-        SUBSCRIPTION,
-        proxies={"https": proxy.url},
-        connection_verify=str(proxy.ca_cert),
-    )
-
-
 def test_location_dialect_with_arm_polling_resource_group_delete(play: Any) -> None:
     proxy = play(LOCATION, mode="regular")
     started = time.monotonic()
-    poller = _arm_client(proxy).resource_groups.begin_delete("my-rg")
+    poller = arm_client(proxy).resource_groups.begin_delete("my-rg")
     assert isinstance(poller.polling_method(), ARMPolling)
     assert poller.result(timeout=60) is None
     assert time.monotonic() - started < INTERVAL
@@ -165,7 +103,7 @@ def test_location_dialect_with_arm_polling_resource_group_delete(play: Any) -> N
         ("GET", 204),
     ]
     assert entries[1].path.startswith(f"/subscriptions/{SUBSCRIPTION}/operationresults/")
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
 
 
 RESOURCE_ID = (
@@ -176,7 +114,7 @@ RESOURCE_ID = (
 def test_arm_dialect_with_arm_polling_create_and_final_get(play: Any) -> None:
     proxy = play(ARM, mode="regular")
     started = time.monotonic()
-    poller = _arm_client(proxy).resources.begin_create_or_update_by_id(
+    poller = arm_client(proxy).resources.begin_create_or_update_by_id(
         RESOURCE_ID, api_version="2023-05-01", parameters={"location": "westeurope", "kind": "StorageV2"}
     )
     resource = poller.result(timeout=60)
@@ -193,7 +131,7 @@ def test_arm_dialect_with_arm_polling_create_and_final_get(play: Any) -> None:
     ]
     assert "/asyncoperations/" in entries[1].path
     assert entries[-1].path.split("?")[0] == RESOURCE_ID and entries[-1].poll is None
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
     # the journal carries the machine's facts as data (Exchange.tag), and recognise reads them
     rule = 'arm-azure-async-operation.yaml: operation "create storage account"'
     AAO = ("Azure-AsyncOperation",)
@@ -228,14 +166,14 @@ def test_arm_dialect_failure_raises_with_the_monitor_error_and_no_final_get(play
         "- {status: Failed, error: {code: QuotaExceeded, message: No more storage accounts.}} ",
     )
     proxy = play(text, mode="regular")
-    poller = _arm_client(proxy).resources.begin_create_or_update_by_id(
+    poller = arm_client(proxy).resources.begin_create_or_update_by_id(
         RESOURCE_ID, api_version="2023-05-01", parameters={"location": "westeurope", "kind": "StorageV2"}
     )
     with pytest.raises(HttpResponseError) as raised:
         poller.result(timeout=60)
     assert raised.value.error is not None and raised.value.error.code == "QuotaExceeded"
     assert [(e.method, e.status) for e in proxy.journal.entries] == [("PUT", 201)] + [("GET", 200)] * 3
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
 
 
 VNET_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vn1"
@@ -244,7 +182,7 @@ VNET_ID = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.
 def test_arm_dialect_without_a_monitor_is_polled_on_the_resource_body_content_polling(play: Any) -> None:
     proxy = play(ARM, mode="regular")
     started = time.monotonic()
-    poller = _arm_client(proxy).resources.begin_create_or_update_by_id(
+    poller = arm_client(proxy).resources.begin_create_or_update_by_id(
         VNET_ID, api_version="2024-01-01", parameters={"location": "westeurope"}
     )
     assert type(poller.polling_method()._operation).__name__ == "BodyContentPolling"  # type: ignore[attr-defined]
@@ -259,7 +197,7 @@ def test_arm_dialect_without_a_monitor_is_polled_on_the_resource_body_content_po
         ("GET", 200, "Succeeded", 3),  # no final GET: the last poll was the resource
     ]
     assert {e.path.split("?")[0] for e in entries} == {VNET_ID}
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
     [op] = recognise(entries)
     assert (op.dialect, op.given_by, op.status_url, op.outcome, op.final) == (
         "arm",
@@ -273,8 +211,8 @@ def test_arm_dialect_without_a_monitor_is_polled_on_the_resource_body_content_po
 def test_arm_dialect_post_action_final_get_follows_the_location_of_the_start(play: Any) -> None:
     proxy = play(ARM)
     account = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa1"
-    with _client(proxy.url) as client:
-        poller = _begin(client, "POST", f"{proxy.url}{account}/listKeys", ARMPolling(timeout=INTERVAL))
+    with azure_core_client(proxy.url) as client:
+        poller = begin(client, "POST", f"{proxy.url}{account}/listKeys", ARMPolling(timeout=INTERVAL))
         result = json.loads(poller.result(timeout=60))
     assert result["keys"][0]["keyName"] == "key1"
     entries = proxy.journal.entries
@@ -287,7 +225,7 @@ def test_arm_dialect_post_action_final_get_follows_the_location_of_the_start(pla
     assert "/asyncoperations/" in entries[1].path and "/operationresults/" in entries[3].path
     [op] = recognise(entries)
     assert op.final is not None and (op.final.via, op.final.index) == ("resource", 3)
-    assert verdict(proxy) == CLEAN
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
 
 
 # -- what each renders, method by method (the machine alone) ----------------------------------------------

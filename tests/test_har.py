@@ -254,6 +254,58 @@ def test_a_broken_har_is_refused_saying_where(confdir: Path, tmp_path: Path) -> 
     assert "a HAR file is replayed, not recorded to" in done.stderr
 
 
+def test_learn_and_replay_read_har_entries_alike(tmp_path: Path) -> None:
+    """One reader (``proxy.har.read_entry``) for ``--cassette x.har`` and ``learn``: both take an entry a
+    tool wrote without what HAR 1.2 requires (httpVersion, content, time, startedDateTime, postData.text)
+    and keep its statusText, which mitmproxy's reader alone would not; learn's errors name the entry."""
+    import pytest
+
+    from proxy.errors import CassetteError
+    from proxy.recordings import RecordingError, read_recording
+
+    sparse = {
+        "request": {"method": "POST", "url": "https://x.example/jobs", "headers": [], "postData": {}},
+        "response": {
+            "status": 202,
+            "statusText": "Queued Up",
+            "headers": [{"name": "Retry-After", "value": "1"}],
+        },
+    }
+    dated = _entry("GET", "https://x.example/jobs/1", 200, '{"status": "Running"}')
+    har = tmp_path / "tool.har"
+    har.write_text(json.dumps({"log": {"entries": [sparse, dated]}}), encoding="utf-8")
+    replayed = load(har)
+    learned = read_recording(har).exchanges
+    for got in (replayed, [e.interaction for e in learned]):
+        assert [(i.response.status, i.response.reason) for i in got] == [(202, "Queued Up"), (200, "OK")]
+        assert [(i.request.method, i.request.body) for i in got] == [("POST", b""), ("GET", b"")]
+        assert got[1].response.body == b'{"status": "Running"}'
+    assert [e.at for e in learned] == [None, 1_796_432_400.0]  # the sparse entry does not say when
+
+    bad_time = _entry("GET", "https://x.example/jobs/1", 200)
+    bad_time["startedDateTime"] = "yesterday"
+    no_url = _entry("GET", "https://x.example/jobs/1", 200)
+    del no_url["request"]["url"]
+    for entry, tripped in (
+        (bad_time, "ValueError: Invalid isoformat string: 'yesterday'"),
+        (no_url, "KeyError: 'url'"),
+    ):
+        har.write_text(json.dumps({"log": {"entries": [dated, entry]}}), encoding="utf-8")
+        with pytest.raises(RecordingError) as learn_error:
+            read_recording(har)
+        assert (
+            str(learn_error.value) == f"{har}: log.entries[1]: not a HAR entry mitmproxy can read ({tripped})"
+        )
+    bad = tmp_path / "bad-time.har"
+    bad.write_text(json.dumps({"log": {"entries": [dated, bad_time]}}), encoding="utf-8")
+    with pytest.raises(CassetteError) as replay_error:
+        load(bad)
+    assert str(replay_error.value) == (
+        f"{bad}: log.entries[1]: mitmproxy's HAR reader cannot read it: "
+        "ValueError: Invalid isoformat string: 'yesterday'"
+    )
+
+
 def test_the_lean_engine_refuses_har(tmp_path: Path) -> None:
     """HAR is built from mitmproxy's flows: the lean engine says so at once instead of writing nothing."""
     import pytest

@@ -395,3 +395,41 @@ def test_strict_report_exits_3_on_violations_and_checks_can_be_skipped(cli: type
     ]
     assert out[-1].startswith("  1. retry-after: GET /tilesets/operations/")
     assert "  GET /nothing-here -> 599, NO MATCH" in out  # still in the timeline, not a violation
+
+
+# -- facts made once per served response -------------------------------------------------------------
+
+
+def test_fixed_facts_only_for_responses_whose_facts_depend_on_nothing_else() -> None:
+    """``fixed_facts`` are reused for every request a response answers: not when a relative status URL
+    is resolved against the request's URL, nor when an HTTP-date Retry-After is read against the time."""
+    from proxy.journal import body_status, fixed_facts, response_facts
+    from proxy.model import Response
+
+    def facts(*headers: tuple[str, str], body: bytes = b'{"status": "Running"}') -> object:
+        response = Response(202, "", headers, body)
+        return fixed_facts(response, body_status(response))
+
+    running = b'{"status": "Running"}'
+    absolute = Response(202, "", (("Location", "https://h/ops/1"), ("Retry-After", "5")), running)
+    assert facts(("Location", "https://h/ops/1"), ("Retry-After", "5")) == response_facts(
+        absolute, "http://127.0.0.1:1/jobs", body=body_status(absolute)
+    )
+    assert facts(("Location", "/ops/1")) is None
+    assert facts(("Retry-After", "Wed, 21 Oct 2099 07:28:00 GMT")) is None
+    assert facts(("retry-after-ms", "250")) is not None
+
+
+def test_an_operation_answers_detail_is_kept_other_details_are_scrubbed() -> None:
+    from proxy.journal import scrubbed
+    from proxy.scenario.answer import OperationTag
+
+    def hide(text: str) -> str:
+        return text.replace("secret", "<REDACTED>")
+
+    plain = Exchange("GET", "http://h/x", "/x", 200, "no-match", "closest /x?k=secret")
+    assert scrubbed(plain, hide).detail == "closest /x?k=<REDACTED>"
+    tag = OperationTag("t.yaml: operation", "creator-v1", "poll", 0)
+    polled = Exchange("GET", "http://h/x?secret", "/x", 200, "scenario", "t.yaml: op secret", tag=tag)
+    kept = scrubbed(polled, hide)
+    assert kept.detail == "t.yaml: op secret" and kept.url == "http://h/x?<REDACTED>"

@@ -421,6 +421,24 @@ def test_for_matching_is_identity_when_nothing_to_redact() -> None:
     assert red.for_matching(big) is big
 
 
+def test_for_matching_remembers_bodiless_requests_and_answers_each_alike() -> None:
+    """A poller sends one bodiless request again and again: made once, by method, URL and headers."""
+    red = Redactor()
+    secret = Request("GET", f"{API}/x?sig=one", headers=(("Authorization", "Bearer one"),))
+    first = red.for_matching(secret)
+    again = red.for_matching(Request("GET", f"{API}/x?sig=one", headers=(("Authorization", "Bearer one"),)))
+    assert again == first and first.url == f"{API}/x?sig={MATCH_PLACEHOLDER}"
+    assert again.header("authorization") == MATCH_PLACEHOLDER
+    plain = Request("GET", f"{API}/x?n=1", headers=(("Accept", "*/*"),))
+    assert red.for_matching(plain) is plain
+    twin = Request("GET", f"{API}/x?n=1", headers=(("Accept", "*/*"),))
+    assert red.for_matching(twin) is twin  # the request asked about, not the one remembered
+    other = Request("POST", f"{API}/x?sig=one", headers=(("Authorization", "Bearer one"),))
+    assert red.for_matching(other).method == "POST"
+    with_body = Request("POST", API, headers=(FORM_CT,), body=b"client_secret=real")
+    assert b"real" not in red.for_matching(with_body).body
+
+
 # ------------------------------------------- body type: declared, duplicated, unparsed
 
 SAS_SECRET = "Zq222222"

@@ -19,7 +19,7 @@ import requests
 from proxy import ReplayProxy
 from proxy.journal import Exchange
 from proxy.report_html import render, summary, write_report
-from proxy.verdict import check
+from proxy.verdict import check, report
 from tests.browser import find_chromium
 from tests.browser import render as in_chromium
 
@@ -253,6 +253,40 @@ def _synthetic(operations: int, polls: int = 5) -> list[Exchange]:
             )
         t += 0.5
     return entries
+
+
+def test_the_page_and_the_text_report_word_the_same_answer_each_their_way() -> None:
+    """One formatter (``proxy.verdict.answer_text``): the page says ``Retry-After 0.05 s``, the text
+    ``Retry-After: 0.05``; status, operation status and who failed to answer alike."""
+    url = "http://127.0.0.1:8080/tilesets/operations/00000000-aaaa-bbbb-cccc-dddddddddddd"
+    entries = [
+        Exchange(
+            "POST",
+            url,
+            "/tilesets",
+            202,
+            "cassette",
+            "#1",
+            1000.0,
+            1000.0,
+            retry_after=0.05,
+            status_urls=(url,),
+        ),
+        Exchange(
+            "GET", url, url[21:], 200, "cassette", "#2", 1000.1, 1000.1, retry_after=0.05, op_status="Running"
+        ),
+        Exchange(
+            "GET", url, url[21:], 201, "cassette", "#3", 1000.2, 1000.2, op_status="Succeeded", terminal=True
+        ),
+        Exchange("GET", "http://127.0.0.1:8080/nope", "/nope", 599, "no-match", "none", 1000.3, 1000.3),
+    ]
+    violations = check(entries)
+    page, text = render(entries, violations), report(entries, violations)
+    assert "<td>202, Retry-After 0.05 s</td>" in page and "<td>200 Running, Retry-After 0.05 s</td>" in page
+    assert "<td>201 Succeeded</td>" in page and "<td>599, NO MATCH</td>" in page
+    assert "-> 202, Retry-After: 0.05;" in text and "-> 200 Running, Retry-After: 0.05" in text
+    assert "-> 201 Succeeded" in text and "GET /nope -> 599, NO MATCH" in text
+    assert "Retry-After: 0.05" not in page and "Retry-After 0.05 s" not in text
 
 
 def test_two_hundred_operations_make_a_page_of_bounded_size() -> None:

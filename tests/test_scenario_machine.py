@@ -1921,3 +1921,36 @@ def test_a_cancel_rule_answers_only_for_its_own_operations_and_after_the_end_cha
     assert body(ask(m, "GET", url))["status"] == "Canceled"
     assert body(ask(m, "POST", f"/things/{op.resource_id}"))["status"] == "Canceled"  # already ended
     assert m.operations[0].ended_by == "cancel"
+
+
+# -- path templates: the segment matcher agrees with the RE2 one -------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from proxy.scenario.machine import _PathPattern  # noqa: E402
+
+_SEGMENT = st.sampled_from(["a", "jobs", "{id}", "{op}", "", "x.y", "%2F", "v1"])
+_PATH_PART = st.sampled_from(["a", "jobs", "7", "", "x.y", "%2F", "v1", "a b", "é", "\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_SEGMENT, min_size=1, max_size=5), st.lists(_PATH_PART, min_size=1, max_size=6))
+def test_segment_matching_agrees_with_the_regex(template_parts: list[str], path_parts: list[str]) -> None:
+    """Templates whose placeholders are whole segments are matched by splitting the path (no RE2 call:
+    ~10 us saved per poll); the answer must be the regex's for every path, matching or not."""
+    template = "/" + "/".join(template_parts)
+    pattern = _PathPattern(template)
+    assert pattern.segments is not None
+    path = "/" + "/".join(path_parts)
+    by_regex = pattern.regex.fullmatch(path)
+    expected = dict(zip(pattern.names, by_regex.groups(), strict=True)) if by_regex else None
+    assert pattern._match(path) == expected, (template, path)
+
+
+def test_templates_the_segment_matcher_leaves_to_the_regex() -> None:
+    assert _PathPattern("/files/{rest*}").segments is None
+    assert _PathPattern("/v{n}.json").segments is None
+    assert _PathPattern("/jobs/{id}").segments == [("", None), ("jobs", None), ("", "id")]
+    assert _PathPattern("/files/{rest*}")._match("/files/a/b") == {"rest": "a/b"}
+    assert _PathPattern("/v{n}.json")._match("/v2.json") == {"n": "2"}

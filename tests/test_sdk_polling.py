@@ -14,7 +14,6 @@ import asyncio
 import email.utils
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -22,65 +21,29 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 import requests
-from azure.core import PipelineClient
-from azure.core.credentials import AccessToken
-from azure.core.pipeline.policies import HeadersPolicy, RequestIdPolicy, RetryPolicy
-from azure.core.polling import LROPoller
-from azure.core.polling.base_polling import LROBasePolling
-from azure.core.rest import HttpRequest
 from azure.mgmt.core.polling.arm_polling import ARMPolling
-from azure.mgmt.resource.resources import ResourceManagementClient
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from proxy.journal import Exchange
-from proxy.server import ReplayProxy
-from proxy.verdict import check, format_violations, report
-from tests.conftest import ROOT
+from proxy.verdict import check, report
+from tests.azure_pollers import (
+    AZURE_CORE_INTERVAL,
+    CLEAN,
+    SUBSCRIPTION,
+    arm_client,
+    azure_core_client,
+    begin,
+    verdict,
+)
+from tests.conftest import RECOMMENDED_RETRY_AFTER, ROOT
 
 pytest_plugins = ["pytester"]
 
-RECOMMENDED = 0.05
-"""The --retry-after the README recommends; these tests are what proves it."""
-SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-AZURE_CORE_INTERVAL = 30
-"""azure-core's default polling interval: what it sleeps when it reads no usable delay."""
+RECOMMENDED = RECOMMENDED_RETRY_AFTER
 SIMPLE_POLLER_DEFAULT = 30.0
 """The simple pollers' own interval when an answer advertises no delay they can read."""
 MAX_POLLS = 50
-
-
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture
-def proxy_for(tmp_path: Path, confdir: Path) -> Iterator[Any]:
-    """``proxy_for(scenario_text, mode=...)``: a ReplayProxy playing it at the recommended --retry-after."""
-    started: list[ReplayProxy] = []
-
-    def start(text: str, **options: Any) -> ReplayProxy:
-        for earlier in started:  # mitmproxy runs one proxy per process
-            earlier.stop()
-        path = _write(tmp_path, f"s{len(started)}.yaml", text)
-        proxy = ReplayProxy(scenarios=[path], confdir=confdir, retry_after=RECOMMENDED, **options).start()
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        proxy.stop()
-
-
-def verdict(entries: list[Exchange], *disabled: str) -> str:
-    """The verdict's text, with the report when there are violations (a failing assert shows both)."""
-    violations = check(entries, disabled)
-    return format_violations(violations) if not violations else report(entries, violations)
-
-
-CLEAN = "replay-proxy verdict: no violations"
 
 
 def _wall(name: str, started: float, polls: int) -> float:
@@ -127,26 +90,11 @@ routes:
 """
 
 
-def _azure_core_client(base: str) -> PipelineClient[Any, Any]:
-    """A pipeline as generated data-plane clients build it: request id, headers, the standard retries."""
-    return PipelineClient(base_url=base, policies=[RequestIdPolicy(), HeadersPolicy(), RetryPolicy()])
-
-
-def _begin(client: PipelineClient[Any, Any], method: str, url: str) -> LROPoller[Any]:
-    initial = client.send_request(HttpRequest(method, url), _return_pipeline_response=True)  # type: ignore[call-arg]
-    return LROPoller(
-        client,
-        initial,
-        lambda pipeline_response: pipeline_response.http_response.text(),
-        LROBasePolling(timeout=AZURE_CORE_INTERVAL),
-    )
-
-
-def test_azure_core_operation_resource_polling(proxy_for: Any) -> None:
-    proxy = proxy_for(OPERATION_LOCATION)
+def test_azure_core_operation_resource_polling(play: Any) -> None:
+    proxy = play(OPERATION_LOCATION)
     started = time.monotonic()
-    with _azure_core_client(proxy.url) as client:
-        poller = _begin(client, "POST", f"{proxy.url}/conversions?api-version=2.0&udid=u1")
+    with azure_core_client(proxy.url) as client:
+        poller = begin(client, "POST", f"{proxy.url}/conversions?api-version=2.0&udid=u1")
         assert type(poller.polling_method()._operation).__name__ == "OperationResourcePolling"  # type: ignore[attr-defined]
         result = poller.result(timeout=60)
     took = _wall("azure-core OperationResourcePolling", started, _polls(proxy.journal.entries))
@@ -179,11 +127,11 @@ routes:
 """
 
 
-def test_azure_core_location_polling(proxy_for: Any) -> None:
-    proxy = proxy_for(LOCATION_POLLING)
+def test_azure_core_location_polling(play: Any) -> None:
+    proxy = play(LOCATION_POLLING)
     started = time.monotonic()
-    with _azure_core_client(proxy.url) as client:
-        poller = _begin(client, "POST", f"{proxy.url}/batch")
+    with azure_core_client(proxy.url) as client:
+        poller = begin(client, "POST", f"{proxy.url}/batch")
         assert type(poller.polling_method()._operation).__name__ == "LocationPolling"  # type: ignore[attr-defined]
         result = poller.result(timeout=60)
     took = _wall("azure-core LocationPolling", started, _polls(proxy.journal.entries))
@@ -197,13 +145,6 @@ def test_azure_core_location_polling(proxy_for: Any) -> None:
 
 
 # -- azure-mgmt-core ARMPolling through a real azure-mgmt-resource client, over TLS ---------------------
-
-
-class FakeCredential:
-    """A TokenCredential: the bearer policy gets a token (it is sent only over https, to the proxy)."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("fake-token", int(time.time()) + 3600)
 
 
 ARM = """
@@ -253,20 +194,10 @@ operations:
 """
 
 
-def _arm_client(proxy: ReplayProxy) -> ResourceManagementClient:
-    """The real client, unchanged base URL (https://management.azure.com): the proxy is its HTTPS proxy."""
-    return ResourceManagementClient(
-        FakeCredential(),  # type: ignore[arg-type]
-        SUBSCRIPTION,
-        proxies={"https": proxy.url},
-        connection_verify=str(proxy.ca_cert),
-    )
-
-
-def test_azure_mgmt_resource_group_delete_arm_polling(proxy_for: Any) -> None:
-    proxy = proxy_for(ARM, mode="regular")
+def test_azure_mgmt_resource_group_delete_arm_polling(play: Any) -> None:
+    proxy = play(ARM, mode="regular")
     started = time.monotonic()
-    client = _arm_client(proxy)
+    client = arm_client(proxy)
     poller = client.resource_groups.begin_delete("my-rg")  # its initial call int()s the 202's Retry-After
     assert isinstance(poller.polling_method(), ARMPolling)
     assert poller.result(timeout=60) is None
@@ -282,10 +213,10 @@ def test_azure_mgmt_resource_group_delete_arm_polling(proxy_for: Any) -> None:
     assert verdict(entries, "retry-after-202") == CLEAN
 
 
-def test_azure_mgmt_create_by_id_arm_polling_azure_async_operation(proxy_for: Any) -> None:
-    proxy = proxy_for(ARM, mode="regular")
+def test_azure_mgmt_create_by_id_arm_polling_azure_async_operation(play: Any) -> None:
+    proxy = play(ARM, mode="regular")
     started = time.monotonic()
-    client = _arm_client(proxy)
+    client = arm_client(proxy)
     resource_id = (
         f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa1"
     )
@@ -353,7 +284,7 @@ def requests_poller(session: requests.Session, base: str, *, honour: bool = True
     raise AssertionError("never finished")
 
 
-def test_urllib3_retry_under_requests(proxy_for: Any) -> None:
+def test_urllib3_retry_under_requests(play: Any) -> None:
     # a 429 on the start, then a 503 and a reset mid-poll: urllib3's Retry (respect_retry_after_header, the
     # default) retries them; a fractional Retry-After would raise InvalidHeader (urllib3#2861)
     throttled = (ROOT / "scenarios/azure-maps/throttled-start.yaml").read_text()
@@ -363,7 +294,7 @@ def test_urllib3_retry_under_requests(proxy_for: Any) -> None:
         ("throttled-start", throttled, [429, 202, 200, 200, 201]),
         ("flaky-polling", flaky, [202, 200, 200, 503, None, 200, 201]),
     ]:
-        proxy = proxy_for(text)
+        proxy = play(text)
         started = time.monotonic()
         with _requests_session(retry) as session:
             assert requests_poller(session, proxy.url) == "Succeeded"
@@ -401,8 +332,8 @@ async def httpx_poller(base: str) -> str:
 @pytest.mark.parametrize(
     "scenario", ["tileset-succeeds", "throttled-start", "flaky-polling", "tileset-fails"]
 )
-def test_httpx_async_poller(proxy_for: Any, scenario: str) -> None:
-    proxy = proxy_for((ROOT / f"scenarios/azure-maps/{scenario}.yaml").read_text())
+def test_httpx_async_poller(play: Any, scenario: str) -> None:
+    proxy = play((ROOT / f"scenarios/azure-maps/{scenario}.yaml").read_text())
     started = time.monotonic()
     status = asyncio.run(httpx_poller(proxy.url))
     _wall(f"httpx async poller ({scenario})", started, _polls(proxy.journal.entries))
@@ -410,8 +341,8 @@ def test_httpx_async_poller(proxy_for: Any, scenario: str) -> None:
     assert verdict(proxy.journal.entries) == CLEAN
 
 
-def test_requests_poller_without_retry(proxy_for: Any) -> None:
-    proxy = proxy_for((ROOT / "scenarios/azure-maps/tileset-succeeds.yaml").read_text())
+def test_requests_poller_without_retry(play: Any) -> None:
+    proxy = play((ROOT / "scenarios/azure-maps/tileset-succeeds.yaml").read_text())
     started = time.monotonic()
     with _requests_session(None) as session:
         assert requests_poller(session, proxy.url) == "Succeeded"
@@ -439,10 +370,10 @@ routes:
 """
 
 
-def test_boto3_waiter(proxy_for: Any) -> None:
+def test_boto3_waiter(play: Any) -> None:
     import boto3
 
-    proxy = proxy_for(DYNAMODB)
+    proxy = play(DYNAMODB)
     client = boto3.client(
         "dynamodb",
         endpoint_url=proxy.url,
@@ -509,8 +440,8 @@ def test_pytest_plugin_passes_an_azure_core_location_polling_client(
 # -- the check can fire at the same setting ---------------------------------------------------------------
 
 
-def test_a_client_that_ignores_the_delay_is_caught_at_the_recommended_setting(proxy_for: Any) -> None:
-    proxy = proxy_for((ROOT / "scenarios/azure-maps/tileset-succeeds.yaml").read_text())
+def test_a_client_that_ignores_the_delay_is_caught_at_the_recommended_setting(play: Any) -> None:
+    proxy = play((ROOT / "scenarios/azure-maps/tileset-succeeds.yaml").read_text())
     with _requests_session(None) as session:
         assert requests_poller(session, proxy.url, honour=False) == "Succeeded"
     violations = check(proxy.journal.entries)

@@ -144,7 +144,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from proxy.dialects import DEFAULT_ERROR as DEFAULT_ERROR
@@ -248,6 +248,8 @@ class ScenarioMachine:
         self._rng = rng if rng is not None else random.Random()
         self._functions = functions(wall, rng)
         self._lock = threading.Lock()
+        self._checked: object = None
+        """The headers of the last answer found safe to send (``_check_wire``): polls repeat them."""
         self._operations: list[_Op] = []
         self._routes: list[_RouteRule] = []
         self._operation_rules: list[_OperationRule] = []
@@ -276,8 +278,9 @@ class ScenarioMachine:
             for rule in self._rules:
                 result = rule(view, base)
                 if result is not None:
-                    if isinstance(result, Answer):
+                    if isinstance(result, Answer) and result.response.headers is not self._checked:
                         _check_wire(result)
+                        self._checked = result.response.headers  # a stage's polls share one answer
                     return result
         return None
 
@@ -577,15 +580,31 @@ class _View:
         parts = urlsplit(request.url)
         self.method = request.method.upper()
         self.path = parts.path or "/"
-        self.query: dict[str, str] = {}
-        if parts.query:
-            for name, value in parse_qsl(parts.query, keep_blank_values=True):
-                self.query.setdefault(name, value)
-        self.headers: dict[str, str] = {}
-        for name, value in request.headers:
-            self.headers.setdefault(name.lower(), value)
+        self._query_text = parts.query
+        self._query: dict[str, str] | None = None
+        self._headers: dict[str, str] | None = None
         self._json: Any = _NO_BODY
         self._form: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The first value of each query parameter (parsed when a rule asks: most polls match on the
+        path alone)."""
+        if self._query is None:
+            self._query = {}
+            if self._query_text:
+                for name, value in parse_qsl(self._query_text, keep_blank_values=True):
+                    self._query.setdefault(name, value)
+        return self._query
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The first value of each header, by lower-case name (made when a rule asks)."""
+        if self._headers is None:
+            self._headers = {}
+            for name, value in self.request.headers:
+                self._headers.setdefault(name.lower(), value)
+        return self._headers
 
     @property
     def form(self) -> dict[str, str]:
@@ -635,6 +654,9 @@ class _PathPattern:
         self.exact = path if not spans else None
         self.prefix = path[: spans[0][0]] if spans else path
         self.suffix = path[spans[-1][1] :] if spans else ""
+        self.segments = _segments(path)
+        """When each placeholder is a whole ``{name}`` segment (most templates): the literal segments and
+        the names, matched by splitting the path on ``/`` (linear, no regex at all)."""
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self._match(path)
@@ -649,6 +671,20 @@ class _PathPattern:
             return {} if path == self.exact else None
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
+        if self.segments is not None and path.isascii():
+            parts = path.split("/")
+            if len(parts) != len(self.segments):
+                return None
+            found: dict[str, str] = {}
+            for part, (literal, name) in zip(parts, self.segments, strict=True):
+                if name is None:
+                    if part != literal:
+                        return None
+                elif not part:  # a placeholder is one segment, never an empty one
+                    return None
+                else:
+                    found[name] = part
+            return found
         m = self.regex.fullmatch(_valid_text(path))
         if m is None:
             return None
@@ -661,6 +697,21 @@ class _PathPattern:
             return values.get(m.group(1), m.group(0))
 
         return _PLACEHOLDER.sub(value, self.template)
+
+
+def _segments(path: str) -> list[tuple[str, str | None]] | None:
+    """``path``'s ``/``-separated parts as (literal, None) or ("", name) when every placeholder in it is a
+    whole one-segment ``{name}``; None otherwise (``{rest*}``, ``v{n}.json``: the regex matches those)."""
+    out: list[tuple[str, str | None]] = []
+    for part in path.split("/"):
+        m = _PLACEHOLDER.fullmatch(part)
+        if m is not None and not m.group(2):
+            out.append(("", m.group(1)))
+        elif "{" in part and _PLACEHOLDER.search(part):
+            return None
+        else:
+            out.append((part, None))
+    return out
 
 
 class _Matcher:
@@ -939,6 +990,14 @@ class _RouteRule:
 # -- operations ---------------------------------------------------------------------------------------
 
 
+class _StatusAnswer(NamedTuple):
+    """A status answer made once: ``key`` is (step, facts, with_resource, on_resource, terminal)."""
+
+    key: tuple[object, ...]
+    response: Response
+    advertised: float | None
+
+
 class _Op:
     """One operation's state (mutable; guarded by the machine's lock)."""
 
@@ -966,6 +1025,9 @@ class _Op:
         self.held_at = 0.0
         """The operation's clock when it was held (``steer``)."""
         self.forced: PollStep | None = None
+        self.answered: _StatusAnswer | None = None
+        """The last status answer and what it was made from (``_OperationRule.status_response``): polls of
+        one stage are answered with the same bytes, made once."""
         """The step that answers every poll from now on: an end set by ``steer`` or a cancel request."""
         self.ended_by: str | None = None
 
@@ -1289,7 +1351,6 @@ class _OperationRule:
     ) -> tuple[Response, float | None]:
         """The status answer of ``step`` (rule 6: the dialect's answer, then the step's overrides) and the
         Retry-After seconds it advertises."""
-        operation = self.operation
         status = op.status
         success = is_success(status)
         if self.dialect.name == "location":
@@ -1298,12 +1359,46 @@ class _OperationRule:
             with_resource = success and op.resource_url is not None and step.resource is not False
         if with_resource:
             op.resource_ready = True
+        facts = op.facts()
+        key = (step, facts, with_resource, on_resource, op.terminal)
+        cached = op.answered
+        if cached is not None and cached.key == key:  # compared field by field, with `is` first
+            return cached.response, cached.advertised
+        response, advertised = self._status_response(op, step, j, ctx, facts, with_resource, on_resource)
+        if self._made_once(step, on_resource, with_resource):
+            op.answered = _StatusAnswer(key, response, advertised)
+        return response, advertised
+
+    def _made_once(self, step: PollStep, on_resource: bool, with_resource: bool) -> bool:
+        """Whether ``step``'s status answer depends on nothing but the operation's facts: no templates
+        (``json``, ``headers``, ``error``, a rendered ``resource``) and no date in its Retry-After."""
+        if step.json_ is not None or step.headers or step.error is not None:
+            return False
+        if self.operation.resource and (on_resource or (self.dialect.name == "location" and with_resource)):
+            return False
+        retry = step.retry_after if "retry_after" in step.model_fields_set else self.operation.retry_after
+        return retry is None or isinstance(retry, int | float) or (
+            isinstance(retry, RetryAfterSpec) and retry.date is None and retry.raw is None
+        )
+
+    def _status_response(
+        self,
+        op: _Op,
+        step: PollStep,
+        j: int,
+        ctx: _Ctx,
+        facts: OperationFacts,
+        with_resource: bool,
+        on_resource: bool,
+    ) -> tuple[Response, float | None]:
+        operation = self.operation
+        status = op.status
         error = self.error(step, j, ctx) if is_failure(status) or step.error is not None else None
-        base = status_answer(self.dialect, op.facts(), with_resource=with_resource, error=error)
+        base = status_answer(self.dialect, facts, with_resource=with_resource, error=error)
         code, headers, body = base.code, base.headers, base.body
         if on_resource:  # the resource itself, its provisioningState the status (and a failure's error,
             # which azure-core's HttpResponseError reads from the body)
-            code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, op.facts())
+            code, headers, body = 200, (("Content-Type", _JSON),), resource_body(self.dialect, facts)
             if error is not None:
                 body["error"] = error
         if (on_resource or (self.dialect.name == "location" and with_resource and code == 200)) and (
