@@ -389,7 +389,10 @@ class ReplayProxy:
 
     def _thread_main(self) -> None:
         try:
-            asyncio.run(self._main())
+            if self.engine == "lean":
+                lean.run(self._main())
+            else:
+                asyncio.run(self._main())
         except BaseException as e:
             if self._error is None:
                 self._error = e

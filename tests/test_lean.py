@@ -278,3 +278,30 @@ def test_a_status_url_follows_to_the_lean_proxy(lean_proxy: ReplayProxy) -> None
     assert urljoin(lean_proxy.url, r.headers["Location"]).startswith(lean_proxy.url)
     with contextlib.suppress(KeyError):
         assert r.headers["Connection"] != "close"
+
+
+def test_the_lean_engine_runs_on_uvloop_when_it_is_installed(lean_proxy: ReplayProxy) -> None:
+    """uvloop is a dependency (but on Windows): the lean engine's loop is libuv's, and it answers."""
+    pytest.importorskip("uvloop", reason="uvloop is not installed on Windows")
+    assert type(lean_proxy._loop).__module__.startswith("uvloop")
+    assert requests.get(f"{lean_proxy.url}/nothing-here", timeout=10).status_code == 599
+
+
+def test_without_uvloop_the_lean_engine_runs_on_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_uvloop(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "uvloop":
+            raise ImportError("no uvloop here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvloop)
+    from proxy import lean
+
+    async def loop_module() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("asyncio")
+
+    lean.run(loop_module())
