@@ -38,7 +38,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # ReplayProxy imports mitmproxy (~0.5 s): load it on first use, not on `import proxy`.
+    # ReplayProxy's module loads the cassette, session and engine machinery (~60 ms; mitmproxy only for
+    # the mitmproxy engine): load it on first use, not on `import proxy`.
     if name == "ReplayProxy":
         from proxy.server import ReplayProxy
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from types import FrameType
 
 from proxy import __version__, loading, settings
-from proxy.addon import console_journal
 from proxy.errors import ReplayProxyError
 from proxy.router import RecordMode
 from proxy.server import ReplayProxy, default_confdir, ensure_ca
+from proxy.session import console_journal
 from proxy.settings import CLI
 
 EXIT_OK = 0
@@ -518,9 +518,9 @@ def _serve(args: argparse.Namespace) -> int:
     recorded = record_mode != RecordMode.NONE.value and cassette is not None and cassette.exists()
     if recorded and not given.quiet:
         print(f"replay-proxy: stopped; cassette {cassette}", file=sys.stderr, flush=True)
-    for problem in proxy.addon.save_errors:  # said when it happened; said again last, where it is seen
+    for problem in proxy.core.save_errors:  # said when it happened; said again last, where it is seen
         print(f"replay-proxy: error: not everything was saved: {problem}", file=sys.stderr, flush=True)
-    if given.har is not None and not proxy.addon.save_errors:
+    if given.har is not None and not proxy.core.save_errors:
         print(
             f"replay-proxy: HAR of {proxy.har.count if proxy.har else 0} exchanges: {given.har}",
             file=sys.stderr,
@@ -534,16 +534,16 @@ def _serve(args: argparse.Namespace) -> int:
             print(report(entries, violations), flush=True)
             from proxy.unused import format_unused
 
-            unused = format_unused(proxy.addon.unused())
+            unused = format_unused(proxy.core.unused())
             if unused:
                 print(unused, flush=True)
         if given.report_html is not None:
             from proxy.report_html import write_report
 
             print(write_report(given.report_html, entries, violations), file=sys.stderr, flush=True)
-        if violations and given.strict_report and not proxy.addon.save_errors:
+        if violations and given.strict_report and not proxy.core.save_errors:
             return EXIT_VIOLATIONS
-    return EXIT_USAGE if proxy.addon.save_errors else EXIT_OK
+    return EXIT_USAGE if proxy.core.save_errors else EXIT_OK
 
 
 def _check_writable(path: Path, option: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import socket
 import struct
@@ -25,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
@@ -37,18 +36,12 @@ from proxy.fault_plan import FaultPlan
 from proxy.handler import Arrival, Outcome, Wire, request_url
 from proxy.model import Request, Response, set_header
 from proxy.request_head import MAX_REQUEST_HEAD
-
-if TYPE_CHECKING:
-    from proxy.addon import ReplayAddon
+from proxy.session import JOURNAL_OPTION, Core, build_session
 
 logger = logging.getLogger("proxy")
 
 ENGINES = ("mitmproxy", "lean")
 DEFAULT_ENGINE = "mitmproxy"
-
-FREEZE_AT = 1000
-"""Interactions from which a session's cassette is moved out of the garbage collector's sight (as the
-addon does)."""
 
 LINGER = 2.0
 """Seconds a connection that was refused (400, 413, 431, 505) keeps reading before it closes."""
@@ -78,40 +71,32 @@ def refusal(
     )
 
 
-def install_session(addon: ReplayAddon, options: dict[str, Any], max_body_size: int | None) -> None:
-    """Build the session for ``options`` (the addon's ``replay_*`` options) and make it the addon's, as
-    the addon's ``configure`` does under mitmproxy. Raises ReplayProxyError on a bad file or option."""
-    from proxy.addon import _build_session
-
+def install_session(core: Core, options: dict[str, Any], max_body_size: int | None) -> None:
+    """Build the session for ``options`` (the ``replay_*`` options) and make it ``core``'s, as the addon's
+    ``configure`` does under mitmproxy (``--journal FILE`` included). Raises ReplayProxyError on a bad
+    file or option."""
+    core.open_journal_file(options.get(JOURNAL_OPTION))
     body_size_limit = str(max_body_size) if max_body_size else None
-    session = _build_session(SimpleNamespace(**options, body_size_limit=body_size_limit))
-    addon._close_session()
-    addon.session = session
-    addon.journal.scrub = session.redactor.scrub if session.redactor.enabled else None
-    if session.router.playback is not None and len(session.router.playback) >= FREEZE_AT:
-        gc.collect()
-        gc.freeze()
+    core.begin(build_session(SimpleNamespace(**options, body_size_limit=body_size_limit)))
 
 
 class LeanServer:
-    """The listener and its connections; answers with ``addon``'s session, handler and journal.
+    """The listener and its connections; answers with ``core``'s session, handler and journal.
 
     ``target`` is the origin mitmproxy's reverse mode would be set up for (the upstream, else the
     cassette's origin, else an unreachable one): every request's Host header becomes its authority and the
     journal's ``url`` is on it, as under mitmproxy, so both engines hand the core the same request.
     """
 
-    def __init__(self, addon: ReplayAddon, max_body_size: int | None, target: str) -> None:
-        self.addon = addon
+    def __init__(self, core: Core, max_body_size: int | None, target: str) -> None:
+        self.addon = core
+        """The engine-neutral state (proxy/session.py), under the name the request path reads."""
         self.max_body_size = max_body_size
         self.target = target
         self.host_header = authority(target)
         self.clients: set[_Connection] = set()
         self.server: asyncio.Server | None = None
         self._heads: dict[int, tuple[Wire, bytes]] = {}
-        from mitmproxy.net.http.status_codes import RESPONSES  # a table: both engines' reason phrases
-
-        self.reasons = RESPONSES
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
@@ -128,7 +113,8 @@ class LeanServer:
             self.server.close()
         for connection in list(self.clients):
             connection.drop()
-        self.addon._close_session()
+        self.addon.close_session()
+        self.addon.open_journal_file(None)
 
     def waiting(self) -> int:
         """Connections whose answer is being carried out over time (a delay, a dribble, a hang)."""

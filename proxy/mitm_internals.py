@@ -28,8 +28,10 @@ fails with a message naming the mitmproxy version and what changed. Verified on 
    a plain connection that opens with the HTTP/2 preface (prior knowledge).
 
 Also used directly where needed, from modules the API docs do not list but whose functions are plain and
-stable (tested here too): ``mitmproxy.net.http.status_codes.RESPONSES``, ``mitmproxy.utils.human.parse_size``,
-``mitmproxy.net.encoding.decode`` and ``mitmproxy.net.http.http1.assemble_response_head``.
+stable (tested here too): ``mitmproxy.net.encoding.decode`` and
+``mitmproxy.net.http.http1.assemble_response_head``. ``mitmproxy.net.http.status_codes.RESPONSES`` and
+``mitmproxy.utils.human.parse_size`` have copies (proxy/reasons.py, ``settings.parse_size``), held equal
+to them by tests/test_mitm_internals.py, so that the lean engine starts without importing mitmproxy.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ class _SessionProxy:
     def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.stop()
-            self.uses = self.proxy.addon.unused()
+            self.uses = self.proxy.core.unused()
             self.proxy = None
 
 

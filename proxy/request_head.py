@@ -6,12 +6,10 @@ Mature servers refuse such a head: Node.js answers 431 past 16 KiB, Go's net/htt
 400 past its 8 KiB buffers. Here ``Http1Server.read_headers`` is wrapped: when the head is still
 incomplete and the connection's buffer holds more than the limit, the client gets ``431 Request Header
 Fields Too Large`` and the connection is closed; the wrapping is in mitm_internals.py. HTTP/2 heads are
-left to the h2 library.
+left to the h2 library. The lean engine (proxy/lean.py) applies the same limit.
 """
 
 from __future__ import annotations
-
-from proxy import mitm_internals
 
 MAX_REQUEST_HEAD = 64 * 1024
 """Bytes of request line and headers a client may send (AWS ALB and Azure Front Door allow 64 and 32 KiB)."""
@@ -20,7 +18,11 @@ TOO_LARGE = 431
 
 
 def install() -> None:
-    """Wrap ``Http1Server.read_headers`` once, so an endless request head gets 431 instead of memory."""
+    """Wrap ``Http1Server.read_headers`` once, so an endless request head gets 431 instead of memory.
+
+    (mitm_internals is imported here: the lean engine reads ``MAX_REQUEST_HEAD`` without mitmproxy.)"""
+    from proxy import mitm_internals
+
     message = (
         f"the request line and headers exceed {MAX_REQUEST_HEAD // 1024} KiB "
         "(replay-proxy's limit) without ending"

@@ -1,7 +1,8 @@
-"""ReplayProxy: replay-proxy embedded in a program, mitmproxy on a background thread with its own loop.
+"""ReplayProxy: replay-proxy embedded in a program, on a background thread with its own loop.
 
-Only the mitmproxy addons the proxy needs are loaded (core, proxyserver, next_layer, tlsconfig and
-ours): the stock set of ~35 addons halves throughput.
+The mitmproxy engine loads only the mitmproxy addons the proxy needs (core, proxyserver, next_layer,
+tlsconfig and ours): the stock set of ~35 addons halves throughput. mitmproxy is imported only by that
+engine: the lean one (proxy/lean.py) starts without it.
 """
 
 from __future__ import annotations
@@ -17,23 +18,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from mitmproxy import exceptions, options
-from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
-from mitmproxy.certs import CertStore
-from mitmproxy.master import Master
-from mitmproxy.utils import human
-
-from proxy import control, lean, loading, mitm_internals
-from proxy.addon import ReplayAddon
+from proxy import control, lean, loading
 from proxy.errors import CassetteNotFoundError, ConfigError, ReplayProxyError, StartupError
-from proxy.gateway import DEFAULT_UPSTREAM_TIMEOUT
 from proxy.har import HarCapture, is_har
 from proxy.journal import Journal
 from proxy.matching import DEFAULT_MATCH_ON
-from proxy.settings import KWARG, Settings, addon_options, from_kwargs, on
+from proxy.session import Core
+from proxy.settings import DEFAULT_UPSTREAM_TIMEOUT, KWARG, Settings, addon_options, from_kwargs, on
 from proxy.settings import check_upstream as check_upstream  # its home until settings.py took it
+from proxy.settings import parse_size as parse_size  # likewise
+
+if TYPE_CHECKING:
+    from mitmproxy.master import Master
+
+    from proxy.addon import ReplayAddon
 
 MODES = ("reverse", "regular")
 _START_TICK = 0.5
@@ -67,6 +67,8 @@ def default_confdir() -> Path:
 
 def ensure_ca(confdir: Path) -> Path:
     """Create mitmproxy's CA in ``confdir`` if missing; return the certificate clients must trust."""
+    from mitmproxy.certs import CertStore
+
     try:
         confdir.mkdir(parents=True, exist_ok=True)
         CertStore.from_store(str(confdir), "mitmproxy", 2048)
@@ -77,24 +79,6 @@ def ensure_ca(confdir: Path) -> Path:
 
 DEFAULT_MAX_BODY_SIZE = "100m"
 """Request bodies above this get 413 (upstream response bodies 502) instead of being buffered."""
-
-
-def parse_size(value: int | str | None) -> int | None:
-    """Bytes from ``1048576``, ``"512k"``, ``"100m"`` or ``"1g"`` (1024-based, as mitmproxy's
-    ``body_size_limit`` reads them); ``0`` or None: no limit."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        size = value if isinstance(value, int) else human.parse_size(str(value).strip().lower())
-    except ValueError:
-        raise ConfigError(
-            f"bad size {value!r}: expected bytes with an optional k, m or g suffix, e.g. 100m"
-        ) from None
-    if size is None or size < 0:
-        raise ConfigError(f"bad size {value!r}: must be zero (no limit) or more bytes, e.g. 100m")
-    return size or None
 
 
 class ReplayProxy:
@@ -165,17 +149,25 @@ class ReplayProxy:
             settings = replace(settings, match_on=("method", "scheme", "host", "port", "path", "query"))
         self.settings = settings
         """What the proxy was constructed with: what use() falls back to for a setting it is not given."""
-        self.addon = ReplayAddon(journal)
-        self.har = HarCapture(settings.har, self.addon) if settings.har is not None else None
-        """With ``har``: every exchange as the client saw it, written as HAR 1.2 when the proxy stops."""
-        self.addon.annotate_flows = self.har is not None  # each HAR entry's comment says what answered it
-        if settings.control_api:
-            self.addon.control = _control_api(self, settings.host, settings.control_token, settings.root)
-        self.replay_options = addon_options(_served(settings))
         self.engine = settings.engine
         """``mitmproxy`` (everything) or ``lean`` (replay and play, HTTP/1.1, several times faster)."""
-        if self.engine == "lean" and self.har is not None:  # HarCapture reads mitmproxy's flows
+        if self.engine == "lean" and settings.har is not None:  # HarCapture reads mitmproxy's flows
             raise ConfigError(f"the lean engine does not write HAR (--har, har=): {lean._UNSUPPORTED}")
+        self.core = Core(journal)
+        """The session served, the journal, the control API: what both engines answer with."""
+        self.addon: ReplayAddon | None = None
+        """The mitmproxy engine's addon over ``core`` (None with the lean engine)."""
+        self.har: HarCapture | None = None
+        """With ``har``: every exchange as the client saw it, written as HAR 1.2 when the proxy stops."""
+        if self.engine == "mitmproxy":
+            from proxy.addon import ReplayAddon
+
+            self.addon = ReplayAddon(core=self.core)
+            self.har = HarCapture(settings.har, self.addon) if settings.har is not None else None
+            self.addon.annotate_flows = self.har is not None  # each HAR entry's comment says what answered it
+        if settings.control_api:
+            self.core.control = _control_api(self, settings.host, settings.control_token, settings.root)
+        self.replay_options = addon_options(_served(settings))
         self._check_engine(self.replay_options)
         self._lean: lean.LeanServer | None = None
         self._lean_stop: asyncio.Event | None = None
@@ -205,7 +197,7 @@ class ReplayProxy:
 
     @property
     def journal(self) -> Journal:
-        return self.addon.journal
+        return self.core.journal
 
     @property
     def operations(self) -> list[control.OperationHandle]:
@@ -216,7 +208,7 @@ class ReplayProxy:
         return [control.OperationHandle(self._machine, state) for state in states]
 
     def _machine(self) -> Any:
-        session = self.addon.session
+        session = self.core.session
         return session.router.scenarios if session is not None else None
 
     @property
@@ -356,10 +348,12 @@ class ReplayProxy:
     def _switch(self, opts: dict[str, Any] | None) -> None:
         """On the proxy's loop: set the options (the addon rebuilds its session) and clear the journal."""
         if self._lean is not None:
-            lean.install_session(self.addon, opts or self.replay_options, self.max_body_size)
+            lean.install_session(self.core, opts or self.replay_options, self.max_body_size)
             self.replay_options = dict(opts or self.replay_options)
-            self.addon.journal.clear()
+            self.core.journal.clear()
             return
+        from mitmproxy import exceptions
+
         assert self._master is not None
         if opts is None:
             names = self.replay_options.keys()
@@ -371,7 +365,7 @@ class ReplayProxy:
             cause = e.__cause__
             raise cause if isinstance(cause, ReplayProxyError) else ConfigError(str(e)) from e
         self.replay_options = dict(opts)
-        self.addon.journal.clear()
+        self.core.journal.clear()
 
     def _call_on_loop(self, fn: Callable[[], _T], timeout: float) -> _T:
         """Run ``fn`` on the proxy's event loop (between two hooks, never inside one); return its result."""
@@ -411,7 +405,18 @@ class ReplayProxy:
         self._loop = asyncio.get_running_loop()
         if self.engine == "lean":
             await self._lean_main()
-            return
+        else:
+            await self._mitmproxy_main()
+
+    async def _mitmproxy_main(self) -> None:
+        """Serve with mitmproxy (its Master, a few of its addons and ours) until ``stop``."""
+        from mitmproxy import exceptions, options
+        from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
+        from mitmproxy.master import Master
+
+        from proxy import mitm_internals
+
+        assert self.addon is not None
         opts = options.Options(listen_host=self.host, listen_port=self.port, confdir=str(self.confdir))
         master = Master(opts)
         self._master = master
@@ -457,12 +462,13 @@ class ReplayProxy:
         """Serve with the lean engine (proxy/lean.py) until ``stop``."""
         self._lean_stop = asyncio.Event()
         try:
-            lean.install_session(self.addon, self.replay_options, self.max_body_size)
+            lean.install_session(self.core, self.replay_options, self.max_body_size)
         except ReplayProxyError as e:
             self._error = e
+            self.core.open_journal_file(None)
             return
-        target = self.addon.session.primary_origin if self.addon.session is not None else None
-        server = lean.LeanServer(self.addon, self.max_body_size, target or UNREACHABLE)
+        target = self.core.session.primary_origin if self.core.session is not None else None
+        server = lean.LeanServer(self.core, self.max_body_size, target or UNREACHABLE)
         try:
             host, port = await server.start(self.host, self.port)
         except OSError as e:
@@ -482,7 +488,7 @@ class ReplayProxy:
     def _mode_spec(self) -> str:
         if self.mode == "regular":
             return "regular"
-        target = self.upstream or (self.addon.session and self.addon.session.primary_origin) or UNREACHABLE
+        target = self.upstream or (self.core.session and self.core.session.primary_origin) or UNREACHABLE
         return f"reverse:{target}"
 
     def _mode_specs(self) -> list[str]:

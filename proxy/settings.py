@@ -59,6 +59,16 @@ DEFAULT_MATCH_ON: tuple[str, ...] = ("method", "path", "query")
 """``matching.DEFAULT_MATCH_ON`` (a test holds them equal)."""
 DEFAULT_UPSTREAM_TIMEOUT = 60.0
 """``gateway.DEFAULT_UPSTREAM_TIMEOUT`` (a test holds them equal; gateway imports mitmproxy)."""
+VERDICT_RULES: tuple[str, ...] = (
+    "unmatched",
+    "retry-after",
+    "retry-after-202",
+    "poll-after-terminal",
+    "self-built-url",
+    "unfinished",
+    "scenario-error",
+)
+"""``verdict.RULES`` (a test holds them equal; the verdict costs every start-up ~9 ms to import)."""
 DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024
 """``server.DEFAULT_MAX_BODY_SIZE`` ("100m") in bytes."""
 
@@ -215,13 +225,49 @@ class Seconds(Kind):
         return "none" if value is None else f"{value:g}"
 
 
+SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+"""The suffixes of a size, 1024-based, as mitmproxy's ``human.parse_size`` reads them."""
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """Bytes from ``1048576``, ``"512k"``, ``"100m"`` or ``"1g"`` (1024-based, as mitmproxy's
+    ``body_size_limit`` reads them: tests/test_mitm_internals.py holds the two parsers equal); ``0`` or
+    None: no limit."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        size = value if isinstance(value, int) else _size_in_bytes(str(value).strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"bad size {value!r}: expected bytes with an optional k, m or g suffix, e.g. 100m"
+        ) from None
+    if size < 0:
+        raise ConfigError(f"bad size {value!r}: must be zero (no limit) or more bytes, e.g. 100m")
+    return size or None
+
+
+def _size_in_bytes(text: str) -> int:
+    """mitmproxy's ``human.parse_size`` (a ValueError for what it refuses), without importing mitmproxy."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    for suffix, unit in SIZE_UNITS.items():
+        if text.endswith(suffix):
+            try:
+                return int(text[:-1]) * unit
+            except ValueError:
+                break
+    raise ValueError(f"invalid size {text!r}")
+
+
 @dataclass(frozen=True)
 class Size(Kind):
     """Bytes, from ``1048576`` or ``512k``/``100m``/``1g``; 0 or None: no limit (None)."""
 
     def parse(self, value: Any) -> int | None:
-        from proxy.server import parse_size  # mitmproxy's size parser: imported only when parsing one
-
         try:
             return parse_size(value)
         except ConfigError as e:
@@ -326,12 +372,6 @@ def _matcher_names() -> tuple[str, ...]:
     from proxy.matching import MATCHER_NAMES
 
     return MATCHER_NAMES
-
-
-def _verdict_rules() -> tuple[str, ...]:
-    from proxy.verdict import RULES
-
-    return RULES
 
 
 # -- the table ------------------------------------------------------------------------------------------
@@ -640,7 +680,7 @@ class Settings:
     )
     skip_check: tuple[str, ...] = declare(
         (),
-        Names(choices=_verdict_rules, noun="check"),
+        Names(choices=VERDICT_RULES, noun="check"),
         "leave a check out of the report (repeatable; one of: {choices})",
         (CLI,),
         group=VERDICT,
@@ -689,7 +729,7 @@ class Settings:
     )
     disable_checks: tuple[str, ...] = declare(
         (),
-        Names(choices=_verdict_rules, noun="check"),
+        Names(choices=VERDICT_RULES, noun="check"),
         "Turn one verdict check off (repeatable): {choices} (retry-after-202 is off for azure-core, which "
         "polls once immediately after the 202).",
         (PYTEST,),

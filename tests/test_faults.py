@@ -78,9 +78,9 @@ class ScriptRouter(Router):
 
 def _start(confdir: Path, mode: str = "reverse", engine: str = "mitmproxy") -> ReplayProxy:
     proxy = ReplayProxy(confdir=confdir, mode=mode, engine=engine).start()
-    session = proxy.addon.session
+    session = proxy.core.session
     assert session is not None
-    proxy.addon.session = session._replace(router=ScriptRouter(None, RecordMode.NONE, cassette_existed=False))
+    proxy.core.session = session._replace(router=ScriptRouter(None, RecordMode.NONE, cassette_existed=False))
     return proxy
 
 

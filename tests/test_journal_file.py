@@ -16,7 +16,7 @@ import requests
 
 from proxy.journal import read_journal
 from proxy.server import ReplayProxy
-from tests.conftest import ROOT, Cli
+from tests.conftest import ENGINES, ROOT, Cli
 
 pytest_plugins = ["pytester"]
 
@@ -42,10 +42,15 @@ def wait_for_lines(path: Path, n: int) -> list[dict[str, Any]]:
         time.sleep(0.02)
 
 
-def test_each_exchange_is_a_line_as_it_happens_and_a_kill_keeps_them(cli: type[Cli], tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_exchange_is_a_line_as_it_happens_and_a_kill_keeps_them(
+    cli: type[Cli], tmp_path: Path, engine: str
+) -> None:
+    """Both engines (the lean one wrote no file, and kept the request headers unredacted in its journal)."""
     journal = tmp_path / "journal.jsonl"
     journal.write_text('{"event": "exchange", "from": "an older run"}\n')
-    proxy = cli(["replay", str(CASSETTE), "--port", "0", "--retry-after", "0.05", "--journal", str(journal)])
+    args = ["replay", str(CASSETTE), "--port", "0", "--retry-after", "0.05", "--journal", str(journal)]
+    proxy = cli([*args, "--engine", engine])
     http = requests.Session()
     http.trust_env = False
     r = http.post(proxy.url + START, headers={"Authorization": f"Bearer {SECRET}"}, data=b"x" * 7, timeout=10)
@@ -71,9 +76,10 @@ def test_each_exchange_is_a_line_as_it_happens_and_a_kill_keeps_them(cli: type[C
     assert len(lines_of(journal)) == 4
 
 
-def test_a_scenario_operation_is_named_with_its_status(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_scenario_operation_is_named_with_its_status(tmp_path: Path, engine: str) -> None:
     journal = tmp_path / "j.jsonl"
-    with ReplayProxy(scenarios=[SCENARIO], retry_after=0.05, journal_file=journal) as p:
+    with ReplayProxy(scenarios=[SCENARIO], retry_after=0.05, journal_file=journal, engine=engine) as p:
         http = requests.Session()
         http.trust_env = False
         start = http.post(p.url + "/tilesets?api-version=2.0&datasetId=x", timeout=10)
@@ -138,8 +144,9 @@ def test_the_plugin_writes_the_sessions_journal(
     assert [line["cassette"] for line in lines if line["event"] == "load"] == [str(CASSETTE)]
 
 
-def test_replay_proxy_refuses_a_journal_it_cannot_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replay_proxy_refuses_a_journal_it_cannot_write(tmp_path: Path, engine: str) -> None:
     from proxy.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot write the journal there"):
-        ReplayProxy(scenarios=[SCENARIO], journal_file=tmp_path).start()
+        ReplayProxy(scenarios=[SCENARIO], journal_file=tmp_path, engine=engine).start()

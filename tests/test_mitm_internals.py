@@ -32,7 +32,8 @@ from mitmproxy.proxy import mode_specs, server
 from mitmproxy.utils import human
 from mitmproxy.version import VERSION
 
-from proxy import gateway, mitm_internals, request_head
+from proxy import gateway, mitm_internals, request_head, settings
+from proxy.reasons import REASONS
 from proxy.server import ReplayProxy
 
 TIMEOUT = 10
@@ -378,6 +379,47 @@ def test_helper_functions_of_undocumented_modules() -> None:
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n"), changed(
         "http1.assemble_response_head changed"
     )
+
+
+def test_our_size_parser_reads_what_mitmproxys_does() -> None:
+    """settings.parse_size reads ``--max-body-size`` as mitmproxy's ``body_size_limit`` does, without
+    importing mitmproxy (the lean engine starts without it)."""
+    for text in (
+        "0",
+        "1",
+        "1048576",
+        "512k",
+        "100m",
+        "1g",
+        "2t",
+        "7b",
+        "-3",
+        "-1k",
+        "k",
+        "1.5m",
+        "1x",
+        "",
+        "m1",
+    ):
+        try:
+            theirs: int | None = human.parse_size(text)
+        except ValueError:
+            theirs = None
+        try:
+            ours: int | None = settings._size_in_bytes(text)
+        except ValueError:
+            ours = None
+        assert ours == theirs, changed(f"human.parse_size({text!r}) is now {theirs!r}; ours says {ours!r}")
+
+
+def test_the_reason_phrases_are_mitmproxys() -> None:
+    """proxy/reasons.py is mitmproxy 12's table; mitmproxy 11's has fewer codes (and "Reset Content.")."""
+    ours, theirs = REASONS, status_codes.RESPONSES
+    if int(VERSION.split(".")[0]) >= 12:
+        assert ours == theirs, changed("status_codes.RESPONSES changed: update proxy/reasons.py")
+    else:
+        differ = {code for code, reason in theirs.items() if ours.get(code) != reason}
+        assert differ == {205}, changed(f"status_codes.RESPONSES differs from mitmproxy 12's at {differ}")
 
 
 def test_no_other_module_reaches_into_mitmproxy_internals() -> None:

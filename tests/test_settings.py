@@ -193,17 +193,26 @@ def test_replay_proxy_signature_is_the_table() -> None:
 
 
 def test_the_tables_constants_are_their_modules() -> None:
-    """settings.py imports neither mitmproxy's machinery nor the router (the pytest plugin reads it at
-    start-up; ``proxy/__init__`` itself touches the bare ``mitmproxy`` and ``vcr`` packages)."""
-    from proxy import cassette, gateway, lean, matching, router, server
+    """settings.py imports neither mitmproxy's machinery nor the router nor the verdict (the pytest plugin
+    and the command line read it at start-up)."""
+    from proxy import cassette, gateway, lean, matching, router, server, verdict
 
     assert tuple(m.value for m in router.RecordMode) == settings.RECORD_MODES
     assert settings.WHEN_EXHAUSTED == cassette.WHEN_EXHAUSTED
     assert settings.ENGINES == lean.ENGINES
     assert settings.DEFAULT_MATCH_ON == matching.DEFAULT_MATCH_ON
+    assert settings.VERDICT_RULES == verdict.RULES
     assert settings.DEFAULT_UPSTREAM_TIMEOUT == gateway.DEFAULT_UPSTREAM_TIMEOUT
     assert server.parse_size(server.DEFAULT_MAX_BODY_SIZE) == settings.DEFAULT_MAX_BODY_SIZE
-    heavy = ("mitmproxy.http", "mitmproxy.options", "pytest", "yaml", "proxy.router", "proxy.matching")
+    heavy = (
+        "mitmproxy.http",
+        "mitmproxy.options",
+        "pytest",
+        "yaml",
+        "proxy.router",
+        "proxy.matching",
+        "proxy.verdict",
+    )
     code = f"import sys, proxy.settings; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
