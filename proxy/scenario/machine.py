@@ -192,6 +192,7 @@ _JSON = "application/json"
 _FORM = "application/x-www-form-urlencoded"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
 _NO_BODY = object()
+_CHECKED_SIZE = 4096
 _EMPTY_RESPONSE = ResponseSpec.model_validate({})
 
 
@@ -248,8 +249,8 @@ class ScenarioMachine:
         self._rng = rng if rng is not None else random.Random()
         self._functions = functions(wall, rng)
         self._lock = threading.Lock()
-        self._checked: object = None
-        """The headers of the last answer found safe to send (``_check_wire``): polls repeat them."""
+        self._checked: dict[int, HeaderList] = {}
+        """Headers of answers found safe to send (``_check_wire``), by identity: polls repeat them."""
         self._operations: list[_Op] = []
         self._routes: list[_RouteRule] = []
         self._operation_rules: list[_OperationRule] = []
@@ -278,9 +279,13 @@ class ScenarioMachine:
             for rule in self._rules:
                 result = rule(view, base)
                 if result is not None:
-                    if isinstance(result, Answer) and result.response.headers is not self._checked:
-                        _check_wire(result)
-                        self._checked = result.response.headers  # a stage's polls share one answer
+                    if isinstance(result, Answer):
+                        headers = result.response.headers
+                        if self._checked.get(id(headers)) is not headers:  # a stage's polls share them
+                            _check_wire(result)
+                            if len(self._checked) >= _CHECKED_SIZE:
+                                self._checked.clear()
+                            self._checked[id(headers)] = headers
                     return result
         return None
 
@@ -681,6 +686,9 @@ class _PathPattern:
         self.segments = _segments(path)
         """When each placeholder is a whole ``{name}`` segment (most templates): the literal segments and
         the names, matched by splitting the path on ``/`` (linear, no regex at all)."""
+        segments = self.segments or []
+        self._literals = [(i, literal) for i, (literal, name) in enumerate(segments) if name is None]
+        self._names = [(i, name) for i, (_, name) in enumerate(segments) if name is not None]
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self._match(path)
@@ -699,15 +707,14 @@ class _PathPattern:
             parts = path.split("/")
             if len(parts) != len(self.segments):
                 return None
-            found: dict[str, str] = {}
-            for part, (literal, name) in zip(parts, self.segments, strict=True):
-                if name is None:
-                    if part != literal:
-                        return None
-                elif not part:  # a placeholder is one segment, never an empty one
+            for i, literal in self._literals:
+                if parts[i] != literal:
                     return None
-                else:
-                    found[name] = part
+            found: dict[str, str] = {}
+            for i, name in self._names:
+                if not parts[i]:  # a placeholder is one segment, never an empty one
+                    return None
+                found[name] = parts[i]
             return found
         m = self.regex.fullmatch(_valid_text(path))
         if m is None:
@@ -1021,6 +1028,8 @@ class _Op:
     def __init__(self, rule: _OperationRule, op_id: str, resource_id: str, created: float) -> None:
         self.rule = rule
         self.id = op_id
+        self.polled = f"{rule.file.label}: operation {_short(op_id)}, poll "
+        """The start of each poll's ``Answer.source`` (the poll number and status follow)."""
         self.resource_id = resource_id
         self.created = created
         self.status_url = ""
@@ -1303,7 +1312,7 @@ class _OperationRule:
             op.stage_polls += 1
         op.polls += 1
         ctx = _Ctx(self.machine, view, base, self.file, params, op)
-        where = f"{self.file.label}: operation {_short(op.id)}, poll {op.polls}"
+        where = f"{op.polled}{op.polls}"
         if step.respond is not None:
             rendered = self.machine.render_response(step.respond, self.at("steps", j, "respond"), ctx)
             virtual = op.reading()
