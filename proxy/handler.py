@@ -232,8 +232,10 @@ class Handler:
             detail += f" [delay {answer.delay:g} s]"
         status = fault_plan.status_sent(answer)
         sent = served.response if status is not None else None
-        known = Known(body=served.body_status, facts=served.facts)
-        exchange = self.entry(request, arrival, status, "scenario", detail, sent, answer, **known)
+        body, facts = served.body_status, served.facts
+        exchange = self.entry(
+            request, arrival, status, "scenario", detail, sent, answer, body=body, facts=facts
+        )
         if answer.fault is None and not answer.delay and answer.dribble is None:  # most answers
             return Outcome("scenario", served.wire, None, exchange)
         plan = fault_plan.plan(answer, served.wire.body)

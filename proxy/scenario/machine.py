@@ -575,6 +575,8 @@ class _File:
 class _Ctx:
     """A template context built on first use: answers without templates never build one."""
 
+    __slots__ = ("_built", "base", "file", "machine", "op", "params", "view")
+
     def __init__(
         self,
         machine: ScenarioMachine,
@@ -603,6 +605,8 @@ class _Ctx:
 
 class _View:
     """A request parsed once for every rule: method, path, first query values, headers, JSON body."""
+
+    __slots__ = ("_form", "_headers", "_json", "_query", "_query_text", "method", "path", "request")
 
     def __init__(self, request: Request) -> None:
         self.request = request
@@ -1024,6 +1028,12 @@ class _StatusAnswer(NamedTuple):
 
 class _Op:
     """One operation's state (mutable; guarded by the machine's lock)."""
+
+    __slots__ = (
+        "_facts", "answered", "created", "ended", "ended_by", "forced", "held", "held_at", "id", "polled",
+        "polls", "resource_id", "resource_ready", "resource_url", "rule", "stage", "stage_began",
+        "stage_polls", "start", "status", "status_url", "terminal", "virtual",
+    )
 
     def __init__(self, rule: _OperationRule, op_id: str, resource_id: str, created: float) -> None:
         self.rule = rule
