@@ -44,7 +44,7 @@ SERVED_CACHE_SIZE = 4096
 
 
 class Session(Protocol):
-    """What the handler reads of a session (``addon.Session`` is one)."""
+    """What the handler reads of a session (``session.Session`` is one)."""
 
     @property
     def router(self) -> Router: ...

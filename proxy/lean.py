@@ -89,7 +89,7 @@ class LeanServer:
     """
 
     def __init__(self, core: Core, max_body_size: int | None, target: str) -> None:
-        self.addon = core
+        self.core = core
         """The engine-neutral state (proxy/session.py), under the name the request path reads."""
         self.max_body_size = max_body_size
         self.target = target
@@ -108,13 +108,13 @@ class LeanServer:
 
     async def close(self) -> None:
         """Stop listening; release every waiting answer and close every connection."""
-        self.addon.stopping = True
+        self.core.stopping = True
         if self.server is not None:
             self.server.close()
         for connection in list(self.clients):
             connection.drop()
-        self.addon.close_session()
-        self.addon.open_journal_file(None)
+        self.core.close_session()
+        self.core.open_journal_file(None)
 
     def waiting(self) -> int:
         """Connections whose answer is being carried out over time (a delay, a dribble, a hang)."""
@@ -124,26 +124,26 @@ class LeanServer:
 
     def outcome(self, incoming: _Incoming, origin: str) -> Outcome:
         """What ``incoming`` gets from the core (proxy/handler.py), journaled."""
-        addon = self.addon
-        session = addon.session
+        core = self.core
+        session = core.session
         path = incoming.target
         client_url = origin + path
-        if addon.control is not None and path.startswith(control.PREFIX):  # never matched nor journaled
+        if core.control is not None and path.startswith(control.PREFIX):  # never matched nor journaled
             asked = Request(incoming.method, client_url, tuple(incoming.headers), bytes(incoming.body))
-            return Outcome("control", addon.handler.wire(addon.control.answer(asked)))
+            return Outcome("control", core.handler.wire(core.control.answer(asked)))
         if session is None:
-            wire = addon.handler.wire(stopping_response())
+            wire = core.handler.wire(stopping_response())
             return Outcome("stopping", wire)
         url = request_url(session, origin, path)
         request = Request(incoming.method, url, tuple(incoming.headers), bytes(incoming.body))
         arrival = Arrival(self.target + path, path, client_url, origin, origin, incoming.arrived)
-        outcome = addon.handler.handle(session, request, arrival)
+        outcome = core.handler.handle(session, request, arrival)
         if outcome.exchange is not None:
-            addon.journal.add(outcome.exchange)
+            core.journal.add(outcome.exchange)
         if outcome.wire is None:  # refused at start: never here unless the router forwards
             body = b"replay-proxy: the lean engine does not forward; " + _UNSUPPORTED.encode() + b"\n"
             response = Response(502, "Bad Gateway", (("Content-Type", "text/plain"),), body)
-            return Outcome("refused", addon.handler.wire(response))
+            return Outcome("refused", core.handler.wire(response))
         return outcome
 
     def refused(self, incoming: _Incoming, origin: str, status: int, detail: str) -> None:
@@ -151,7 +151,7 @@ class LeanServer:
         path = incoming.target
         request = Request(incoming.method, origin + path, tuple(incoming.headers), b"")
         arrival = Arrival(self.target + path, path, origin + path, origin, origin, incoming.arrived)
-        self.addon.journal.add(self.addon.handler.entry(request, arrival, status, "refused", detail))
+        self.core.journal.add(self.core.handler.entry(request, arrival, status, "refused", detail))
 
     def head(self, wire: Wire) -> bytes:
         """The status line and header fields of ``wire`` (as mitmproxy writes them), cached per answer."""
