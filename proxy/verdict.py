@@ -68,17 +68,11 @@ from proxy.operations import Timeline as _Analysis
 from proxy.operations import TrackedOperation as _Op
 from proxy.operations import path_query as _path_query
 from proxy.operations import show as _show
+from proxy.settings import VERDICT_RULES
 
-RULES: tuple[str, ...] = (
-    "unmatched",
-    "retry-after",
-    "retry-after-202",
-    "poll-after-terminal",
-    "self-built-url",
-    "unfinished",
-    "scenario-error",
-)
-"""Every check, by the name used to turn it off."""
+RULES: tuple[str, ...] = VERDICT_RULES
+"""Every check, by the name used to turn it off, in report order: declared beside the run options
+(proxy/settings.py), which list them for ``--skip-check`` without importing the verdict at start-up."""
 
 
 @dataclass(frozen=True, slots=True)
