@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import unquote, unquote_plus
 
+from proxy import decompress
 from proxy.model import (
     Headers,
     Interaction,
@@ -791,6 +792,11 @@ def _base64_forms(secret: str) -> list[str]:
     return out
 
 
+DECODED_REQUEST_LIMIT = 100 << 20
+"""Bytes a request body may decode to (a few kB of brotli can claim a GiB); past it, the body is kept
+encoded."""
+
+
 def _decoded_request(request: Request) -> Request:
     """``request`` with its body decoded from its Content-Encoding (gzip, deflate, br, zstd): secrets are
     found, saved and matched in the decoded body; ``request`` itself when not encoded or not decodable."""
@@ -800,13 +806,9 @@ def _decoded_request(request: Request) -> Request:
     encoding = encoding.strip().lower()
     if encoding not in ("gzip", "x-gzip", "deflate", "br", "zstd"):
         return request
-    from mitmproxy.net import encoding as codecs  # only for encoded request bodies (as cassette.py)
-
     try:
-        decoded = codecs.decode(request.body, "gzip" if encoding == "x-gzip" else encoding)
-    except ValueError:
-        return request
-    if not isinstance(decoded, bytes):
+        decoded = decompress.decode(request.body, encoding, DECODED_REQUEST_LIMIT)
+    except ValueError:  # not valid in its encoding, or a bomb: matched and saved as it came
         return request
     headers = without_headers(request.headers, ["content-encoding"])
     if header_value(headers, "content-length") is not None:

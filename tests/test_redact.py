@@ -888,3 +888,32 @@ def test_scrub_hides_what_a_console_line_would_show() -> None:
     )
     assert Redactor(enabled=False).scrub(line) == line
     assert shown_url("https://bob:pw-1@h.example") == "https://bob:<REDACTED>@h.example"
+
+
+def test_an_encoded_request_body_is_decoded_without_mitmproxy_and_a_bomb_is_kept_encoded() -> None:
+    """Request bodies decode with proxy/decompress.py (bounded), not mitmproxy's decoders: the lean engine
+    never loads mitmproxy, and a few hundred kB that claim 101 MiB are matched as they came."""
+    import subprocess
+    import sys
+    import zlib
+
+    script = (
+        "import gzip, sys\n"
+        "from proxy.model import Request\n"
+        "from proxy.redact import Redactor\n"
+        "body = gzip.compress(b'client_secret=real&scope=x')\n"
+        "r = Request('POST', 'https://h/token', (('Content-Type', 'application/x-www-form-urlencoded'),"
+        " ('Content-Encoding', 'gzip')), body)\n"
+        "m = Redactor().for_matching(r)\n"
+        "print(b'real' not in m.body, b'scope=x' in m.body)\n"
+        "print(sorted(n for n in sys.modules if n.startswith('mitmproxy')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True True", "[]"]
+
+    packer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    chunk = b"\0" * (1 << 20)
+    bomb = b"".join(packer.compress(chunk) for _ in range(101)) + packer.flush()
+    request = Request("POST", f"{API}/upload", headers=(("Content-Encoding", "gzip"),), body=bomb)
+    assert Redactor().for_matching(request).body == bomb
