@@ -52,7 +52,13 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from proxy.dialects import DIALECTS, is_cancelled, is_failure, is_success
-from proxy.journal import STATUS_URL_HEADERS, Exchange, response_facts
+from proxy.journal import (
+    STATUS_URL_HEADERS,
+    Exchange,
+    body_status,
+    body_status_url,
+    response_facts,
+)
 from proxy.model import Interaction, Request, Response, header_value, json_document
 
 TOLERANCE_FRACTION = 0.05
@@ -68,6 +74,11 @@ DONE_WITHOUT_STATUS = (200, 201, 204)
 BODY_URL = "urls.get"
 """``given_by`` of a status URL a running answer gave in its JSON body at ``urls.get`` (Replicate's
 predictions: ``201 {status: starting, urls: {get, cancel}}``, polled there, ``200`` every poll)."""
+
+START_URL = "start-url"
+"""``given_by`` of an ARM resource that a PUT or PATCH answered with a running
+``properties.provisioningState`` and no status header: polled at the request's own URL (azure-mgmt-core's
+``BodyContentPolling``)."""
 
 MIN_ID_LENGTH = 4
 """An operation id shorter than this (a counter) is not searched for in the paths of unanswered requests."""
@@ -400,13 +411,17 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
     seen: dict[int, _Seen] = {}
     for i, interaction in enumerate(interactions):
         request, response = interaction.request, interaction.response
-        facts = response_facts(response, request.url, now=_date_of(response))
+        status = body_status(response)
+        facts = response_facts(
+            response, request.url, now=_date_of(response), body=status, method=request.method
+        )
         body = json_document(response.body)
-        in_body = _body_status_url(body) if not facts.status_urls and response.status < 400 else None
-        if in_body is not None and facts.op_status is not None and not facts.terminal:
-            facts = facts._replace(status_urls=(urljoin(request.url, in_body),))
-        else:
-            in_body = None
+        in_body = body_status_url(response.status, status, request.method, request.url)
+        if in_body is not None and facts.status_urls != (in_body,):
+            in_body = None  # a status header gave it
+        elif in_body is not None:
+            headed = response_facts(response, request.url, body=status._replace(poll_at=None))
+            in_body = None if headed.status_urls else in_body
         exchanges.append(
             Exchange(
                 request.method.upper(),
@@ -427,7 +442,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         given: list[tuple[str, str]] = []
         result_url = _result_location(response, request.url)
         if in_body is not None:
-            given.append((BODY_URL, in_body))
+            given.append((BODY_URL, status.poll_at) if status.poll_at else (START_URL, request.url))
         elif facts.status_urls:
             for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
                 value = header_value(response.headers, name)
@@ -445,13 +460,6 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         )
     _link_aip_polls(exchanges, seen)
     return exchanges, seen
-
-
-def _body_status_url(body: Any) -> str | None:
-    """The status URL a JSON body gives at ``urls.get`` (Replicate's predictions and trainings), or None."""
-    urls = body.get("urls") if isinstance(body, dict) else None
-    url = urls.get("get") if isinstance(urls, dict) else None
-    return url.strip() if isinstance(url, str) and url.strip() else None
 
 
 def _result_location(response: Response, url: str) -> str | None:
