@@ -52,10 +52,13 @@ class Exchange:
     millisecond headers converted; the shortest when it sent several, ``proxy.rewrite.parse_retry_after``),
     None when it advertised none or no response was sent;
     ``status_urls`` are the absolute URLs the response gave for polling (Location on a 202 or on a
-    non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
+    non-terminal answer, Operation-Location, Azure-AsyncOperation; without those, a running JSON body's
+    own: ``urls.get``, or a PUT's or PATCH's own URL for an ARM resource's running
+    ``properties.provisioningState``: ``body_status_url``). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
-    ``status`` field / AIP-151 ``done`` of a JSON body). ``tag``: a scenario operation's answer as data
+    ``status`` field / AIP-151 ``done`` / ARM ``properties.provisioningState`` of a JSON body).
+    ``tag``: a scenario operation's answer as data
     (its rule, dialect, role and step: ``proxy.scenario.answer.OperationTag``), None otherwise.
 
     ``request_headers`` are the request's headers redacted as a cassette saves them

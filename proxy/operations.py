@@ -8,7 +8,8 @@ recording, its ``Interaction`` requests and responses, never the console's human
 
 **The walk** (``Timeline``): in arrival order, an entry is the *start* of an operation when it is a
 scenario operation's first answer (``Exchange.operation``) or a non-error response that gave a status URL
-(``Location`` on a 202 or on a non-terminal answer, ``Operation-Location``, ``Azure-AsyncOperation``); a
+(``Location`` on a 202 or on a non-terminal answer, ``Operation-Location``, ``Azure-AsyncOperation``; or a
+running JSON body's own, ``journal.body_status_url``: ``urls.get``, an ARM PUT's own URL); a
 *poll* when it is a GET/HEAD of a status URL given before (paths compared, hosts and queries ignored) or a
 scenario poll; a *stray* when nothing answered it and its path holds a known operation's id. An operation
 ends at its first terminal answer (``ends``: a terminal status, AIP-151 ``done: true``, or a 200/201/204
@@ -26,9 +27,10 @@ without a status field where running was 202) that a client is not expected to r
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
   ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``urls.get`` for the
-  URL a running JSON body gives there, in a recording, as Replicate's predictions do; ``start-url`` for an
-  ``arm`` resource polled at its own URL; ``header`` when a journal entry of a cassette or upstream answer
-  did not keep which) and ``url_form`` (``absolute`` or ``relative``; None when unknown);
+  URL a running JSON body gives there, in a recording, as Replicate's predictions do; ``start-url``
+  (``START_URL``) for an ``arm`` resource polled at its own URL; ``header`` when a journal entry of a
+  cassette or upstream answer did not keep which, body-given URLs included)
+  and ``url_form`` (``absolute`` or ``relative``; None when unknown);
 - ``steps``: consecutive polls with the same (status, HTTP code, Retry-After) as one ``StepFacts`` with a
   ``count``;
 - ``outcome``: ``succeeded``, ``failed``, ``canceled``, ``done`` (ended without a status field) or
