@@ -142,3 +142,29 @@ def test_arm_body_content_polling_replayed_poll_after_succeeded_is_flagged(
     _, entries = replayed(engine, confdir, arm_cassette(tmp_path), lambda p: begin_vnet(p, extra_gets=1))
     assert len(entries) == 5
     assert [v.rule for v in check(entries, ["retry-after-202"])] == ["poll-after-terminal"]
+
+
+def test_the_same_operations_in_the_recording_and_in_a_replay_journal(confdir: Path, tmp_path: Path) -> None:
+    """One rule (``journal.body_status_url``) for recordings and journals: the recording's operation is
+    the journal's; ``learn`` does not write a resource polled at its own URL as an operation (yet): it stays
+    recorded answers, as before."""
+    from proxy.cassette import load
+    from proxy.learn import find_operations
+
+    cassette = arm_cassette(tmp_path)
+    [recorded] = recognise(load(cassette))
+    assert (recorded.given_by, recorded.outcome, recorded.terminal_status) == (
+        "start-url",
+        "succeeded",
+        "Succeeded",
+    )
+    assert find_operations(load(cassette)) == []
+    _, entries = replayed("lean", confdir, cassette, begin_vnet)
+    [journaled] = recognise(entries)
+    assert (journaled.status_url, journaled.entries, journaled.outcome) == (
+        recorded.status_url,
+        recorded.entries,
+        recorded.outcome,
+    )
+    [replicate] = recognise(load(REPLICATE))
+    assert replicate.given_by == "urls.get"
