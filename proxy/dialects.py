@@ -78,6 +78,10 @@ class Dialect:
     """The status code of a poll answer that reports a failure."""
     tested_with: tuple[str, ...]
     """The SDK pollers this dialect is proven against (tests/test_sdk_polling.py, tests/test_dialects.py)."""
+    resource_status: str | None = None
+    """Dotted path of the status in the *resource's* body, for a client that polls a PUT's or PATCH's own
+    URL when no header gives a status URL (ARM: ``properties.provisioningState``, read by azure-mgmt-core's
+    ``BodyContentPolling``); how ``proxy/journal.py`` reads the status of such a poll."""
 
     def start_code(self, method: str) -> int:
         return self.start_codes.get(method.upper(), self.start_codes["*"])
@@ -149,6 +153,7 @@ DIALECTS: dict[str, Dialect] = {
             marker="startTime",
             final_get="start-url",
             failure_code=200,
+            resource_status="properties.provisioningState",
             tested_with=(
                 "azure-mgmt-core ARMPolling (AzureAsyncOperationPolling, then the final GET: "
                 "resources.begin_create_or_update_by_id; tests/test_dialects.py)",
@@ -156,6 +161,12 @@ DIALECTS: dict[str, Dialect] = {
         ),
     )
 }
+
+
+RESOURCE_STATUS_PATHS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(d.resource_status.split(".")) for d in DIALECTS.values() if d.resource_status is not None
+)
+"""The dialects' ``resource_status`` paths, split: where ``proxy.journal.body_status`` looks last."""
 
 
 def dialect(name: str) -> Dialect:

@@ -341,7 +341,7 @@ def exchange_for(
     monotonic = mono_now - max(0.0, wall_now - arrival.time)
     client_url = arrival.client_url
     if facts is None and sent is not None:
-        facts = response_facts(sent, client_url, now=wall_now, body=body)
+        facts = response_facts(sent, client_url, now=wall_now, body=body, method=request.method)
     elif sent is None:
         facts = None
     op_status, terminal = (facts.op_status, facts.terminal) if facts is not None else (None, False)

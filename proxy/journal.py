@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlsplit
 
+from proxy.dialects import RESOURCE_STATUS_PATHS
 from proxy.model import Headers, Response, header_value
 from proxy.rewrite import dated_retry_after, parse_retry_after
 from proxy.scenario.answer import TERMINAL_STATUSES, OperationTag
@@ -51,10 +52,13 @@ class Exchange:
     millisecond headers converted; the shortest when it sent several, ``proxy.rewrite.parse_retry_after``),
     None when it advertised none or no response was sent;
     ``status_urls`` are the absolute URLs the response gave for polling (Location on a 202 or on a
-    non-terminal answer, Operation-Location, Azure-AsyncOperation). ``operation``/``poll`` come from a
+    non-terminal answer, Operation-Location, Azure-AsyncOperation; without those, a running JSON body's
+    own: ``urls.get``, or a PUT's or PATCH's own URL for an ARM resource's running
+    ``properties.provisioningState``: ``body_status_url``). ``operation``/``poll`` come from a
     scenario operation (its id, the poll number; ``poll`` is None for its start and resource requests);
     ``op_status``/``terminal`` are the operation status the response reported (scenario answers, or the
-    ``status`` field / AIP-151 ``done`` of a JSON body). ``tag``: a scenario operation's answer as data
+    ``status`` field / AIP-151 ``done`` / ARM ``properties.provisioningState`` of a JSON body).
+    ``tag``: a scenario operation's answer as data
     (its rule, dialect, role and step: ``proxy.scenario.answer.OperationTag``), None otherwise.
 
     ``request_headers`` are the request's headers redacted as a cassette saves them
@@ -156,19 +160,54 @@ STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
 one of them (beside one, it is where the result is fetched: azure-core's final-state-via rule)."""
 
 
-BodyStatus = tuple[str | None, bool]
-"""The operation status a JSON body reports, and whether it is terminal (``body_status``)."""
+class BodyStatus(NamedTuple):
+    """The operation status a JSON body reports, whether it is terminal, and where the body says the
+    operation is polled (``body_status``)."""
+
+    status: str | None
+    terminal: bool
+    poll_at: str | None = None
+    """The status URL the body gives at ``urls.get`` (Replicate's predictions), as given; ``""`` when the
+    status is a resource's own (ARM's ``properties.provisioningState``: azure-mgmt-core's
+    ``BodyContentPolling`` polls the URL of the PUT or PATCH that answered it); None otherwise."""
+
+
+NO_BODY_STATUS = BodyStatus(None, False)
+
+OWN_URL_METHODS = ("PUT", "PATCH")
+"""Requests whose answer, reporting its resource's own status, is polled at the request's URL."""
+
+
+def body_status_url(status: int, body: BodyStatus, method: str, client_url: str) -> str | None:
+    """The status URL a running JSON answer gives in its body (``BodyStatus.poll_at``), resolved against
+    ``client_url``: for a non-terminal status in a non-error answer without a status header's URL
+    (``response_facts`` and recordings, ``proxy.operations``, share this rule). Replicate's clients poll
+    ``urls.get``; BodyContentPolling polls a PUT's or PATCH's own URL (``method``)."""
+    if body.poll_at is None or body.status is None or body.terminal or status >= 400:
+        return None
+    if body.poll_at:
+        return urljoin(client_url, body.poll_at) if client_url else body.poll_at
+    return client_url if method.upper() in OWN_URL_METHODS and client_url else None
 
 
 def response_facts(
-    response: Response, client_url: str, *, now: float | None = None, body: BodyStatus | None = None
+    response: Response,
+    client_url: str,
+    *,
+    now: float | None = None,
+    body: BodyStatus | None = None,
+    method: str = "",
 ) -> ResponseFacts:
     """Retry-After (seconds from ``now``), status URLs (absolute, resolved against ``client_url``) and the
     operation status of a JSON body: its ``status`` field (terminal: ``TERMINAL_STATUSES``,
-    case-insensitive) or AIP-151's ``done`` (with ``metadata.status`` when given). ``body``: the response's
-    ``body_status``, when the caller has it already (a replayed response's, cached)."""
+    case-insensitive), AIP-151's ``done`` (with ``metadata.status`` when given) or an ARM resource's
+    ``properties.provisioningState``. ``body``: the response's ``body_status``, when the caller has it
+    already (a replayed response's, cached). Without a status header, a running body's own status URL
+    counts (``body_status_url``; ``method``: the request's)."""
     retry_after = parse_retry_after(response.headers, now=now)
-    op_status, terminal = body if body is not None else body_status(response)
+    if body is None:
+        body = body_status(response)
+    op_status, terminal = body.status, body.terminal
     urls: list[str] = []
     if not terminal:
         names = list(STATUS_URL_HEADERS)
@@ -182,14 +221,19 @@ def response_facts(
                 url = urljoin(client_url, value.strip()) if client_url else value.strip()
                 if url not in urls:
                     urls.append(url)
+        if not urls and body.poll_at is not None:
+            in_body = body_status_url(response.status, body, method, client_url)
+            if in_body:
+                urls.append(in_body)
     return ResponseFacts(retry_after, tuple(urls), op_status, terminal)
 
 
 def fixed_facts(response: Response, body: BodyStatus) -> ResponseFacts | None:
     """``response_facts`` of ``response`` when they depend on neither the time nor the request's URL (no
     HTTP-date Retry-After, no relative status URL), else None: made once for a response served again and
-    again (``body``: its ``body_status``)."""
-    if dated_retry_after(response.headers):
+    again (``body``: its ``body_status``). None for a running resource polled at its own URL too (that
+    depends on the request's method and URL)."""
+    if dated_retry_after(response.headers) or (body.poll_at == "" and not body.terminal):
         return None
     facts = response_facts(response, "", body=body)
     if any(not urlsplit(url).scheme for url in facts.status_urls):
@@ -207,7 +251,7 @@ def body_status(response: Response) -> BodyStatus:
     """The operation status of a JSON body and whether it is terminal; (None, False) for anything else."""
     body = response.body
     if not body or body.lstrip()[:1] != b"{":
-        return None, False
+        return NO_BODY_STATUS
     if len(body) > _BODY_CACHE_MAX_BYTES or type(body) is not bytes:
         return _parse_body_status(body)
     found = _BODY_STATUS_CACHE.get(body)
@@ -224,18 +268,28 @@ def _parse_body_status(body: bytes) -> BodyStatus:
     try:
         doc: Any = json.loads(body)
     except (ValueError, RecursionError):
-        return None, False
+        return NO_BODY_STATUS
     if not isinstance(doc, dict):
-        return None, False
+        return NO_BODY_STATUS
     status = doc.get("status")
     if isinstance(status, str) and status:
-        return status, status.lower() in TERMINAL_STATUSES
+        urls = doc.get("urls")
+        url = urls.get("get") if isinstance(urls, dict) else None
+        poll_at = url.strip() if isinstance(url, str) and url.strip() else None
+        return BodyStatus(status, status.lower() in TERMINAL_STATUSES, poll_at)
     done = doc.get("done")
     if isinstance(done, bool):
         metadata = doc.get("metadata")
         named = metadata.get("status") if isinstance(metadata, dict) else None
-        return (named if isinstance(named, str) and named else ("done" if done else "running")), done
-    return None, False
+        named = named if isinstance(named, str) and named else ("done" if done else "running")
+        return BodyStatus(named, done)
+    for path in RESOURCE_STATUS_PATHS:
+        found: Any = doc
+        for key in path:
+            found = found.get(key) if isinstance(found, dict) else None
+        if isinstance(found, str) and found:
+            return BodyStatus(found, found.lower() in TERMINAL_STATUSES, "")
+    return NO_BODY_STATUS
 
 
 class Journal:

@@ -132,6 +132,8 @@ def find_operations(interactions: Sequence[Interaction]) -> list[LearnedOperatio
     for op in operations.recognise(interactions):
         if op.start is None or op.given is None or op.given_by is None or not op.polls:
             continue
+        if op.given_by == operations.START_URL:
+            continue  # a resource polled at its own URL (BodyContentPolling): not written as an operation yet
         start = op.entries[0]
         header = None if op.given_by in ("body", operations.BODY_URL) else op.given_by
         first_poll = interactions[op.polls[0].index].request.url

@@ -8,7 +8,8 @@ recording, its ``Interaction`` requests and responses, never the console's human
 
 **The walk** (``Timeline``): in arrival order, an entry is the *start* of an operation when it is a
 scenario operation's first answer (``Exchange.operation``) or a non-error response that gave a status URL
-(``Location`` on a 202 or on a non-terminal answer, ``Operation-Location``, ``Azure-AsyncOperation``); a
+(``Location`` on a 202 or on a non-terminal answer, ``Operation-Location``, ``Azure-AsyncOperation``; or a
+running JSON body's own, ``journal.body_status_url``: ``urls.get``, an ARM PUT's own URL); a
 *poll* when it is a GET/HEAD of a status URL given before (paths compared, hosts and queries ignored) or a
 scenario poll; a *stray* when nothing answered it and its path holds a known operation's id. An operation
 ends at its first terminal answer (``ends``: a terminal status, AIP-151 ``done: true``, or a 200/201/204
@@ -26,9 +27,10 @@ without a status field where running was 202) that a client is not expected to r
   (``StartFacts``; None when the recording begins mid-operation);
 - ``status_url`` (path and query as first given), ``status_template`` (the operation id replaced by
   ``{operationId}``), ``given_by`` (the header name; ``body`` for AIP-151's ``name``; ``urls.get`` for the
-  URL a running JSON body gives there, in a recording, as Replicate's predictions do; ``start-url`` for an
-  ``arm`` resource polled at its own URL; ``header`` when a journal entry of a cassette or upstream answer
-  did not keep which) and ``url_form`` (``absolute`` or ``relative``; None when unknown);
+  URL a running JSON body gives there, in a recording, as Replicate's predictions do; ``start-url``
+  (``START_URL``) for an ``arm`` resource polled at its own URL; ``header`` when a journal entry of a
+  cassette or upstream answer did not keep which, body-given URLs included)
+  and ``url_form`` (``absolute`` or ``relative``; None when unknown);
 - ``steps``: consecutive polls with the same (status, HTTP code, Retry-After) as one ``StepFacts`` with a
   ``count``;
 - ``outcome``: ``succeeded``, ``failed``, ``canceled``, ``done`` (ended without a status field) or
@@ -52,7 +54,13 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from proxy.dialects import DIALECTS, is_cancelled, is_failure, is_success
-from proxy.journal import STATUS_URL_HEADERS, Exchange, response_facts
+from proxy.journal import (
+    STATUS_URL_HEADERS,
+    Exchange,
+    body_status,
+    body_status_url,
+    response_facts,
+)
 from proxy.model import Interaction, Request, Response, header_value, json_document
 
 TOLERANCE_FRACTION = 0.05
@@ -68,6 +76,11 @@ DONE_WITHOUT_STATUS = (200, 201, 204)
 BODY_URL = "urls.get"
 """``given_by`` of a status URL a running answer gave in its JSON body at ``urls.get`` (Replicate's
 predictions: ``201 {status: starting, urls: {get, cancel}}``, polled there, ``200`` every poll)."""
+
+START_URL = "start-url"
+"""``given_by`` of an ARM resource that a PUT or PATCH answered with a running
+``properties.provisioningState`` and no status header: polled at the request's own URL (azure-mgmt-core's
+``BodyContentPolling``)."""
 
 MIN_ID_LENGTH = 4
 """An operation id shorter than this (a counter) is not searched for in the paths of unanswered requests."""
@@ -400,13 +413,17 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
     seen: dict[int, _Seen] = {}
     for i, interaction in enumerate(interactions):
         request, response = interaction.request, interaction.response
-        facts = response_facts(response, request.url, now=_date_of(response))
+        status = body_status(response)
+        facts = response_facts(
+            response, request.url, now=_date_of(response), body=status, method=request.method
+        )
         body = json_document(response.body)
-        in_body = _body_status_url(body) if not facts.status_urls and response.status < 400 else None
-        if in_body is not None and facts.op_status is not None and not facts.terminal:
-            facts = facts._replace(status_urls=(urljoin(request.url, in_body),))
-        else:
-            in_body = None
+        in_body = body_status_url(response.status, status, request.method, request.url)
+        if in_body is not None and facts.status_urls != (in_body,):
+            in_body = None  # a status header gave it
+        elif in_body is not None:
+            headed = response_facts(response, request.url, body=status._replace(poll_at=None))
+            in_body = None if headed.status_urls else in_body
         exchanges.append(
             Exchange(
                 request.method.upper(),
@@ -427,7 +444,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         given: list[tuple[str, str]] = []
         result_url = _result_location(response, request.url)
         if in_body is not None:
-            given.append((BODY_URL, in_body))
+            given.append((BODY_URL, status.poll_at) if status.poll_at else (START_URL, request.url))
         elif facts.status_urls:
             for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
                 value = header_value(response.headers, name)
@@ -445,13 +462,6 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         )
     _link_aip_polls(exchanges, seen)
     return exchanges, seen
-
-
-def _body_status_url(body: Any) -> str | None:
-    """The status URL a JSON body gives at ``urls.get`` (Replicate's predictions and trainings), or None."""
-    urls = body.get("urls") if isinstance(body, dict) else None
-    url = urls.get("get") if isinstance(urls, dict) else None
-    return url.strip() if isinstance(url, str) and url.strip() else None
 
 
 def _result_location(response: Response, url: str) -> str | None:
