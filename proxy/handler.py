@@ -359,6 +359,7 @@ def exchange_for(
         client_url=client_url,
         retry_after=facts.retry_after if facts is not None else None,
         status_urls=facts.status_urls if facts is not None else (),
+        polls_resource=facts.polls_resource if facts is not None else False,
         operation=answer.operation if answer is not None else None,
         poll=answer.poll if answer is not None else None,
         tag=answer.tag if answer is not None else None,

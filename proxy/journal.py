@@ -61,6 +61,9 @@ class Exchange:
     ``tag``: a scenario operation's answer as data
     (its rule, dialect, role and step: ``proxy.scenario.answer.OperationTag``), None otherwise.
 
+    ``polls_resource``: those status URLs are the resource the running body describes (Replicate's
+    ``urls.get``, an ARM resource's own URL), which a client may GET again to read the result.
+
     ``request_headers`` are the request's headers redacted as a cassette saves them
     (``Journal.request_headers``), ``request_body_size`` its body's length as sent;
     ``cassette``/``interaction`` say which recorded interaction answered (the cassette's path, absolute;
@@ -80,6 +83,7 @@ class Exchange:
     client_url: str = ""
     retry_after: float | None = None
     status_urls: tuple[str, ...] = ()
+    polls_resource: bool = False
     operation: str | None = None
     poll: int | None = None
     op_status: str | None = None
@@ -153,6 +157,9 @@ class ResponseFacts(NamedTuple):
     status_urls: tuple[str, ...]
     op_status: str | None
     terminal: bool
+    polls_resource: bool = False
+    """The status URL is the resource the running body describes (``BodyStatus.poll_at``): a later GET
+    of it may read the result, not poll."""
 
 
 STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
@@ -224,7 +231,7 @@ def response_facts(
         if not urls and body.poll_at is not None:
             in_body = body_status_url(response.status, body, method, client_url)
             if in_body:
-                urls.append(in_body)
+                return ResponseFacts(retry_after, (in_body,), op_status, terminal, polls_resource=True)
     return ResponseFacts(retry_after, tuple(urls), op_status, terminal)
 
 

@@ -123,6 +123,9 @@ class TrackedOperation:
     self_built: list[int] = field(default_factory=list)
 
     speaks_status: bool = False
+    polls_resource: bool = False
+    """Its status URL is the resource a running body described (Replicate's ``urls.get``, an ARM resource
+    polled at its own URL): a GET of it after the end reads the result, so it is not ``after_terminal``."""
     """A poll answer reported a status: from then on only a terminal status ends it (a status-less 200 is
     a broken answer, not the end: azure-core's OperationResourcePolling raises on it)."""
 
@@ -201,7 +204,9 @@ class Timeline:
                     if candidate.ids & segments:
                         return "stray", candidate
         if e.status_urls and e.status is not None and e.status < 400:
-            return "start", self._new(show(path_query(e.status_urls[0])), i)
+            op = self._new(show(path_query(e.status_urls[0])), i)
+            op.polls_resource = e.polls_resource
+            return "start", op
         return "other", None
 
     def _new(self, label: str, i: int, name: str = "") -> TrackedOperation:
@@ -227,7 +232,8 @@ class Timeline:
             op.first = i
             op.started = True
         if op.terminal_at is not None:
-            op.after_terminal.append(i)
+            if not op.polls_resource:
+                op.after_terminal.append(i)
         elif op.last is not None and came_early(entries[op.last], e):
             op.early.append((i, op.last))
         if op.latest is not None and not follows(path_query(e.path), op.latest):
@@ -437,6 +443,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
                 client_url=request.url,
                 retry_after=facts.retry_after,
                 status_urls=facts.status_urls,
+                polls_resource=facts.polls_resource,
                 op_status=facts.op_status,
                 terminal=facts.terminal,
             )
