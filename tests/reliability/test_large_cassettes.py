@@ -37,7 +37,7 @@ def _slow_cassette(path: Path, items: int = ITEMS) -> Path:
 
 def test_a_slow_start_shows_progress_then_serves(cli: type[Cli], tmp_path: Path) -> None:
     path = _slow_cassette(tmp_path / "slow.yaml")
-    proxy = cli(["replay", str(path)])
+    proxy = cli(["replay", str(path), "--port", "0"])
     assert proxy.url, proxy.stderr
     with urllib.request.urlopen(f"{proxy.url}/i/29999", timeout=30) as response:
         assert response.status == 200 and response.read() == b"ok"

@@ -57,7 +57,7 @@ def test_recording_memory_does_not_grow_with_the_exchanges(
 ) -> None:
     """RSS slope over 3,000 exchanges after 1,000 to warm up; the cassette canonical and complete."""
     path = tmp_path / "long.yaml"
-    proxy = cli(["record", upstream.url, "-o", str(path), "-q"])
+    proxy = cli(["record", upstream.url, "-o", str(path), "-q", "--port", "0"])
     assert proxy.url, proxy.stderr
     warm, measured = 1000, 3000
     _send(proxy.url, range(warm))
@@ -119,7 +119,8 @@ def test_recording_onto_a_large_cassette_does_not_rewrite_it_while_clients_wait(
     _existing(path, upstream.url, OLD)
     original = path.read_bytes()
     inode = path.stat().st_ino
-    proxy = cli(["record", upstream.url, "-o", str(path), "--record-mode", "new_episodes", "-q"])
+    args = ["record", upstream.url, "-o", str(path), "--record-mode", "new_episodes", "-q", "--port", "0"]
+    proxy = cli(args)
     assert proxy.url, proxy.stderr
     stop, waits = threading.Event(), []
     poller = threading.Thread(target=_poll, args=(proxy.url, stop, waits))
