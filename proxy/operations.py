@@ -188,6 +188,8 @@ class Timeline:
                 if e.poll is None and (e.status is None or e.status >= 400):
                     return "other", None  # the client never learned of this operation
                 op = self._new(short(e.operation), i, name=e.tag.rule if e.tag is not None else "")
+                # polled at the resource itself (arm without a monitor: the PUT's URL): a later GET reads it
+                op.polls_resource = e.tag is not None and e.tag.dialect == "arm" and not e.tag.headers
                 op.ids.add(e.operation)
                 self.by_id[e.operation] = op
                 if e.poll is None:

@@ -199,6 +199,10 @@ def test_arm_dialect_without_a_monitor_is_polled_on_the_resource_body_content_po
     assert {e.path.split("?")[0] for e in entries} == {VNET_ID}
     assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
     [op] = recognise(entries)
+    # a test reading the resource it created is no poll after the end: the status URL is the resource
+    arm_client(proxy).resources.get_by_id(VNET_ID, api_version="2024-01-01")
+    assert len(proxy.journal.entries) == 5
+    assert verdict(proxy.journal.entries, "retry-after-202") == CLEAN
     assert (op.dialect, op.given_by, op.status_url, op.outcome, op.final) == (
         "arm",
         "start-url",
