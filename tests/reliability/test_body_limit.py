@@ -131,6 +131,21 @@ def test_a_body_at_the_limit_is_served(limited: Proxy) -> None:
     assert exchange(limited.address, chunked + b"%x\r\n%s\r\n0\r\n\r\n" % (LIMIT, body), "POST").status == 202
 
 
+def _settled(proxy: Proxy) -> int:
+    """How many console lines the proxy has printed once every earlier exchange's line is in: a marker
+    request's line comes after them all (one pipe, in order), where counting at once could miss the line of
+    the previous test's last request, still on its way."""
+    marker = f"/settle-{time.monotonic_ns()}"
+    exchange(proxy.address, f"GET {marker} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        for i, line in enumerate(proxy.cli.stderr_lines):
+            if marker in line:
+                return i + 1
+        time.sleep(0.01)
+    raise AssertionError(f"no console line for {marker}: {proxy.cli.stderr}")
+
+
 def test_real_clients_get_the_413(limited: Proxy) -> None:
     """requests and httpx read the early answer while sending; curl asks first (Expect: 100-continue)."""
     url = f"http://{limited.address[0]}:{limited.address[1]}{START}"
@@ -139,7 +154,7 @@ def test_real_clients_get_the_413(limited: Proxy) -> None:
     def pieces() -> Iterator[bytes]:
         yield from _pieces(4 * 1024 * 1024, chunked=False)
 
-    lines_before = len(limited.cli.stderr_lines)
+    lines_before = _settled(limited)
     got = {
         "requests": requests.post(url, data=big, timeout=TIMEOUT).status_code,
         "requests-chunked": requests.post(url, data=pieces(), timeout=TIMEOUT).status_code,
