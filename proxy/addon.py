@@ -250,7 +250,7 @@ def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
     """The flow's request with an absolute URL: in reverse mode, on the recorded (or upstream) origin."""
     req = flow.request
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        url = request_url(session, _proxy_origin(flow), req.path)
+        url = request_url(session, proxy_origin(flow), req.path)
     else:
         url = req.url
     headers = tuple(req.headers.items(multi=True))
@@ -317,7 +317,7 @@ def _wants_close(flow: http.HTTPFlow) -> bool:
     return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in flow.request.headers.fields)
 
 
-def _proxy_origin(flow: http.HTTPFlow) -> str:
+def proxy_origin(flow: http.HTTPFlow) -> str:
     """The proxy's own origin as this client reached it."""
     host, port = flow.client_conn.sockname[:2]
     if ":" in host:
@@ -330,12 +330,12 @@ def _arrival(flow: http.HTTPFlow) -> Arrival:
     """What the core needs of the flow beyond its request: URLs, origins, the time it arrived."""
     req = flow.request
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        base_url = _proxy_origin(flow)
-        proxy_origin: str | None = base_url
+        base_url = proxy_origin(flow)
+        ours: str | None = base_url
         client_url = f"{base_url}{req.path}"
     else:
-        proxy_origin, client_url, base_url = None, req.url, origin_of(req.url)
-    return Arrival(req.url, req.path, client_url, base_url, proxy_origin, req.timestamp_start or time.time())
+        ours, client_url, base_url = None, req.url, origin_of(req.url)
+    return Arrival(req.url, req.path, client_url, base_url, ours, req.timestamp_start or time.time())
 
 
 addons = [ReplayAddon(annotate_flows=True)]

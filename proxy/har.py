@@ -148,11 +148,13 @@ def har_entry(
     from mitmproxy.addons.savehar import SaveHar
     from mitmproxy.proxy import mode_specs
 
+    from proxy.addon import proxy_origin
+
     session = replay.session if replay is not None else None
     redactor = session.redactor if session is not None and session.redactor.enabled else None
     f = flow.copy()
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        f.request.url = _proxy_origin(flow) + flow.request.path  # the URL the client used
+        f.request.url = proxy_origin(flow) + flow.request.path  # the URL the client used
     request = _model_request(f.request)
     response = _model_response(f.response, f.request.method) if f.response is not None else None
     if redactor is not None:
@@ -175,14 +177,6 @@ def har_entry(
     if flow.comment:
         entry["comment"] = redactor.scrub(flow.comment) if redactor is not None else flow.comment
     return entry
-
-
-def _proxy_origin(flow: http.HTTPFlow) -> str:
-    host, port = flow.client_conn.sockname[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if flow.client_conn.tls_established else "http"
-    return f"{scheme}://{host}:{port}"
 
 
 _WIRE = ("content-encoding", "transfer-encoding")
