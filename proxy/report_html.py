@@ -22,7 +22,7 @@ from pathlib import Path
 from proxy.errors import ReplayProxyError
 from proxy.journal import Exchange
 from proxy.operations import Timeline, show
-from proxy.verdict import Violation, _end_status, answer_text, marks, num, secs
+from proxy.verdict import Violation, _end_status, answer_text, marks, num, of_note_outside_operations, secs
 
 WIDTH = 960
 """The time axis' width in CSS pixels (the page is as wide as a CI artifact viewer)."""
@@ -133,12 +133,7 @@ def render(
         for k, op in enumerate(operations, 1):
             out.append(_operation(k, op, entries, flagged, by_index, violations))
         out.append("</section>")
-    outside = [
-        i
-        for i in analysis.order
-        if i not in analysis.in_operations
-        and (entries[i].source in ("no-match", "scenario-error", "error") or i in flagged)
-    ]
+    outside = of_note_outside_operations(analysis, entries, flagged)
     if outside:
         out.append('<section id="unmatched"><h2>Requests of note outside operations</h2>')
         out.append(

@@ -187,6 +187,19 @@ def _unmatched_groups(
     return groups
 
 
+def of_note_outside_operations(
+    analysis: _Analysis, entries: Sequence[Exchange], flagged: Collection[int]
+) -> list[int]:
+    """The exchanges outside every operation worth showing (the report's and the HTML page's): what
+    nothing answered, a scenario error, an upstream error, or one a violation points at."""
+    return [
+        i
+        for i in analysis.order
+        if i not in analysis.in_operations
+        and (entries[i].source in ("no-match", "scenario-error", "error") or i in flagged)
+    ]
+
+
 def marks(
     entries: Sequence[Exchange], violations: Sequence[Violation], analysis: _Analysis | None = None
 ) -> dict[int, list[str]]:
@@ -261,12 +274,7 @@ def report(entries: Sequence[Exchange], violations: Sequence[Violation]) -> str:
         else:
             last = entries[op.polls[-1]].op_status if op.polls else None
             lines.append(f"  => never finished (last status: {last or 'none'})")
-    outside = [
-        i
-        for i in analysis.order
-        if i not in analysis.in_operations
-        and (entries[i].source in ("no-match", "scenario-error", "error") or i in flagged)
-    ]
+    outside = of_note_outside_operations(analysis, entries, flagged)
     if outside:
         lines.append("")
         lines.append("other requests of note:")
