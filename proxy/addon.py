@@ -277,9 +277,7 @@ def _flow_response(response: Response) -> http.Response:
 
 def _to_flow(wire: Wire) -> http.Response:
     """What ``http.Response.make`` builds, without re-reading the headers to set the body."""
-    now = time.time()
-    headers = http.Headers(wire.fields)
-    return http.Response(b"HTTP/1.1", wire.status, wire.reason, headers, wire.body, None, now, now)
+    return mitm_internals.response(wire.status, wire.reason, wire.fields, wire.body, time.time())
 
 
 def _aim_at_upstream(flow: http.HTTPFlow) -> None:

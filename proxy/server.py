@@ -653,13 +653,17 @@ def _url_of(addr: Any) -> str:
 
 
 class _Ready:
-    """Tells the starting thread that the sockets are bound (mitmproxy's ``running`` hook)."""
+    """Tells the starting thread that the sockets are bound (mitmproxy's ``running`` hook), then leaves
+    the addon chain: mitmproxy offers every addon in it the eight events of each request."""
 
     def __init__(self, proxy: ReplayProxy) -> None:
         self.proxy = proxy
 
     def running(self) -> None:
         self.proxy._on_running()
+        master = self.proxy._master
+        if master is not None:
+            master.addons.remove(self)  # a new chain list: the event being dispatched is not disturbed
 
 
 class _ErrorCapture(logging.Handler):
