@@ -177,7 +177,8 @@ class ReplayAddon:
             if self.core.stopping:
                 flow.response = _flow_response(stopping_response())
             return
-        outcome = self.core.handler.handle(session, _model_request(flow, session), _arrival(flow))
+        arrival = _arrival(flow)
+        outcome = self.core.handler.handle(session, _model_request(flow, session, arrival), arrival)
         flow.metadata[META] = outcome.kind
         if outcome.exchange is not None:
             self._journal(flow, outcome.exchange)
@@ -205,8 +206,9 @@ class ReplayAddon:
             if self.core.stopping:
                 flow.response = _flow_response(stopping_response())
             return
+        arrival = _arrival(flow)
         sent, exchange, save_error = self.core.handler.forwarded(
-            session, _model_request(flow, session), _model_response(flow), _arrival(flow)
+            session, _model_request(flow, session, arrival), _model_response(flow), arrival
         )
         if save_error is not None:
             self.core.save_failed(save_error)
@@ -246,13 +248,13 @@ class ReplayAddon:
             flow.comment = f"replay-proxy: {exchange.answered_by()}"
 
 
-def _model_request(flow: http.HTTPFlow, session: Session) -> Request:
+def _model_request(flow: http.HTTPFlow, session: Session, arrival: Arrival) -> Request:
     """The flow's request with an absolute URL: in reverse mode, on the recorded (or upstream) origin."""
     req = flow.request
-    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        url = request_url(session, proxy_origin(flow), req.path)
+    if arrival.proxy_origin is not None:  # reverse mode
+        url = request_url(session, arrival.proxy_origin, arrival.path)
     else:
-        url = req.url
+        url = arrival.url
     headers = tuple(req.headers.items(multi=True))
     return Request(req.method, url, headers, req.raw_content or b"")
 
@@ -327,13 +329,11 @@ def proxy_origin(flow: http.HTTPFlow) -> str:
 def _arrival(flow: http.HTTPFlow) -> Arrival:
     """What the core needs of the flow beyond its request: URLs, origins, the time it arrived."""
     req = flow.request
+    url, path = req.url, req.path
     if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
-        base_url = proxy_origin(flow)
-        ours: str | None = base_url
-        client_url = f"{base_url}{req.path}"
-    else:
-        ours, client_url, base_url = None, req.url, origin_of(req.url)
-    return Arrival(req.url, req.path, client_url, base_url, ours, req.timestamp_start or time.time())
+        ours = proxy_origin(flow)
+        return Arrival(url, path, ours + path, ours, ours, req.timestamp_start or time.time())
+    return Arrival(url, path, url, origin_of(url), None, req.timestamp_start or time.time())
 
 
 addons = [ReplayAddon(annotate_flows=True)]
