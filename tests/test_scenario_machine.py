@@ -1968,3 +1968,18 @@ def test_templates_the_segment_matcher_leaves_to_the_regex() -> None:
     assert _PathPattern("/jobs/{id}").segments == [("", None), ("jobs", None), ("", "id")]
     assert _PathPattern("/files/{rest*}")._match("/files/a/b") == {"rest": "a/b"}
     assert _PathPattern("/v{n}.json")._match("/v2.json") == {"n": "2"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_SEGMENT.filter(lambda s: "{" not in s), max_size=4),
+    st.lists(_PATH_PART, min_size=1, max_size=6),
+)
+def test_a_last_segment_placeholder_agrees_with_the_regex(literals: list[str], path_parts: list[str]) -> None:
+    """``/jobs/{id}`` (a status path's usual form) is matched by its prefix alone."""
+    template = "/" + "/".join([*literals, "{id}"])
+    pattern = _PathPattern(template)
+    assert pattern._last_only == "id"
+    for path in ("/" + "/".join(path_parts), template.replace("{id}", "/".join(path_parts))):
+        by_regex = pattern.regex.fullmatch(path)
+        assert pattern._match(path) == ({"id": by_regex.group(1)} if by_regex else None), (template, path)

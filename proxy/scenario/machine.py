@@ -693,6 +693,11 @@ class _PathPattern:
         segments = self.segments or []
         self._literals = [(i, literal) for i, (literal, name) in enumerate(segments) if name is None]
         self._names = [(i, name) for i, (_, name) in enumerate(segments) if name is not None]
+        last = len(segments) - 1
+        self._last_only = (
+            self._names[0][1] if len(self._names) == 1 and self._names[0][0] == last and last > 0 else None
+        )
+        """The name, when the one placeholder is the last segment (``/jobs/{id}``: most status paths)."""
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self._match(path)
@@ -707,6 +712,9 @@ class _PathPattern:
             return {} if path == self.exact else None
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
+        if self._last_only is not None and path.isascii():  # the prefix ends with "/": one segment more
+            rest = path[len(self.prefix) :]
+            return {self._last_only: rest} if rest and "/" not in rest else None
         if self.segments is not None and path.isascii():
             parts = path.split("/")
             if len(parts) != len(self.segments):
@@ -1019,7 +1027,8 @@ class _RouteRule:
 
 
 class _StatusAnswer(NamedTuple):
-    """A status answer made once: ``key`` is (step, facts, with_resource, on_resource, terminal)."""
+    """A status answer made once: ``key`` is (step, facts, on_resource, terminal); whether it gives the
+    resource follows from the step and the facts (status, resource URL)."""
 
     key: tuple[object, ...]
     response: Response
@@ -1321,15 +1330,14 @@ class _OperationRule:
         if not op.held:
             op.stage_polls += 1
         op.polls += 1
-        ctx = _Ctx(self.machine, view, base, self.file, params, op)
-        where = f"{op.polled}{op.polls}"
         if step.respond is not None:
+            ctx = _Ctx(self.machine, view, base, self.file, params, op)
             rendered = self.machine.render_response(step.respond, self.at("steps", j, "respond"), ctx)
             virtual = op.reading()
             op.advance(rendered.retry_after)
             what = f"fault {rendered.fault}" if rendered.fault else str(rendered.response.status)
             return rendered.answer(
-                f"{where} ({what} instead of {op.status})",
+                f"{op.polled}{op.polls} ({what} instead of {op.status})",
                 _for_method(view, rendered.response),
                 virtual=virtual,
                 operation=op.id,
@@ -1338,23 +1346,27 @@ class _OperationRule:
                 tag=self.tag("poll", j),
             )
         assert step.status is not None
-        op.status = step.status
-        op.terminal = step.status.lower() in TERMINAL_STATUSES
-        if op.terminal and op.ended is None:
+        status = op.status = step.status
+        terminal = op.terminal = status.lower() in TERMINAL_STATUSES
+        if terminal and op.ended is None:
             op.ended = self.machine.now()
-        response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
+        response, advertised = self.status_response(op, step, j, view, base, params, on_resource=on_resource)
         virtual = op.reading()
         op.advance(advertised)
+        # positional, in Answer's order: a poll is the most frequent answer, and keywords cost twice as much
         return Answer(
-            response=_for_method(view, response),
-            source=f"{where} ({op.status})",
-            virtual=virtual,
-            operation=op.id,
-            poll=op.polls,
-            status=op.status,
-            terminal=op.terminal,
-            retry_after=advertised,
-            tag=self.tag("poll", j),
+            _for_method(view, response),
+            f"{op.polled}{op.polls} ({status})",
+            0.0,  # delay
+            None,  # dribble
+            None,  # fault
+            op.id,
+            op.polls,
+            status,
+            terminal,
+            advertised,
+            self.tag("poll", j),
+            virtual,
         )
 
     def stage_of(self, op: _Op) -> int:
@@ -1375,23 +1387,31 @@ class _OperationRule:
         return op.stage
 
     def status_response(
-        self, op: _Op, step: PollStep, j: int, ctx: _Ctx, *, on_resource: bool = False
+        self,
+        op: _Op,
+        step: PollStep,
+        j: int,
+        view: _View,
+        base: str,
+        params: Mapping[str, str],
+        *,
+        on_resource: bool = False,
     ) -> tuple[Response, float | None]:
         """The status answer of ``step`` (rule 6: the dialect's answer, then the step's overrides) and the
-        Retry-After seconds it advertises."""
-        status = op.status
-        success = is_success(status)
+        Retry-After seconds it advertises; the template context is made only when it is rendered."""
+        facts = op.facts()
+        key = (step, facts, on_resource, op.terminal)
+        cached = op.answered
+        if cached is not None and cached.key == key:  # compared field by field, with `is` first
+            return cached.response, cached.advertised  # (what follows depends on nothing else)
+        success = is_success(op.status)
         if self.dialect.name == "location":
             with_resource = success and step.resource is not False
         else:
             with_resource = success and op.resource_url is not None and step.resource is not False
         if with_resource:
             op.resource_ready = True
-        facts = op.facts()
-        key = (step, facts, with_resource, on_resource, op.terminal)
-        cached = op.answered
-        if cached is not None and cached.key == key:  # compared field by field, with `is` first
-            return cached.response, cached.advertised
+        ctx = _Ctx(self.machine, view, base, self.file, params, op)
         response, advertised = self._status_response(op, step, j, ctx, facts, with_resource, on_resource)
         if self._made_once(step, on_resource, with_resource):
             op.answered = _StatusAnswer(key, response, advertised)
@@ -1524,7 +1544,7 @@ class _OperationRule:
             step = PollStep.model_validate({"status": op.status})
         # arm without a monitor: its status answer is the resource (provisioningState Canceled)
         on_resource = self.dialect.final_get == "start-url" and not self.headers
-        response, advertised = self.status_response(op, step, j, ctx, on_resource=on_resource)
+        response, advertised = self.status_response(op, step, j, view, base, params, on_resource=on_resource)
         return Answer(
             response=response,
             source=source,
