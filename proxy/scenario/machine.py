@@ -700,6 +700,11 @@ class _PathPattern:
         """The name, when the one placeholder is the last segment (``/jobs/{id}``: most status paths)."""
 
     def match(self, path: str) -> dict[str, str] | None:
+        last = self._last_only
+        if last is not None and path.startswith(self.prefix) and path.isascii():  # as _match, inline:
+            rest = path[len(self.prefix) :]  # the commonest case, a status URL polled again and again
+            if rest and "/" not in rest:
+                return {last: rest}
         found = self._match(path)
         if found is None:
             decoded = unquote(path)
@@ -1351,11 +1356,11 @@ class _OperationRule:
         if terminal and op.ended is None:
             op.ended = self.machine.now()
         response, advertised = self.status_response(op, step, j, view, base, params, on_resource=on_resource)
-        virtual = op.reading()
-        op.advance(advertised)
+        virtual = op.virtual if self.file.clock == "virtual" else None  # op.reading(), op.advance() inline
+        op.virtual += advertised if advertised is not None else VIRTUAL_STEP_WITHOUT_RETRY_AFTER
         # positional, in Answer's order: a poll is the most frequent answer, and keywords cost twice as much
         return Answer(
-            _for_method(view, response),
+            response.replace(body=b"") if view.method == "HEAD" else response,  # _for_method, inline
             f"{op.polled}{op.polls} ({status})",
             0.0,  # delay
             None,  # dribble
