@@ -29,7 +29,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"Load: {settings['loadgen']}, 1 thread, keep-alive, {settings['seconds']:g} s per run after "
         f"{settings['warmup']:g} s of warm-up, cycling through up to 64 recorded status URLs. CPU is the "
         "target's process tree (user + system, /proc) over both runs divided by their requests; RSS is its "
-        "peak (VmHWM); start-up is from exec to the first answered request.",
+        "peak (VmHWM); start-up is from exec to the first answered request."
+        + (
+            f" Each figure is the median of {settings['repeat']} interleaved passes over all the targets"
+            " (the highest peak RSS)."
+            if settings.get("repeat", 1) > 1
+            else ""
+        ),
         "",
         "| target | req/s c=1 | p50 / p99 ms c=1 | req/s c=32 | p50 / p99 ms c=32 | CPU µs/req "
         "| peak RSS MiB | start-up s |",

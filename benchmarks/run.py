@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -57,7 +58,8 @@ def settings_for(args: argparse.Namespace) -> dict[str, Any]:
         "groups": list(GROUPS),
         "loadgen": args.loadgen if args.loadgen != "auto" else ("wrk" if measure.wrk_path() else "python"),
     }
-    for name in ("seconds", "warmup", "sizes", "suite_operations", "groups"):
+    s["repeat"] = 1
+    for name in ("seconds", "warmup", "sizes", "suite_operations", "groups", "repeat"):
         value = getattr(args, name)
         if value is not None:
             s[name] = value
@@ -254,6 +256,29 @@ def bench_target(
     if requests and errors > 0.01 * requests:
         row["warning"] = f"{errors} errors"
     print(f"{c1.rps:,.0f} / {c32.rps:,.0f} req/s", flush=True)
+    return row
+
+
+def medians(runs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """One target's row from its passes (``--repeat``): the median of each figure, the highest peak RSS.
+
+    The passes interleave the targets, so a drift of the machine (another process, a frequency change)
+    falls on all of them alike rather than on whichever ran at that moment. A pass that failed or was
+    skipped makes the row that pass's."""
+    if len(runs) == 1:
+        return runs[0]
+    for row in runs:
+        if row.get("error") or row.get("skipped"):
+            return row
+    row = dict(runs[0])
+    for load in ("c1", "c32"):
+        row[load] = dict(runs[0][load])
+        for figure in ("rps", "p50_ms", "p99_ms", "requests", "errors"):
+            row[load][figure] = statistics.median(r[load][figure] for r in runs)
+    for figure in ("startup_s", "cpu_us_per_req"):
+        row[figure] = statistics.median(r[figure] for r in runs)
+    row["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    row["runs"] = [{"c1_rps": r["c1"]["rps"], "c32_rps": r["c32"]["rps"]} for r in runs]
     return row
 
 
@@ -524,6 +549,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", type=_ints, help="cassette sizes in interactions, e.g. 10,10000,100000")
     p.add_argument("--seconds", type=float, help="seconds per load run (whole seconds with wrk)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up load before measuring each target")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="measure each target this many times, in interleaved passes, and report medians (default 1)",
+    )
     p.add_argument("--suite-operations", type=int, help="operations in the user's-number suite (default 200)")
     p.add_argument(
         "--groups", type=_names, help=f"what to run, comma-separated (default all: {','.join(GROUPS)})"
@@ -593,7 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     print("preparing recordings of", ", ".join(f"{n:,}" for n in s["sizes"]), "interactions", flush=True)
     for n in s["sizes"]:
         recording.cassette_path(ctx.workdir, n)
-    rows = [bench_target(t, ctx, s, peers_problem) for t in plan(s, ctx)]
+    targets = plan(s, ctx)
+    passes = []
+    for n in range(s["repeat"]):
+        if s["repeat"] > 1:
+            print(f"pass {n + 1} of {s['repeat']}", flush=True)
+        passes.append([bench_target(t, ctx, s, peers_problem) for t in targets])
+    rows = [medians(runs) for runs in zip(*passes, strict=True)]
     probes = run_probes(ctx, s) if "probes" in groups else {}
     suite = run_suite(s, ctx, peers_problem) if "user-suite" in groups else []
     env["loadavg_end"] = _loadavg()

@@ -73,3 +73,46 @@ def test_python_load_generator_drives_the_floor(tmp_path: Path) -> None:
     assert result.requests > 4 and result.errors == 0
     assert 0 < result.p50_ms <= result.p99_ms
     assert started.proc.returncode == 0  # stopped by SIGTERM, cleanly
+
+
+def test_repeated_passes_report_medians(tmp_path: Path) -> None:
+    """``--repeat 3``: every target measured in three interleaved passes; each figure is the median."""
+    out = tmp_path / "results"
+    argv = [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--no-install", "--groups", "floor"]
+    argv += ["--sizes", "10", "--seconds", "1", "--warmup", "0", "--repeat", "3"]
+    argv += ["--workdir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("pass ") == 3 and proc.stdout.index("pass 2") < proc.stdout.index("pass 3")
+    results = json.loads((out / "results.json").read_text())
+    for row in results["targets"]:
+        runs = sorted(run["c32_rps"] for run in row["runs"])
+        assert len(runs) == 3 and row["c32"]["rps"] == runs[1], row
+    assert "median of 3 interleaved passes" in (out / "results.md").read_text()
+
+
+def test_the_median_row_of_passes() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    def row(rps: float, cpu: float, rss: float) -> dict[str, object]:
+        load = {"rps": rps, "p50_ms": rps / 100, "p99_ms": rps / 10, "requests": int(rps), "errors": 0}
+        return {
+            "key": "t",
+            "c1": dict(load),
+            "c32": dict(load),
+            "cpu_us_per_req": cpu,
+            "startup_s": cpu / 100,
+            "peak_rss_mib": rss,
+        }
+
+    merged = run.medians((row(100, 30, 50), row(300, 10, 70), row(200, 20, 60)))
+    assert merged["c1"]["rps"] == merged["c32"]["rps"] == 200 and merged["cpu_us_per_req"] == 20
+    assert merged["startup_s"] == 0.2 and merged["peak_rss_mib"] == 70
+    assert [r["c32_rps"] for r in merged["runs"]] == [100, 300, 200]
+    failed = {"key": "t", "error": "boom"}
+    assert run.medians((row(1, 1, 1), failed)) is failed
+    assert run.medians((row(1, 1, 1),)) == row(1, 1, 1)
