@@ -471,3 +471,17 @@ def test_a_response_built_without_init_is_the_one_init_builds() -> None:
         copied.content = b"changed"
         assert copied.content == b"changed" and "connection" not in ours.headers
         assert ours.raw_content == body
+
+
+def test_only_addons_with_work_to_do_stay_in_the_chain(scenario: Path, confdir: Path) -> None:
+    """mitmproxy offers each of a request's eight events to every addon in its chain: once running, the
+    start-up notifier leaves it, and the chain is the minimal master's (core, proxyserver, next_layer,
+    tlsconfig) plus replay-proxy's addon."""
+    with ReplayProxy(scenarios=[scenario], confdir=confdir) as proxy:
+        assert proxy._master is not None
+        chain = [type(addon).__name__ for addon in proxy._master.addons.chain]
+        with socket.create_connection(("127.0.0.1", proxy.listen_port), timeout=5) as conn:
+            conn.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            answer = b"".join(iter(lambda: conn.recv(65536), b""))
+    assert chain == ["Core", "Proxyserver", "NextLayer", "TlsConfig", "ReplayAddon"], chain
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"ok": true}')  # served after it left
