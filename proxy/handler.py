@@ -370,4 +370,5 @@ def exchange_for(
         cassette=cassette,
         interaction=interaction,
         virtual=answer.virtual if answer is not None else None,
+        operation_name=facts.operation_name if facts is not None else None,
     )

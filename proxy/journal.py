@@ -70,6 +70,8 @@ class Exchange:
     the 0-based index in its ``interactions``).
     ``virtual``: for a scenario operation on the virtual clock, its clock reading when it answered
     (seconds since its start), for the reports.
+    ``operation_name``: a running AIP-151 operation's ``name`` when the answer gave no status URL (its
+    clients poll it under their API's base: ``operations.link_named_polls``).
     """
 
     method: str
@@ -94,6 +96,7 @@ class Exchange:
     cassette: str | None = None
     interaction: int | None = None
     virtual: float | None = None
+    operation_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The entry as JSON-ready data: what ``--journal FILE`` writes per line and the control API serves.
@@ -160,6 +163,9 @@ class ResponseFacts(NamedTuple):
     polls_resource: bool = False
     """The status URL is the resource the running body describes (``BodyStatus.poll_at``): a later GET
     of it may read the result, not poll."""
+    operation_name: str | None = None
+    """A running AIP-151 operation's ``name``, when no status URL was given: the client polls a URL
+    whose path ends with it (``operations.link_named_polls`` finds it)."""
 
 
 STATUS_URL_HEADERS = ("operation-location", "azure-asyncoperation")
@@ -177,6 +183,8 @@ class BodyStatus(NamedTuple):
     """The status URL the body gives at ``urls.get`` (Replicate's predictions), as given; ``""`` when the
     status is a resource's own (ARM's ``properties.provisioningState``: azure-mgmt-core's
     ``BodyContentPolling`` polls the URL of the PUT or PATCH that answered it); None otherwise."""
+    name: str | None = None
+    """AIP-151's operation ``name`` (``operations/123``), which its clients poll under their API's base."""
 
 
 NO_BODY_STATUS = BodyStatus(None, False)
@@ -232,6 +240,8 @@ def response_facts(
             in_body = body_status_url(response.status, body, method, client_url)
             if in_body:
                 return ResponseFacts(retry_after, (in_body,), op_status, terminal, polls_resource=True)
+        if not urls and body.name is not None and response.status < 400:
+            return ResponseFacts(retry_after, (), op_status, terminal, operation_name=body.name)
     return ResponseFacts(retry_after, tuple(urls), op_status, terminal)
 
 
@@ -289,7 +299,9 @@ def _parse_body_status(body: bytes) -> BodyStatus:
         metadata = doc.get("metadata")
         named = metadata.get("status") if isinstance(metadata, dict) else None
         named = named if isinstance(named, str) and named else ("done" if done else "running")
-        return BodyStatus(named, done)
+        name = doc.get("name")
+        name = name.strip("/") if isinstance(name, str) else None
+        return BodyStatus(named, done, None, name or None)
     for path in RESOURCE_STATUS_PATHS:
         found: Any = doc
         for key in path:

@@ -144,6 +144,7 @@ class Timeline:
     early retries of throttled requests."""
 
     def __init__(self, entries: Sequence[Exchange]) -> None:
+        entries = link_named_polls(entries)
         self.entries = entries
         self.order = sorted(range(len(entries)), key=lambda i: entries[i].monotonic)
         self.ops: list[TrackedOperation] = []
@@ -408,12 +409,13 @@ def recognise(items: Sequence[Exchange] | Sequence[Interaction]) -> list[Operati
     else:
         exchanges, seen = [e for e in items if isinstance(e, Exchange)], {}
     timeline = Timeline(exchanges)
-    return [_summary(exchanges, seen, timeline, op) for op in timeline.ops]
+    return [_summary(list(timeline.entries), seen, timeline, op) for op in timeline.ops]
 
 
 def exchanges_of(interactions: Sequence[Interaction]) -> list[Exchange]:
-    """A recording as journal entries (in recording order, one second apart): what ``Timeline`` reads."""
-    return _from_interactions(interactions)[0]
+    """A recording as journal entries (in recording order, one second apart): what ``Timeline`` reads
+    (AIP-151 starts with the status URL their first poll used, ``link_named_polls``)."""
+    return list(link_named_polls(_from_interactions(interactions)[0]))
 
 
 def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchange], dict[int, _Seen]]:
@@ -448,6 +450,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
                 polls_resource=facts.polls_resource,
                 op_status=facts.op_status,
                 terminal=facts.terminal,
+                operation_name=facts.operation_name,
             )
         )
         given: list[tuple[str, str]] = []
@@ -469,7 +472,6 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
             _resource_urls(response, body, request.url),
             result_url,
         )
-    _link_aip_polls(exchanges, seen)
     return exchanges, seen
 
 
@@ -485,19 +487,24 @@ def _result_location(response: Response, url: str) -> str | None:
     return absolute if status and absolute not in status else None
 
 
-def _link_aip_polls(exchanges: list[Exchange], seen: dict[int, _Seen]) -> None:
-    """AIP-151 gives the operation's ``name`` in the body: a later GET whose path ends with it polls it.
-    The start gets that GET's URL as its status URL, so the walk follows it like a header's."""
-    for i, facts in seen.items():
-        names = [value for how, value in facts.given_by if how == "body"]
-        if not names:
-            continue
-        name = names[0].strip("/")
-        for j in range(i + 1, len(exchanges)):
-            e = exchanges[j]
-            if e.method in POLL_METHODS and path_of(e.path).rstrip("/").endswith("/" + name):
-                exchanges[i] = replace(exchanges[i], status_urls=(urljoin(e.client_url, path_query(e.path)),))
+def link_named_polls(entries: Sequence[Exchange]) -> Sequence[Exchange]:
+    """AIP-151 gives a running operation's ``name`` in the body, and its clients poll it under their API's
+    base (google-api-core: ``GET /v1/{name}``): the first later GET whose path ends with ``/{name}`` polls
+    it. That start gets the GET's URL as its status URL, so the walk follows it like a header's. Returns
+    ``entries`` itself when no start names its operation this way (a journal, a recording alike)."""
+    named = [i for i, e in enumerate(entries) if e.operation_name and not e.status_urls]
+    if not named:
+        return entries
+    linked = list(entries)
+    for i in named:
+        e = entries[i]
+        suffix = "/" + (e.operation_name or "")
+        for later in entries[i + 1 :]:
+            if later.method in POLL_METHODS and path_of(later.path).rstrip("/").endswith(suffix):
+                url = urljoin(later.client_url, path_query(later.path))
+                linked[i] = replace(e, status_urls=(url,))
                 break
+    return linked
 
 
 def _date_of(response: Response) -> float | None:

@@ -194,3 +194,85 @@ def test_the_same_operations_in_the_recording_and_in_a_replay_journal(confdir: P
     )
     [replicate] = recognise(load(REPLICATE))
     assert replicate.given_by == "urls.get"
+
+
+# -- AIP-151: the operation's name in the body, polled under the client's API base ----------------------
+
+AIP_BASE = "https://example.googleapis.com"
+
+
+def aip_cassette(tmp_path: Path) -> Path:
+    """A Google-style long-running operation (AIP-151): the start answers ``{"name": "operations/…",
+    "done": false}``, the client polls ``GET /v1/{name}`` (google-api-core's operations client) until
+    ``done``; two polls running, the third done with the created instance."""
+    name = "operations/op-7f3a9c"
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": {"code": 200, "message": "OK"},
+            "headers": {"Content-Type": ["application/json; charset=UTF-8"]},
+            "body": {"string": json.dumps(body)},
+        }
+
+    running = {"name": name, "metadata": {"@type": "type.googleapis.com/Meta"}, "done": False}
+    done = {**running, "done": True, "response": {"name": "projects/p1/instances/i1"}}
+    start = {"method": "POST", "uri": f"{AIP_BASE}/v1/projects/p1/instances", "body": "{}", "headers": {}}
+    poll = {"method": "GET", "uri": f"{AIP_BASE}/v1/{name}", "body": None, "headers": {}}
+    interactions = [{"request": start, "response": answer(running)}]
+    interactions += [{"request": poll, "response": answer(body)} for body in (running, running, done)]
+    path = tmp_path / "aip.yaml"
+    path.write_text(yaml.safe_dump({"interactions": interactions, "version": 1}))
+    return path
+
+
+def aip_run(base: str, extra_polls: int = 0) -> bool:
+    """What google-api-core's REST operations client does: ``GET {base}/v1/{name}`` until ``done``."""
+    session = requests.Session()
+    operation = session.post(f"{base}/v1/projects/p1/instances", json={}, timeout=10).json()
+    for _ in range(30):
+        if operation["done"]:
+            break
+        operation = session.get(f"{base}/v1/{operation['name']}", timeout=10).json()
+    for _ in range(extra_polls):
+        session.get(f"{base}/v1/{operation['name']}", timeout=10)
+    return bool(operation["done"])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_aip_151_replayed_is_one_operation_polled_by_its_name(
+    engine: str, confdir: Path, tmp_path: Path
+) -> None:
+    """A replay's journal follows the operation's name as a recording does (``link_named_polls``): the
+    start and its three polls are one operation, done, and the verdict is clean."""
+    done, entries = replayed(engine, confdir, aip_cassette(tmp_path), lambda p: aip_run(p.url))
+    assert done is True
+    assert entries[0].operation_name == "operations/op-7f3a9c" and not entries[0].status_urls
+    [op] = recognise(entries)
+    assert (op.status_url, op.outcome, op.entries) == ("/v1/operations/op-7f3a9c", "done", (0, 1, 2, 3))
+    assert verdict(entries) == CLEAN
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_aip_151_polled_after_done_is_caught(engine: str, confdir: Path, tmp_path: Path) -> None:
+    """Before, a replay's journal saw no operation here, so a client polling a done operation passed."""
+    _, entries = replayed(engine, confdir, aip_cassette(tmp_path), lambda p: aip_run(p.url, extra_polls=2))
+    found = [(v.rule, v.index, v.message) for v in check(entries)]
+    assert [(rule, index) for rule, index, _ in found] == [("poll-after-terminal", 4)], found
+    assert "after it answered done on poll 3 (and 1 more poll after it)" in found[0][2], found
+
+
+def test_aip_151_the_same_operation_in_the_recording_and_in_a_replay_journal(
+    confdir: Path, tmp_path: Path
+) -> None:
+    from proxy.cassette import load
+
+    cassette = aip_cassette(tmp_path)
+    [recorded] = recognise(load(cassette))
+    _, entries = replayed("lean", confdir, cassette, lambda p: aip_run(p.url))
+    [journaled] = recognise(entries)
+    assert recorded.given_by == "body"
+    assert (journaled.status_url, journaled.entries, journaled.outcome) == (
+        recorded.status_url,
+        recorded.entries,
+        recorded.outcome,
+    )

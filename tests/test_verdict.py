@@ -618,16 +618,18 @@ def test_response_facts_status_urls_and_operation_status() -> None:
     )
     assert response_facts(both, base).status_urls == (SVC + "/ops/1?api-version=2", SVC + "/ops/1/status")
     running = Response(200, "OK", (("Location", SVC + "/next"),), b'{"status": "Running"}')
-    assert response_facts(running, base) == (None, (SVC + "/next",), "Running", False, False)
+    assert response_facts(running, base) == (None, (SVC + "/next",), "Running", False, False, None)
     # a created resource's Location is no status URL
     done = Response(201, "Created", (("Location", SVC + "/tilesets/9"),), b'{"status": "succeeded"}')
-    assert response_facts(done, base) == (None, (), "succeeded", True, False)
+    assert response_facts(done, base) == (None, (), "succeeded", True, False, None)
     redirect = Response(302, "Found", (("Location", SVC + "/elsewhere"),))
     assert response_facts(redirect, base).status_urls == ()
     aip = Response(200, "OK", (), b'{"name": "operations/7", "done": true, "metadata": {"status": "DONE"}}')
     assert response_facts(aip, base)[2:4] == ("DONE", True)
     aip_running = Response(200, "OK", (), b'{"name": "operations/7", "done": false}')
     assert response_facts(aip_running, base)[2:4] == ("running", False)
+    assert response_facts(aip_running, base).operation_name == "operations/7"  # polled under the API base
+    assert response_facts(aip, base).operation_name is None  # done: nothing to poll
     assert response_facts(Response(200, "OK", (), b"[1, 2]"), base)[2:4] == (None, False)
     assert response_facts(Response(200, "OK", (), b"{not json"), base)[2:4] == (None, False)
 
