@@ -201,11 +201,11 @@ def test_the_same_operations_in_the_recording_and_in_a_replay_journal(confdir: P
 AIP_BASE = "https://example.googleapis.com"
 
 
-def aip_cassette(tmp_path: Path) -> Path:
-    """A Google-style long-running operation (AIP-151): the start answers ``{"name": "operations/…",
-    "done": false}``, the client polls ``GET /v1/{name}`` (google-api-core's operations client) until
-    ``done``; two polls running, the third done with the created instance."""
-    name = "operations/op-7f3a9c"
+def aip_cassette(tmp_path: Path, name: str = "operations/op-7f3a9c") -> Path:
+    """A Google-style long-running operation (AIP-151): the start answers ``{"name": …, "done": false}``
+    and the client polls ``GET /v1/operations/op-7f3a9c`` until ``done``: two polls running, the third
+    done. ``name`` as GAPIC REST clients get it (``operations/op-7f3a9c``, polled at ``/v1/{name}``) or as
+    google-api-core's HTTP/JSON helper does (``op-7f3a9c``, polled at ``/v1/operations/{name}``)."""
 
     def answer(body: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -214,10 +214,11 @@ def aip_cassette(tmp_path: Path) -> Path:
             "body": {"string": json.dumps(body)},
         }
 
-    running = {"name": name, "metadata": {"@type": "type.googleapis.com/Meta"}, "done": False}
-    done = {**running, "done": True, "response": {"name": "projects/p1/instances/i1"}}
+    empty = {"@type": "type.googleapis.com/google.protobuf.Empty"}
+    running = {"name": name, "metadata": empty, "done": False}
+    done = {**running, "done": True, "response": empty}
     start = {"method": "POST", "uri": f"{AIP_BASE}/v1/projects/p1/instances", "body": "{}", "headers": {}}
-    poll = {"method": "GET", "uri": f"{AIP_BASE}/v1/{name}", "body": None, "headers": {}}
+    poll = {"method": "GET", "uri": f"{AIP_BASE}/v1/operations/op-7f3a9c", "body": None, "headers": {}}
     interactions = [{"request": start, "response": answer(running)}]
     interactions += [{"request": poll, "response": answer(body)} for body in (running, running, done)]
     path = tmp_path / "aip.yaml"
@@ -276,3 +277,31 @@ def test_aip_151_the_same_operation_in_the_recording_and_in_a_replay_journal(
         recorded.entries,
         recorded.outcome,
     )
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_aip_151_polled_by_google_api_core(engine: str, confdir: Path, tmp_path: Path) -> None:
+    """google-api-core's own poller (``operation.from_http_json``: ``GET operations/{name}`` under the
+    API's base until ``done``, then the result unpacked) on a replayed AIP-151 operation: the journal
+    sees the operation and its three polls, and the verdict is clean."""
+    from google.api_core import operation
+    from google.api_core.future.polling import DEFAULT_POLLING
+    from google.protobuf import empty_pb2
+
+    def drive(p: ReplayProxy) -> Any:
+        session = requests.Session()
+
+        def api_request(method: str, path: str, **_: Any) -> Any:
+            return session.request(method, f"{p.url}/v1/{path}", timeout=10).json()
+
+        started = api_request("POST", "projects/p1/instances")
+        polling = DEFAULT_POLLING.with_delay(initial=FAST, maximum=FAST)  # its own predicate: not done yet
+        future = operation.from_http_json(started, api_request, empty_pb2.Empty, polling=polling)
+        return future.result(timeout=10), future.done()
+
+    (result, done), entries = replayed(engine, confdir, aip_cassette(tmp_path, "op-7f3a9c"), drive)
+    assert isinstance(result, empty_pb2.Empty) and done
+    assert [(e.method, e.path) for e in entries][1:] == [("GET", "/v1/operations/op-7f3a9c")] * 3
+    [op] = recognise(entries)
+    assert (op.status_url, op.outcome, op.entries) == ("/v1/operations/op-7f3a9c", "done", (0, 1, 2, 3))
+    assert verdict(entries) == CLEAN
