@@ -701,10 +701,10 @@ class _PathPattern:
 
     def match(self, path: str) -> dict[str, str] | None:
         last = self._last_only
-        if last is not None and path.startswith(self.prefix) and path.isascii():  # as _match, inline:
-            rest = path[len(self.prefix) :]  # the commonest case, a status URL polled again and again
+        if last is not None and path.startswith(self.prefix) and path.isascii():
+            rest = path[len(self.prefix) :]  # the prefix ends with "/": the name is one segment more
             if rest and "/" not in rest:
-                return {last: rest}
+                return {last: rest}  # a status URL polled again and again: no split, no regex
         found = self._match(path)
         if found is None:
             decoded = unquote(path)
@@ -717,9 +717,6 @@ class _PathPattern:
             return {} if path == self.exact else None
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
-        if self._last_only is not None and path.isascii():  # the prefix ends with "/": one segment more
-            rest = path[len(self.prefix) :]
-            return {self._last_only: rest} if rest and "/" not in rest else None
         if self.segments is not None and path.isascii():
             parts = path.split("/")
             if len(parts) != len(self.segments):
