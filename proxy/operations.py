@@ -54,13 +54,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urljoin, urlsplit
 
 from proxy.dialects import DIALECTS, is_cancelled, is_failure, is_success
-from proxy.journal import (
-    STATUS_URL_HEADERS,
-    Exchange,
-    body_status,
-    body_status_url,
-    response_facts,
-)
+from proxy.journal import STATUS_URL_HEADERS, Exchange, body_status, response_facts
 from proxy.model import Interaction, Request, Response, header_value, json_document
 
 TOLERANCE_FRACTION = 0.05
@@ -123,11 +117,11 @@ class TrackedOperation:
     self_built: list[int] = field(default_factory=list)
 
     speaks_status: bool = False
+    """A poll answer reported a status: from then on only a terminal status ends it (a status-less 200 is
+    a broken answer, not the end: azure-core's OperationResourcePolling raises on it)."""
     polls_resource: bool = False
     """Its status URL is the resource a running body described (Replicate's ``urls.get``, an ARM resource
     polled at its own URL): a GET of it after the end reads the result, so it is not ``after_terminal``."""
-    """A poll answer reported a status: from then on only a terminal status ends it (a status-less 200 is
-    a broken answer, not the end: azure-core's OperationResourcePolling raises on it)."""
 
     def finished(self, entries: Sequence[Exchange]) -> bool:
         """Polled to the end: a terminal answer, or a retriable one that carried a terminal status last."""
@@ -409,7 +403,7 @@ def recognise(items: Sequence[Exchange] | Sequence[Interaction]) -> list[Operati
     else:
         exchanges, seen = [e for e in items if isinstance(e, Exchange)], {}
     timeline = Timeline(exchanges)
-    return [_summary(list(timeline.entries), seen, timeline, op) for op in timeline.ops]
+    return [_summary(timeline.entries, seen, timeline, op) for op in timeline.ops]
 
 
 def exchanges_of(interactions: Sequence[Interaction]) -> list[Exchange]:
@@ -428,12 +422,6 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
             response, request.url, now=_date_of(response), body=status, method=request.method
         )
         body = json_document(response.body)
-        in_body = body_status_url(response.status, status, request.method, request.url)
-        if in_body is not None and facts.status_urls != (in_body,):
-            in_body = None  # a status header gave it
-        elif in_body is not None:
-            headed = response_facts(response, request.url, body=status._replace(poll_at=None))
-            in_body = None if headed.status_urls else in_body
         exchanges.append(
             Exchange(
                 request.method.upper(),
@@ -455,7 +443,7 @@ def _from_interactions(interactions: Sequence[Interaction]) -> tuple[list[Exchan
         )
         given: list[tuple[str, str]] = []
         result_url = _result_location(response, request.url)
-        if in_body is not None:
+        if facts.polls_resource:  # no status header: the running body's own (``journal.body_status_url``)
             given.append((BODY_URL, status.poll_at) if status.poll_at else (START_URL, request.url))
         elif facts.status_urls:
             for name in ("Azure-AsyncOperation", "Operation-Location", "Location"):
